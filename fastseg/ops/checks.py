@@ -1,0 +1,57 @@
+"""Input validation shared by the fused ops: every failure is a ValueError naming the argument."""
+from __future__ import annotations
+
+import torch
+
+
+def check_float(tensor: torch.Tensor, name: str, rank: int) -> None:
+    """A floating-point tensor of the given rank."""
+    if not isinstance(tensor, torch.Tensor):
+        raise ValueError(f"{name} must be a tensor, got {type(tensor).__name__}")
+    if not tensor.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got {tensor.dtype}")
+    if tensor.dim() != rank:
+        raise ValueError(f"{name} must have {rank} dimensions, got shape {tuple(tensor.shape)}")
+
+
+def check_integer(tensor: torch.Tensor, name: str, rank: int) -> None:
+    """An integer (not bool) tensor of the given rank."""
+    if not isinstance(tensor, torch.Tensor):
+        raise ValueError(f"{name} must be a tensor, got {type(tensor).__name__}")
+    if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
+        raise ValueError(f"{name} must be an integer tensor, got {tensor.dtype}")
+    if tensor.dim() != rank:
+        raise ValueError(f"{name} must have {rank} dimensions, got shape {tuple(tensor.shape)}")
+
+
+def check_same_device(**tensors: torch.Tensor) -> None:
+    """All tensors on one device."""
+    items = list(tensors.items())
+    first_name, first = items[0]
+    for name, tensor in items[1:]:
+        if tensor.device != first.device:
+            raise ValueError(f"{name} is on {tensor.device} but {first_name} is on {first.device}")
+
+
+def check_size(actual: int, expected: int, what: str) -> None:
+    """One dimension agreeing with another; ``what`` says which (e.g. "labels batch size")."""
+    if actual != expected:
+        raise ValueError(f"{what} is {actual}, expected {expected}")
+
+
+def check_labels(labels: torch.Tensor, num_classes: int, ignore_index: int, name: str = "labels") -> None:
+    """Every label in [0, num_classes) or equal to ignore_index.
+
+    This reads the labels (a device sync on CUDA), so it runs in eager mode only; under
+    torch.compile the kernels skip out-of-range labels instead of reading out of bounds.
+    """
+    if num_classes <= 0:
+        raise ValueError(f"num_classes must be positive, got {num_classes}")
+    if torch.compiler.is_compiling() or labels.numel() == 0:
+        return
+    bad = ((labels < 0) | (labels >= num_classes)) & (labels != ignore_index)
+    if bool(bad.any()):
+        value = int(labels[bad][0])
+        raise ValueError(
+            f"{name} holds {value}, outside [0, {num_classes}) and not ignore_index={ignore_index}"
+        )

@@ -1,0 +1,141 @@
+"""Hard class-wise average pooling (CSFRNet Eq. 1 and Eq. 3).
+
+``centers[b, k] = mean of features[b, :, i, j] over the pixels (i, j) with labels[b, i, j] == k``,
+zeros for a class with no pixel. CSFRNet uses it for the semantic centers of the embeddings (Eq. 1)
+and, with C = 1, for the class-aware margins (Eq. 3).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fastseg.ops import backend as _backend
+from fastseg.ops.checks import check_float, check_integer, check_labels, check_same_device, check_size
+from fastseg.ops.library import OpPair, cpp_ops, register, triton_op
+
+
+def class_avg_pool_reference(
+    features: Tensor, labels: Tensor, num_classes: int, ignore_index: int = 255
+) -> tuple[Tensor, Tensor]:
+    """Plain-PyTorch class_avg_pool: a one-hot mask and an einsum.
+
+    Shapes: features (B,C,H,W), labels (B,H,W) -> centers (B,K,C), counts (B,K) int64.
+    Labels outside [0, K) (ignore_index included) belong to no class.
+    """
+    classes = torch.arange(num_classes, device=labels.device)
+    onehot = (labels.unsqueeze(1) == classes.view(1, -1, 1, 1)).to(features.dtype)  # (B,K,H,W)
+    counts = onehot.sum(dim=(2, 3), dtype=torch.float64 if features.dtype == torch.float64 else torch.float32)
+    sums = torch.einsum("bchw,bkhw->bkc", features, onehot)
+    centers = sums / counts.clamp(min=1).unsqueeze(-1).to(sums.dtype)
+    return centers, counts.to(torch.int64)
+
+
+@triton_op("class_avg_pool_triton")
+def _forward_triton(features: Tensor, labels: Tensor, num_classes: int, ignore_index: int) -> tuple[Tensor, Tensor]:
+    from fastseg.kernels import class_avg_pool as kernels
+
+    return kernels.forward(features, labels, num_classes)
+
+
+@triton_op("class_avg_pool_backward_triton")
+def _backward_triton(grad_centers: Tensor, labels: Tensor, counts: Tensor, ignore_index: int) -> Tensor:
+    from fastseg.kernels import class_avg_pool as kernels
+
+    return kernels.backward(grad_centers, labels, counts)
+
+
+_TRITON = OpPair(_forward_triton, _backward_triton)
+_CPP = cpp_ops("class_avg_pool", "class_avg_pool_backward")
+
+
+def _fake_forward(features, labels, num_classes, ignore_index):
+    batch, channels = features.shape[0], features.shape[1]
+    centers = features.new_empty(batch, num_classes, channels)
+    return centers, features.new_empty(batch, num_classes, dtype=torch.int64)
+
+
+def _fake_backward(grad_centers, labels, counts, ignore_index):
+    batch, _, channels = grad_centers.shape
+    return grad_centers.new_empty(batch, channels, labels.shape[1], labels.shape[2])
+
+
+def _setup_context(ctx, inputs, output):
+    _, labels, _, ignore_index = inputs
+    ctx.save_for_backward(labels, output[1])
+    ctx.ignore_index = ignore_index
+
+
+def _autograd_backward(pair: OpPair):
+    def backward(ctx, grad_centers, grad_counts):
+        labels, counts = ctx.saved_tensors
+        grad_features = pair.backward(grad_centers.contiguous(), labels, counts, ctx.ignore_index)
+        return grad_features, None, None, None
+
+    return backward
+
+
+register([_CPP, _TRITON], _fake_forward, _fake_backward, _setup_context, _autograd_backward)
+
+
+def class_avg_pool(
+    features: Tensor, labels: Tensor, num_classes: int, ignore_index: int = 255, *, backend: str | None = None
+) -> tuple[Tensor, Tensor]:
+    """Mean feature of each class's pixels (CSFRNet Eq. 1; Eq. 3 with C = 1).
+
+    Args:
+        features: (B, C, H, W) floating point.
+        labels: (B, H, W) integer class ids in [0, num_classes) or ``ignore_index``.
+        num_classes: K.
+        ignore_index: label of pixels that belong to no class.
+        backend: one of ``fastseg.ops.BACKENDS``; None uses the process default.
+
+    Returns:
+        centers (B, K, C) in the dtype of ``features`` (zeros for an absent class) and
+        counts (B, K) int64, the number of pixels of each class. Differentiable w.r.t. features.
+    """
+    check_float(features, "features", 4)
+    check_integer(labels, "labels", 3)
+    check_same_device(features=features, labels=labels)
+    check_size(labels.shape[0], features.shape[0], "labels batch size")
+    if labels.shape[1:] != features.shape[2:]:
+        raise ValueError(
+            f"labels spatial size {tuple(labels.shape[1:])} differs from features {tuple(features.shape[2:])}; "
+            "use downsample_labels first"
+        )
+    check_labels(labels, num_classes, ignore_index)
+    labels = labels.long()
+    name = _backend.resolve(features.device, backend)
+    if name == "reference":
+        return class_avg_pool_reference(features, labels, num_classes, ignore_index)
+    pair = _TRITON if name == "triton" else _CPP
+    return pair.forward(features, labels, num_classes, ignore_index)
+
+
+def downsample_labels(labels: Tensor, size: int | tuple[int, int]) -> Tensor:
+    """Nearest-neighbour downsampling of a (B, H, W) label map to ``size`` (as CSFRNet does for Eq. 1).
+
+    Uses the index rule of ``F.interpolate(mode="nearest")``, so labels stay exact class ids.
+    """
+    check_integer(labels, "labels", 3)
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if tuple(labels.shape[1:]) == size:
+        return labels
+    resized = F.interpolate(labels.unsqueeze(1).to(torch.float32), size=size, mode="nearest")
+    return resized.squeeze(1).to(labels.dtype)
+
+
+class ClassAvgPool(nn.Module):
+    """Module form of :func:`class_avg_pool`; labels are downsampled to the features' size first."""
+
+    def __init__(self, num_classes: int, ignore_index: int = 255):
+        super().__init__()
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+
+    def forward(self, features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        labels = downsample_labels(labels, features.shape[-2:])
+        return class_avg_pool(features, labels, self.num_classes, self.ignore_index)
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, ignore_index={self.ignore_index}"
