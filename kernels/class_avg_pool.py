@@ -96,7 +96,7 @@ def forward(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> t
     acc_dtype = torch.float64 if is_fp64 else torch.float32
     partial_sums = torch.empty(splits, batch, num_classes, channels, device=features.device, dtype=acc_dtype)
     partial_counts = torch.empty(splits, batch, num_classes, device=features.device, dtype=torch.int32)
-    if pixels == 0:
+    if features.numel() == 0:
         partial_sums.zero_()
         partial_counts.zero_()
     else:

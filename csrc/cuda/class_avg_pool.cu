@@ -162,7 +162,7 @@ cudaError_t class_avg_pool_forward(const scalar_t* features, const int64_t* labe
     if (error != cudaSuccess) return error;
   }
   const dim3 grid(static_cast<unsigned>(plan.splits), static_cast<unsigned>(ceil_div(channels, kLanes)),
-                  static_cast<unsigned>(batch));
+                  static_cast<unsigned>(batch));  // channels >= 1: the caller rejects empty features
   kernel<<<grid, plan.warps * kLanes, plan.shared_bytes, stream>>>(features, labels, channels, pixels, num_classes,
                                                                    pixels_per_split, partial_sums, partial_counts);
   const int64_t outputs = batch * num_classes * std::max<int64_t>(channels, 1);

@@ -24,6 +24,7 @@ std::tuple<at::Tensor, at::Tensor> class_avg_pool_cuda(const at::Tensor& feature
                                                        int64_t num_classes, int64_t /*ignore_index*/) {
   TORCH_CHECK_VALUE(features.dim() == 4, "features must be (B,C,H,W), got ", features.sizes());
   TORCH_CHECK_VALUE(num_classes > 0, "num_classes must be positive, got ", num_classes);
+  TORCH_CHECK_VALUE(features.size(1) > 0, "features must have at least one channel");
   const int64_t batch = features.size(0), channels = features.size(1);
   const int64_t pixels = features.size(2) * features.size(3);
   check_labels(labels, features, batch, features.size(2), features.size(3));

@@ -103,6 +103,8 @@ def class_avg_pool(
             f"labels spatial size {tuple(labels.shape[1:])} differs from features {tuple(features.shape[2:])}; "
             "use downsample_labels first"
         )
+    if features.shape[1] == 0:
+        raise ValueError("features must have at least one channel")
     check_labels(labels, num_classes, ignore_index)
     labels = labels.long()
     name = _backend.resolve(features.device, backend)

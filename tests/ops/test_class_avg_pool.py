@@ -67,6 +67,16 @@ def test_all_ignored_image_gives_zero_centers(fused):
     _compare(backend, device, features, labels, 4)
 
 
+def test_empty_batch_and_empty_image(fused):
+    backend, device = fused
+    centers, counts = ops.class_avg_pool(torch.randn(0, 3, 4, 5, device=device),
+                                         torch.zeros(0, 4, 5, dtype=torch.long, device=device), 6, backend=backend)
+    assert centers.shape == (0, 6, 3) and counts.shape == (0, 6)
+    centers, counts = ops.class_avg_pool(torch.randn(2, 3, 0, 5, device=device),
+                                         torch.zeros(2, 0, 5, dtype=torch.long, device=device), 6, backend=backend)
+    assert centers.shape == (2, 6, 3) and not centers.any() and not counts.any()
+
+
 def test_non_contiguous_and_channels_last(fused):
     backend, device = fused
     base = torch.randn(2, 9, 12, 20)
@@ -151,6 +161,7 @@ def test_compile_inductor_cpu():
         (torch.randn(3, 4, 5), torch.zeros(2, 4, 5, dtype=torch.long), "features must have 4 dimensions"),
         (torch.randn(2, 3, 4, 5), torch.zeros(2, 20, dtype=torch.long), "labels must have 3 dimensions"),
         (torch.randn(2, 3, 4, 5), torch.zeros(2, 4, 5, dtype=torch.long, device="meta"), "labels is on meta"),
+        (torch.randn(2, 0, 4, 5), torch.zeros(2, 4, 5, dtype=torch.long), "at least one channel"),
     ],
 )
 def test_bad_input_names_the_argument(features, labels, message):
