@@ -49,7 +49,7 @@ Shapes check_inputs(const at::Tensor& embeddings, const at::Tensor& centers, con
 // Largest margin * delta used, so that exp() of it stays finite (see fastseg/ops/gaussian_center_distance.py).
 template <typename acc_t>
 constexpr acc_t log_scale_max() {
-  return std::is_same_v<acc_t, double> ? acc_t(709) : acc_t(88);
+  return std::is_same_v<acc_t, double> ? acc_t(600) : acc_t(60);
 }
 
 // Per (image, class): the centers in the accumulation type, the scale exp(min(m * delta, max)) and

@@ -33,7 +33,7 @@ __device__ inline double exp_acc(double x) { return exp(x); }
 // Largest margin * delta used, so that exp() of it stays finite (see fastseg/ops/gaussian_center_distance.py).
 template <typename acc_t>
 __device__ inline acc_t log_scale_max() {
-  return sizeof(acc_t) == sizeof(double) ? acc_t(709) : acc_t(88);
+  return sizeof(acc_t) == sizeof(double) ? acc_t(600) : acc_t(60);
 }
 
 template <typename scalar_t, typename acc_t>
