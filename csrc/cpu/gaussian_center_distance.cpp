@@ -13,7 +13,6 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -46,7 +45,8 @@ Shapes check_inputs(const at::Tensor& embeddings, const at::Tensor& centers, con
   return shapes;
 }
 
-// Largest margin * delta used, so that exp() of it stays finite (see fastseg/ops/gaussian_center_distance.py).
+// Largest margin * delta used: exp() of it and the backward's 2 * grad * scale stay finite
+// (see fastseg/ops/gaussian_center_distance.py).
 template <typename acc_t>
 constexpr acc_t log_scale_max() {
   return std::is_same_v<acc_t, double> ? acc_t(600) : acc_t(60);

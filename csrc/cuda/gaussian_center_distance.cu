@@ -30,7 +30,8 @@ static_assert(kClassChunk * kChannelTile == kThreads, "one (class, channel) pair
 __device__ inline float exp_acc(float x) { return expf(x); }
 __device__ inline double exp_acc(double x) { return exp(x); }
 
-// Largest margin * delta used, so that exp() of it stays finite (see fastseg/ops/gaussian_center_distance.py).
+// Largest margin * delta used: exp() of it and the backward's 2 * grad * scale stay finite
+// (see fastseg/ops/gaussian_center_distance.py).
 template <typename acc_t>
 __device__ inline acc_t log_scale_max() {
   return sizeof(acc_t) == sizeof(double) ? acc_t(600) : acc_t(60);

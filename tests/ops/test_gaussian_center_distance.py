@@ -116,6 +116,24 @@ def test_backward_is_deterministic(fused):
         assert torch.equal(a, b)
 
 
+def test_cpu_backward_independent_of_thread_count():
+    """The C++ kernels reduce fixed pixel chunks in a fixed order, whatever the number of threads."""
+    if not ops.build_info()["loaded"]:
+        pytest.skip("fastseg._C is not usable: " + ops.build_info()["reason"])
+    inputs = [t.requires_grad_() for t in _inputs(2, 4, 70, 70, 5)]
+    grad = torch.randn(2, 5, 70, 70)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 3):
+            torch.set_num_threads(count)
+            results.append(torch.autograd.grad(ops.gaussian_center_distance(*inputs, backend="cpu"), inputs, grad))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
 def test_gradcheck(differentiable):
     backend, device = differentiable
     inputs = [t.to(device=device, dtype=torch.float64).requires_grad_() for t in _inputs(2, 2, 2, 3, 2, at_center=0.2)]
