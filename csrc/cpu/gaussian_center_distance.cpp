@@ -87,7 +87,8 @@ void load_tile(const scalar_t* image, int64_t channels, int64_t pixels, int64_t 
 
 // distance[k * kTile + q] = ||b_q - s_k||^2 for the tile's pixels (the direct difference form).
 template <typename acc_t>
-void squared_distances(const acc_t* tile, const acc_t* centers, int64_t channels, int64_t classes, acc_t* distance) {
+void squared_distances(const acc_t* __restrict__ tile, const acc_t* __restrict__ centers, int64_t channels,
+                       int64_t classes, acc_t* __restrict__ distance) {
   std::fill(distance, distance + classes * kTile, acc_t(0));
   for (int64_t c = 0; c < channels; ++c) {
     const acc_t* x = tile + c * kTile;
@@ -100,6 +101,22 @@ void squared_distances(const acc_t* tile, const acc_t* centers, int64_t channels
       }
     }
   }
+}
+
+// grad[q] += w[q] (x[q] - s) over a tile; returns sum_q w[q] (x[q] - s), summed in eight lanes so
+// that the loop vectorises.
+template <typename acc_t>
+acc_t accumulate_gradient(const acc_t* __restrict__ w, const acc_t* __restrict__ x, acc_t s,
+                          acc_t* __restrict__ grad) {
+  acc_t lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (int64_t q = 0; q < kTile; q += 8) {
+    for (int j = 0; j < 8; ++j) {
+      const acc_t v = w[q + j] * (x[q + j] - s);
+      grad[q + j] += v;
+      lanes[j] += v;
+    }
+  }
+  return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
 }
 
 at::Tensor gaussian_center_distance_cpu(const at::Tensor& embeddings, const at::Tensor& centers,
@@ -199,18 +216,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_center_distance_backward
             const acc_t* xr = tile.data() + c * kTile;
             acc_t* gb = grad_tile.data() + c * kTile;
             for (int64_t k = 0; k < n.classes; ++k) {
-              const acc_t sc = s[k * n.channels + c];
-              const acc_t* w = weight.data() + k * kTile;
-              acc_t lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-              for (int64_t q = 0; q < kTile; q += 8) {
-                for (int j = 0; j < 8; ++j) {
-                  const acc_t v = w[q + j] * (xr[q + j] - sc);
-                  gb[q + j] += v;
-                  lanes[j] += v;
-                }
-              }
               center_sums[k * n.channels + c] +=
-                  ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+                  accumulate_gradient(weight.data() + k * kTile, xr, s[k * n.channels + c], gb);
             }
           }
           for (int64_t c = 0; c < n.channels; ++c) {
