@@ -11,6 +11,10 @@ TORCH_LIBRARY(fastseg, m) {
   // CSFRNet Eq. 1/3: hard class-wise average pooling.
   m.def("class_avg_pool(Tensor features, Tensor labels, int num_classes, int ignore_index) -> (Tensor, Tensor)");
   m.def("class_avg_pool_backward(Tensor grad_centers, Tensor labels, Tensor counts, int ignore_index) -> Tensor");
+  // CSFRNet Eq. 2: Gaussian center distance with the exp(m_k * delta) scale.
+  m.def("gaussian_center_distance(Tensor embeddings, Tensor centers, Tensor margins, float delta) -> Tensor");
+  m.def("gaussian_center_distance_backward(Tensor grad_phi, Tensor embeddings, Tensor centers, Tensor margins, "
+        "float delta) -> (Tensor, Tensor, Tensor)");
 }
 
 namespace {

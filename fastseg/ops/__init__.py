@@ -6,14 +6,22 @@ Backends: ``reference`` (plain PyTorch), ``cpu`` (C++), ``cuda`` (CUDA C++), ``t
 from fastseg.ops.backend import BACKENDS, get_backend, set_backend, use_backend
 from fastseg.ops.class_avg_pool import ClassAvgPool, class_avg_pool, class_avg_pool_reference, downsample_labels
 from fastseg.ops.extension import build_info
+from fastseg.ops.gaussian_center_distance import (
+    GaussianCenterDistance,
+    gaussian_center_distance,
+    gaussian_center_distance_reference,
+)
 
 __all__ = [
     "BACKENDS",
     "ClassAvgPool",
+    "GaussianCenterDistance",
     "build_info",
     "class_avg_pool",
     "class_avg_pool_reference",
     "downsample_labels",
+    "gaussian_center_distance",
+    "gaussian_center_distance_reference",
     "get_backend",
     "set_backend",
     "use_backend",
