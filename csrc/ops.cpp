@@ -11,6 +11,11 @@ TORCH_LIBRARY(fastseg, m) {
   // CSFRNet Eq. 1/3: hard class-wise average pooling.
   m.def("class_avg_pool(Tensor features, Tensor labels, int num_classes, int ignore_index) -> (Tensor, Tensor)");
   m.def("class_avg_pool_backward(Tensor grad_centers, Tensor labels, Tensor counts, int ignore_index) -> Tensor");
+  // ACFNet Eq. 2 (soft class-wise pooling -> centers, mass) and Eq. 3 (attentional class feature).
+  m.def("soft_class_pool(Tensor features, Tensor probs) -> (Tensor, Tensor)");
+  m.def("soft_class_pool_backward(Tensor grad_centers, Tensor features, Tensor probs, Tensor centers, Tensor mass) -> (Tensor, Tensor)");
+  m.def("attentional_class_feature(Tensor features, Tensor probs) -> (Tensor, Tensor, Tensor)");
+  m.def("attentional_class_feature_backward(Tensor grad_attended, Tensor features, Tensor probs, Tensor centers, Tensor mass) -> (Tensor, Tensor)");
 }
 
 namespace {

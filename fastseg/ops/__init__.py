@@ -6,15 +6,29 @@ Backends: ``reference`` (plain PyTorch), ``cpu`` (C++), ``cuda`` (CUDA C++), ``t
 from fastseg.ops.backend import BACKENDS, get_backend, set_backend, use_backend
 from fastseg.ops.class_avg_pool import ClassAvgPool, class_avg_pool, class_avg_pool_reference, downsample_labels
 from fastseg.ops.extension import build_info
+from fastseg.ops.soft_class_pool import (
+    AttentionalClassFeature,
+    SoftClassPool,
+    attentional_class_feature,
+    attentional_class_feature_reference,
+    soft_class_pool,
+    soft_class_pool_reference,
+)
 
 __all__ = [
+    "AttentionalClassFeature",
     "BACKENDS",
     "ClassAvgPool",
+    "SoftClassPool",
+    "attentional_class_feature",
+    "attentional_class_feature_reference",
     "build_info",
     "class_avg_pool",
     "class_avg_pool_reference",
     "downsample_labels",
     "get_backend",
     "set_backend",
+    "soft_class_pool",
+    "soft_class_pool_reference",
     "use_backend",
 ]
