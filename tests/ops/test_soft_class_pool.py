@@ -101,6 +101,20 @@ def test_float64_and_low_precision(fused):
                  atol=2e-2, rtol=2e-2)
 
 
+def test_deterministic(fused):
+    """Split reductions are added in a fixed order: two runs agree bit for bit, gradients included."""
+    backend, device = fused
+    features = torch.randn(2, 20, 40, 45, device=device, requires_grad=True)  # 1800 pixels: split on GPUs
+    probs = _probs(2, 5, 40, 45).to(device).requires_grad_()
+    grad = torch.randn_like(features)
+    runs = []
+    for _ in range(2):
+        out = ops.attentional_class_feature(features, probs, backend=backend)
+        runs.append((out, *torch.autograd.grad(out, (features, probs), grad)))
+    for first, second in zip(*runs):
+        assert torch.equal(first, second)
+
+
 @pytest.mark.parametrize("function", FUNCTIONS)
 def test_gradcheck(differentiable, function):
     backend, device = differentiable
