@@ -40,6 +40,11 @@ void check_saved(const at::Tensor& features, const at::Tensor& probs, const at::
                     "mass must be (B,K) in the accumulation type, got ", mass.sizes(), " ", mass.scalar_type());
 }
 
+// `tensor` contiguous in the dtype of `like`; undefined stays undefined.
+at::Tensor contiguous_like(const at::Tensor& tensor, const at::Tensor& like) {
+  return tensor.defined() ? tensor.contiguous().to(like.scalar_type()) : at::Tensor();
+}
+
 // The plan and its workspace for these shapes.
 std::tuple<cuda::SoftClassPoolPlan, at::Tensor> plan_for(const at::Tensor& features, int64_t classes) {
   cuda::SoftClassPoolPlan plan;
@@ -88,21 +93,21 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_centers, cons
   const at::Tensor weights = probs.contiguous();
   const at::Tensor z = centers.contiguous();
   const at::Tensor n = mass.contiguous();
-  const at::Tensor grad_z = grad_centers.defined() ? grad_centers.contiguous().to(features.scalar_type()) : at::Tensor();
-  const at::Tensor grad_a = grad_attended.defined() ? grad_attended.contiguous().to(features.scalar_type()) : at::Tensor();
+  const at::Tensor grad_z = contiguous_like(grad_centers, features);
+  const at::Tensor grad_a = contiguous_like(grad_attended, features);
   const int64_t batch = features.size(0), channels = features.size(1), classes = probs.size(1);
   const int64_t pixels = features.size(2) * features.size(3);
   at::Tensor grad_features = at::empty(features.sizes(), features.options());
   at::Tensor grad_probs = at::empty(probs.sizes(), probs.options());
   auto [plan, workspace] = plan_for(features, classes);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "soft_class_pool_backward_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "soft_class_pool_backward", [&] {
     check_cuda(cuda::soft_class_pool_backward(
                    grad_z.defined() ? cuda_ptr<scalar_t>(grad_z) : nullptr,
                    grad_a.defined() ? cuda_ptr<scalar_t>(grad_a) : nullptr, cuda_ptr<scalar_t>(feats),
                    cuda_ptr<scalar_t>(weights), cuda_ptr<scalar_t>(z), n.const_data_ptr<at::opmath_type<scalar_t>>(),
-                   batch, channels, pixels, classes, plan, workspace.data_ptr(), cuda_mutable_ptr<scalar_t>(grad_features),
-                   cuda_mutable_ptr<scalar_t>(grad_probs), stream),
+                   batch, channels, pixels, classes, plan, workspace.data_ptr(),
+                   cuda_mutable_ptr<scalar_t>(grad_features), cuda_mutable_ptr<scalar_t>(grad_probs), stream),
                "soft_class_pool_backward");
   });
   return {grad_features, grad_probs};
@@ -122,7 +127,8 @@ std::tuple<at::Tensor, at::Tensor> soft_class_pool_backward_cuda(const at::Tenso
                                                                  const at::Tensor& features, const at::Tensor& probs,
                                                                  const at::Tensor& centers, const at::Tensor& mass) {
   TORCH_CHECK_VALUE(grad_centers.sizes() == centers.sizes() && grad_centers.device() == features.device(),
-                    "grad_centers must be ", centers.sizes(), " on ", features.device(), ", got ", grad_centers.sizes());
+                    "grad_centers must be ", centers.sizes(), " on ", features.device(), ", got ",
+                    grad_centers.sizes());
   return backward(grad_centers, at::Tensor(), features, probs, centers, mass);
 }
 
