@@ -15,6 +15,11 @@ TORCH_LIBRARY(fastseg, m) {
   m.def("gaussian_center_distance(Tensor embeddings, Tensor centers, Tensor margins, float delta) -> Tensor");
   m.def("gaussian_center_distance_backward(Tensor grad_phi, Tensor embeddings, Tensor centers, Tensor margins, "
         "float delta) -> (Tensor, Tensor, Tensor)");
+  // ACFNet Eq. 2 (soft class-wise pooling -> centers, mass) and Eq. 3 (attentional class feature).
+  m.def("soft_class_pool(Tensor features, Tensor probs) -> (Tensor, Tensor)");
+  m.def("soft_class_pool_backward(Tensor grad_centers, Tensor features, Tensor probs, Tensor centers, Tensor mass) -> (Tensor, Tensor)");
+  m.def("attentional_class_feature(Tensor features, Tensor probs) -> (Tensor, Tensor, Tensor)");
+  m.def("attentional_class_feature_backward(Tensor grad_attended, Tensor features, Tensor probs, Tensor centers, Tensor mass) -> (Tensor, Tensor)");
 }
 
 namespace {

@@ -11,11 +11,23 @@ from fastseg.ops.gaussian_center_distance import (
     gaussian_center_distance,
     gaussian_center_distance_reference,
 )
+from fastseg.ops.soft_class_pool import (
+    AttentionalClassFeature,
+    SoftClassPool,
+    attentional_class_feature,
+    attentional_class_feature_reference,
+    soft_class_pool,
+    soft_class_pool_reference,
+)
 
 __all__ = [
+    "AttentionalClassFeature",
     "BACKENDS",
     "ClassAvgPool",
     "GaussianCenterDistance",
+    "SoftClassPool",
+    "attentional_class_feature",
+    "attentional_class_feature_reference",
     "build_info",
     "class_avg_pool",
     "class_avg_pool_reference",
@@ -24,5 +36,7 @@ __all__ = [
     "gaussian_center_distance_reference",
     "get_backend",
     "set_backend",
+    "soft_class_pool",
+    "soft_class_pool_reference",
     "use_backend",
 ]
