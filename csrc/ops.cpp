@@ -11,6 +11,9 @@ TORCH_LIBRARY(fastseg, m) {
   // CSFRNet Eq. 1/3: hard class-wise average pooling.
   m.def("class_avg_pool(Tensor features, Tensor labels, int num_classes, int ignore_index) -> (Tensor, Tensor)");
   m.def("class_avg_pool_backward(Tensor grad_centers, Tensor labels, Tensor counts, int ignore_index) -> Tensor");
+  // Berman et al. 2018 Eq. 8-9 (Lovász hinge, CSFRNet Eq. 4): per-row losses, sort permutation, gradient weights.
+  m.def("lovasz_hinge(Tensor logits, Tensor labels, Tensor? valid) -> (Tensor, Tensor, Tensor)");
+  m.def("lovasz_hinge_backward(Tensor grad_loss, Tensor permutation, Tensor weights) -> Tensor");
 }
 
 namespace {

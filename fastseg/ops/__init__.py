@@ -6,6 +6,8 @@ Backends: ``reference`` (plain PyTorch), ``cpu`` (C++), ``cuda`` (CUDA C++), ``t
 from fastseg.ops.backend import BACKENDS, get_backend, set_backend, use_backend
 from fastseg.ops.class_avg_pool import ClassAvgPool, class_avg_pool, class_avg_pool_reference, downsample_labels
 from fastseg.ops.extension import build_info
+from fastseg.ops.lovasz_hinge import lovasz_hinge, lovasz_hinge_reference, lovasz_hinge_vectorized
+from fastseg.ops.lovasz_softmax import lovasz_softmax, lovasz_softmax_reference
 
 __all__ = [
     "BACKENDS",
@@ -15,6 +17,11 @@ __all__ = [
     "class_avg_pool_reference",
     "downsample_labels",
     "get_backend",
+    "lovasz_hinge",
+    "lovasz_hinge_reference",
+    "lovasz_hinge_vectorized",
+    "lovasz_softmax",
+    "lovasz_softmax_reference",
     "set_backend",
     "use_backend",
 ]
