@@ -125,9 +125,10 @@ def test_dtypes(fused, dtype):
     if dtype == torch.float64:
         _compare(backend, device, logits.double(), labels, mask, dtype=dtype, atol=1e-12, rtol=1e-12)
         return
-    # the errors are exact in fp16/bf16 only for short dyadic numbers: compare losses on the
-    # rounded inputs; they are computed in fp32 and rounded once
-    _compare(backend, device, logits.float(), labels, mask, dtype=dtype, atol=2e-2, rtol=2e-2, grads=False)
+    # computed in fp32 from the rounded inputs, rounded once at the end; 200-pixel tie-free rows
+    # stay tie-free in fp16 (9 significant bits), not in bf16 (8), so bf16 compares losses only
+    _compare(backend, device, logits.float(), labels, mask, dtype=dtype, atol=2e-2, rtol=2e-2,
+             grads=dtype == torch.float16)
 
 
 def test_gradcheck(differentiable):
