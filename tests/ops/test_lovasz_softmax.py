@@ -65,6 +65,15 @@ def test_float32_and_half(fused):
     _compare(backend, device, probs.half().double(), labels, dtype=torch.float16, atol=2e-3, rtol=2e-3)
 
 
+def test_channels_last_and_batch1(fused):
+    backend, device = fused
+    probs, labels = _inputs(1, 5, 8, 9)
+    channels_last = probs.to(memory_format=torch.channels_last)
+    assert not channels_last.is_contiguous()
+    _compare(backend, device, channels_last, labels)
+    _compare(backend, device, channels_last, labels, per_image=True)
+
+
 def test_nothing_present_gives_zero(fused):
     backend, device = fused
     probs, labels = _inputs(2, 4, 5, 5)
