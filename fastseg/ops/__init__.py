@@ -19,6 +19,8 @@ from fastseg.ops.soft_class_pool import (
     soft_class_pool,
     soft_class_pool_reference,
 )
+from fastseg.ops.lovasz_hinge import lovasz_hinge, lovasz_hinge_reference, lovasz_hinge_vectorized
+from fastseg.ops.lovasz_softmax import lovasz_softmax, lovasz_softmax_reference
 
 __all__ = [
     "AttentionalClassFeature",
@@ -35,6 +37,11 @@ __all__ = [
     "gaussian_center_distance",
     "gaussian_center_distance_reference",
     "get_backend",
+    "lovasz_hinge",
+    "lovasz_hinge_reference",
+    "lovasz_hinge_vectorized",
+    "lovasz_softmax",
+    "lovasz_softmax_reference",
     "set_backend",
     "soft_class_pool",
     "soft_class_pool_reference",

@@ -1,0 +1,169 @@
+// CPU kernels of the Lovász hinge (Berman et al. 2018 Eq. 8-9; CSFRNet Eq. 4). Rows run in
+// parallel; each row sorts its valid pixels once by decreasing hinge error and scans them once for
+// the Jaccard gradient, the loss and the per-position gradient weights. Backward scatters those
+// weights through the saved permutation, without sorting again.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <optional>
+#include <vector>
+
+namespace fastseg::cpu {
+namespace {
+
+template <typename acc_t>
+struct SortItem {
+  acc_t error;
+  int64_t index;
+};
+
+// Decreasing error, NaN first (as torch.sort(descending=True)): a strict weak order even with NaN.
+template <typename acc_t>
+bool comes_before(const SortItem<acc_t>& a, const SortItem<acc_t>& b) {
+  if (std::isnan(a.error)) return !std::isnan(b.error);
+  if (std::isnan(b.error)) return false;
+  return a.error > b.error;
+}
+
+// One row of `pixels`: writes its permutation (valid pixels by decreasing error, then the invalid
+// ones) and weights d loss / d logits[permutation[j]] (0 for invalid), returns its loss.
+template <typename scalar_t, typename acc_t>
+acc_t lovasz_row(const scalar_t* logits, const bool* labels, const bool* valid, int64_t pixels,
+                 std::vector<SortItem<acc_t>>& items, int64_t* permutation, acc_t* weights) {
+  items.clear();
+  int64_t positives = 0;
+  for (int64_t p = 0; p < pixels; ++p) {
+    if (valid != nullptr && !valid[p]) continue;
+    const acc_t sign = labels[p] ? acc_t(1) : acc_t(-1);
+    items.push_back({acc_t(1) - static_cast<acc_t>(logits[p]) * sign, p});
+    positives += labels[p];
+  }
+  std::sort(items.begin(), items.end(), comes_before<acc_t>);
+
+  // Eq. 9: g_j = J_j - J_{j-1}, J_j = 1 - (gts - pos_j) / (gts + neg_j); the union is >= 1 here.
+  const acc_t gts = static_cast<acc_t>(positives);
+  int64_t pos = 0, neg = 0;
+  acc_t previous = acc_t(0), loss = acc_t(0);
+  const int64_t count = static_cast<int64_t>(items.size());
+  for (int64_t j = 0; j < count; ++j) {
+    const bool positive = labels[items[j].index];
+    pos += positive;
+    neg += !positive;
+    const acc_t jaccard = acc_t(1) - (gts - acc_t(pos)) / (gts + acc_t(neg));
+    const acc_t grad = jaccard - previous;
+    previous = jaccard;
+    const acc_t error = items[j].error;
+    const bool active = error > acc_t(0);
+    loss += active ? error * grad : acc_t(0);  // Eq. 8 with relu(errors)
+    permutation[j] = items[j].index;
+    weights[j] = active ? (positive ? -grad : grad) : acc_t(0);
+  }
+  int64_t j = count;
+  for (int64_t p = 0; valid != nullptr && p < pixels; ++p) {
+    if (valid[p]) continue;
+    permutation[j] = p;
+    weights[j++] = acc_t(0);
+  }
+  return loss;
+}
+
+void check_mask(const at::Tensor& mask, const at::Tensor& logits, const char* name) {
+  TORCH_CHECK_VALUE(mask.scalar_type() == at::kBool, name, " must be bool, got ", mask.scalar_type());
+  TORCH_CHECK_VALUE(mask.sizes() == logits.sizes(), name, " must have shape ", logits.sizes(), ", got ",
+                    mask.sizes());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lovasz_hinge_cpu(const at::Tensor& logits, const at::Tensor& labels,
+                                                                const std::optional<at::Tensor>& valid) {
+  TORCH_CHECK_VALUE(logits.dim() == 2, "logits must be (N,P), got ", logits.sizes());
+  TORCH_CHECK_VALUE(at::isFloatingType(logits.scalar_type()), "logits must be floating point");
+  check_mask(labels, logits, "labels");
+  if (valid.has_value()) check_mask(*valid, logits, "valid");
+  const int64_t rows = logits.size(0), pixels = logits.size(1);
+  const at::Tensor x = logits.contiguous();
+  const at::Tensor y = labels.contiguous();
+  const at::Tensor mask = valid.has_value() ? valid->contiguous() : at::Tensor();
+  const auto acc_dtype = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor loss = at::empty({rows}, logits.options());
+  at::Tensor permutation = at::empty({rows, pixels}, logits.options().dtype(at::kLong));
+  at::Tensor weights = at::empty({rows, pixels}, logits.options().dtype(acc_dtype));
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "lovasz_hinge_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* in = x.const_data_ptr<scalar_t>();
+    const bool* gt = y.const_data_ptr<bool>();
+    const bool* keep = mask.defined() ? mask.const_data_ptr<bool>() : nullptr;
+    scalar_t* out = loss.data_ptr<scalar_t>();
+    int64_t* perm = permutation.data_ptr<int64_t>();
+    acc_t* weight = weights.data_ptr<acc_t>();
+    at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+      std::vector<SortItem<acc_t>> items;
+      items.reserve(pixels);
+      for (int64_t n = begin; n < end; ++n) {
+        const int64_t offset = n * pixels;
+        out[n] = static_cast<scalar_t>(lovasz_row<scalar_t, acc_t>(in + offset, gt + offset,
+                                                                   keep ? keep + offset : nullptr, pixels, items,
+                                                                   perm + offset, weight + offset));
+      }
+    });
+  });
+  return {loss, permutation, weights};
+}
+
+at::Tensor lovasz_hinge_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& permutation,
+                                     const at::Tensor& weights) {
+  TORCH_CHECK_VALUE(grad_loss.dim() == 1, "grad_loss must be (N,), got ", grad_loss.sizes());
+  const int64_t rows = grad_loss.size(0);
+  TORCH_CHECK_VALUE(permutation.dim() == 2 && permutation.size(0) == rows && permutation.scalar_type() == at::kLong,
+                    "permutation must be int64 (N,P) with N=", rows, ", got ", permutation.sizes());
+  const auto acc_dtype = grad_loss.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK_VALUE(weights.sizes() == permutation.sizes() && weights.scalar_type() == acc_dtype,
+                    "weights must be ", acc_dtype, " of the permutation's shape");
+  const int64_t pixels = permutation.size(1);
+  const at::Tensor perm = permutation.contiguous();
+  const at::Tensor weight = weights.contiguous();
+  at::Tensor grad_logits = at::zeros({rows, pixels}, grad_loss.options());
+  std::atomic<bool> out_of_range{false};
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_loss.scalar_type(), "lovasz_hinge_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const at::Tensor grad = grad_loss.contiguous();
+    const scalar_t* g = grad.const_data_ptr<scalar_t>();
+    const int64_t* index = perm.const_data_ptr<int64_t>();
+    const acc_t* w = weight.const_data_ptr<acc_t>();
+    scalar_t* out = grad_logits.data_ptr<scalar_t>();
+    at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t n = begin; n < end; ++n) {
+        const acc_t scale = static_cast<acc_t>(g[n]);
+        const int64_t offset = n * pixels;
+        for (int64_t j = 0; j < pixels; ++j) {
+          const int64_t p = index[offset + j];
+          if (p < 0 || p >= pixels) {
+            out_of_range = true;
+            continue;
+          }
+          out[offset + p] = static_cast<scalar_t>(scale * w[offset + j]);
+        }
+      }
+    });
+  });
+  TORCH_CHECK_VALUE(!out_of_range, "permutation holds indices outside [0, ", pixels, ")");
+  return grad_logits;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastseg, CPU, m) {
+  m.impl("lovasz_hinge", &lovasz_hinge_cpu);
+  m.impl("lovasz_hinge_backward", &lovasz_hinge_backward_cpu);
+}
+
+}  // namespace fastseg::cpu

@@ -1,0 +1,92 @@
+// CUDA registration of the Lovász hinge: tensors in, raw pointers, the sort workspace and the
+// current stream out to csrc/cuda/lovasz_hinge.cu.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <optional>
+
+#include "cuda/lovasz_hinge.h"
+#include "cuda_glue/cuda_type.h"
+
+namespace fastseg::glue {
+namespace {
+
+void check_mask(const at::Tensor& mask, const at::Tensor& logits, const char* name) {
+  TORCH_CHECK_VALUE(mask.scalar_type() == at::kBool, name, " must be bool, got ", mask.scalar_type());
+  TORCH_CHECK_VALUE(mask.sizes() == logits.sizes(), name, " must have shape ", logits.sizes(), ", got ",
+                    mask.sizes());
+  TORCH_CHECK_VALUE(mask.device() == logits.device(), name, " must be on ", logits.device());
+}
+
+at::ScalarType accumulate_type(at::ScalarType type) { return type == at::kDouble ? at::kDouble : at::kFloat; }
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lovasz_hinge_cuda(const at::Tensor& logits, const at::Tensor& labels,
+                                                                 const std::optional<at::Tensor>& valid) {
+  TORCH_CHECK_VALUE(logits.dim() == 2, "logits must be (N,P), got ", logits.sizes());
+  TORCH_CHECK_VALUE(at::isFloatingType(logits.scalar_type()), "logits must be floating point");
+  TORCH_CHECK_VALUE(logits.size(1) < (int64_t(1) << 31), "rows of 2**31 pixels or more are not supported");
+  check_mask(labels, logits, "labels");
+  if (valid.has_value()) check_mask(*valid, logits, "valid");
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const int64_t rows = logits.size(0), pixels = logits.size(1);
+  const at::Tensor x = logits.contiguous();
+  const at::Tensor y = labels.contiguous();
+  const at::Tensor mask = valid.has_value() ? valid->contiguous() : at::Tensor();
+  at::Tensor losses = at::empty({rows}, logits.options());
+  at::Tensor permutation = at::empty({rows, pixels}, logits.options().dtype(at::kLong));
+  at::Tensor weights = at::empty({rows, pixels}, logits.options().dtype(accumulate_type(logits.scalar_type())));
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "lovasz_hinge_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    size_t bytes = 0;
+    check_cuda(cuda::lovasz_hinge_workspace<cuda_t<scalar_t>>(rows, pixels, &bytes), "lovasz_hinge workspace");
+    at::Tensor workspace = at::empty({static_cast<int64_t>(bytes)}, logits.options().dtype(at::kByte));
+    check_cuda(cuda::lovasz_hinge_forward(cuda_ptr<scalar_t>(x), y.const_data_ptr<bool>(),
+                                          mask.defined() ? mask.const_data_ptr<bool>() : nullptr, rows, pixels,
+                                          workspace.data_ptr(), bytes, cuda_mutable_ptr<scalar_t>(losses),
+                                          permutation.data_ptr<int64_t>(), weights.data_ptr<acc_t>(), stream),
+               "lovasz_hinge");
+  });
+  return {losses, permutation, weights};
+}
+
+at::Tensor lovasz_hinge_backward_cuda(const at::Tensor& grad_loss, const at::Tensor& permutation,
+                                      const at::Tensor& weights) {
+  TORCH_CHECK_VALUE(grad_loss.dim() == 1, "grad_loss must be (N,), got ", grad_loss.sizes());
+  const int64_t rows = grad_loss.size(0);
+  TORCH_CHECK_VALUE(permutation.dim() == 2 && permutation.size(0) == rows && permutation.scalar_type() == at::kLong,
+                    "permutation must be int64 (N,P) with N=", rows, ", got ", permutation.sizes());
+  TORCH_CHECK_VALUE(weights.sizes() == permutation.sizes() &&
+                        weights.scalar_type() == accumulate_type(grad_loss.scalar_type()),
+                    "weights must be of the accumulation type and the permutation's shape");
+  TORCH_CHECK_VALUE(permutation.device() == grad_loss.device() && weights.device() == grad_loss.device(),
+                    "permutation and weights must be on ", grad_loss.device());
+  const c10::cuda::CUDAGuard guard(grad_loss.device());
+  const int64_t pixels = permutation.size(1);
+  const at::Tensor grad = grad_loss.contiguous();
+  const at::Tensor perm = permutation.contiguous();
+  const at::Tensor weight = weights.contiguous();
+  at::Tensor grad_logits = at::empty({rows, pixels}, grad_loss.options());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "lovasz_hinge_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    check_cuda(cuda::lovasz_hinge_backward(cuda_ptr<scalar_t>(grad), perm.const_data_ptr<int64_t>(),
+                                           weight.const_data_ptr<acc_t>(), rows, pixels,
+                                           cuda_mutable_ptr<scalar_t>(grad_logits), stream),
+               "lovasz_hinge_backward");
+  });
+  return grad_logits;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastseg, CUDA, m) {
+  m.impl("lovasz_hinge", &lovasz_hinge_cuda);
+  m.impl("lovasz_hinge_backward", &lovasz_hinge_backward_cuda);
+}
+
+}  // namespace fastseg::glue

@@ -1,0 +1,201 @@
+"""lovasz_hinge: every fused backend and the vectorised reference against the per-row reference.
+
+Ties: the Lovász extension is well defined, so the loss does not depend on how equal errors are
+ordered, but its gradient does (two tied pixels with different labels swap their Jaccard-gradient
+weights, and every order is a valid subgradient). So gradients are compared on tie-free rows
+(errors built from distinct dyadic numbers, exact in float32), and rows with many ties compare
+loss values only.
+"""
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+from torch.library import opcheck
+
+from fastseg import ops
+from fastseg.losses import LovaszHingeLoss
+from fastseg.ops.lovasz_hinge import lovasz_hinge_reference, lovasz_hinge_vectorized
+
+
+def _tie_free_rows(rows, pixels, positive=0.3, valid=0.8, device="cpu", dtype=torch.float32):
+    """logits, labels, valid of (rows, pixels) whose hinge errors are distinct within each row.
+
+    Errors are distinct half-integers times a power of two, in about [-1.3, 2.7), so that
+    ``1 - logits * sign`` gives them back exactly; about a third of them are negative (no loss).
+    """
+    scale = 4.0 / 2 ** max(1, (pixels - 1).bit_length())
+    errors = torch.stack([torch.randperm(pixels) for _ in range(rows)]).double() - pixels / 3
+    errors = (errors.round() + 0.5) * scale  # never exactly 0, the kink of relu
+    labels = torch.rand(rows, pixels) < positive
+    logits = (1 - errors) * (2 * labels.double() - 1)
+    mask = torch.rand(rows, pixels) < valid
+    return logits.to(device=device, dtype=dtype), labels.to(device), mask.to(device)
+
+
+CASES = {
+    # name: (rows, pixels, fraction positive, fraction valid)
+    "random": (7, 300, 0.3, 0.8),
+    "all-positive": (3, 50, 1.0, 0.9),
+    "all-negative": (3, 50, 0.0, 0.9),
+    "all-valid": (4, 64, 0.5, 1.0),
+    "one-pixel": (5, 1, 0.5, 1.0),
+    "one-row": (1, 2000, 0.2, 0.7),
+    "long": (2, 5000, 0.1, 0.9),
+}
+
+
+def _compare(backend, device, logits, labels, valid, dtype=torch.float32, atol=1e-5, rtol=1e-5, grads=True):
+    x = logits.to(device=device, dtype=dtype).requires_grad_()
+    expected_x = logits.detach().double().requires_grad_()
+    losses = ops.lovasz_hinge(x, labels.to(device), None if valid is None else valid.to(device), backend=backend)
+    expected = lovasz_hinge_reference(expected_x, labels, valid)
+    assert losses.dtype == dtype and losses.shape == (logits.shape[0],)
+    torch.testing.assert_close(losses.double().cpu(), expected, atol=atol, rtol=rtol)
+    if grads:
+        weights = torch.randn_like(expected)
+        (grad,) = torch.autograd.grad(losses, x, weights.to(device=device, dtype=dtype))
+        (expected_grad,) = torch.autograd.grad(expected, expected_x, weights)
+        torch.testing.assert_close(grad.double().cpu(), expected_grad, atol=atol, rtol=rtol)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_matches_reference(fused, case):
+    backend, device = fused
+    rows, pixels, positive, valid = CASES[case]
+    logits, labels, mask = _tie_free_rows(rows, pixels, positive, valid)
+    _compare(backend, device, logits, labels, mask)
+    _compare(backend, device, logits, labels, None)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_vectorized_reference_matches_per_row(case):
+    rows, pixels, positive, valid = CASES[case]
+    logits, labels, mask = _tie_free_rows(rows, pixels, positive, valid, dtype=torch.float64)
+    _compare("reference", torch.device("cpu"), logits, labels, mask, dtype=torch.float64, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(lovasz_hinge_vectorized(logits, labels, mask), lovasz_hinge_reference(logits, labels, mask))
+
+
+def test_ties_give_the_reference_loss(fused):
+    """Many equal errors per row: the loss is order independent, so it must match exactly."""
+    backend, device = fused
+    logits = torch.randint(-3, 4, (6, 400)).float() / 2
+    labels = torch.rand(6, 400) < 0.4
+    mask = torch.rand(6, 400) < 0.85
+    _compare(backend, device, logits, labels, mask, grads=False)
+    _compare("reference", torch.device("cpu"), logits, labels, mask, grads=False)
+
+
+def test_rows_without_valid_pixels_give_zero_loss_and_gradient(fused):
+    backend, device = fused
+    logits, labels, mask = _tie_free_rows(4, 30)
+    mask[1] = False
+    mask[3] = False
+    x = logits.to(device).requires_grad_()
+    losses = ops.lovasz_hinge(x, labels.to(device), mask.to(device), backend=backend)
+    losses.sum().backward()
+    assert torch.all(losses[[1, 3]] == 0) and torch.all(losses[[0, 2]] > 0)
+    assert torch.all(x.grad[[1, 3]] == 0) and torch.all(x.grad[~mask.to(device)] == 0)
+    _compare(backend, device, logits, labels, mask)
+
+
+def test_long_rows_match_the_reference(fused):
+    """Rows longer than many kernel chunks (the running counts carried across chunks)."""
+    backend, device = fused
+    logits, labels, mask = _tie_free_rows(2, 97 * 97 * 3, positive=0.05)
+    _compare(backend, device, logits, labels, mask, atol=1e-5, rtol=1e-4)
+
+
+def test_integer_labels_and_non_contiguous_logits(fused):
+    backend, device = fused
+    logits, labels, mask = _tie_free_rows(5, 40)
+    strided = logits.t().contiguous().t()
+    assert not strided.is_contiguous()
+    int_labels = labels.to(torch.int64)
+    int_labels[~mask] = 255  # outside {0, 1} is allowed where not valid
+    losses = ops.lovasz_hinge(strided.to(device), int_labels.to(device), mask.to(device), backend=backend)
+    torch.testing.assert_close(losses.cpu(), lovasz_hinge_reference(logits, labels, mask))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_dtypes(fused, dtype):
+    backend, device = fused
+    logits, labels, mask = _tie_free_rows(4, 200, dtype=dtype)
+    if dtype == torch.float64:
+        _compare(backend, device, logits.double(), labels, mask, dtype=dtype, atol=1e-12, rtol=1e-12)
+        return
+    # computed in fp32 from the rounded inputs, rounded once at the end; 200-pixel tie-free rows
+    # stay tie-free in fp16 (9 significant bits), not in bf16 (8), so bf16 compares losses only
+    _compare(backend, device, logits.float(), labels, mask, dtype=dtype, atol=2e-2, rtol=2e-2,
+             grads=dtype == torch.float16)
+
+
+def test_gradcheck(differentiable):
+    backend, device = differentiable
+    logits, labels, mask = _tie_free_rows(2, 9, dtype=torch.float64, device=device)
+    logits.requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: ops.lovasz_hinge(x, labels, mask, backend=backend), (logits,))
+
+
+def _op_of(backend):
+    module = importlib.import_module("fastseg.ops.lovasz_hinge")
+    return (module._TRITON if backend == "triton" else module._CPP).forward
+
+
+def test_opcheck(fused):
+    backend, device = fused
+    logits, labels, mask = _tie_free_rows(3, 37, device=device)
+    opcheck(_op_of(backend), (logits.requires_grad_(), labels, mask))
+    opcheck(_op_of(backend), (logits, labels, None))
+
+
+def test_compile_fullgraph_matches_eager(fused):
+    backend, device = fused
+    logits, labels, mask = _tie_free_rows(4, 50, device=device)
+    logits.requires_grad_()
+
+    def loss(x):
+        return (ops.lovasz_hinge(2 * torch.sigmoid(x) - 1, labels, mask, backend=backend) * torch.arange(1, 5)).sum()
+
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    eager_value = loss(logits)
+    (eager_grad,) = torch.autograd.grad(eager_value, logits)
+    value = compiled(logits)
+    (grad,) = torch.autograd.grad(value, logits)
+    torch.testing.assert_close(value, eager_value)
+    torch.testing.assert_close(grad, eager_grad)
+
+
+def test_module_reduces_rows():
+    logits, labels, mask = _tie_free_rows(3, 20)
+    losses = lovasz_hinge_reference(logits, labels, mask)
+    torch.testing.assert_close(LovaszHingeLoss()(logits, labels, mask), losses.mean())
+    torch.testing.assert_close(LovaszHingeLoss("sum")(logits, labels, mask), losses.sum())
+    torch.testing.assert_close(LovaszHingeLoss("none")(logits, labels, mask), losses)
+    with pytest.raises(ValueError, match="reduction"):
+        LovaszHingeLoss("max")
+
+
+_X = torch.randn(2, 5)
+_Y = torch.ones(2, 5, dtype=torch.bool)
+
+
+@pytest.mark.parametrize(
+    "logits, labels, valid, message",
+    [
+        (_X, torch.ones(2, 4, dtype=torch.bool), None, "labels shape"),
+        (_X, _Y, torch.ones(3, 5, dtype=torch.bool), "valid shape"),
+        (_X, torch.full((2, 5), 2), None, "labels must be 0 or 1"),
+        (_X, torch.full((2, 5), -1), None, "labels must be 0 or 1"),
+        (_X.long(), _Y, None, "logits must be a floating"),
+        (_X, _Y.float(), None, "labels must be a bool or integer"),
+        (_X, _Y, torch.ones(2, 5, dtype=torch.int64), "valid must be a bool"),
+        (_X[0], _Y[0], None, "logits must have 2 dimensions"),
+        (_X, _Y.to("meta"), None, "labels is on meta"),
+        (_X, _Y, torch.ones(2, 5, dtype=torch.bool, device="meta"), "valid is on meta"),
+    ],
+)
+def test_bad_input_names_the_argument(logits, labels, valid, message):
+    with pytest.raises(ValueError, match=message):
+        ops.lovasz_hinge(logits, labels, valid)
