@@ -11,6 +11,9 @@ TORCH_LIBRARY(fastseg, m) {
   // CSFRNet Eq. 1/3: hard class-wise average pooling.
   m.def("class_avg_pool(Tensor features, Tensor labels, int num_classes, int ignore_index) -> (Tensor, Tensor)");
   m.def("class_avg_pool_backward(Tensor grad_centers, Tensor labels, Tensor counts, int ignore_index) -> Tensor");
+  // DecoupleSegNet Eq. 1: bilinear feature warping by a flow field (grid_sample semantics, flow in input pixels).
+  m.def("flow_warp(Tensor input, Tensor flow, str padding_mode, bool align_corners) -> Tensor");
+  m.def("flow_warp_backward(Tensor grad_output, Tensor input, Tensor flow, str padding_mode, bool align_corners) -> (Tensor, Tensor)");
 }
 
 namespace {
