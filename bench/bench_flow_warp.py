@@ -27,7 +27,8 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16} if ON_GPU else {"fp32":
 
 @functools.lru_cache(maxsize=None)
 def _compiled_reference():
-    return torch.compile(ops.flow_warp_reference)
+    # dynamic: one compilation serves every shape (a second shape would make it dynamic anyway)
+    return torch.compile(ops.flow_warp_reference, dynamic=True)
 
 
 def _smooth_flow(batch, height, width):

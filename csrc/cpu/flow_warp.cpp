@@ -27,7 +27,22 @@ namespace {
 using flow_warp::Padding;
 using flow_warp::PixelCorners;
 
-constexpr int64_t kPixelTile = 512;  // pixels whose table entries stay in L1 while channels loop
+constexpr int64_t kPixelTile = 256;  // pixels whose table entries stay in L1 while channels loop
+
+// What the forward gather needs of a pixel's corners: offsets (int32, checked) and weights.
+template <typename acc_t>
+struct GatherCorners {
+  int32_t offset[4];
+  acc_t weight[4];
+
+  GatherCorners() = default;
+  explicit GatherCorners(const PixelCorners<acc_t>& corners) {
+    for (int k = 0; k < 4; ++k) {
+      offset[k] = static_cast<int32_t>(corners.offset[k]);
+      weight[k] = corners.weight[k];
+    }
+  }
+};
 
 Padding parse_padding(std::string_view mode) {
   TORCH_CHECK_VALUE(mode == "zeros" || mode == "border", "padding_mode must be 'zeros' or 'border', got '", mode, "'");
@@ -39,6 +54,8 @@ void check_inputs(const at::Tensor& input, const at::Tensor& flow) {
   TORCH_CHECK_VALUE(at::isFloatingType(input.scalar_type()), "input must be floating point, got ", input.scalar_type());
   TORCH_CHECK_VALUE(input.size(2) > 0 && input.size(3) > 0, "input must have a non-empty spatial size, got ",
                     input.sizes());
+  TORCH_CHECK_VALUE(input.size(2) * input.size(3) <= INT32_MAX, "input planes must have at most 2^31-1 pixels, got ",
+                    input.sizes());
   TORCH_CHECK_VALUE(flow.dim() == 4 && flow.size(1) == 2 && flow.size(0) == input.size(0),
                     "flow must be (B,2,Ho,Wo) with B=", input.size(0), ", got ", flow.sizes());
   const auto coord_type = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -46,22 +63,22 @@ void check_inputs(const at::Tensor& input, const at::Tensor& flow) {
                     " input, got ", flow.scalar_type());
 }
 
-// Corner table of every output pixel of every image: (B, Ho*Wo) entries.
-template <typename acc_t>
-std::vector<PixelCorners<acc_t>> corner_table(const at::Tensor& flow, int64_t in_height, int64_t in_width,
+// Corner table of every output pixel of every image: (B, Ho*Wo) entries of type Entry.
+template <typename acc_t, typename Entry>
+std::vector<Entry> corner_table(const at::Tensor& flow, int64_t in_height, int64_t in_width,
                                               Padding padding, bool align_corners) {
   const int64_t batch = flow.size(0), height = flow.size(2), width = flow.size(3), pixels = height * width;
   const auto map_x = flow_warp::make_axis_map<acc_t>(in_width, width, align_corners);
   const auto map_y = flow_warp::make_axis_map<acc_t>(in_height, height, align_corners);
   const acc_t* f = flow.const_data_ptr<acc_t>();
-  std::vector<PixelCorners<acc_t>> table(batch * pixels);
+  std::vector<Entry> table(batch * pixels);
   at::parallel_for(0, batch * height, 16, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / height, y = row % height;
       const acc_t* fx = f + (b * 2) * pixels + y * width;
       const acc_t* fy = fx + pixels;
       for (int64_t x = 0; x < width; ++x) {
-        table[row * width + x] = flow_warp::pixel_corners(map_x, map_y, x, y, fx[x], fy[x], padding);
+        table[row * width + x] = Entry(flow_warp::pixel_corners(map_x, map_y, x, y, fx[x], fy[x], padding));
       }
     }
   });
@@ -88,18 +105,19 @@ at::Tensor flow_warp_cpu(const at::Tensor& input, const at::Tensor& flow, c10::s
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "flow_warp_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const auto table = corner_table<acc_t>(coords, input.size(2), input.size(3), padding, align_corners);
+    const auto table =
+        corner_table<acc_t, GatherCorners<acc_t>>(coords, input.size(2), input.size(3), padding, align_corners);
     const scalar_t* src = in.const_data_ptr<scalar_t>();
     scalar_t* dst = output.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, batch * channels, 1, [&](int64_t begin, int64_t end) {
       for (int64_t p0 = 0; p0 < out_pixels; p0 += kPixelTile) {
         const int64_t p1 = std::min(p0 + kPixelTile, out_pixels);
         for (int64_t index = begin; index < end; ++index) {
-          const PixelCorners<acc_t>* corners = table.data() + (index / channels) * out_pixels;
+          const GatherCorners<acc_t>* corners = table.data() + (index / channels) * out_pixels;
           const scalar_t* plane = src + index * in_pixels;
           scalar_t* out = dst + index * out_pixels;
           for (int64_t p = p0; p < p1; ++p) {
-            const PixelCorners<acc_t>& c = corners[p];
+            const GatherCorners<acc_t>& c = corners[p];
             acc_t value = acc_t(0);
             for (int k = 0; k < 4; ++k) value += c.weight[k] * static_cast<acc_t>(plane[c.offset[k]]);
             out[p] = static_cast<scalar_t>(value);
@@ -133,7 +151,8 @@ std::tuple<at::Tensor, at::Tensor> flow_warp_backward_cpu(const at::Tensor& grad
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "flow_warp_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     constexpr bool kExactAccumulator = std::is_same_v<scalar_t, acc_t>;
-    const auto table = corner_table<acc_t>(coords, input.size(2), input.size(3), padding, align_corners);
+    const auto table =
+        corner_table<acc_t, PixelCorners<acc_t>>(coords, input.size(2), input.size(3), padding, align_corners);
     const scalar_t* src = in.const_data_ptr<scalar_t>();
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
     scalar_t* grad_in = grad_input.mutable_data_ptr<scalar_t>();

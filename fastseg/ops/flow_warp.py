@@ -7,6 +7,11 @@ with ``align_corners`` semantics (the identity for equal sizes; with align_corne
 ``F.grid_sample(input, grid, mode="bilinear")`` with the corresponding normalised grid, values and
 gradients included. DecoupleSegNet warps the ASPP features with it (body generation); SFNet-style
 alignment warps a coarse map while upsampling it (Ho, Wo larger than Hi, Wi).
+
+The backward w.r.t. input is a bilinear splat. Determinism: the C++ CPU kernels always are (each
+thread owns its channels' planes); the CUDA kernels add with atomics by default and switch to an
+atomic-free, plane-owned splat under ``torch.use_deterministic_algorithms(True)``; the Triton
+kernels add with atomics and raise (warn with ``warn_only=True``) under it on CUDA.
 """
 from __future__ import annotations
 
