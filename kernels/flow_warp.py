@@ -114,7 +114,8 @@ def _backward_kernel(
                 offset = rows + (y[j] * in_w + x[i])[None, :]
                 corner = tl.load(input + offset, mask=mask, other=0.0).to(acc_dtype)
                 # Eq. 1 transposed: splat go * weight onto the corner
-                tl.atomic_add(grad_input + offset, go * weight[None, :], mask=mask & (weight[None, :] != 0.0))
+                tl.atomic_add(grad_input + offset, go * weight[None, :], mask=mask & (weight[None, :] != 0.0),
+                              sem="relaxed")
                 projected = tl.sum(go * corner, axis=0)
                 sum_x += y[2 + j] * x[4 + i] * projected
                 sum_y += y[4 + j] * x[2 + i] * projected

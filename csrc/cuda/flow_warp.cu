@@ -93,7 +93,9 @@ __global__ void backward_pixels_kernel(const scalar_t* __restrict__ grad_output,
       const acc_t v = static_cast<acc_t>(input[plane + corners.offset[k]]);
       dx += corners.grad_x[k] * v * g;
       dy += corners.grad_y[k] * v * g;
-      if (kSplat && corners.weight[k] != acc_t(0)) atomicAdd(grad_acc + plane + corners.offset[k], corners.weight[k] * g);
+      if (kSplat && corners.weight[k] != acc_t(0)) {
+        atomicAdd(grad_acc + plane + corners.offset[k], corners.weight[k] * g);
+      }
     }
   }
   acc_t* out = partial + (chunk * gridDim.z + b) * 2 * s.out_pixels + p;

@@ -41,7 +41,9 @@ def _normalize(coordinate: Tensor, size: int, align_corners: bool) -> Tensor:
     return (2 * coordinate + 1) / size - 1
 
 
-def flow_warp_reference(input: Tensor, flow: Tensor, padding_mode: str = "border", align_corners: bool = True) -> Tensor:
+def flow_warp_reference(
+    input: Tensor, flow: Tensor, padding_mode: str = "border", align_corners: bool = True
+) -> Tensor:
     """Plain-PyTorch flow_warp: the normalised grid of base + flow, then F.grid_sample.
 
     Shapes: input (B,C,Hi,Wi), flow (B,2,Ho,Wo) in input pixels -> (B,C,Ho,Wo) in input's dtype.
