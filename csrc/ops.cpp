@@ -23,6 +23,9 @@ TORCH_LIBRARY(fastseg, m) {
   // Berman et al. 2018 Eq. 8-9 (Lovász hinge, CSFRNet Eq. 4): per-row losses, sort permutation, gradient weights.
   m.def("lovasz_hinge(Tensor logits, Tensor labels, Tensor? valid) -> (Tensor, Tensor, Tensor)");
   m.def("lovasz_hinge_backward(Tensor grad_loss, Tensor permutation, Tensor weights) -> Tensor");
+  // DecoupleSegNet Eq. 1: bilinear feature warping by a flow field (grid_sample semantics, flow in input pixels).
+  m.def("flow_warp(Tensor input, Tensor flow, str padding_mode, bool align_corners) -> Tensor");
+  m.def("flow_warp_backward(Tensor grad_output, Tensor input, Tensor flow, str padding_mode, bool align_corners) -> (Tensor, Tensor)");
 }
 
 namespace {

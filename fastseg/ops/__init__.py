@@ -21,6 +21,7 @@ from fastseg.ops.soft_class_pool import (
 )
 from fastseg.ops.lovasz_hinge import lovasz_hinge, lovasz_hinge_reference, lovasz_hinge_vectorized
 from fastseg.ops.lovasz_softmax import lovasz_softmax, lovasz_softmax_reference
+from fastseg.ops.flow_warp import FlowWarp, flow_warp, flow_warp_reference, normalized_flow_to_pixels
 
 __all__ = [
     "AttentionalClassFeature",
@@ -30,6 +31,7 @@ __all__ = [
     "SoftClassPool",
     "attentional_class_feature",
     "attentional_class_feature_reference",
+    "FlowWarp",
     "build_info",
     "class_avg_pool",
     "class_avg_pool_reference",
@@ -42,6 +44,10 @@ __all__ = [
     "lovasz_hinge_vectorized",
     "lovasz_softmax",
     "lovasz_softmax_reference",
+    "flow_warp",
+    "flow_warp_reference",
+    "get_backend",
+    "normalized_flow_to_pixels",
     "set_backend",
     "soft_class_pool",
     "soft_class_pool_reference",

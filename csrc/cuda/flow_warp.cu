@@ -1,0 +1,233 @@
+// CUDA flow_warp (DecoupleSegNet Eq. 1): bilinear sampling at base(p) + flow(p), grid_sample semantics.
+//
+// Forward: one thread per (image, output pixel, chunk of channels) computes the pixel's corners
+// once (csrc/flow_warp_sampling.h) and gathers its channels; consecutive threads are consecutive
+// pixels, so grad/outputs are coalesced and the corner reads mostly so.
+// Backward: the same threads walk their chunk of channels once. grad_flow is a sum over channels:
+// each chunk writes its partial sum to its own slot and a second kernel adds the slots in order,
+// so grad_flow is deterministic without atomics. grad_input is a bilinear splat: by default an
+// atomicAdd per (corner, channel) into an fp32 (fp64) accumulator; contention is limited to
+// output pixels sharing an input corner, since every channel is a separate address. With
+// deterministic=true a thread per (image, channel) owns its grad_input plane and splats every
+// output pixel in order: no atomics, reproducible, slower.
+#include "cuda/flow_warp.h"
+
+#include "flow_warp_sampling.h"
+
+#include <algorithm>
+
+namespace fastseg::cuda {
+namespace {
+
+using flow_warp::AxisMap;
+using flow_warp::Padding;
+using flow_warp::PixelCorners;
+
+constexpr int kThreads = 256;
+constexpr int64_t kChannelsPerThread = 32;
+
+template <typename acc_t>
+struct Sampler {
+  AxisMap<acc_t> x, y;
+  Padding padding;
+  int64_t out_width, out_pixels;
+
+  // Corners of output pixel p of image b.
+  __device__ __forceinline__ PixelCorners<acc_t> corners(const acc_t* flow, int64_t b, int64_t p) const {
+    const acc_t* f = flow + b * 2 * out_pixels + p;
+    return flow_warp::pixel_corners(x, y, p % out_width, p / out_width, f[0], f[out_pixels], padding);
+  }
+};
+
+template <typename acc_t>
+Sampler<acc_t> make_sampler(const FlowWarpShape& shape, int padding, bool align_corners) {
+  Sampler<acc_t> sampler;
+  sampler.x = flow_warp::make_axis_map<acc_t>(shape.in_width, shape.out_width, align_corners);
+  sampler.y = flow_warp::make_axis_map<acc_t>(shape.in_height, shape.out_height, align_corners);
+  sampler.padding = padding == 1 ? Padding::kBorder : Padding::kZeros;
+  sampler.out_width = shape.out_width;
+  sampler.out_pixels = shape.out_height * shape.out_width;
+  return sampler;
+}
+
+dim3 pixel_grid(const FlowWarpShape& shape) {
+  return dim3(static_cast<unsigned>(ceil_div(shape.out_height * shape.out_width, kThreads)),
+              static_cast<unsigned>(ceil_div(shape.channels, kChannelsPerThread)),
+              static_cast<unsigned>(shape.batch));
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void forward_kernel(const scalar_t* __restrict__ input, const acc_t* __restrict__ flow, Sampler<acc_t> s,
+                               int64_t channels, int64_t in_pixels, scalar_t* __restrict__ output) {
+  const int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  const int64_t b = blockIdx.z, c0 = blockIdx.y * kChannelsPerThread;
+  if (p >= s.out_pixels) return;
+  const PixelCorners<acc_t> corners = s.corners(flow, b, p);
+  const int64_t c1 = min(c0 + kChannelsPerThread, channels);
+  for (int64_t c = c0; c < c1; ++c) {
+    const scalar_t* plane = input + (b * channels + c) * in_pixels;
+    acc_t value = acc_t(0);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) value += corners.weight[k] * static_cast<acc_t>(plane[corners.offset[k]]);  // Eq. 1
+    output[(b * channels + c) * s.out_pixels + p] = static_cast<scalar_t>(value);
+  }
+}
+
+// Partial grad_flow of one chunk of channels into partial[(chunk * B + b) * 2 * Po + {0, Po} + p],
+// and, with kSplat, the atomic bilinear splat of grad_output into grad_acc.
+template <typename scalar_t, typename acc_t, bool kSplat>
+__global__ void backward_pixels_kernel(const scalar_t* __restrict__ grad_output, const scalar_t* __restrict__ input,
+                                       const acc_t* __restrict__ flow, Sampler<acc_t> s, int64_t channels,
+                                       int64_t in_pixels, acc_t* __restrict__ grad_acc, acc_t* __restrict__ partial) {
+  const int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  const int64_t b = blockIdx.z, chunk = blockIdx.y, c0 = chunk * kChannelsPerThread;
+  if (p >= s.out_pixels) return;
+  const PixelCorners<acc_t> corners = s.corners(flow, b, p);
+  const int64_t c1 = min(c0 + kChannelsPerThread, channels);
+  acc_t dx = acc_t(0), dy = acc_t(0);
+  for (int64_t c = c0; c < c1; ++c) {
+    const int64_t plane = (b * channels + c) * in_pixels;
+    const acc_t g = static_cast<acc_t>(grad_output[(b * channels + c) * s.out_pixels + p]);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const acc_t v = static_cast<acc_t>(input[plane + corners.offset[k]]);
+      dx += corners.grad_x[k] * v * g;
+      dy += corners.grad_y[k] * v * g;
+      if (kSplat && corners.weight[k] != acc_t(0)) {
+        atomicAdd(grad_acc + plane + corners.offset[k], corners.weight[k] * g);
+      }
+    }
+  }
+  acc_t* out = partial + (chunk * gridDim.z + b) * 2 * s.out_pixels + p;
+  out[0] = dx;
+  out[s.out_pixels] = dy;
+}
+
+// Deterministic splat: thread (b, c) owns grad_acc's plane (b, c) and visits the output pixels in order.
+template <typename scalar_t, typename acc_t>
+__global__ void splat_planes_kernel(const scalar_t* __restrict__ grad_output, const acc_t* __restrict__ flow,
+                                    Sampler<acc_t> s, int64_t channels, int64_t in_pixels,
+                                    acc_t* __restrict__ grad_acc) {
+  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x, b = blockIdx.y;
+  if (c >= channels) return;
+  const int64_t index = b * channels + c;
+  const scalar_t* go = grad_output + index * s.out_pixels;
+  acc_t* plane = grad_acc + index * in_pixels;
+  for (int64_t p = 0; p < s.out_pixels; ++p) {
+    const PixelCorners<acc_t> corners = s.corners(flow, b, p);
+    const acc_t g = static_cast<acc_t>(go[p]);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) plane[corners.offset[k]] += corners.weight[k] * g;
+  }
+}
+
+template <typename acc_t>
+__global__ void sum_chunks_kernel(const acc_t* __restrict__ partial, int64_t chunks, int64_t per_chunk,
+                                  acc_t* __restrict__ grad_flow) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < per_chunk;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    acc_t total = acc_t(0);
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) total += partial[chunk * per_chunk + i];
+    grad_flow[i] = total;
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void convert_kernel(const acc_t* __restrict__ source, int64_t count, scalar_t* __restrict__ target) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count; i += int64_t(gridDim.x) * blockDim.x) {
+    target[i] = static_cast<scalar_t>(source[i]);
+  }
+}
+
+unsigned stride_blocks(int64_t count) {
+  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(ceil_div(count, kThreads), 65535)));
+}
+
+template <typename scalar_t>
+constexpr bool accumulates_in_place() {
+  return sizeof(scalar_t) >= sizeof(float);  // float and double accumulate into grad_input itself
+}
+
+}  // namespace
+
+template <typename scalar_t>
+cudaError_t flow_warp_forward(const scalar_t* input, const coord_t<scalar_t>* flow, const FlowWarpShape& shape,
+                              int padding, bool align_corners, scalar_t* output, cudaStream_t stream) {
+  using acc_t = coord_t<scalar_t>;
+  if (shape.batch * shape.channels * shape.out_height * shape.out_width == 0) return cudaSuccess;
+  const auto sampler = make_sampler<acc_t>(shape, padding, align_corners);
+  forward_kernel<scalar_t, acc_t><<<pixel_grid(shape), kThreads, 0, stream>>>(
+      input, flow, sampler, shape.channels, shape.in_height * shape.in_width, output);
+  return cudaGetLastError();
+}
+
+size_t flow_warp_backward_workspace(const FlowWarpShape& shape, size_t element_size) {
+  const size_t acc_size = element_size == sizeof(double) ? sizeof(double) : sizeof(float);
+  const int64_t chunks = std::max<int64_t>(1, ceil_div(shape.channels, kChannelsPerThread));
+  const size_t partial = size_t(chunks * shape.batch * 2 * shape.out_height * shape.out_width) * acc_size;
+  const size_t accumulator =
+      element_size < sizeof(float) ? size_t(shape.batch * shape.channels * shape.in_height * shape.in_width) * acc_size
+                                   : 0;
+  return partial + accumulator;
+}
+
+template <typename scalar_t>
+cudaError_t flow_warp_backward(const scalar_t* grad_output, const scalar_t* input, const coord_t<scalar_t>* flow,
+                               const FlowWarpShape& shape, int padding, bool align_corners, bool deterministic,
+                               void* workspace, scalar_t* grad_input, coord_t<scalar_t>* grad_flow,
+                               cudaStream_t stream) {
+  using acc_t = coord_t<scalar_t>;
+  const int64_t in_pixels = shape.in_height * shape.in_width;
+  const int64_t out_pixels = shape.out_height * shape.out_width;
+  const int64_t input_count = shape.batch * shape.channels * in_pixels;
+  const int64_t flow_count = shape.batch * 2 * out_pixels;
+  acc_t* grad_acc = nullptr;
+  acc_t* partial = static_cast<acc_t*>(workspace);
+  if constexpr (accumulates_in_place<scalar_t>()) {
+    grad_acc = reinterpret_cast<acc_t*>(grad_input);
+  } else {
+    grad_acc = partial;
+    partial += input_count;
+  }
+  cudaError_t error = cudaMemsetAsync(grad_acc, 0, size_t(input_count) * sizeof(acc_t), stream);
+  if (error != cudaSuccess) return error;
+  if (shape.channels == 0 || flow_count == 0) {
+    error = cudaMemsetAsync(grad_flow, 0, size_t(flow_count) * sizeof(acc_t), stream);
+    if (error != cudaSuccess) return error;
+  } else {
+    const auto sampler = make_sampler<acc_t>(shape, padding, align_corners);
+    const dim3 grid = pixel_grid(shape);
+    if (deterministic) {
+      backward_pixels_kernel<scalar_t, acc_t, false><<<grid, kThreads, 0, stream>>>(
+          grad_output, input, flow, sampler, shape.channels, in_pixels, grad_acc, partial);
+      const dim3 planes(static_cast<unsigned>(ceil_div(shape.channels, 64)), static_cast<unsigned>(shape.batch));
+      splat_planes_kernel<scalar_t, acc_t><<<planes, 64, 0, stream>>>(grad_output, flow, sampler, shape.channels,
+                                                                      in_pixels, grad_acc);
+    } else {
+      backward_pixels_kernel<scalar_t, acc_t, true><<<grid, kThreads, 0, stream>>>(
+          grad_output, input, flow, sampler, shape.channels, in_pixels, grad_acc, partial);
+    }
+    sum_chunks_kernel<acc_t><<<stride_blocks(flow_count), kThreads, 0, stream>>>(partial, grid.y, flow_count,
+                                                                                 grad_flow);
+  }
+  if constexpr (!accumulates_in_place<scalar_t>()) {
+    if (input_count > 0) {
+      convert_kernel<scalar_t, acc_t><<<stride_blocks(input_count), kThreads, 0, stream>>>(grad_acc, input_count,
+                                                                                         grad_input);
+    }
+  }
+  return cudaGetLastError();
+}
+
+#define FASTSEG_INSTANTIATE(T)                                                                                    \
+  template cudaError_t flow_warp_forward<T>(const T*, const coord_t<T>*, const FlowWarpShape&, int, bool, T*,    \
+                                            cudaStream_t);                                                        \
+  template cudaError_t flow_warp_backward<T>(const T*, const T*, const coord_t<T>*, const FlowWarpShape&, int,   \
+                                             bool, bool, void*, T*, coord_t<T>*, cudaStream_t);
+FASTSEG_INSTANTIATE(float)
+FASTSEG_INSTANTIATE(double)
+FASTSEG_INSTANTIATE(__half)
+FASTSEG_INSTANTIATE(__nv_bfloat16)
+#undef FASTSEG_INSTANTIATE
+
+}  // namespace fastseg::cuda
