@@ -11,6 +11,9 @@ TORCH_LIBRARY(fastseg, m) {
   // CSFRNet Eq. 1/3: hard class-wise average pooling.
   m.def("class_avg_pool(Tensor features, Tensor labels, int num_classes, int ignore_index) -> (Tensor, Tensor)");
   m.def("class_avg_pool_backward(Tensor grad_centers, Tensor labels, Tensor counts, int ignore_index) -> Tensor");
+  // CSFRNet Eq. 6 (AAM): deformable convolution v1/v2 with torchvision's layouts.
+  m.def("deform_conv2d(Tensor input, Tensor offset, Tensor weight, Tensor? mask, Tensor? bias, int[2] stride, int[2] padding, int[2] dilation) -> Tensor");
+  m.def("deform_conv2d_backward(Tensor grad_output, Tensor input, Tensor offset, Tensor weight, Tensor? mask, int[2] stride, int[2] padding, int[2] dilation) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 namespace {
