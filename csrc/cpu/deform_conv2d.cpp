@@ -64,6 +64,14 @@ Geometry geometry(const at::Tensor& input, const at::Tensor& offset, const at::T
   return g;
 }
 
+// Items per task so that tiny problems run inline (a parallel region costs more than they do):
+// about 32k elementary steps per task, ATen's own grain.
+constexpr int64_t kGrainSize = 32768;
+
+int64_t grain(int64_t work_per_item) {
+  return std::max<int64_t>(1, kGrainSize / std::max<int64_t>(work_per_item, 1));
+}
+
 int64_t chunk_size(const Geometry& g, int64_t element_size) {
   const int64_t per_image = std::max<int64_t>(g.channels * g.taps * g.pixels * element_size, 1);
   return std::clamp<int64_t>(kColumnBudget / per_image, 1, std::max<int64_t>(g.batch, 1));
@@ -106,7 +114,7 @@ template <typename scalar_t, typename acc_t>
 std::vector<Sample<acc_t>> make_samples(const Geometry& g, const scalar_t* offset, const scalar_t* mask, int64_t b0,
                                         int64_t nb) {
   std::vector<Sample<acc_t>> samples(nb * g.offset_groups * g.taps * g.pixels);
-  at::parallel_for(0, nb * g.offset_groups * g.taps, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, nb * g.offset_groups * g.taps, grain(g.pixels), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = b0 + row / (g.offset_groups * g.taps), group_tap = row % (g.offset_groups * g.taps);
       const int64_t tap = group_tap % g.taps, i = tap / g.kw, j = tap % g.kw;
@@ -130,7 +138,7 @@ template <typename scalar_t, typename acc_t>
 void fill_columns(const Geometry& g, const scalar_t* input, const std::vector<Sample<acc_t>>& samples, int64_t b0,
                   int64_t nb, scalar_t* columns) {
   const int64_t plane = g.height * g.width, group_channels = g.channels / g.offset_groups;
-  at::parallel_for(0, nb * g.channels, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, nb * g.channels, grain(4 * g.taps * g.pixels), [&](int64_t begin, int64_t end) {
     for (int64_t bc = begin; bc < end; ++bc) {
       const int64_t b = bc / g.channels, c = bc % g.channels;
       const scalar_t* image = input + ((b0 + b) * g.channels + c) * plane;
@@ -155,7 +163,7 @@ template <typename scalar_t, typename acc_t>
 void scatter_grad_input(const Geometry& g, const scalar_t* grad_columns, const std::vector<Sample<acc_t>>& samples,
                         int64_t b0, int64_t nb, scalar_t* grad_input) {
   const int64_t plane = g.height * g.width, group_channels = g.channels / g.offset_groups;
-  at::parallel_for(0, nb * g.channels, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, nb * g.channels, grain(4 * g.taps * g.pixels), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> sums(plane);
     for (int64_t bc = begin; bc < end; ++bc) {
       const int64_t b = bc / g.channels, c = bc % g.channels;
@@ -190,7 +198,7 @@ void offset_mask_grads(const Geometry& g, const scalar_t* input, const scalar_t*
                        const std::vector<Sample<acc_t>>& samples, int64_t b0, int64_t nb, scalar_t* grad_offset,
                        scalar_t* grad_mask) {
   const int64_t plane = g.height * g.width, group_channels = g.channels / g.offset_groups;
-  at::parallel_for(0, nb * g.offset_groups * g.taps, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, nb * g.offset_groups * g.taps, grain(4 * group_channels * g.pixels), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> sum_y(g.pixels), sum_x(g.pixels), sum_m(g.pixels);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / (g.offset_groups * g.taps), group_tap = row % (g.offset_groups * g.taps);

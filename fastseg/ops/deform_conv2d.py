@@ -48,7 +48,7 @@ def _sample(input: Tensor, offset: Tensor, mask: Tensor | None, kernel, stride, 
     tap_x = (torch.arange(kw, device=device, dtype=dtype) * dilation[1]).repeat(kh)
     base_y = torch.arange(out_h, device=device, dtype=dtype) * stride[0] - padding[0]
     base_x = torch.arange(out_w, device=device, dtype=dtype) * stride[1] - padding[1]
-    delta = offset.view(batch, offset_groups, taps, 2, out_h, out_w)
+    delta = offset.reshape(batch, offset_groups, taps, 2, out_h, out_w)
     y = base_y.view(1, 1, 1, -1, 1) + tap_y.view(1, 1, -1, 1, 1) + delta[:, :, :, 0]  # (B, G, taps, Ho, Wo)
     x = base_x.view(1, 1, 1, 1, -1) + tap_x.view(1, 1, -1, 1, 1) + delta[:, :, :, 1]
     grid = torch.stack(((2 * x + 1) / width - 1, (2 * y + 1) / height - 1), dim=-1)
@@ -57,7 +57,7 @@ def _sample(input: Tensor, offset: Tensor, mask: Tensor | None, kernel, stride, 
     samples = F.grid_sample(images, grid.to(input.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
     samples = samples.view(batch, offset_groups, channels // offset_groups, taps, out_h, out_w)
     if mask is not None:
-        samples = samples * mask.view(batch, offset_groups, 1, taps, out_h, out_w)
+        samples = samples * mask.reshape(batch, offset_groups, 1, taps, out_h, out_w)
     return samples.reshape(batch, channels, taps, out_h, out_w)
 
 
@@ -83,7 +83,7 @@ def deform_conv2d_reference(
     samples = _sample(input, offset, mask, (kh, kw), stride, padding, dilation)  # (B, C_in, taps, Ho, Wo)
     out_h, out_w = samples.shape[-2:]
     columns = samples.view(batch, groups, group_channels * kh * kw, out_h * out_w)
-    kernels = weight.view(groups, out_channels // groups, group_channels * kh * kw)
+    kernels = weight.reshape(groups, out_channels // groups, group_channels * kh * kw)
     out = torch.matmul(kernels, columns).view(batch, out_channels, out_h, out_w)
     if bias is not None:
         out = out + bias.view(1, -1, 1, 1)
