@@ -133,19 +133,41 @@ std::vector<Sample<acc_t>> make_samples(const Geometry& g, const scalar_t* offse
   return samples;
 }
 
+// Output pixels per work item: the item's samples (a few kB) stay in L1 while every channel of
+// their offset group reads them.
+constexpr int64_t kPixelBlock = 256;
+// Channels whose input-gradient planes one col2im task accumulates at once.
+constexpr int64_t kChannelBlock = 8;
+
+// A range of output pixels [begin, end) of one (image, offset group, tap) row of samples.
+struct PixelBlock {
+  int64_t b, og, tap, begin, end;
+};
+
+PixelBlock pixel_block(const Geometry& g, int64_t item) {
+  const int64_t blocks = (g.pixels + kPixelBlock - 1) / kPixelBlock;
+  const int64_t block = item % blocks, row = item / blocks;
+  return {row / (g.offset_groups * g.taps), row / g.taps % g.offset_groups, row % g.taps, block * kPixelBlock,
+          std::min(g.pixels, (block + 1) * kPixelBlock)};
+}
+
+int64_t pixel_blocks(const Geometry& g, int64_t nb) {
+  return nb * g.offset_groups * g.taps * ((g.pixels + kPixelBlock - 1) / kPixelBlock);
+}
+
 // columns (nb, C_in*taps, pixels): mask * bilinear(input[b, c], y, x), row c*taps + tap.
 template <typename scalar_t, typename acc_t>
 void fill_columns(const Geometry& g, const scalar_t* input, const std::vector<Sample<acc_t>>& samples, int64_t b0,
                   int64_t nb, scalar_t* columns) {
   const int64_t plane = g.height * g.width, group_channels = g.channels / g.offset_groups;
-  at::parallel_for(0, nb * g.channels, grain(4 * g.taps * g.pixels), [&](int64_t begin, int64_t end) {
-    for (int64_t bc = begin; bc < end; ++bc) {
-      const int64_t b = bc / g.channels, c = bc % g.channels;
-      const scalar_t* image = input + ((b0 + b) * g.channels + c) * plane;
-      for (int64_t tap = 0; tap < g.taps; ++tap) {
-        const Sample<acc_t>* s = samples.data() + ((b * g.offset_groups + c / group_channels) * g.taps + tap) * g.pixels;
-        scalar_t* col = columns + (bc * g.taps + tap) * g.pixels;
-        for (int64_t p = 0; p < g.pixels; ++p) {
+  at::parallel_for(0, pixel_blocks(g, nb), grain(4 * group_channels * kPixelBlock), [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const PixelBlock blk = pixel_block(g, item);
+      const Sample<acc_t>* s = samples.data() + ((blk.b * g.offset_groups + blk.og) * g.taps + blk.tap) * g.pixels;
+      for (int64_t c = blk.og * group_channels; c < (blk.og + 1) * group_channels; ++c) {
+        const scalar_t* image = input + ((b0 + blk.b) * g.channels + c) * plane;
+        scalar_t* col = columns + ((blk.b * g.channels + c) * g.taps + blk.tap) * g.pixels;
+        for (int64_t p = blk.begin; p < blk.end; ++p) {
           const Sample<acc_t>& q = s[p];
           const acc_t value = q.weight[0] * static_cast<acc_t>(image[q.index[0]]) +
                               q.weight[1] * static_cast<acc_t>(image[q.index[1]]) +
@@ -158,27 +180,41 @@ void fill_columns(const Geometry& g, const scalar_t* input, const std::vector<Sa
   });
 }
 
-// grad_input[b, c] += sum over taps and pixels of weight * mask * grad_columns (col2im).
+// grad_input[b, c] = sum over taps and pixels of weight * mask * grad_columns (col2im). A task owns
+// the planes of up to kChannelBlock channels of one offset group: no races, a fixed summation order.
 template <typename scalar_t, typename acc_t>
 void scatter_grad_input(const Geometry& g, const scalar_t* grad_columns, const std::vector<Sample<acc_t>>& samples,
                         int64_t b0, int64_t nb, scalar_t* grad_input) {
   const int64_t plane = g.height * g.width, group_channels = g.channels / g.offset_groups;
-  at::parallel_for(0, nb * g.channels, grain(4 * g.taps * g.pixels), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> sums(plane);
-    for (int64_t bc = begin; bc < end; ++bc) {
-      const int64_t b = bc / g.channels, c = bc % g.channels;
+  const int64_t channel_blocks = (group_channels + kChannelBlock - 1) / kChannelBlock;
+  const int64_t items = nb * g.offset_groups * channel_blocks;
+  at::parallel_for(0, items, grain(4 * kChannelBlock * g.taps * g.pixels), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> sums(kChannelBlock * plane);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / (g.offset_groups * channel_blocks), og = item / channel_blocks % g.offset_groups;
+      const int64_t c_begin = og * group_channels + item % channel_blocks * kChannelBlock;
+      const int64_t c_end = std::min(c_begin + kChannelBlock, (og + 1) * group_channels);
       std::fill(sums.begin(), sums.end(), acc_t(0));
       for (int64_t tap = 0; tap < g.taps; ++tap) {
-        const Sample<acc_t>* s = samples.data() + ((b * g.offset_groups + c / group_channels) * g.taps + tap) * g.pixels;
-        const scalar_t* grad = grad_columns + (bc * g.taps + tap) * g.pixels;
-        for (int64_t p = 0; p < g.pixels; ++p) {
-          const Sample<acc_t>& q = s[p];
-          const acc_t value = q.mask * static_cast<acc_t>(grad[p]);
-          for (int n = 0; n < 4; ++n) sums[q.index[n]] += q.weight[n] * value;
+        const Sample<acc_t>* s = samples.data() + ((b * g.offset_groups + og) * g.taps + tap) * g.pixels;
+        for (int64_t p0 = 0; p0 < g.pixels; p0 += kPixelBlock) {
+          const int64_t p1 = std::min(g.pixels, p0 + kPixelBlock);
+          for (int64_t c = c_begin; c < c_end; ++c) {
+            const scalar_t* grad = grad_columns + ((b * g.channels + c) * g.taps + tap) * g.pixels;
+            acc_t* sum = sums.data() + (c - c_begin) * plane;
+            for (int64_t p = p0; p < p1; ++p) {
+              const Sample<acc_t>& q = s[p];
+              const acc_t value = q.mask * static_cast<acc_t>(grad[p]);
+              for (int n = 0; n < 4; ++n) sum[q.index[n]] += q.weight[n] * value;
+            }
+          }
         }
       }
-      scalar_t* out = grad_input + ((b0 + b) * g.channels + c) * plane;
-      for (int64_t i = 0; i < plane; ++i) out[i] = static_cast<scalar_t>(sums[i]);
+      for (int64_t c = c_begin; c < c_end; ++c) {
+        scalar_t* out = grad_input + ((b0 + b) * g.channels + c) * plane;
+        const acc_t* sum = sums.data() + (c - c_begin) * plane;
+        for (int64_t i = 0; i < plane; ++i) out[i] = static_cast<scalar_t>(sum[i]);
+      }
     }
   });
 }
@@ -198,19 +234,20 @@ void offset_mask_grads(const Geometry& g, const scalar_t* input, const scalar_t*
                        const std::vector<Sample<acc_t>>& samples, int64_t b0, int64_t nb, scalar_t* grad_offset,
                        scalar_t* grad_mask) {
   const int64_t plane = g.height * g.width, group_channels = g.channels / g.offset_groups;
-  at::parallel_for(0, nb * g.offset_groups * g.taps, grain(4 * group_channels * g.pixels), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> sum_y(g.pixels), sum_x(g.pixels), sum_m(g.pixels);
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t b = row / (g.offset_groups * g.taps), group_tap = row % (g.offset_groups * g.taps);
-      const int64_t og = group_tap / g.taps, tap = group_tap % g.taps;
-      std::fill(sum_y.begin(), sum_y.end(), acc_t(0));
-      std::fill(sum_x.begin(), sum_x.end(), acc_t(0));
-      std::fill(sum_m.begin(), sum_m.end(), acc_t(0));
-      const Sample<acc_t>* s = samples.data() + row * g.pixels;
-      for (int64_t c = og * group_channels; c < (og + 1) * group_channels; ++c) {
-        const scalar_t* image = input + ((b0 + b) * g.channels + c) * plane;
-        const scalar_t* grad = grad_columns + ((b * g.channels + c) * g.taps + tap) * g.pixels;
-        for (int64_t p = 0; p < g.pixels; ++p) {
+  at::parallel_for(0, pixel_blocks(g, nb), grain(4 * group_channels * kPixelBlock), [&](int64_t begin, int64_t end) {
+    acc_t sum_y[kPixelBlock], sum_x[kPixelBlock], sum_m[kPixelBlock];
+    for (int64_t item = begin; item < end; ++item) {
+      const PixelBlock blk = pixel_block(g, item);
+      const int64_t row = (blk.b * g.offset_groups + blk.og) * g.taps + blk.tap;
+      const int64_t count = blk.end - blk.begin;
+      std::fill(sum_y, sum_y + count, acc_t(0));
+      std::fill(sum_x, sum_x + count, acc_t(0));
+      std::fill(sum_m, sum_m + count, acc_t(0));
+      const Sample<acc_t>* s = samples.data() + row * g.pixels + blk.begin;
+      for (int64_t c = blk.og * group_channels; c < (blk.og + 1) * group_channels; ++c) {
+        const scalar_t* image = input + ((b0 + blk.b) * g.channels + c) * plane;
+        const scalar_t* grad = grad_columns + ((blk.b * g.channels + c) * g.taps + blk.tap) * g.pixels + blk.begin;
+        for (int64_t p = 0; p < count; ++p) {
           const Sample<acc_t>& q = s[p];
           if (!q.inside) continue;
           acc_t v[4];
@@ -223,16 +260,16 @@ void offset_mask_grads(const Geometry& g, const scalar_t* input, const scalar_t*
           sum_x[p] += gc * dx;
         }
       }
-      const int64_t b_global = b0 + b;
-      scalar_t* out_y = grad_offset + ((b_global * g.offset_groups * g.taps + group_tap) * 2) * g.pixels;
+      const int64_t global_row = b0 * g.offset_groups * g.taps + row;
+      scalar_t* out_y = grad_offset + (2 * global_row) * g.pixels + blk.begin;
       scalar_t* out_x = out_y + g.pixels;
-      for (int64_t p = 0; p < g.pixels; ++p) {
+      for (int64_t p = 0; p < count; ++p) {
         out_y[p] = static_cast<scalar_t>(s[p].mask * sum_y[p]);
         out_x[p] = static_cast<scalar_t>(s[p].mask * sum_x[p]);
       }
       if (grad_mask) {
-        scalar_t* out_m = grad_mask + (b_global * g.offset_groups * g.taps + group_tap) * g.pixels;
-        for (int64_t p = 0; p < g.pixels; ++p) out_m[p] = static_cast<scalar_t>(sum_m[p]);
+        scalar_t* out_m = grad_mask + global_row * g.pixels + blk.begin;
+        for (int64_t p = 0; p < count; ++p) out_m[p] = static_cast<scalar_t>(sum_m[p]);
       }
     }
   });

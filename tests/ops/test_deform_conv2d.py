@@ -142,7 +142,7 @@ RANDOM_CASES = {
     "batch1-v2": (1, 4, 6, 4, 3, 1, 1, 1, 1, 1, True),
     "batch1-v1": (1, 3, (5, 7), 2, 3, 1, 1, 1, 1, 1, False),
     "groups2-offset-groups2": (2, 4, 6, 6, 3, 1, 1, 1, 2, 2, True),
-    "groups2-offset-groups4-stride2": (2, 8, 7, 4, 3, 2, 1, 1, 2, 4, True),
+    "groups2-offset-groups4-stride2": (1, 8, 7, 4, 3, 2, 1, 1, 2, 4, True),
     "offset-groups3-dilation": (1, 6, 7, 4, (3, 2), 1, (2, 1), (2, 1), 1, 3, True),
     "batch33": (33, 4, 7, 5, 3, 1, 1, 1, 1, 2, True),
 }
@@ -161,11 +161,11 @@ def test_matches_reference(fused, case):
 
 def test_non_contiguous_inputs(fused):
     backend, device = fused
-    args = _inputs(2, 4, 6, 4, offset_groups=2)
+    args = _inputs(2, 4, 6, 4, kernel=2, offset_groups=2)  # output 7x7
     args["input"] = torch.randn(2, 6, 6, 8, dtype=torch.float64).transpose(1, 3)[:, :4]
-    args["offset"] = torch.randn(2, 6, 6, 36, dtype=torch.float64).permute(0, 3, 1, 2)
-    args["mask"] = torch.rand(2, 18, 6, 12, dtype=torch.float64)[..., ::2]
-    args["weight"] = torch.randn(3, 3, 4, 4, dtype=torch.float64).permute(3, 2, 1, 0)
+    args["offset"] = torch.randn(2, 7, 7, 16, dtype=torch.float64).permute(0, 3, 1, 2)
+    args["mask"] = torch.rand(2, 8, 7, 14, dtype=torch.float64)[..., ::2]
+    args["weight"] = torch.randn(2, 2, 4, 4, dtype=torch.float64).permute(3, 2, 1, 0)
     for name in ("input", "offset", "mask", "weight"):
         assert not args[name].is_contiguous(), name
     _compare(args, backend, device)
