@@ -199,6 +199,8 @@ def test_gradcheck(differentiable):
     backend, device = differentiable
     # tiny (2x2 kernel, one image) so that the Triton interpreter stays fast; batches are covered above
     args = _inputs(1, 4, 4, 2, kernel=2, groups=2, offset_groups=2, spread=1.5, device=device)
+    # sampling positions at least 0.1 from an integer, where the bilinear derivative has its kinks
+    args["offset"] = args["offset"].floor() + 0.1 + 0.8 * (args["offset"] - args["offset"].floor())
     tensors = [args[k].requires_grad_() for k in DIFFERENTIABLE]
 
     def fn(input, offset, weight, bias, mask):
