@@ -26,6 +26,9 @@ TORCH_LIBRARY(fastseg, m) {
   // DecoupleSegNet Eq. 1: bilinear feature warping by a flow field (grid_sample semantics, flow in input pixels).
   m.def("flow_warp(Tensor input, Tensor flow, str padding_mode, bool align_corners) -> Tensor");
   m.def("flow_warp_backward(Tensor grad_output, Tensor input, Tensor flow, str padding_mode, bool align_corners) -> (Tensor, Tensor)");
+  // CSFRNet Eq. 6 (AAM): deformable convolution v1/v2 with torchvision's layouts.
+  m.def("deform_conv2d(Tensor input, Tensor offset, Tensor weight, Tensor? mask, Tensor? bias, int[2] stride, int[2] padding, int[2] dilation) -> Tensor");
+  m.def("deform_conv2d_backward(Tensor grad_output, Tensor input, Tensor offset, Tensor weight, Tensor? mask, int[2] stride, int[2] padding, int[2] dilation) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 namespace {
