@@ -1,7 +1,7 @@
 """Parameters and FLOPs per module of a model, from one forward pass with hooks.
 
-FLOPs are counted as 2 x MACs (one multiply and one add per multiply-accumulate) of every Conv2d,
-ConvTranspose2d and Linear, for the whole ``input_size`` batch; normalisation, activations,
+FLOPs are counted as 2 x MACs (one multiply and one add per multiply-accumulate) of every Conv2d
+and Linear, for the whole ``input_size`` batch; normalisation, activations,
 pooling, interpolation, softmax and attention matmuls are not counted (they are a few percent of
 a ResNet segmentor's work). Rows group modules by their dotted name cut to ``depth`` parts
 (``depth=1``: ``backbone``, ``decode_head``, ...; ``depth=2``: ``backbone.layer1``, ...).
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-_COUNTED = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
+_COUNTED = (nn.Conv2d, nn.Linear)
 
 
 @dataclass
@@ -48,9 +48,6 @@ def _macs(module: nn.Module, output: torch.Tensor) -> int:
     if isinstance(module, nn.Linear):
         return output.numel() * module.in_features
     kernel = module.weight.shape[2] * module.weight.shape[3]
-    if isinstance(module, nn.ConvTranspose2d):
-        inputs_per_output = module.out_channels // module.groups * kernel
-        return output.numel() // module.out_channels * module.in_channels * inputs_per_output
     return output.numel() * (module.in_channels // module.groups) * kernel
 
 
