@@ -6,6 +6,8 @@ Every builder takes ``num_classes``, ``backbone`` ("resnet18/34/50/101") and the
   channels=512         (decode-head channels),
   aux=True, aux_channels=256, aux_weight=0.4  (the auxiliary FCN head on C3),
   ignore_index=255, dropout=0.1.
+PSPNet's and the DeepLabs' pooled branches hold BatchNorm on 1x1 maps, so training needs batch >= 2
+(per process, or SyncBatchNorm), as in mmsegmentation.
 """
 from __future__ import annotations
 

@@ -143,9 +143,9 @@ class ResNet(nn.Module):
         stages = []
         for index, planes in enumerate((64, 128, 256, 512)):
             grid = tuple(multi_grid) if (index == 3 and multi_grid is not None) else None
-            stages.append(
-                self._make_layer(block, planes, blocks[index], strides[index], dilations[index], previous_dilation, grid)
-            )
+            stages.append(self._make_layer(
+                block, planes, blocks[index], strides[index], dilations[index], previous_dilation, grid
+            ))
             previous_dilation = dilations[index]
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
 
