@@ -1,0 +1,24 @@
+"""The model zoo: dilated ResNet backbones, segmentation heads, baselines and the paper models.
+
+``build_model(name, num_classes, backbone="resnet50", **options)`` builds a registered model;
+``list_models()`` names them; ``summary(model, input_size)`` prints parameters and FLOPs per module;
+``load_pretrained(model, checkpoint)`` loads torchvision / timm / mmsegmentation ResNet weights.
+"""
+from fastseg.models import baselines  # noqa: F401  (registers the baselines)
+from fastseg.models.backbones import ResNet, build_backbone, load_pretrained
+from fastseg.models.batchnorm import convert_sync_batchnorm
+from fastseg.models.registry import build_model, list_models, register_model
+from fastseg.models.segmentor import EncoderDecoder
+from fastseg.models.summary import summary
+
+__all__ = [
+    "EncoderDecoder",
+    "ResNet",
+    "build_backbone",
+    "build_model",
+    "convert_sync_batchnorm",
+    "list_models",
+    "load_pretrained",
+    "register_model",
+    "summary",
+]
