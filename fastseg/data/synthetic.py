@@ -145,7 +145,7 @@ def render_street_scene(rng: np.random.Generator, height: int, width: int) -> tu
             c.paint(wheels, CAR, np.array([0.05, 0.05, 0.05], dtype=np.float32))
         elif kind == PERSON:
             tall = 6 + 0.45 * height * scale
-            cx = middle + rng.choice([-1, 1]) * (half + rng.uniform(1, 0.15 * width))
+            cx = np.clip(middle + rng.choice([-1, 1]) * (half + rng.uniform(1, 0.15 * width)), 2, width - 3)
             shirt, trousers = c.jitter(tuple(rng.uniform(0.1, 0.9, 3)), 0), c.jitter((0.15, 0.15, 0.25))
             c.paint(c.ellipse(base - 0.25 * tall, cx, 0.25 * tall, 0.09 * tall), PERSON, trousers)
             c.paint(c.ellipse(base - 0.6 * tall, cx, 0.22 * tall, 0.13 * tall), PERSON, shirt)
@@ -153,7 +153,7 @@ def render_street_scene(rng: np.random.Generator, height: int, width: int) -> tu
         else:
             tall = 12 + 0.75 * height * scale
             thick = max(1.0, round(3 * scale))
-            cx = middle + rng.choice([-1, 1]) * (half + rng.uniform(2, 0.2 * width))
+            cx = np.clip(middle + rng.choice([-1, 1]) * (half + rng.uniform(2, 0.2 * width)), 2, width - 6)
             c.paint(c.box(base - tall, base, cx, cx + thick), POLE, c.jitter((0.5, 0.5, 0.52), 0.05))
             size = 2 + 6 * scale
             plate = ((0.9, 0.75, 0.1), (0.8, 0.1, 0.1), (0.1, 0.3, 0.8))[rng.integers(3)]

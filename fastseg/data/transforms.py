@@ -28,9 +28,9 @@ def _chance(p: float, generator: torch.Generator | None) -> bool:
 
 
 def resize(image: Tensor, label: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
-    """Resize to ``size`` (H, W): bilinear image (align_corners=False), nearest label."""
+    """Resize to ``size`` (H, W): bilinear image (align_corners=False), nearest label (pixel-centre aligned)."""
     image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
-    label = F.interpolate(label[None, None].float(), size=size, mode="nearest")[0, 0].to(label.dtype)
+    label = F.interpolate(label[None, None].float(), size=size, mode="nearest-exact")[0, 0].to(label.dtype)
     return image, label
 
 
