@@ -10,6 +10,8 @@ int64 (H,W) with every pixel labelled (no ignored pixels).
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -38,8 +40,20 @@ def _smooth_noise(rng: np.random.Generator, height: int, width: int, cell: float
     return top * (1 - fy) + bottom * fy
 
 
+@dataclass
+class _Region:
+    """A bounding window of the canvas (``rows``, ``cols``) and the shape's mask inside it (h,w)."""
+
+    rows: slice
+    cols: slice
+    mask: np.ndarray
+
+
 class _Canvas:
-    """An RGB image (H,W,3) and its label map (H,W) painted together, later paint over earlier."""
+    """An RGB image (H,W,3) and its label map (H,W) painted together, later paint over earlier.
+
+    Shapes are ``_Region``s, so that painting costs the shape's bounding box rather than the whole frame.
+    """
 
     def __init__(self, rng: np.random.Generator, height: int, width: int) -> None:
         self.rng = rng
@@ -49,29 +63,48 @@ class _Canvas:
         self.label = np.zeros((height, width), dtype=np.int64)
         self._noise: dict[float, np.ndarray] = {}
 
-    def paint(self, mask: np.ndarray, cls: int, colour: np.ndarray) -> None:
-        """Label ``mask`` as ``cls`` and colour it; ``colour`` is (3,) or a full (H,W,3) texture."""
-        np.copyto(self.label, cls, where=mask)
-        np.copyto(self.image, colour, where=mask[..., None])
+    def coords(self, region: _Region) -> tuple[np.ndarray, np.ndarray]:
+        """Row and column coordinates (h,w) of the pixels of ``region``'s window."""
+        return self.yy[region.rows, region.cols], self.xx[region.rows, region.cols]
+
+    def paint(self, region: _Region, cls: int, colour: np.ndarray) -> None:
+        """Label the region's mask ``cls`` and colour it with ``colour``: (3,), a (H,W,3) texture, or (h,w,3)."""
+        if colour.ndim == 3 and colour.shape[:2] == (self.height, self.width):
+            colour = colour[region.rows, region.cols]
+        np.copyto(self.label[region.rows, region.cols], cls, where=region.mask)
+        np.copyto(self.image[region.rows, region.cols], colour, where=region.mask[..., None])
+
+    def darken(self, region: _Region, cls: int, factor: float) -> None:
+        """Scale the colour of the region's pixels that are labelled ``cls`` by ``factor``."""
+        image = self.image[region.rows, region.cols]
+        np.copyto(image, image * factor, where=(region.mask & (self.label[region.rows, region.cols] == cls))[..., None])
 
     def jitter(self, rgb: tuple[float, float, float], amount: float = 0.08) -> np.ndarray:
         return np.clip(np.asarray(rgb, dtype=np.float32) + self.rng.uniform(-amount, amount, 3), 0, 1)
 
-    def shaded(self, rgb: np.ndarray, cell: float, depth: float) -> np.ndarray:
-        """A (H,W,3) texture: ``rgb`` modulated by value noise of scale ``cell`` pixels and relative ``depth``.
-
-        One noise field per scale and scene, shared by the textures that use that scale.
-        """
+    def shaded(self, rgb: np.ndarray, cell: float, depth: float, region: _Region | None = None) -> np.ndarray:
+        """``rgb`` modulated by value noise of scale ``cell`` pixels and relative ``depth``: (H,W,3), or
+        (h,w,3) over ``region``'s window. One noise field per scale and scene, shared by its textures."""
         if cell not in self._noise:
             self._noise[cell] = _smooth_noise(self.rng, self.height, self.width, cell).astype(np.float32)
-        shade = 1 - depth + 2 * depth * self._noise[cell]
-        return rgb[None, None, :] * shade[..., None]
+        noise = self._noise[cell] if region is None else self._noise[cell][region.rows, region.cols]
+        return rgb[None, None, :] * (1 - depth + 2 * depth * noise)[..., None]
 
-    def ellipse(self, cy: float, cx: float, ry: float, rx: float) -> np.ndarray:
-        return ((self.yy - cy) / ry) ** 2 + ((self.xx - cx) / rx) ** 2 <= 1
+    def _window(self, top: float, bottom: float, left: float, right: float) -> tuple[slice, slice]:
+        """Rows ceil(top) .. ceil(bottom)-1 and columns likewise, clipped to the canvas."""
+        rows = slice(min(max(0, math.ceil(top)), self.height), min(max(0, math.ceil(bottom)), self.height))
+        cols = slice(min(max(0, math.ceil(left)), self.width), min(max(0, math.ceil(right)), self.width))
+        return rows, cols
 
-    def box(self, top: float, bottom: float, left: float, right: float) -> np.ndarray:
-        return (self.yy >= top) & (self.yy < bottom) & (self.xx >= left) & (self.xx < right)
+    def box(self, top: float, bottom: float, left: float, right: float) -> _Region:
+        """Pixels (y, x) with top <= y < bottom and left <= x < right."""
+        rows, cols = self._window(top, bottom, left, right)
+        return _Region(rows, cols, np.ones((rows.stop - rows.start, cols.stop - cols.start), dtype=bool))
+
+    def ellipse(self, cy: float, cx: float, ry: float, rx: float) -> _Region:
+        rows, cols = self._window(cy - ry, cy + ry + 1, cx - rx, cx + rx + 1)
+        yy, xx = self.yy[rows, cols], self.xx[rows, cols]
+        return _Region(rows, cols, ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1)
 
 
 def render_street_scene(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -82,7 +115,7 @@ def render_street_scene(rng: np.random.Generator, height: int, width: int) -> tu
     # Sky: blue, brighter towards the horizon, with soft clouds.
     sky = c.jitter((0.45, 0.62, 0.88))[None, None, :] * (0.8 + 0.25 * (c.yy / horizon))[..., None]
     clouds = np.clip(_smooth_noise(rng, height, width, 24) * 2 - 1.1, 0, 1)[..., None]
-    c.paint(np.ones((height, width), dtype=bool), SKY, (sky * (1 - clouds) + 0.95 * clouds).astype(np.float32))
+    c.paint(c.box(0, height, 0, width), SKY, (sky * (1 - clouds) + 0.95 * clouds).astype(np.float32))
 
     # Buildings: blocks of random width and height with window grids; gaps show the sky.
     left = 0.0
@@ -91,28 +124,30 @@ def render_street_scene(rng: np.random.Generator, height: int, width: int) -> tu
         if rng.random() < 0.85:
             top = rng.uniform(0.05 * height, horizon - 0.12 * height)
             wall = c.jitter(((0.55, 0.5, 0.45), (0.5, 0.5, 0.52), (0.6, 0.45, 0.35))[rng.integers(3)], 0.1)
-            texture = c.shaded(wall, 6, 0.12)
+            block = c.box(top, horizon, left, right)
+            texture = c.shaded(wall, 6, 0.12, block)
             period_y, period_x = rng.integers(6, 12), rng.integers(6, 12)
-            windows = ((c.yy - top) % period_y < period_y / 2) & ((c.xx - left) % period_x < period_x / 2)
+            yy, xx = c.coords(block)
+            windows = ((yy - top) % period_y < period_y / 2) & ((xx - left) % period_x < period_x / 2)
             glass = texture * 0.35 + np.array([0.1, 0.15, 0.25], dtype=np.float32)
             np.copyto(texture, glass, where=windows[..., None])
-            c.paint(c.box(top, horizon, left, right), BUILDING, texture)
+            c.paint(block, BUILDING, texture)
         left = right
 
     # Ground: a road in perspective towards a vanishing point, sidewalks outside it.
     vanish_x = width * rng.uniform(0.35, 0.65)
-    depth = np.clip((c.yy - horizon) / (height - horizon), 0, 1)  # 0 at the horizon, 1 at the bottom row
+    ground = c.box(horizon, height, 0, width)
+    yy, xx = c.coords(ground)
+    depth = (yy - horizon) / (height - horizon)  # 0 at the horizon, 1 at the bottom row
     centre = vanish_x + depth * (width / 2 - vanish_x)
     half_width = width * (0.03 + rng.uniform(0.4, 0.6) * depth)
-    ground = c.yy >= horizon
-    tiles = ((c.yy.astype(int) % 7 == 0) | ((c.xx + 3 * c.yy).astype(int) % 11 == 0))[..., None]
-    pavement = c.shaded(c.jitter((0.62, 0.56, 0.55)), 3, 0.08) * np.where(tiles, 0.75, 1.0).astype(np.float32)
-    c.paint(ground, SIDEWALK, pavement)
-    road = ground & (np.abs(c.xx - centre) < half_width)
-    asphalt = c.shaded(c.jitter((0.3, 0.3, 0.32), 0.05), 2, 0.15)
-    marks = (np.abs(c.xx - centre) < 0.5 + 0.012 * width * depth) & ((c.yy.astype(int) // 5) % 2 == 0)
+    tiles = ((yy.astype(int) % 7 == 0) | ((xx + 3 * yy).astype(int) % 11 == 0))[..., None]
+    pavement = c.shaded(c.jitter((0.62, 0.56, 0.55)), 3, 0.08, ground) * np.where(tiles, 0.75, 1.0)
+    c.paint(ground, SIDEWALK, pavement.astype(np.float32))
+    asphalt = c.shaded(c.jitter((0.3, 0.3, 0.32), 0.05), 2, 0.15, ground)
+    marks = (np.abs(xx - centre) < 0.5 + 0.012 * width * depth) & ((yy.astype(int) // 5) % 2 == 0)
     np.copyto(asphalt, np.float32(0.9), where=marks[..., None])
-    c.paint(road, ROAD, asphalt)
+    c.paint(_Region(ground.rows, ground.cols, np.abs(xx - centre) < half_width), ROAD, asphalt)
 
     # Trees in front of the buildings: noisy green crowns.
     foliage = c.shaded(c.jitter((0.22, 0.45, 0.15)), 2, 0.35)
@@ -138,11 +173,12 @@ def render_street_scene(rng: np.random.Generator, height: int, width: int) -> tu
             body = c.shaded(c.jitter(tuple(rng.uniform(0.05, 0.95, 3)), 0), 4, 0.1)
             lower = c.box(base - 0.6 * tall, base, cx - long / 2, cx + long / 2)
             cabin = c.box(base - tall, base - 0.55 * tall, cx - 0.3 * long, cx + 0.3 * long)
-            c.paint(lower | cabin, CAR, body)
-            np.copyto(c.image, c.image * 0.35, where=(cabin & (c.label == CAR))[..., None])
-            wheels = c.ellipse(base - 0.1 * tall, cx - 0.3 * long, 0.15 * tall, 0.1 * long)
-            wheels |= c.ellipse(base - 0.1 * tall, cx + 0.3 * long, 0.15 * tall, 0.1 * long)
-            c.paint(wheels, CAR, np.array([0.05, 0.05, 0.05], dtype=np.float32))
+            c.paint(lower, CAR, body)
+            c.paint(cabin, CAR, body)
+            c.darken(cabin, CAR, 0.35)
+            for wheel_x in (cx - 0.3 * long, cx + 0.3 * long):
+                wheel = c.ellipse(base - 0.1 * tall, wheel_x, 0.15 * tall, 0.1 * long)
+                c.paint(wheel, CAR, np.array([0.05, 0.05, 0.05], dtype=np.float32))
         elif kind == PERSON:
             tall = 6 + 0.45 * height * scale
             cx = np.clip(middle + rng.choice([-1, 1]) * (half + rng.uniform(1, 0.15 * width)), 2, width - 3)
