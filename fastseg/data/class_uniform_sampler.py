@@ -13,7 +13,10 @@ from torch.utils.data import Dataset, Sampler
 
 
 def class_presence(dataset: Dataset, num_classes: int, ignore_index: int = 255) -> Tensor:
-    """(N, K) bool: whether label ``n`` of ``dataset`` (its samples' second element) holds class ``k``."""
+    """(N, K) bool: whether label ``n`` of ``dataset`` (its samples' second element) holds class ``k``.
+
+    Scan the dataset without random transforms, so that the presence describes whole images.
+    """
     presence = torch.zeros(len(dataset), num_classes, dtype=torch.bool)
     for index in range(len(dataset)):
         label = dataset[index][1]

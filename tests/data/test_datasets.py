@@ -8,8 +8,16 @@ import pytest
 import torch
 
 from fastseg.data import BadSampleError, build_dataset
-from fastseg.data.datasets import ADE20K, BDD100K, CamVid, Cityscapes, COCOStuff, FolderDataset, KittiSemantics
-from fastseg.data.datasets import PascalContext
+from fastseg.data.datasets import (
+    ADE20K,
+    BDD100K,
+    CamVid,
+    Cityscapes,
+    COCOStuff,
+    FolderDataset,
+    KittiSemantics,
+    PascalContext,
+)
 from .fixtures import random_label, write_image, write_label
 
 H, W = 6, 10
@@ -66,6 +74,7 @@ def test_ade20k_reduces_zero_label(tmp_path, rng):
     write_image(base / "images/validation/ADE_val_00000001.jpg", H, W, rng)
     write_label(base / "annotations/validation/ADE_val_00000001.png", stored)
     dataset = build_dataset("ade20k", tmp_path, "val")
+    assert isinstance(dataset, ADE20K)
     assert len(dataset.classes) == 150 and len(dataset.palette) == 150 and dataset.classes[12] == "person"
     check_sample(dataset, 0, None, expected(stored, {0: 255, 1: 0, 13: 12, 150: 149}))
 
