@@ -2,9 +2,20 @@
 from __future__ import annotations
 
 import torch
+from torch.utils.data import DataLoader
 
 from fastseg.data import SyntheticStreetScenes
 from fastseg.data.synthetic import BUILDING, CAR, PERSON, POLE, SIGN, SYNTHETIC_CLASSES, VEGETATION
+from fastseg.data.transforms import (
+    ColorJitter,
+    Compose,
+    GaussianBlur,
+    Normalize,
+    Pad,
+    RandomCrop,
+    RandomHorizontalFlip,
+    RandomScale,
+)
 
 
 def test_shapes_and_dtypes():
@@ -66,3 +77,23 @@ def test_occlusion():
     assert any(_in_front(label, VEGETATION, BUILDING, dim=0) for label in labels)
     objects = (CAR, PERSON, POLE, SIGN)
     assert any(_in_front(label, f, b, dim=1) for label in labels for f in objects for b in objects if f != b)
+
+
+def test_training_pipeline_batches():
+    """The default training data: synthetic scenes through the joint transforms into a DataLoader."""
+    pipeline = Compose(
+        [
+            RandomScale((0.5, 2.0)),
+            RandomCrop((48, 64), cat_max_ratio=0.75),
+            Pad((48, 64)),
+            RandomHorizontalFlip(),
+            ColorJitter(),
+            GaussianBlur(),
+            Normalize(),
+        ]
+    )
+    dataset = SyntheticStreetScenes("train", length=4, size=(64, 96), transforms=pipeline)
+    images, labels = next(iter(DataLoader(dataset, batch_size=4)))
+    assert images.shape == (4, 3, 48, 64) and images.dtype == torch.float32 and torch.isfinite(images).all()
+    assert labels.shape == (4, 48, 64) and labels.dtype == torch.int64
+    assert ((labels >= 0) & (labels < len(SYNTHETIC_CLASSES)) | (labels == 255)).all()
