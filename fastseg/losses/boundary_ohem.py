@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from fastseg.losses.cross_entropy import pixel_cross_entropy, resize_to_labels, weighted_mean
+from fastseg.losses.cross_entropy import at_least_float32, pixel_cross_entropy, resize_to_labels, weighted_mean
 
 
 @torch.no_grad()
@@ -23,8 +23,8 @@ def boundary_hard_mask(
     """(B,H,W) bool: per image, the ``floor(keep_ratio * H * W)`` largest ``losses`` among the valid
     pixels with ``sigmoid(edge_logits) > edge_thresh``; ``edge_logits`` (B,1,H,W) at the losses' size."""
     batch = losses.shape[0]
-    candidates = valid & (torch.sigmoid(edge_logits.squeeze(1).float()) > edge_thresh)
-    scores = torch.where(candidates, losses.float(), float("-inf")).reshape(batch, -1)
+    candidates = valid & (torch.sigmoid(at_least_float32(edge_logits.squeeze(1))) > edge_thresh)
+    scores = torch.where(candidates, losses, float("-inf")).reshape(batch, -1)
     kept = int(keep_ratio * scores.shape[1])
     if kept == 0:
         return torch.zeros_like(candidates)

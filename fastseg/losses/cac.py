@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fastseg.losses.cross_entropy import at_least_float32
 from fastseg.ops import class_avg_pool, downsample_labels, gaussian_center_distance, lovasz_hinge
 
 BINARY_LOSSES = ("lovasz", "bce")
@@ -83,7 +84,8 @@ def class_aware_consistency_loss(
             scores.reshape(-1, pixels), own_class.reshape(-1, pixels), valid.reshape(-1, pixels)
         ).view(batch, num_classes)
     else:
-        bce = F.binary_cross_entropy(distance.float(), (~own_class).float(), reduction="none")
+        distance = at_least_float32(distance)
+        bce = F.binary_cross_entropy(distance, (~own_class).to(distance.dtype), reduction="none")
         rows = (bce * valid).sum(2) / valid.sum(2).clamp(min=1)
     loss_cac = present_class_mean(rows, present)  # Eq. 4
 

@@ -18,6 +18,11 @@ def resize_to_labels(logits: Tensor, labels: Tensor) -> Tensor:
     return F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
 
 
+def at_least_float32(tensor: Tensor) -> Tensor:
+    """fp16/bf16 raised to fp32 for log-probabilities; fp32 and fp64 unchanged."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
 def pixel_cross_entropy(logits: Tensor, labels: Tensor, ignore_index: int = 255) -> Tensor:
     """-log softmax(logits)[label] per pixel, (B,H,W); 0 at ignored pixels. Logits are resized first."""
     return F.cross_entropy(resize_to_labels(logits, labels), labels.long(), ignore_index=ignore_index, reduction="none")
@@ -29,8 +34,10 @@ def weighted_mean(values: Tensor, weights: Tensor) -> Tensor:
     return (values * weights).sum() / weights.sum().clamp(min=1)
 
 
-def class_balanced_weights(labels: Tensor, num_classes: int, ignore_index: int = 255) -> Tensor:
-    """Per-batch inverse-frequency class weights (K,): ``w_k = 1 / n_k``, 0 for a class with no pixel.
+def class_balanced_weights(
+    labels: Tensor, num_classes: int, ignore_index: int = 255, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """Per-batch inverse-frequency class weights (K,) in ``dtype``: ``w_k = 1 / n_k``, 0 for a class with no pixel.
 
     ``n_k`` counts the batch's pixels labelled k. With these weights the weighted mean of the pixel
     losses, ``sum_i w_{y_i} l_i / sum_i w_{y_i}``, is the mean over the present classes of each
@@ -39,8 +46,8 @@ def class_balanced_weights(labels: Tensor, num_classes: int, ignore_index: int =
     """
     labels = labels.long()
     bins = torch.where(labels == ignore_index, num_classes, labels).flatten()
-    counts = torch.zeros(num_classes + 1, device=labels.device, dtype=torch.float32)
-    counts = counts.scatter_add(0, bins, torch.ones_like(bins, dtype=torch.float32))[:num_classes]
+    counts = torch.zeros(num_classes + 1, device=labels.device, dtype=torch.int64)
+    counts = counts.scatter_add(0, bins, torch.ones_like(bins))[:num_classes].to(dtype)
     return torch.where(counts > 0, 1 / counts.clamp(min=1), 0)
 
 
@@ -62,7 +69,7 @@ def cross_entropy(
     valid = labels != ignore_index
     if not class_balanced:
         return weighted_mean(losses, valid)
-    class_weights = class_balanced_weights(labels, logits.shape[1], ignore_index)
+    class_weights = class_balanced_weights(labels, logits.shape[1], ignore_index, losses.dtype)
     pixel_weights = class_weights[torch.where(valid, labels.long(), 0)] * valid
     return weighted_mean(losses, pixel_weights)
 
@@ -84,7 +91,7 @@ def ohem_mask(
     """
     valid = labels != ignore_index
     target = torch.where(valid, labels.long(), 0).unsqueeze(1)
-    probs = torch.softmax(logits.float(), dim=1).gather(1, target).squeeze(1)
+    probs = torch.softmax(at_least_float32(logits), dim=1).gather(1, target).squeeze(1)
     probs = torch.where(valid, probs, float("inf"))
     hard = probs < thresh
     kept = min(min_kept, probs.numel())

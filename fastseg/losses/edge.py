@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastseg.losses.cross_entropy import resize_to_labels, weighted_mean
+from fastseg.losses.cross_entropy import at_least_float32, resize_to_labels, weighted_mean
 
 
 def disk_offsets(radius: int) -> list[tuple[int, int]]:
@@ -53,7 +53,7 @@ def edge_bce_loss(edge_logits: Tensor, edges: Tensor, valid: Tensor) -> Tensor:
     Returns:
         A scalar loss.
     """
-    logits = resize_to_labels(edge_logits, edges).squeeze(1).float()
+    logits = at_least_float32(resize_to_labels(edge_logits, edges).squeeze(1))
     target = edges.to(logits.dtype)
     positives = (edges & valid).sum().to(logits.dtype)
     total = valid.sum().to(logits.dtype).clamp(min=1)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastseg.losses.cross_entropy import resize_to_labels, weighted_mean
+from fastseg.losses.cross_entropy import at_least_float32, resize_to_labels, weighted_mean
 
 
 def neighbourhood_labels(labels: Tensor, num_classes: int, kernel_size: int = 3, ignore_index: int = 255) -> Tensor:
@@ -54,7 +54,7 @@ def relaxed_boundary_loss(
     allowed = neighbourhood_labels(labels, logits.shape[1], kernel_size, ignore_index)
     # Ignored pixels allow every class (a loss of -log 1 = 0), so no empty sum reaches the gradient.
     allowed = allowed | ~valid.unsqueeze(1)
-    log_probs = torch.log_softmax(logits.float(), dim=1)
+    log_probs = torch.log_softmax(at_least_float32(logits), dim=1)
     losses = -torch.logsumexp(log_probs.masked_fill(~allowed, float("-inf")), dim=1)
     if reduction == "none":
         return losses
