@@ -123,5 +123,10 @@ def test_compiles_without_graph_breaks_or_host_sync():
     embeddings, margins, labels = _inputs(dtype=torch.float32)
     module = ClassAwareConsistencyLoss(num_classes=5)
     compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
-    for loss, expected in zip(compiled(embeddings, margins, labels), module(embeddings, margins, labels)):
-        torch.testing.assert_close(loss, expected)
+    losses, expected = compiled(embeddings, margins, labels), module(embeddings, margins, labels)
+    for loss, reference in zip(losses, expected):
+        torch.testing.assert_close(loss, reference)
+    grads = torch.autograd.grad(sum(losses), (embeddings, margins))
+    expected_grads = torch.autograd.grad(sum(expected), (embeddings, margins))
+    for grad, reference in zip(grads, expected_grads):
+        torch.testing.assert_close(grad, reference)
