@@ -74,9 +74,9 @@ def class_aware_consistency_loss(
     present = counts > 0
 
     batch, pixels = labels.shape[0], labels.numel() // labels.shape[0]
-    valid = (labels != ignore_index).view(batch, 1, pixels).expand(batch, num_classes, pixels)
+    valid = (labels != ignore_index).reshape(batch, 1, pixels).expand(batch, num_classes, pixels)
     classes = torch.arange(num_classes, device=labels.device).view(1, num_classes, 1)
-    own_class = labels.view(batch, 1, pixels) == classes  # (B,K,hw): target d = 0
+    own_class = labels.reshape(batch, 1, pixels) == classes  # (B,K,hw): target d = 0
     distance = phi.reshape(batch, num_classes, pixels)
     if binary_loss == "lovasz":
         scores = 2 * (1 - distance) - 1
@@ -89,7 +89,7 @@ def class_aware_consistency_loss(
         rows = (bce * valid).sum(2) / valid.sum(2).clamp(min=1)
     loss_cac = present_class_mean(rows, present)  # Eq. 4
 
-    pixel_margins = class_margins.gather(1, torch.where(labels == ignore_index, 0, labels).view(batch, pixels))
+    pixel_margins = class_margins.gather(1, torch.where(labels == ignore_index, 0, labels).reshape(batch, pixels))
     squared = (margins.reshape(batch, pixels) - pixel_margins).square().view_as(margins)
     class_spread = class_avg_pool(squared, labels, num_classes, ignore_index)[0].squeeze(2)  # (B,K)
     loss_smooth = present_class_mean(class_spread, present)  # Eq. 5
