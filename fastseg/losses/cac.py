@@ -85,7 +85,8 @@ def class_aware_consistency_loss(
         ).view(batch, num_classes)
     else:
         distance = at_least_float32(distance)
-        bce = F.binary_cross_entropy(distance, (~own_class).to(distance.dtype), reduction="none")
+        with torch.autocast(distance.device.type, enabled=False):  # CUDA autocast refuses binary_cross_entropy
+            bce = F.binary_cross_entropy(distance, (~own_class).to(distance.dtype), reduction="none")
         rows = (bce * valid).sum(2) / valid.sum(2).clamp(min=1)
     loss_cac = present_class_mean(rows, present)  # Eq. 4
 
