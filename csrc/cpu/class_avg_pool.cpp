@@ -10,18 +10,11 @@
 
 #include <algorithm>
 
+#include "checks/class_avg_pool.h"
 #include "cpu/label_runs.h"
 
 namespace fastseg::cpu {
 namespace {
-
-void check_inputs(const at::Tensor& labels, int64_t batch, int64_t height, int64_t width, int64_t num_classes) {
-  TORCH_CHECK_VALUE(labels.dim() == 3 && labels.size(0) == batch && labels.size(1) == height &&
-                        labels.size(2) == width,
-                    "labels must be (B,H,W) = (", batch, ",", height, ",", width, "), got ", labels.sizes());
-  TORCH_CHECK_VALUE(labels.scalar_type() == at::kLong, "labels must be int64, got ", labels.scalar_type());
-  TORCH_CHECK_VALUE(num_classes > 0, "num_classes must be positive, got ", num_classes);
-}
 
 std::vector<std::vector<LabelRun>> image_runs(const at::Tensor& labels, int64_t num_classes,
                                               int64_t ignore_index, bool strict) {
@@ -36,11 +29,10 @@ std::vector<std::vector<LabelRun>> image_runs(const at::Tensor& labels, int64_t 
 
 std::tuple<at::Tensor, at::Tensor> class_avg_pool_cpu(const at::Tensor& features, const at::Tensor& labels,
                                                       int64_t num_classes, int64_t ignore_index) {
-  TORCH_CHECK_VALUE(features.dim() == 4, "features must be (B,C,H,W), got ", features.sizes());
+  checks::class_avg_pool_inputs(features, labels, num_classes);
   TORCH_CHECK_VALUE(at::isFloatingType(features.scalar_type()), "features must be floating point");
   const int64_t batch = features.size(0), channels = features.size(1);
   const int64_t pixels = features.size(2) * features.size(3);
-  check_inputs(labels, batch, features.size(2), features.size(3), num_classes);
 
   const at::Tensor feats = features.contiguous();
   const auto runs = image_runs(labels.contiguous(), num_classes, ignore_index, /*strict=*/true);
@@ -74,11 +66,9 @@ std::tuple<at::Tensor, at::Tensor> class_avg_pool_cpu(const at::Tensor& features
 
 at::Tensor class_avg_pool_backward_cpu(const at::Tensor& grad_centers, const at::Tensor& labels,
                                        const at::Tensor& counts, int64_t ignore_index) {
-  TORCH_CHECK_VALUE(grad_centers.dim() == 3, "grad_centers must be (B,K,C), got ", grad_centers.sizes());
+  checks::class_avg_pool_backward_inputs(grad_centers, labels, counts);
   const int64_t batch = grad_centers.size(0), num_classes = grad_centers.size(1), channels = grad_centers.size(2);
-  check_inputs(labels, batch, labels.size(1), labels.size(2), num_classes);
-  TORCH_CHECK_VALUE(counts.sizes() == at::IntArrayRef({batch, num_classes}) && counts.scalar_type() == at::kLong,
-                    "counts must be int64 (B,K)");
+  TORCH_CHECK_VALUE(num_classes > 0, "num_classes must be positive, got ", num_classes);
   const int64_t height = labels.size(1), width = labels.size(2), pixels = height * width;
 
   const auto runs = image_runs(labels.contiguous(), num_classes, ignore_index, /*strict=*/false);

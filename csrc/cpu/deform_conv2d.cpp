@@ -19,50 +19,15 @@
 #include <optional>
 #include <vector>
 
+#include "checks/deform_conv2d.h"
+
 namespace fastseg::cpu {
 namespace {
 
 // Bytes of sampled columns materialised at once; the batch is processed in chunks that fit.
 constexpr int64_t kColumnBudget = int64_t(256) << 20;
 
-struct Geometry {
-  int64_t batch, channels, height, width;
-  int64_t out_channels, groups, offset_groups, kh, kw, taps, out_h, out_w, pixels;
-  int64_t stride_h, stride_w, pad_h, pad_w, dil_h, dil_w;
-};
-
-Geometry geometry(const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
-                  const std::optional<at::Tensor>& mask, at::IntArrayRef stride, at::IntArrayRef padding,
-                  at::IntArrayRef dilation) {
-  TORCH_CHECK_VALUE(input.dim() == 4 && offset.dim() == 4 && weight.dim() == 4,
-                    "deform_conv2d: input, offset and weight must be 4-D");
-  TORCH_CHECK_VALUE(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
-                    "deform_conv2d: stride, padding and dilation must have two values");
-  Geometry g{};
-  g.batch = input.size(0), g.channels = input.size(1), g.height = input.size(2), g.width = input.size(3);
-  g.out_channels = weight.size(0), g.kh = weight.size(2), g.kw = weight.size(3), g.taps = g.kh * g.kw;
-  TORCH_CHECK_VALUE(weight.size(1) > 0 && g.channels % weight.size(1) == 0,
-                    "deform_conv2d: in_channels is not a multiple of weight.shape[1]");
-  g.groups = g.channels / weight.size(1);
-  TORCH_CHECK_VALUE(g.out_channels % g.groups == 0, "deform_conv2d: out_channels is not a multiple of groups");
-  TORCH_CHECK_VALUE(g.taps > 0 && offset.size(1) > 0 && offset.size(1) % (2 * g.taps) == 0,
-                    "deform_conv2d: offset channels must be a positive multiple of 2*kh*kw");
-  g.offset_groups = offset.size(1) / (2 * g.taps);
-  TORCH_CHECK_VALUE(g.channels % g.offset_groups == 0, "deform_conv2d: in_channels is not a multiple of offset_groups");
-  g.stride_h = stride[0], g.stride_w = stride[1], g.pad_h = padding[0], g.pad_w = padding[1];
-  g.dil_h = dilation[0], g.dil_w = dilation[1];
-  g.out_h = (g.height + 2 * g.pad_h - g.dil_h * (g.kh - 1) - 1) / g.stride_h + 1;
-  g.out_w = (g.width + 2 * g.pad_w - g.dil_w * (g.kw - 1) - 1) / g.stride_w + 1;
-  g.pixels = g.out_h * g.out_w;
-  TORCH_CHECK_VALUE(offset.size(0) == g.batch && offset.size(2) == g.out_h && offset.size(3) == g.out_w,
-                    "deform_conv2d: offset must be (B, 2*G*kh*kw, Ho, Wo), got ", offset.sizes());
-  if (mask.has_value()) {
-    TORCH_CHECK_VALUE(mask->dim() == 4 && mask->size(0) == g.batch && mask->size(1) == g.offset_groups * g.taps &&
-                          mask->size(2) == g.out_h && mask->size(3) == g.out_w,
-                      "deform_conv2d: mask must be (B, G*kh*kw, Ho, Wo), got ", mask->sizes());
-  }
-  return g;
-}
+using Geometry = checks::DeformConvShape;
 
 // Items per task so that tiny problems run inline (a parallel region costs more than they do):
 // about 32k elementary steps per task, ATen's own grain.
@@ -283,7 +248,7 @@ const scalar_t* optional_ptr(const std::optional<at::Tensor>& tensor) {
 at::Tensor deform_conv2d_cpu(const at::Tensor& input_, const at::Tensor& offset_, const at::Tensor& weight_,
                              const std::optional<at::Tensor>& mask_, const std::optional<at::Tensor>& bias,
                              at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
-  const Geometry g = geometry(input_, offset_, weight_, mask_, stride, padding, dilation);
+  const Geometry g = checks::deform_conv2d_shape(input_, offset_, weight_, mask_, stride, padding, dilation);
   const at::Tensor input = input_.contiguous(), offset = offset_.contiguous(), weight = weight_.contiguous();
   const std::optional<at::Tensor> mask = mask_.has_value() ? std::optional<at::Tensor>(mask_->contiguous()) : std::nullopt;
   at::Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());
@@ -308,10 +273,8 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input_, const at::Tensor& offset_
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backward_cpu(
     const at::Tensor& grad_output_, const at::Tensor& input_, const at::Tensor& offset_, const at::Tensor& weight_,
     const std::optional<at::Tensor>& mask_, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
-  const Geometry g = geometry(input_, offset_, weight_, mask_, stride, padding, dilation);
-  TORCH_CHECK_VALUE(grad_output_.dim() == 4 && grad_output_.size(0) == g.batch && grad_output_.size(1) == g.out_channels &&
-                        grad_output_.size(2) == g.out_h && grad_output_.size(3) == g.out_w,
-                    "deform_conv2d_backward: grad_output must be (B, C_out, Ho, Wo), got ", grad_output_.sizes());
+  const Geometry g = checks::deform_conv2d_shape(input_, offset_, weight_, mask_, stride, padding, dilation);
+  checks::deform_conv2d_grad_output(grad_output_, g);
   const at::Tensor input = input_.contiguous(), offset = offset_.contiguous(), weight = weight_.contiguous();
   const at::Tensor grad_output = grad_output_.contiguous();
   const std::optional<at::Tensor> mask = mask_.has_value() ? std::optional<at::Tensor>(mask_->contiguous()) : std::nullopt;

@@ -15,10 +15,10 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <string_view>
 #include <type_traits>
 #include <vector>
 
+#include "checks/flow_warp.h"
 #include "flow_warp_sampling.h"
 
 namespace fastseg::cpu {
@@ -44,23 +44,11 @@ struct GatherCorners {
   }
 };
 
-Padding parse_padding(std::string_view mode) {
-  TORCH_CHECK_VALUE(mode == "zeros" || mode == "border", "padding_mode must be 'zeros' or 'border', got '", mode, "'");
-  return mode == "zeros" ? Padding::kZeros : Padding::kBorder;
-}
-
+// The shared checks, plus the int32 plane offsets of GatherCorners.
 void check_inputs(const at::Tensor& input, const at::Tensor& flow) {
-  TORCH_CHECK_VALUE(input.dim() == 4, "input must be (B,C,Hi,Wi), got ", input.sizes());
-  TORCH_CHECK_VALUE(at::isFloatingType(input.scalar_type()), "input must be floating point, got ", input.scalar_type());
-  TORCH_CHECK_VALUE(input.size(2) > 0 && input.size(3) > 0, "input must have a non-empty spatial size, got ",
-                    input.sizes());
+  checks::flow_warp_inputs(input, flow);
   TORCH_CHECK_VALUE(input.size(2) * input.size(3) <= INT32_MAX, "input planes must have at most 2^31-1 pixels, got ",
                     input.sizes());
-  TORCH_CHECK_VALUE(flow.dim() == 4 && flow.size(1) == 2 && flow.size(0) == input.size(0),
-                    "flow must be (B,2,Ho,Wo) with B=", input.size(0), ", got ", flow.sizes());
-  const auto coord_type = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  TORCH_CHECK_VALUE(flow.scalar_type() == coord_type, "flow must be ", coord_type, " for ", input.scalar_type(),
-                    " input, got ", flow.scalar_type());
 }
 
 // Corner table of every output pixel of every image: (B, Ho*Wo) entries of type Entry.
@@ -94,7 +82,7 @@ int64_t channel_blocks(int64_t batch, int64_t channels) {
 at::Tensor flow_warp_cpu(const at::Tensor& input, const at::Tensor& flow, c10::string_view padding_mode,
                          bool align_corners) {
   check_inputs(input, flow);
-  const Padding padding = parse_padding(padding_mode);
+  const Padding padding = checks::flow_warp_padding(padding_mode);
   const int64_t batch = input.size(0), channels = input.size(1);
   const int64_t in_pixels = input.size(2) * input.size(3);
   const int64_t out_pixels = flow.size(2) * flow.size(3);
@@ -133,13 +121,11 @@ std::tuple<at::Tensor, at::Tensor> flow_warp_backward_cpu(const at::Tensor& grad
                                                           const at::Tensor& flow, c10::string_view padding_mode,
                                                           bool align_corners) {
   check_inputs(input, flow);
-  const Padding padding = parse_padding(padding_mode);
+  const Padding padding = checks::flow_warp_padding(padding_mode);
   const int64_t batch = input.size(0), channels = input.size(1);
   const int64_t in_pixels = input.size(2) * input.size(3);
   const int64_t out_pixels = flow.size(2) * flow.size(3);
-  TORCH_CHECK_VALUE(grad_output.sizes() == at::IntArrayRef({batch, channels, flow.size(2), flow.size(3)}) &&
-                        grad_output.scalar_type() == input.scalar_type(),
-                    "grad_output must be (B,C,Ho,Wo) in the input's dtype, got ", grad_output.sizes());
+  checks::flow_warp_grad_output(grad_output, input, flow);
   const at::Tensor in = input.contiguous();
   const at::Tensor grad = grad_output.contiguous();
   const at::Tensor coords = flow.contiguous();

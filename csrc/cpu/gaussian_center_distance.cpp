@@ -20,28 +20,19 @@
 #include <type_traits>
 #include <vector>
 
+#include "checks/gaussian_center_distance.h"
+
 namespace fastseg::cpu {
 namespace {
 
 constexpr int64_t kTile = 64;            // pixels per work unit
 constexpr int64_t kMaxChunksPerImage = 64;  // bounds the partial-sum buffer of the backward pass
 
-struct Shapes {
-  int64_t batch, channels, classes, pixels;
-};
+using Shapes = checks::GaussianCenterDistanceShape;
 
 Shapes check_inputs(const at::Tensor& embeddings, const at::Tensor& centers, const at::Tensor& margins) {
-  TORCH_CHECK_VALUE(embeddings.dim() == 4, "embeddings must be (B,C',H,W), got ", embeddings.sizes());
+  const Shapes shapes = checks::gaussian_center_distance_shape(embeddings, centers, margins);
   TORCH_CHECK_VALUE(at::isFloatingType(embeddings.scalar_type()), "embeddings must be floating point");
-  const Shapes shapes{embeddings.size(0), embeddings.size(1), centers.size(1), embeddings.size(2) * embeddings.size(3)};
-  TORCH_CHECK_VALUE(centers.dim() == 3 && centers.size(0) == shapes.batch && centers.size(2) == shapes.channels,
-                    "centers must be (B,K,C') with B=", shapes.batch, ", C'=", shapes.channels, ", got ",
-                    centers.sizes());
-  TORCH_CHECK_VALUE(margins.dim() == 2 && margins.size(0) == shapes.batch && margins.size(1) == shapes.classes,
-                    "margins must be (B,K) = (", shapes.batch, ",", shapes.classes, "), got ", margins.sizes());
-  TORCH_CHECK_VALUE(centers.scalar_type() == embeddings.scalar_type() &&
-                        margins.scalar_type() == embeddings.scalar_type(),
-                    "centers and margins must have the embeddings' dtype ", embeddings.scalar_type());
   return shapes;
 }
 
@@ -158,10 +149,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_center_distance_backward
     const at::Tensor& grad_phi, const at::Tensor& embeddings, const at::Tensor& centers, const at::Tensor& margins,
     double delta) {
   const Shapes n = check_inputs(embeddings, centers, margins);
-  TORCH_CHECK_VALUE(grad_phi.dim() == 4 && grad_phi.size(0) == n.batch && grad_phi.size(1) == n.classes &&
-                        grad_phi.size(2) * grad_phi.size(3) == n.pixels &&
-                        grad_phi.scalar_type() == embeddings.scalar_type(),
-                    "grad_phi must be (B,K,H,W) of the embeddings' dtype, got ", grad_phi.sizes());
+  checks::gaussian_center_distance_grad_phi(grad_phi, embeddings, n);
   const at::Tensor x = embeddings.contiguous();
   const at::Tensor grad = grad_phi.contiguous();
   at::Tensor grad_embeddings = at::empty(embeddings.sizes(), embeddings.options());

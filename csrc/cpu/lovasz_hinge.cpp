@@ -16,6 +16,8 @@
 #include <optional>
 #include <vector>
 
+#include "checks/lovasz_hinge.h"
+
 namespace fastseg::cpu {
 namespace {
 
@@ -75,23 +77,14 @@ acc_t lovasz_row(const scalar_t* logits, const bool* labels, const bool* valid, 
   return loss;
 }
 
-void check_mask(const at::Tensor& mask, const at::Tensor& logits, const char* name) {
-  TORCH_CHECK_VALUE(mask.scalar_type() == at::kBool, name, " must be bool, got ", mask.scalar_type());
-  TORCH_CHECK_VALUE(mask.sizes() == logits.sizes(), name, " must have shape ", logits.sizes(), ", got ",
-                    mask.sizes());
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lovasz_hinge_cpu(const at::Tensor& logits, const at::Tensor& labels,
                                                                 const std::optional<at::Tensor>& valid) {
-  TORCH_CHECK_VALUE(logits.dim() == 2, "logits must be (N,P), got ", logits.sizes());
-  TORCH_CHECK_VALUE(at::isFloatingType(logits.scalar_type()), "logits must be floating point");
-  check_mask(labels, logits, "labels");
-  if (valid.has_value()) check_mask(*valid, logits, "valid");
+  checks::lovasz_hinge_inputs(logits, labels, valid);
   const int64_t rows = logits.size(0), pixels = logits.size(1);
   const at::Tensor x = logits.contiguous();
   const at::Tensor y = labels.contiguous();
   const at::Tensor mask = valid.has_value() ? valid->contiguous() : at::Tensor();
-  const auto acc_dtype = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::ScalarType acc_dtype = checks::lovasz_accumulate_type(logits.scalar_type());
   at::Tensor loss = at::empty({rows}, logits.options());
   at::Tensor permutation = at::empty({rows, pixels}, logits.options().dtype(at::kLong));
   at::Tensor weights = at::empty({rows, pixels}, logits.options().dtype(acc_dtype));
@@ -120,13 +113,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lovasz_hinge_cpu(const at::Tensor
 
 at::Tensor lovasz_hinge_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& permutation,
                                      const at::Tensor& weights) {
-  TORCH_CHECK_VALUE(grad_loss.dim() == 1, "grad_loss must be (N,), got ", grad_loss.sizes());
+  checks::lovasz_hinge_backward_inputs(grad_loss, permutation, weights);
   const int64_t rows = grad_loss.size(0);
-  TORCH_CHECK_VALUE(permutation.dim() == 2 && permutation.size(0) == rows && permutation.scalar_type() == at::kLong,
-                    "permutation must be int64 (N,P) with N=", rows, ", got ", permutation.sizes());
-  const auto acc_dtype = grad_loss.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  TORCH_CHECK_VALUE(weights.sizes() == permutation.sizes() && weights.scalar_type() == acc_dtype,
-                    "weights must be ", acc_dtype, " of the permutation's shape");
   const int64_t pixels = permutation.size(1);
   const at::Tensor perm = permutation.contiguous();
   const at::Tensor weight = weights.contiguous();

@@ -17,18 +17,10 @@
 
 #include <tuple>
 
+#include "checks/soft_class_pool.h"
+
 namespace fastseg::cpu {
 namespace {
-
-void check_inputs(const at::Tensor& features, const at::Tensor& probs) {
-  TORCH_CHECK_VALUE(features.dim() == 4, "features must be (B,C,H,W), got ", features.sizes());
-  TORCH_CHECK_VALUE(probs.dim() == 4 && probs.size(0) == features.size(0) && probs.size(2) == features.size(2) &&
-                        probs.size(3) == features.size(3),
-                    "probs must be (B,K,H,W) with the B,H,W of features ", features.sizes(), ", got ", probs.sizes());
-  TORCH_CHECK_VALUE(at::isFloatingType(features.scalar_type()) && probs.scalar_type() == features.scalar_type(),
-                    "features and probs must share one floating-point dtype, got ", features.scalar_type(), " and ",
-                    probs.scalar_type());
-}
 
 // (B, rows, H*W) in the accumulation type; a view when the dtype already is and H, W merge.
 at::Tensor flat_acc(const at::Tensor& x) { return x.flatten(2).to(at::toOpMathType(x.scalar_type())); }
@@ -109,37 +101,25 @@ std::tuple<at::Tensor, at::Tensor> pool_backward(const at::Tensor& grad_centers,
 }
 
 std::tuple<at::Tensor, at::Tensor> soft_class_pool_cpu(const at::Tensor& features, const at::Tensor& probs) {
-  check_inputs(features, probs);
+  checks::soft_class_pool_inputs(features, probs);
   auto [centers, mass] = pool(flat_acc(features), flat_acc(probs));
   return {centers.to(features.scalar_type()), mass};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attentional_class_feature_cpu(const at::Tensor& features,
                                                                            const at::Tensor& probs) {
-  check_inputs(features, probs);
+  checks::soft_class_pool_inputs(features, probs);
   const at::Tensor probs_acc = flat_acc(probs);
   auto [centers, mass] = pool(flat_acc(features), probs_acc);
   const at::Tensor attended = at::bmm(centers.transpose(1, 2), probs_acc);  // Eq. 3: A = Z^T P, (B,C,P)
   return {attended.view(features.sizes()).to(features.scalar_type()), centers.to(features.scalar_type()), mass};
 }
 
-void check_saved(const at::Tensor& features, const at::Tensor& probs, const at::Tensor& centers,
-                 const at::Tensor& mass) {
-  check_inputs(features, probs);
-  const int64_t batch = features.size(0), classes = probs.size(1), channels = features.size(1);
-  TORCH_CHECK_VALUE(centers.sizes() == at::IntArrayRef({batch, classes, channels}),
-                    "centers must be (B,K,C) = (", batch, ",", classes, ",", channels, "), got ", centers.sizes());
-  TORCH_CHECK_VALUE(mass.sizes() == at::IntArrayRef({batch, classes}) &&
-                        mass.scalar_type() == at::toOpMathType(features.scalar_type()),
-                    "mass must be (B,K) in the accumulation type, got ", mass.sizes(), " ", mass.scalar_type());
-}
-
 std::tuple<at::Tensor, at::Tensor> soft_class_pool_backward_cpu(const at::Tensor& grad_centers,
                                                                 const at::Tensor& features, const at::Tensor& probs,
                                                                 const at::Tensor& centers, const at::Tensor& mass) {
-  check_saved(features, probs, centers, mass);
-  TORCH_CHECK_VALUE(grad_centers.sizes() == centers.sizes(), "grad_centers must be ", centers.sizes(), ", got ",
-                    grad_centers.sizes());
+  checks::soft_class_pool_saved(features, probs, centers, mass);
+  checks::soft_class_pool_grad(grad_centers, centers.sizes(), features, "grad_centers");
   return pool_backward(grad_centers.to(mass.scalar_type()), at::Tensor(), features, probs, flat_acc(features),
                        flat_acc(probs), centers, mass);
 }
@@ -149,9 +129,8 @@ std::tuple<at::Tensor, at::Tensor> attentional_class_feature_backward_cpu(const 
                                                                           const at::Tensor& probs,
                                                                           const at::Tensor& centers,
                                                                           const at::Tensor& mass) {
-  check_saved(features, probs, centers, mass);
-  TORCH_CHECK_VALUE(grad_attended.sizes() == features.sizes(), "grad_attended must be ", features.sizes(), ", got ",
-                    grad_attended.sizes());
+  checks::soft_class_pool_saved(features, probs, centers, mass);
+  checks::soft_class_pool_grad(grad_attended, features.sizes(), features, "grad_attended");
   const at::Tensor grad = flat_acc(grad_attended);
   const at::Tensor probs_acc = flat_acc(probs);
   const at::Tensor grad_centers = at::bmm(probs_acc, grad.transpose(1, 2));  // dZ = P dA^T

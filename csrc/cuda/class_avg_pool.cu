@@ -189,10 +189,7 @@ cudaError_t class_avg_pool_backward(const scalar_t* grad_centers, const int64_t*
                                                  const ClassAvgPoolPlan&, void*, T*, int64_t*, cudaStream_t);    \
   template cudaError_t class_avg_pool_backward<T>(const T*, const int64_t*, const int64_t*, int64_t, int64_t,    \
                                                   int64_t, int64_t, T*, cudaStream_t);
-FASTSEG_INSTANTIATE(float)
-FASTSEG_INSTANTIATE(double)
-FASTSEG_INSTANTIATE(__half)
-FASTSEG_INSTANTIATE(__nv_bfloat16)
+FASTSEG_FOR_FLOATING_TYPES(FASTSEG_INSTANTIATE)
 #undef FASTSEG_INSTANTIATE
 
 }  // namespace fastseg::cuda

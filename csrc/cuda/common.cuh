@@ -7,6 +7,9 @@
 
 #include <cstdint>
 
+// MACRO(T) for every type the kernels are explicitly instantiated for.
+#define FASTSEG_FOR_FLOATING_TYPES(MACRO) MACRO(float) MACRO(double) MACRO(__half) MACRO(__nv_bfloat16)
+
 namespace fastseg::cuda {
 
 // Accumulation type: fp32 for fp16/bf16/fp32 inputs, fp64 for fp64.

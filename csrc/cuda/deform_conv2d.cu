@@ -173,10 +173,7 @@ cudaError_t deform_offset_mask_grads(const scalar_t* input, const scalar_t* grad
                                                      int64_t, acc_type<T>*, cudaStream_t);                       \
   template cudaError_t deform_offset_mask_grads<T>(const T*, const T*, const T*, const T*, const DeformGeometry&,  \
                                                    int64_t, int64_t, T*, T*, cudaStream_t);
-FASTSEG_INSTANTIATE(float)
-FASTSEG_INSTANTIATE(double)
-FASTSEG_INSTANTIATE(__half)
-FASTSEG_INSTANTIATE(__nv_bfloat16)
+FASTSEG_FOR_FLOATING_TYPES(FASTSEG_INSTANTIATE)
 #undef FASTSEG_INSTANTIATE
 
 }  // namespace fastseg::cuda

@@ -10,6 +10,7 @@
 // output pixels sharing an input corner, since every channel is a separate address. With
 // deterministic=true a thread per (image, channel) owns its grad_input plane and splats every
 // output pixel in order: no atomics, reproducible, slower.
+#include "cuda/common.cuh"
 #include "cuda/flow_warp.h"
 
 #include "flow_warp_sampling.h"
@@ -224,10 +225,7 @@ cudaError_t flow_warp_backward(const scalar_t* grad_output, const scalar_t* inpu
                                             cudaStream_t);                                                        \
   template cudaError_t flow_warp_backward<T>(const T*, const T*, const coord_t<T>*, const FlowWarpShape&, int,   \
                                              bool, bool, void*, T*, coord_t<T>*, cudaStream_t);
-FASTSEG_INSTANTIATE(float)
-FASTSEG_INSTANTIATE(double)
-FASTSEG_INSTANTIATE(__half)
-FASTSEG_INSTANTIATE(__nv_bfloat16)
+FASTSEG_FOR_FLOATING_TYPES(FASTSEG_INSTANTIATE)
 #undef FASTSEG_INSTANTIATE
 
 }  // namespace fastseg::cuda

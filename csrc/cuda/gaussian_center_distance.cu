@@ -318,10 +318,7 @@ cudaError_t gaussian_center_distance_backward(const scalar_t* grad_phi, const sc
                                                             int64_t, int64_t, int64_t, int64_t,                \
                                                             const GaussianCenterDistancePlan&, void*, T*, T*,   \
                                                             T*, cudaStream_t);
-FASTSEG_INSTANTIATE(float)
-FASTSEG_INSTANTIATE(double)
-FASTSEG_INSTANTIATE(__half)
-FASTSEG_INSTANTIATE(__nv_bfloat16)
+FASTSEG_FOR_FLOATING_TYPES(FASTSEG_INSTANTIATE)
 #undef FASTSEG_INSTANTIATE
 
 }  // namespace fastseg::cuda

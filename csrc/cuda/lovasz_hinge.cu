@@ -7,6 +7,7 @@
 // the packed counts (positives << 32 | negatives) with cub::BlockScan carrying the running total
 // across tiles, and writes the Jaccard-gradient weights and the row's loss (fixed-order reduction).
 // Backward: grad_logits[n, permutation[n,j]] = grad_loss[n] * weights[n,j], one thread per element.
+#include "cuda/common.cuh"
 #include "cuda/lovasz_hinge.h"
 
 #include <cub/block/block_reduce.cuh>
@@ -213,10 +214,7 @@ cudaError_t lovasz_hinge_backward(const scalar_t* grad_loss, const int64_t* perm
                                                size_t, T*, int64_t*, acc_type<T>*, cudaStream_t);               \
   template cudaError_t lovasz_hinge_backward<T>(const T*, const int64_t*, const acc_type<T>*, int64_t, int64_t, \
                                                 T*, cudaStream_t);
-FASTSEG_INSTANTIATE(float)
-FASTSEG_INSTANTIATE(double)
-FASTSEG_INSTANTIATE(__half)
-FASTSEG_INSTANTIATE(__nv_bfloat16)
+FASTSEG_FOR_FLOATING_TYPES(FASTSEG_INSTANTIATE)
 #undef FASTSEG_INSTANTIATE
 
 }  // namespace fastseg::cuda

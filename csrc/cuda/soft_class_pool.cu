@@ -11,6 +11,7 @@
 //   scale_grad_kernel     dS = dZ / mass (0 where mass == 0), r[k] = sum_c dS[k,c] Z[k,c].
 //   grad_probs_kernel     dP[k,j] = sum_c dS[k,c] F[c,j] (+ Z[k,c] dA[c,j]) - r[k].
 // The backward formulas are derived in fastseg/ops/soft_class_pool.py.
+#include "cuda/common.cuh"
 #include "cuda/soft_class_pool.h"
 
 #include <algorithm>
@@ -367,10 +368,7 @@ cudaError_t soft_class_pool_backward(const scalar_t* grad_centers, const scalar_
   template cudaError_t soft_class_pool_backward<T>(const T*, const T*, const T*, const T*, const T*,                \
                                                    const acc_type<T>*, int64_t, int64_t, int64_t, int64_t,          \
                                                    const SoftClassPoolPlan&, void*, T*, T*, cudaStream_t);
-FASTSEG_INSTANTIATE(float)
-FASTSEG_INSTANTIATE(double)
-FASTSEG_INSTANTIATE(__half)
-FASTSEG_INSTANTIATE(__nv_bfloat16)
+FASTSEG_FOR_FLOATING_TYPES(FASTSEG_INSTANTIATE)
 #undef FASTSEG_INSTANTIATE
 
 }  // namespace fastseg::cuda

@@ -6,28 +6,19 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "checks/class_avg_pool.h"
 #include "cuda/class_avg_pool.h"
 #include "cuda_glue/cuda_type.h"
 
 namespace fastseg::glue {
 namespace {
 
-void check_labels(const at::Tensor& labels, const at::Tensor& like, int64_t batch, int64_t height, int64_t width) {
-  TORCH_CHECK_VALUE(labels.dim() == 3 && labels.size(0) == batch && labels.size(1) == height &&
-                        labels.size(2) == width,
-                    "labels must be (B,H,W) = (", batch, ",", height, ",", width, "), got ", labels.sizes());
-  TORCH_CHECK_VALUE(labels.scalar_type() == at::kLong, "labels must be int64, got ", labels.scalar_type());
-  TORCH_CHECK_VALUE(labels.device() == like.device(), "labels must be on ", like.device());
-}
-
 std::tuple<at::Tensor, at::Tensor> class_avg_pool_cuda(const at::Tensor& features, const at::Tensor& labels,
                                                        int64_t num_classes, int64_t /*ignore_index*/) {
-  TORCH_CHECK_VALUE(features.dim() == 4, "features must be (B,C,H,W), got ", features.sizes());
-  TORCH_CHECK_VALUE(num_classes > 0, "num_classes must be positive, got ", num_classes);
+  checks::class_avg_pool_inputs(features, labels, num_classes);
   TORCH_CHECK_VALUE(features.size(1) > 0, "features must have at least one channel");
   const int64_t batch = features.size(0), channels = features.size(1);
   const int64_t pixels = features.size(2) * features.size(3);
-  check_labels(labels, features, batch, features.size(2), features.size(3));
   const c10::cuda::CUDAGuard guard(features.device());
   const at::Tensor feats = features.contiguous();
   const at::Tensor labs = labels.contiguous();
@@ -50,11 +41,8 @@ std::tuple<at::Tensor, at::Tensor> class_avg_pool_cuda(const at::Tensor& feature
 
 at::Tensor class_avg_pool_backward_cuda(const at::Tensor& grad_centers, const at::Tensor& labels,
                                         const at::Tensor& counts, int64_t /*ignore_index*/) {
-  TORCH_CHECK_VALUE(grad_centers.dim() == 3, "grad_centers must be (B,K,C), got ", grad_centers.sizes());
+  checks::class_avg_pool_backward_inputs(grad_centers, labels, counts);
   const int64_t batch = grad_centers.size(0), num_classes = grad_centers.size(1), channels = grad_centers.size(2);
-  check_labels(labels, grad_centers, batch, labels.size(1), labels.size(2));
-  TORCH_CHECK_VALUE(counts.sizes() == at::IntArrayRef({batch, num_classes}) && counts.scalar_type() == at::kLong,
-                    "counts must be int64 (B,K)");
   const c10::cuda::CUDAGuard guard(grad_centers.device());
   const at::Tensor grad = grad_centers.contiguous();
   const at::Tensor labs = labels.contiguous();

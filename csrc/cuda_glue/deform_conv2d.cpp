@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <optional>
 
+#include "checks/deform_conv2d.h"
 #include "cuda/deform_conv2d.h"
 #include "cuda_glue/cuda_type.h"
 
@@ -26,52 +27,15 @@ namespace {
 // Bytes of columns (forward) or columns + their gradient (backward) materialised at once.
 constexpr int64_t kWorkspaceBudget = int64_t(1) << 30;
 
-struct Shapes {
-  cuda::DeformGeometry g;
-  int64_t out_channels, groups, taps, pixels;
-};
-
-Shapes shapes(const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
-              const std::optional<at::Tensor>& mask, at::IntArrayRef stride, at::IntArrayRef padding,
-              at::IntArrayRef dilation) {
-  TORCH_CHECK_VALUE(input.dim() == 4 && offset.dim() == 4 && weight.dim() == 4,
-                    "deform_conv2d: input, offset and weight must be 4-D");
-  TORCH_CHECK_VALUE(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
-                    "deform_conv2d: stride, padding and dilation must have two values");
-  TORCH_CHECK_VALUE(offset.device() == input.device() && weight.device() == input.device(),
-                    "deform_conv2d: offset and weight must be on ", input.device());
-  Shapes s{};
-  cuda::DeformGeometry& g = s.g;
-  g.batch = input.size(0), g.channels = input.size(1), g.height = input.size(2), g.width = input.size(3);
-  g.kh = weight.size(2), g.kw = weight.size(3);
-  s.taps = g.kh * g.kw, s.out_channels = weight.size(0);
-  TORCH_CHECK_VALUE(weight.size(1) > 0 && g.channels % weight.size(1) == 0,
-                    "deform_conv2d: in_channels is not a multiple of weight.shape[1]");
-  s.groups = g.channels / weight.size(1);
-  TORCH_CHECK_VALUE(s.out_channels % s.groups == 0, "deform_conv2d: out_channels is not a multiple of groups");
-  TORCH_CHECK_VALUE(s.taps > 0 && offset.size(1) > 0 && offset.size(1) % (2 * s.taps) == 0,
-                    "deform_conv2d: offset channels must be a positive multiple of 2*kh*kw");
-  g.offset_groups = offset.size(1) / (2 * s.taps);
-  TORCH_CHECK_VALUE(g.channels % g.offset_groups == 0, "deform_conv2d: in_channels is not a multiple of offset_groups");
-  g.stride_h = stride[0], g.stride_w = stride[1], g.pad_h = padding[0], g.pad_w = padding[1];
-  g.dil_h = dilation[0], g.dil_w = dilation[1];
-  g.out_h = (g.height + 2 * g.pad_h - g.dil_h * (g.kh - 1) - 1) / g.stride_h + 1;
-  g.out_w = (g.width + 2 * g.pad_w - g.dil_w * (g.kw - 1) - 1) / g.stride_w + 1;
-  s.pixels = g.out_h * g.out_w;
-  TORCH_CHECK_VALUE(offset.size(0) == g.batch && offset.size(2) == g.out_h && offset.size(3) == g.out_w,
-                    "deform_conv2d: offset must be (B, 2*G*kh*kw, Ho, Wo), got ", offset.sizes());
-  if (mask.has_value()) {
-    TORCH_CHECK_VALUE(mask->device() == input.device(), "deform_conv2d: mask must be on ", input.device());
-    TORCH_CHECK_VALUE(mask->dim() == 4 && mask->size(0) == g.batch && mask->size(1) == g.offset_groups * s.taps &&
-                          mask->size(2) == g.out_h && mask->size(3) == g.out_w,
-                      "deform_conv2d: mask must be (B, G*kh*kw, Ho, Wo), got ", mask->sizes());
-  }
-  return s;
+// The kernels' copy of the checked shape.
+cuda::DeformGeometry cuda_geometry(const checks::DeformConvShape& s) {
+  return {s.batch, s.channels, s.height, s.width, s.offset_groups, s.kh, s.kw, s.out_h, s.out_w,
+          s.stride_h, s.stride_w, s.pad_h, s.pad_w, s.dil_h, s.dil_w};
 }
 
-int64_t chunk_size(const Shapes& s, int64_t bytes_per_element) {
-  const int64_t per_image = std::max<int64_t>(s.g.channels * s.taps * s.pixels * bytes_per_element, 1);
-  return std::clamp<int64_t>(kWorkspaceBudget / per_image, 1, std::max<int64_t>(s.g.batch, 1));
+int64_t chunk_size(const checks::DeformConvShape& s, int64_t bytes_per_element) {
+  const int64_t per_image = std::max<int64_t>(s.channels * s.taps * s.pixels * bytes_per_element, 1);
+  return std::clamp<int64_t>(kWorkspaceBudget / per_image, 1, std::max<int64_t>(s.batch, 1));
 }
 
 std::optional<at::Tensor> contiguous(const std::optional<at::Tensor>& tensor) {
@@ -86,21 +50,23 @@ const cuda_t<scalar_t>* optional_ptr(const std::optional<at::Tensor>& tensor) {
 at::Tensor deform_conv2d_cuda(const at::Tensor& input_, const at::Tensor& offset_, const at::Tensor& weight_,
                               const std::optional<at::Tensor>& mask_, const std::optional<at::Tensor>& bias,
                               at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
-  const Shapes s = shapes(input_, offset_, weight_, mask_, stride, padding, dilation);
+  const checks::DeformConvShape s =
+      checks::deform_conv2d_shape(input_, offset_, weight_, mask_, stride, padding, dilation);
+  const cuda::DeformGeometry g = cuda_geometry(s);
   const c10::cuda::CUDAGuard guard(input_.device());
   const at::Tensor input = input_.contiguous(), offset = offset_.contiguous(), weight = weight_.contiguous();
   const std::optional<at::Tensor> mask = contiguous(mask_);
-  const int64_t group_rows = s.g.channels / s.groups * s.taps, group_out = s.out_channels / s.groups;
-  at::Tensor output = at::empty({s.g.batch, s.out_channels, s.g.out_h, s.g.out_w}, input.options());
+  const int64_t group_rows = s.channels / s.groups * s.taps, group_out = s.out_channels / s.groups;
+  at::Tensor output = at::empty({s.batch, s.out_channels, s.out_h, s.out_w}, input.options());
   const at::Tensor kernels = weight.view({s.groups, group_out, group_rows});
   const int64_t chunk = chunk_size(s, input.element_size());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "deform_conv2d_cuda", [&] {
-    for (int64_t b0 = 0; b0 < s.g.batch; b0 += chunk) {
-      const int64_t nb = std::min(chunk, s.g.batch - b0);
+    for (int64_t b0 = 0; b0 < s.batch; b0 += chunk) {
+      const int64_t nb = std::min(chunk, s.batch - b0);
       at::Tensor columns = at::empty({nb, s.groups, group_rows, s.pixels}, input.options());
       check_cuda(cuda::deform_im2col(cuda_ptr<scalar_t>(input), cuda_ptr<scalar_t>(offset), optional_ptr<scalar_t>(mask),
-                                     s.g, b0, nb, cuda_mutable_ptr<scalar_t>(columns), stream),
+                                     g, b0, nb, cuda_mutable_ptr<scalar_t>(columns), stream),
                  "deform_conv2d im2col");
       output.narrow(0, b0, nb).view({nb, s.groups, group_out, s.pixels}).copy_(at::matmul(kernels, columns));
     }
@@ -112,11 +78,10 @@ at::Tensor deform_conv2d_cuda(const at::Tensor& input_, const at::Tensor& offset
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backward_cuda(
     const at::Tensor& grad_output_, const at::Tensor& input_, const at::Tensor& offset_, const at::Tensor& weight_,
     const std::optional<at::Tensor>& mask_, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
-  const Shapes s = shapes(input_, offset_, weight_, mask_, stride, padding, dilation);
-  TORCH_CHECK_VALUE(grad_output_.dim() == 4 && grad_output_.size(0) == s.g.batch &&
-                        grad_output_.size(1) == s.out_channels && grad_output_.size(2) == s.g.out_h &&
-                        grad_output_.size(3) == s.g.out_w,
-                    "deform_conv2d_backward: grad_output must be (B, C_out, Ho, Wo), got ", grad_output_.sizes());
+  const checks::DeformConvShape s =
+      checks::deform_conv2d_shape(input_, offset_, weight_, mask_, stride, padding, dilation);
+  const cuda::DeformGeometry g = cuda_geometry(s);
+  checks::deform_conv2d_grad_output(grad_output_, s);
   at::globalContext().alertNotDeterministic(
       "fastseg deform_conv2d_backward on CUDA (grad_input is scattered with atomicAdd); use backend='cpu' or "
       "backend='reference' for a deterministic backward");
@@ -124,7 +89,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_co
   const at::Tensor input = input_.contiguous(), offset = offset_.contiguous(), weight = weight_.contiguous();
   const at::Tensor grad_output = grad_output_.contiguous();
   const std::optional<at::Tensor> mask = contiguous(mask_);
-  const int64_t group_rows = s.g.channels / s.groups * s.taps, group_out = s.out_channels / s.groups;
+  const int64_t group_rows = s.channels / s.groups * s.taps, group_out = s.out_channels / s.groups;
   const at::ScalarType acc_type = at::toOpMathType(input.scalar_type());
   at::Tensor grad_input_acc = at::zeros(input.sizes(), input.options().dtype(acc_type));
   at::Tensor grad_offset = at::empty_like(offset);
@@ -136,21 +101,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_co
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "deform_conv2d_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    for (int64_t b0 = 0; b0 < s.g.batch; b0 += chunk) {
-      const int64_t nb = std::min(chunk, s.g.batch - b0);
+    for (int64_t b0 = 0; b0 < s.batch; b0 += chunk) {
+      const int64_t nb = std::min(chunk, s.batch - b0);
       at::Tensor columns = at::empty({nb, s.groups, group_rows, s.pixels}, input.options());
       check_cuda(cuda::deform_im2col(cuda_ptr<scalar_t>(input), cuda_ptr<scalar_t>(offset), optional_ptr<scalar_t>(mask),
-                                     s.g, b0, nb, cuda_mutable_ptr<scalar_t>(columns), stream),
+                                     g, b0, nb, cuda_mutable_ptr<scalar_t>(columns), stream),
                  "deform_conv2d im2col");
       const at::Tensor grad_out = grad_output.narrow(0, b0, nb).view({nb, s.groups, group_out, s.pixels});
       grad_kernels.add_(at::matmul(grad_out, columns.transpose(2, 3)).sum(0, false, acc_type));
       const at::Tensor grad_columns = at::matmul(kernels_t, grad_out).contiguous();
       check_cuda(cuda::deform_col2im(cuda_ptr<scalar_t>(grad_columns), cuda_ptr<scalar_t>(offset),
-                                     optional_ptr<scalar_t>(mask), s.g, b0, nb, grad_input_acc.data_ptr<acc_t>(), stream),
+                                     optional_ptr<scalar_t>(mask), g, b0, nb, grad_input_acc.data_ptr<acc_t>(), stream),
                  "deform_conv2d col2im");
       check_cuda(cuda::deform_offset_mask_grads(
                      cuda_ptr<scalar_t>(input), cuda_ptr<scalar_t>(grad_columns), cuda_ptr<scalar_t>(offset),
-                     optional_ptr<scalar_t>(mask), s.g, b0, nb, cuda_mutable_ptr<scalar_t>(grad_offset),
+                     optional_ptr<scalar_t>(mask), g, b0, nb, cuda_mutable_ptr<scalar_t>(grad_offset),
                      mask.has_value() ? cuda_mutable_ptr<scalar_t>(grad_mask) : nullptr, stream),
                  "deform_conv2d offset/mask gradients");
     }

@@ -9,28 +9,15 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "checks/flow_warp.h"
 #include "cuda/flow_warp.h"
 #include "cuda_glue/cuda_type.h"
 
 namespace fastseg::glue {
 namespace {
 
-int parse_padding(c10::string_view mode) {
-  TORCH_CHECK_VALUE(mode == "zeros" || mode == "border", "padding_mode must be 'zeros' or 'border', got '", mode, "'");
-  return mode == "zeros" ? 0 : 1;
-}
-
 cuda::FlowWarpShape check_inputs(const at::Tensor& input, const at::Tensor& flow) {
-  TORCH_CHECK_VALUE(input.dim() == 4, "input must be (B,C,Hi,Wi), got ", input.sizes());
-  TORCH_CHECK_VALUE(at::isFloatingType(input.scalar_type()), "input must be floating point, got ", input.scalar_type());
-  TORCH_CHECK_VALUE(input.size(2) > 0 && input.size(3) > 0, "input must have a non-empty spatial size, got ",
-                    input.sizes());
-  TORCH_CHECK_VALUE(flow.dim() == 4 && flow.size(1) == 2 && flow.size(0) == input.size(0),
-                    "flow must be (B,2,Ho,Wo) with B=", input.size(0), ", got ", flow.sizes());
-  TORCH_CHECK_VALUE(flow.device() == input.device(), "flow must be on ", input.device(), ", got ", flow.device());
-  const auto coord_type = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  TORCH_CHECK_VALUE(flow.scalar_type() == coord_type, "flow must be ", coord_type, " for ", input.scalar_type(),
-                    " input, got ", flow.scalar_type());
+  checks::flow_warp_inputs(input, flow);
   TORCH_CHECK_VALUE(input.size(0) <= 65535, "flow_warp on CUDA supports batch <= 65535, got ", input.size(0));
   cuda::FlowWarpShape shape;
   shape.batch = input.size(0);
@@ -45,7 +32,7 @@ cuda::FlowWarpShape check_inputs(const at::Tensor& input, const at::Tensor& flow
 at::Tensor flow_warp_cuda(const at::Tensor& input, const at::Tensor& flow, c10::string_view padding_mode,
                           bool align_corners) {
   const cuda::FlowWarpShape shape = check_inputs(input, flow);
-  const int padding = parse_padding(padding_mode);
+  const int padding = static_cast<int>(checks::flow_warp_padding(padding_mode));
   const c10::cuda::CUDAGuard guard(input.device());
   const at::Tensor in = input.contiguous();
   const at::Tensor coords = flow.contiguous();
@@ -64,11 +51,8 @@ std::tuple<at::Tensor, at::Tensor> flow_warp_backward_cuda(const at::Tensor& gra
                                                            const at::Tensor& flow, c10::string_view padding_mode,
                                                            bool align_corners) {
   const cuda::FlowWarpShape shape = check_inputs(input, flow);
-  const int padding = parse_padding(padding_mode);
-  TORCH_CHECK_VALUE(grad_output.sizes() == at::IntArrayRef({shape.batch, shape.channels, shape.out_height,
-                                                            shape.out_width}) &&
-                        grad_output.scalar_type() == input.scalar_type() && grad_output.device() == input.device(),
-                    "grad_output must be (B,C,Ho,Wo) in the input's dtype and device, got ", grad_output.sizes());
+  const int padding = static_cast<int>(checks::flow_warp_padding(padding_mode));
+  checks::flow_warp_grad_output(grad_output, input, flow);
   const c10::cuda::CUDAGuard guard(input.device());
   const at::Tensor in = input.contiguous();
   const at::Tensor grad = grad_output.contiguous();

@@ -9,28 +9,17 @@
 
 #include <optional>
 
+#include "checks/lovasz_hinge.h"
 #include "cuda/lovasz_hinge.h"
 #include "cuda_glue/cuda_type.h"
 
 namespace fastseg::glue {
 namespace {
 
-void check_mask(const at::Tensor& mask, const at::Tensor& logits, const char* name) {
-  TORCH_CHECK_VALUE(mask.scalar_type() == at::kBool, name, " must be bool, got ", mask.scalar_type());
-  TORCH_CHECK_VALUE(mask.sizes() == logits.sizes(), name, " must have shape ", logits.sizes(), ", got ",
-                    mask.sizes());
-  TORCH_CHECK_VALUE(mask.device() == logits.device(), name, " must be on ", logits.device());
-}
-
-at::ScalarType accumulate_type(at::ScalarType type) { return type == at::kDouble ? at::kDouble : at::kFloat; }
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lovasz_hinge_cuda(const at::Tensor& logits, const at::Tensor& labels,
                                                                  const std::optional<at::Tensor>& valid) {
-  TORCH_CHECK_VALUE(logits.dim() == 2, "logits must be (N,P), got ", logits.sizes());
-  TORCH_CHECK_VALUE(at::isFloatingType(logits.scalar_type()), "logits must be floating point");
+  checks::lovasz_hinge_inputs(logits, labels, valid);
   TORCH_CHECK_VALUE(logits.size(1) < (int64_t(1) << 31), "rows of 2**31 pixels or more are not supported");
-  check_mask(labels, logits, "labels");
-  if (valid.has_value()) check_mask(*valid, logits, "valid");
   const c10::cuda::CUDAGuard guard(logits.device());
   const int64_t rows = logits.size(0), pixels = logits.size(1);
   const at::Tensor x = logits.contiguous();
@@ -38,7 +27,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lovasz_hinge_cuda(const at::Tenso
   const at::Tensor mask = valid.has_value() ? valid->contiguous() : at::Tensor();
   at::Tensor losses = at::empty({rows}, logits.options());
   at::Tensor permutation = at::empty({rows, pixels}, logits.options().dtype(at::kLong));
-  at::Tensor weights = at::empty({rows, pixels}, logits.options().dtype(accumulate_type(logits.scalar_type())));
+  const at::ScalarType acc_dtype = checks::lovasz_accumulate_type(logits.scalar_type());
+  at::Tensor weights = at::empty({rows, pixels}, logits.options().dtype(acc_dtype));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "lovasz_hinge_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -56,15 +46,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lovasz_hinge_cuda(const at::Tenso
 
 at::Tensor lovasz_hinge_backward_cuda(const at::Tensor& grad_loss, const at::Tensor& permutation,
                                       const at::Tensor& weights) {
-  TORCH_CHECK_VALUE(grad_loss.dim() == 1, "grad_loss must be (N,), got ", grad_loss.sizes());
+  checks::lovasz_hinge_backward_inputs(grad_loss, permutation, weights);
   const int64_t rows = grad_loss.size(0);
-  TORCH_CHECK_VALUE(permutation.dim() == 2 && permutation.size(0) == rows && permutation.scalar_type() == at::kLong,
-                    "permutation must be int64 (N,P) with N=", rows, ", got ", permutation.sizes());
-  TORCH_CHECK_VALUE(weights.sizes() == permutation.sizes() &&
-                        weights.scalar_type() == accumulate_type(grad_loss.scalar_type()),
-                    "weights must be of the accumulation type and the permutation's shape");
-  TORCH_CHECK_VALUE(permutation.device() == grad_loss.device() && weights.device() == grad_loss.device(),
-                    "permutation and weights must be on ", grad_loss.device());
   const c10::cuda::CUDAGuard guard(grad_loss.device());
   const int64_t pixels = permutation.size(1);
   const at::Tensor grad = grad_loss.contiguous();

@@ -9,35 +9,19 @@
 
 #include <tuple>
 
+#include "checks/soft_class_pool.h"
 #include "cuda/soft_class_pool.h"
 #include "cuda_glue/cuda_type.h"
 
 namespace fastseg::glue {
 namespace {
 
-void check_inputs(const at::Tensor& features, const at::Tensor& probs) {
-  TORCH_CHECK_VALUE(features.dim() == 4, "features must be (B,C,H,W), got ", features.sizes());
-  TORCH_CHECK_VALUE(probs.dim() == 4 && probs.size(0) == features.size(0) && probs.size(2) == features.size(2) &&
-                        probs.size(3) == features.size(3),
-                    "probs must be (B,K,H,W) with the B,H,W of features ", features.sizes(), ", got ", probs.sizes());
-  TORCH_CHECK_VALUE(at::isFloatingType(features.scalar_type()) && probs.scalar_type() == features.scalar_type(),
-                    "features and probs must share one floating-point dtype, got ", features.scalar_type(), " and ",
-                    probs.scalar_type());
-  TORCH_CHECK_VALUE(probs.device() == features.device(), "probs must be on ", features.device());
-}
-
+// The shared checks, plus centers in the dtype of features (the kernels read them as scalar_t).
 void check_saved(const at::Tensor& features, const at::Tensor& probs, const at::Tensor& centers,
                  const at::Tensor& mass) {
-  check_inputs(features, probs);
-  const int64_t batch = features.size(0), classes = probs.size(1), channels = features.size(1);
-  TORCH_CHECK_VALUE(centers.sizes() == at::IntArrayRef({batch, classes, channels}) &&
-                        centers.scalar_type() == features.scalar_type() && centers.device() == features.device(),
-                    "centers must be (B,K,C) = (", batch, ",", classes, ",", channels, ") like features, got ",
-                    centers.sizes());
-  TORCH_CHECK_VALUE(mass.sizes() == at::IntArrayRef({batch, classes}) &&
-                        mass.scalar_type() == at::toOpMathType(features.scalar_type()) &&
-                        mass.device() == features.device(),
-                    "mass must be (B,K) in the accumulation type, got ", mass.sizes(), " ", mass.scalar_type());
+  checks::soft_class_pool_saved(features, probs, centers, mass);
+  TORCH_CHECK_VALUE(centers.scalar_type() == features.scalar_type(), "centers must be ", features.scalar_type(),
+                    " like features, got ", centers.scalar_type());
 }
 
 // `tensor` contiguous in the dtype of `like`; undefined stays undefined.
@@ -61,7 +45,7 @@ std::tuple<cuda::SoftClassPoolPlan, at::Tensor> plan_for(const at::Tensor& featu
 // centers, mass and (when `with_attended`) the attended feature.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& features, const at::Tensor& probs,
                                                        bool with_attended) {
-  check_inputs(features, probs);
+  checks::soft_class_pool_inputs(features, probs);
   const c10::cuda::CUDAGuard guard(features.device());
   const at::Tensor feats = features.contiguous();
   const at::Tensor weights = probs.contiguous();
@@ -126,9 +110,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attentional_class_feature_cuda(co
 std::tuple<at::Tensor, at::Tensor> soft_class_pool_backward_cuda(const at::Tensor& grad_centers,
                                                                  const at::Tensor& features, const at::Tensor& probs,
                                                                  const at::Tensor& centers, const at::Tensor& mass) {
-  TORCH_CHECK_VALUE(grad_centers.sizes() == centers.sizes() && grad_centers.device() == features.device(),
-                    "grad_centers must be ", centers.sizes(), " on ", features.device(), ", got ",
-                    grad_centers.sizes());
+  checks::soft_class_pool_grad(grad_centers, centers.sizes(), features, "grad_centers");
   return backward(grad_centers, at::Tensor(), features, probs, centers, mass);
 }
 
@@ -137,9 +119,7 @@ std::tuple<at::Tensor, at::Tensor> attentional_class_feature_backward_cuda(const
                                                                            const at::Tensor& probs,
                                                                            const at::Tensor& centers,
                                                                            const at::Tensor& mass) {
-  TORCH_CHECK_VALUE(grad_attended.sizes() == features.sizes() && grad_attended.device() == features.device(),
-                    "grad_attended must be ", features.sizes(), " on ", features.device(), ", got ",
-                    grad_attended.sizes());
+  checks::soft_class_pool_grad(grad_attended, features.sizes(), features, "grad_attended");
   return backward(at::Tensor(), grad_attended, features, probs, centers, mass);
 }
 
