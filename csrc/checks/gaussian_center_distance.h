@@ -16,6 +16,7 @@ inline GaussianCenterDistanceShape gaussian_center_distance_shape(const at::Tens
                                                                   const at::Tensor& centers,
                                                                   const at::Tensor& margins) {
   TORCH_CHECK_VALUE(embeddings.dim() == 4, "embeddings must be (B,C',H,W), got ", embeddings.sizes());
+  TORCH_CHECK_VALUE(at::isFloatingType(embeddings.scalar_type()), "embeddings must be floating point");
   const GaussianCenterDistanceShape shape{embeddings.size(0), embeddings.size(1), centers.size(1),
                                           embeddings.size(2) * embeddings.size(3)};
   TORCH_CHECK_VALUE(centers.dim() == 3 && centers.size(0) == shape.batch && centers.size(2) == shape.channels,

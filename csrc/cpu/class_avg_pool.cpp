@@ -30,7 +30,6 @@ std::vector<std::vector<LabelRun>> image_runs(const at::Tensor& labels, int64_t 
 std::tuple<at::Tensor, at::Tensor> class_avg_pool_cpu(const at::Tensor& features, const at::Tensor& labels,
                                                       int64_t num_classes, int64_t ignore_index) {
   checks::class_avg_pool_inputs(features, labels, num_classes);
-  TORCH_CHECK_VALUE(at::isFloatingType(features.scalar_type()), "features must be floating point");
   const int64_t batch = features.size(0), channels = features.size(1);
   const int64_t pixels = features.size(2) * features.size(3);
 
@@ -68,7 +67,6 @@ at::Tensor class_avg_pool_backward_cpu(const at::Tensor& grad_centers, const at:
                                        const at::Tensor& counts, int64_t ignore_index) {
   checks::class_avg_pool_backward_inputs(grad_centers, labels, counts);
   const int64_t batch = grad_centers.size(0), num_classes = grad_centers.size(1), channels = grad_centers.size(2);
-  TORCH_CHECK_VALUE(num_classes > 0, "num_classes must be positive, got ", num_classes);
   const int64_t height = labels.size(1), width = labels.size(2), pixels = height * width;
 
   const auto runs = image_runs(labels.contiguous(), num_classes, ignore_index, /*strict=*/false);

@@ -30,12 +30,6 @@ constexpr int64_t kMaxChunksPerImage = 64;  // bounds the partial-sum buffer of 
 
 using Shapes = checks::GaussianCenterDistanceShape;
 
-Shapes check_inputs(const at::Tensor& embeddings, const at::Tensor& centers, const at::Tensor& margins) {
-  const Shapes shapes = checks::gaussian_center_distance_shape(embeddings, centers, margins);
-  TORCH_CHECK_VALUE(at::isFloatingType(embeddings.scalar_type()), "embeddings must be floating point");
-  return shapes;
-}
-
 // Largest margin * delta used: exp() of it and the backward's 2 * grad * scale stay finite
 // (see fastseg/ops/gaussian_center_distance.py).
 template <typename acc_t>
@@ -112,7 +106,7 @@ acc_t accumulate_gradient(const acc_t* __restrict__ w, const acc_t* __restrict__
 
 at::Tensor gaussian_center_distance_cpu(const at::Tensor& embeddings, const at::Tensor& centers,
                                         const at::Tensor& margins, double delta) {
-  const Shapes n = check_inputs(embeddings, centers, margins);
+  const Shapes n = checks::gaussian_center_distance_shape(embeddings, centers, margins);
   const at::Tensor x = embeddings.contiguous();
   at::Tensor phi = at::empty({n.batch, n.classes, embeddings.size(2), embeddings.size(3)}, embeddings.options());
   const int64_t tiles = (n.pixels + kTile - 1) / kTile;
@@ -148,7 +142,7 @@ at::Tensor gaussian_center_distance_cpu(const at::Tensor& embeddings, const at::
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_center_distance_backward_cpu(
     const at::Tensor& grad_phi, const at::Tensor& embeddings, const at::Tensor& centers, const at::Tensor& margins,
     double delta) {
-  const Shapes n = check_inputs(embeddings, centers, margins);
+  const Shapes n = checks::gaussian_center_distance_shape(embeddings, centers, margins);
   checks::gaussian_center_distance_grad_phi(grad_phi, embeddings, n);
   const at::Tensor x = embeddings.contiguous();
   const at::Tensor grad = grad_phi.contiguous();

@@ -16,7 +16,6 @@ namespace {
 std::tuple<at::Tensor, at::Tensor> class_avg_pool_cuda(const at::Tensor& features, const at::Tensor& labels,
                                                        int64_t num_classes, int64_t /*ignore_index*/) {
   checks::class_avg_pool_inputs(features, labels, num_classes);
-  TORCH_CHECK_VALUE(features.size(1) > 0, "features must have at least one channel");
   const int64_t batch = features.size(0), channels = features.size(1);
   const int64_t pixels = features.size(2) * features.size(3);
   const c10::cuda::CUDAGuard guard(features.device());
