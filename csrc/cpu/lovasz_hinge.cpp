@@ -13,6 +13,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstring>
+#include <type_traits>
 #include <optional>
 #include <vector>
 
@@ -27,19 +29,60 @@ struct SortItem {
   int64_t index;
 };
 
-// Decreasing error, NaN first (as torch.sort(descending=True)): a strict weak order even with NaN.
+// Unsigned integer of the width of acc_t.
 template <typename acc_t>
-bool comes_before(const SortItem<acc_t>& a, const SortItem<acc_t>& b) {
-  if (std::isnan(a.error)) return !std::isnan(b.error);
-  if (std::isnan(b.error)) return false;
-  return a.error > b.error;
+using KeyBits = std::conditional_t<sizeof(acc_t) == 4, uint32_t, uint64_t>;
+
+// Key whose ascending order is decreasing error with NaN first (torch.sort(descending=True)).
+template <typename acc_t>
+KeyBits<acc_t> descending_key(acc_t error) {
+  using bits_t = KeyBits<acc_t>;
+  constexpr bits_t sign = bits_t(1) << (8 * sizeof(bits_t) - 1);
+  if (std::isnan(error)) return 0;
+  bits_t bits;
+  std::memcpy(&bits, &error, sizeof(bits));
+  const bits_t ascending = (bits & sign) ? ~bits : (bits | sign);  // order-preserving map of floats
+  return ~ascending;
+}
+
+// A row's items and the buffers its sort reuses from row to row.
+template <typename acc_t>
+struct RowBuffers {
+  std::vector<SortItem<acc_t>> items, scratch;
+  std::vector<KeyBits<acc_t>> keys, scratch_keys;
+};
+
+// Stable LSD radix sort of buffers.items by descending_key, 8 bits a pass.
+template <typename acc_t>
+void sort_descending(RowBuffers<acc_t>& buffers) {
+  auto& [items, scratch, keys, scratch_keys] = buffers;
+  const size_t count = items.size();
+  if (count < 2) return;
+  keys.resize(count);
+  scratch.resize(count);
+  scratch_keys.resize(count);
+  for (size_t i = 0; i < count; ++i) keys[i] = descending_key(items[i].error);
+  for (size_t shift = 0; shift < 8 * sizeof(KeyBits<acc_t>); shift += 8) {
+    size_t offsets[257] = {0};
+    for (size_t i = 0; i < count; ++i) ++offsets[((keys[i] >> shift) & 0xff) + 1];
+    if (offsets[((keys[0] >> shift) & 0xff) + 1] == count) continue;  // one digit value: pass is a no-op
+    for (int d = 0; d < 256; ++d) offsets[d + 1] += offsets[d];
+    for (size_t i = 0; i < count; ++i) {
+      const size_t to = offsets[(keys[i] >> shift) & 0xff]++;
+      scratch[to] = items[i];
+      scratch_keys[to] = keys[i];
+    }
+    items.swap(scratch);
+    keys.swap(scratch_keys);
+  }
 }
 
 // One row of `pixels`: writes its permutation (valid pixels by decreasing error, then the invalid
 // ones) and weights d loss / d logits[permutation[j]] (0 for invalid), returns its loss.
 template <typename scalar_t, typename acc_t>
 acc_t lovasz_row(const scalar_t* logits, const bool* labels, const bool* valid, int64_t pixels,
-                 std::vector<SortItem<acc_t>>& items, int64_t* permutation, acc_t* weights) {
+                 RowBuffers<acc_t>& buffers, int64_t* permutation, acc_t* weights) {
+  std::vector<SortItem<acc_t>>& items = buffers.items;
   items.clear();
   int64_t positives = 0;
   for (int64_t p = 0; p < pixels; ++p) {
@@ -48,7 +91,7 @@ acc_t lovasz_row(const scalar_t* logits, const bool* labels, const bool* valid, 
     items.push_back({acc_t(1) - static_cast<acc_t>(logits[p]) * sign, p});
     positives += labels[p];
   }
-  std::sort(items.begin(), items.end(), comes_before<acc_t>);
+  sort_descending(buffers);
 
   // Eq. 9: g_j = J_j - J_{j-1}, J_j = 1 - (gts - pos_j) / (gts + neg_j); the union is >= 1 here.
   const acc_t gts = static_cast<acc_t>(positives);
@@ -98,12 +141,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lovasz_hinge_cpu(const at::Tensor
     int64_t* perm = permutation.data_ptr<int64_t>();
     acc_t* weight = weights.data_ptr<acc_t>();
     at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
-      std::vector<SortItem<acc_t>> items;
-      items.reserve(pixels);
+      RowBuffers<acc_t> buffers;
+      buffers.items.reserve(pixels);
       for (int64_t n = begin; n < end; ++n) {
         const int64_t offset = n * pixels;
         out[n] = static_cast<scalar_t>(lovasz_row<scalar_t, acc_t>(in + offset, gt + offset,
-                                                                   keep ? keep + offset : nullptr, pixels, items,
+                                                                   keep ? keep + offset : nullptr, pixels, buffers,
                                                                    perm + offset, weight + offset));
       }
     });
