@@ -6,6 +6,7 @@ in [0, K) and ``ignore_index`` (255) for ignored pixels. Transforms are applied 
 """
 from __future__ import annotations
 
+import abc
 import logging
 from pathlib import Path
 from typing import Callable, Sequence
@@ -95,7 +96,7 @@ def require_dir(path: Path) -> Path:
     return path
 
 
-class SegmentationDataset(Dataset):
+class SegmentationDataset(Dataset, abc.ABC):
     """Base of the file-backed datasets.
 
     Subclasses set ``classes``, ``palette`` and ``lookup`` (stored label value -> train id) and implement
@@ -130,8 +131,9 @@ class SegmentationDataset(Dataset):
         """How many distinct samples were skipped as unreadable so far."""
         return len(self.skipped)
 
+    @abc.abstractmethod
     def find_samples(self) -> list[tuple[Path, Path]]:
-        raise NotImplementedError
+        """(image path, label path) of every sample of the split."""
 
     def __len__(self) -> int:
         return len(self.samples)

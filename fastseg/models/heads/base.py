@@ -1,12 +1,13 @@
 """The decode-head contract: a context module, then dropout and a 1x1 classifier."""
 from __future__ import annotations
 
+import abc
 from collections.abc import Sequence
 
 from torch import Tensor, nn
 
 
-class DecodeHead(nn.Module):
+class DecodeHead(nn.Module, abc.ABC):
     """Base of the segmentation heads.
 
     Subclasses implement :meth:`forward_features` (the context module: backbone features ->
@@ -27,8 +28,9 @@ class DecodeHead(nn.Module):
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(channels, num_classes, 1)
 
+    @abc.abstractmethod
     def forward_features(self, features: Sequence[Tensor]) -> Tensor:
-        raise NotImplementedError(f"{type(self).__name__} must implement forward_features")
+        """Backbone features (C1..C4) -> the head's context feature (B, channels, h, w)."""
 
     def forward(self, features: Sequence[Tensor]) -> Tensor:
         """Backbone features (C1..C4) -> logits (B, num_classes, h, w) at the context feature's size."""
