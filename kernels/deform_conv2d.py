@@ -134,6 +134,19 @@ def _forward_kernel(
 
 
 @triton.jit
+def _backward_tile(group_channels, segment, taps, BLOCK_K: tl.constexpr):
+    """Program id 1 of a backward kernel -> (first channel k0 in the segment, segment start s0, tap, group)."""
+    k_blocks = tl.cdiv(segment, BLOCK_K)
+    segments = group_channels // segment
+    pid = tl.program_id(1)
+    k0 = (pid % k_blocks) * BLOCK_K
+    s0 = ((pid // k_blocks) % segments) * segment
+    tap = (pid // (k_blocks * segments)) % taps
+    group = pid // (k_blocks * segments * taps)
+    return k0, s0, tap, group
+
+
+@triton.jit
 def _backward_data_kernel(
     grad_output, input, offset, mask, weight, grad_input, grad_offset, grad_mask,
     C, H, W, L, W_out, C_out, kw, taps, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
@@ -142,13 +155,7 @@ def _backward_data_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """grad_columns tile (BM pixels, BK channels of one segment, one tap) -> grad_input, grad_offset, grad_mask."""
-    k_blocks = tl.cdiv(segment, BLOCK_K)
-    segments = group_channels // segment
-    pid = tl.program_id(1)
-    k0 = (pid % k_blocks) * BLOCK_K
-    s0 = ((pid // k_blocks) % segments) * segment
-    tap = (pid // (k_blocks * segments)) % taps
-    group = pid // (k_blocks * segments * taps)
+    k0, s0, tap, group = _backward_tile(group_channels, segment, taps, BLOCK_K)
     b = tl.program_id(2).to(tl.int64)
     offs_l = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_l = offs_l < L
@@ -199,13 +206,7 @@ def _backward_weight_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """partial_weight[split, n, c*taps + tap] = sum over this split's (image, pixel block) of grad_out^T @ samples."""
-    k_blocks = tl.cdiv(segment, BLOCK_K)
-    segments = group_channels // segment
-    pid = tl.program_id(1)
-    k0 = (pid % k_blocks) * BLOCK_K
-    s0 = ((pid // k_blocks) % segments) * segment
-    tap = (pid // (k_blocks * segments)) % taps
-    group = pid // (k_blocks * segments * taps)
+    k0, s0, tap, group = _backward_tile(group_channels, segment, taps, BLOCK_K)
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < group_out
     split = tl.program_id(2)

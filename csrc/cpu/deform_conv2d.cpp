@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cmath>
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include "checks/deform_conv2d.h"
@@ -245,6 +246,19 @@ const scalar_t* optional_ptr(const std::optional<at::Tensor>& tensor) {
   return tensor.has_value() ? tensor->const_data_ptr<scalar_t>() : nullptr;
 }
 
+// Images [b0, b0 + nb): their bilinear samples and the sampled columns (nb, groups, C/groups*taps, Ho*Wo),
+// shared by the forward GEMM and the backward (weight GEMM, input scatter, offset/mask gradients).
+template <typename scalar_t, typename acc_t>
+std::pair<std::vector<Sample<acc_t>>, at::Tensor> sampled_columns(const Geometry& g, const at::Tensor& input,
+                                                                  const at::Tensor& offset,
+                                                                  const std::optional<at::Tensor>& mask,
+                                                                  int64_t b0, int64_t nb) {
+  auto samples = make_samples<scalar_t, acc_t>(g, offset.const_data_ptr<scalar_t>(), optional_ptr<scalar_t>(mask), b0, nb);
+  at::Tensor columns = at::empty({nb, g.groups, g.channels / g.groups * g.taps, g.pixels}, input.options());
+  fill_columns<scalar_t, acc_t>(g, input.const_data_ptr<scalar_t>(), samples, b0, nb, columns.data_ptr<scalar_t>());
+  return {std::move(samples), columns};
+}
+
 at::Tensor deform_conv2d_cpu(const at::Tensor& input_, const at::Tensor& offset_, const at::Tensor& weight_,
                              const std::optional<at::Tensor>& mask_, const std::optional<at::Tensor>& bias,
                              at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
@@ -259,10 +273,7 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input_, const at::Tensor& offset_
     using acc_t = at::opmath_type<scalar_t>;
     for (int64_t b0 = 0; b0 < g.batch; b0 += chunk) {
       const int64_t nb = std::min(chunk, g.batch - b0);
-      const auto samples = make_samples<scalar_t, acc_t>(g, offset.const_data_ptr<scalar_t>(),
-                                                         optional_ptr<scalar_t>(mask), b0, nb);
-      at::Tensor columns = at::empty({nb, g.groups, group_rows, g.pixels}, input.options());
-      fill_columns<scalar_t, acc_t>(g, input.const_data_ptr<scalar_t>(), samples, b0, nb, columns.data_ptr<scalar_t>());
+      const auto [samples, columns] = sampled_columns<scalar_t, acc_t>(g, input, offset, mask, b0, nb);
       output.narrow(0, b0, nb).view({nb, g.groups, g.out_channels / g.groups, g.pixels}).copy_(at::matmul(kernels, columns));
     }
   });
@@ -291,10 +302,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_co
     using acc_t = at::opmath_type<scalar_t>;
     for (int64_t b0 = 0; b0 < g.batch; b0 += chunk) {
       const int64_t nb = std::min(chunk, g.batch - b0);
-      const auto samples = make_samples<scalar_t, acc_t>(g, offset.const_data_ptr<scalar_t>(),
-                                                         optional_ptr<scalar_t>(mask), b0, nb);
-      at::Tensor columns = at::empty({nb, g.groups, group_rows, g.pixels}, input.options());
-      fill_columns<scalar_t, acc_t>(g, input.const_data_ptr<scalar_t>(), samples, b0, nb, columns.data_ptr<scalar_t>());
+      const auto [samples, columns] = sampled_columns<scalar_t, acc_t>(g, input, offset, mask, b0, nb);
       const at::Tensor grad_out = grad_output.narrow(0, b0, nb).view({nb, g.groups, group_out, g.pixels});
       grad_kernels.add_(at::matmul(grad_out, columns.transpose(2, 3)).sum(0, false, acc_type));
       const at::Tensor grad_columns = at::matmul(kernels_t, grad_out).contiguous();

@@ -55,18 +55,32 @@ __device__ Sample<acc_t> load_sample(const scalar_t* offset, const scalar_t* mas
   return s;
 }
 
+// Entry `index` of the sampled columns (nb, C, taps, Ho*Wo) of the chunk starting at image b0:
+// its image, its channel, and the sample it reads.
+template <typename acc_t>
+struct ColumnEntry {
+  int64_t b, c;
+  Sample<acc_t> s;
+};
+
+template <typename scalar_t, typename acc_t>
+__device__ ColumnEntry<acc_t> column_entry(const scalar_t* offset, const scalar_t* mask, const DeformGeometry& g,
+                                           int64_t b0, int64_t index) {
+  const int64_t taps = g.kh * g.kw, pixels = g.out_h * g.out_w;
+  const int64_t p = index % pixels, tap = (index / pixels) % taps, bc = index / (pixels * taps);
+  const int64_t b = b0 + bc / g.channels, c = bc % g.channels;
+  return {b, c, load_sample<scalar_t, acc_t>(offset, mask, g, b, c / (g.channels / g.offset_groups), tap, p)};
+}
+
 template <typename scalar_t, typename acc_t>
 __global__ void im2col_kernel(const scalar_t* __restrict__ input, const scalar_t* __restrict__ offset,
                               const scalar_t* __restrict__ mask, DeformGeometry g, int64_t b0, int64_t nb,
                               scalar_t* __restrict__ columns) {
-  const int64_t taps = g.kh * g.kw, pixels = g.out_h * g.out_w, plane = g.height * g.width;
-  const int64_t group_channels = g.channels / g.offset_groups;
-  const int64_t total = nb * g.channels * taps * pixels;
+  const int64_t plane = g.height * g.width;
+  const int64_t total = nb * g.channels * g.kh * g.kw * g.out_h * g.out_w;
   for (int64_t index = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; index < total;
        index += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t p = index % pixels, tap = (index / pixels) % taps, bc = index / (pixels * taps);
-    const int64_t b = b0 + bc / g.channels, c = bc % g.channels;
-    const Sample<acc_t> s = load_sample<scalar_t, acc_t>(offset, mask, g, b, c / group_channels, tap, p);
+    const auto [b, c, s] = column_entry<scalar_t, acc_t>(offset, mask, g, b0, index);
     const scalar_t* image = input + (b * g.channels + c) * plane;
     acc_t value = acc_t(0);
 #pragma unroll
@@ -81,14 +95,11 @@ template <typename scalar_t, typename acc_t>
 __global__ void col2im_kernel(const scalar_t* __restrict__ grad_columns, const scalar_t* __restrict__ offset,
                               const scalar_t* __restrict__ mask, DeformGeometry g, int64_t b0, int64_t nb,
                               acc_t* __restrict__ grad_input) {
-  const int64_t taps = g.kh * g.kw, pixels = g.out_h * g.out_w, plane = g.height * g.width;
-  const int64_t group_channels = g.channels / g.offset_groups;
-  const int64_t total = nb * g.channels * taps * pixels;
+  const int64_t plane = g.height * g.width;
+  const int64_t total = nb * g.channels * g.kh * g.kw * g.out_h * g.out_w;
   for (int64_t index = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; index < total;
        index += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t p = index % pixels, tap = (index / pixels) % taps, bc = index / (pixels * taps);
-    const int64_t b = b0 + bc / g.channels, c = bc % g.channels;
-    const Sample<acc_t> s = load_sample<scalar_t, acc_t>(offset, mask, g, b, c / group_channels, tap, p);
+    const auto [b, c, s] = column_entry<scalar_t, acc_t>(offset, mask, g, b0, index);
     if (!s.any) continue;
     const acc_t grad = s.mask * static_cast<acc_t>(grad_columns[index]);
     acc_t* image = grad_input + (b * g.channels + c) * plane;
