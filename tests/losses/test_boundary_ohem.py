@@ -37,7 +37,12 @@ def test_matches_loop_reference(edge_shift, keep_ratio):
     labels = torch.randint(0, 4, (2, 10, 12))
     labels[torch.rand(2, 10, 12) < 0.2] = IGNORE
     logits = torch.randn(2, 4, 5, 6, dtype=torch.float64, requires_grad=True)
-    edge_logits = (torch.randn(2, 1, 5, 6, dtype=torch.float64) + edge_shift).requires_grad_()
+    edge_logits = torch.randn(2, 1, 5, 6, dtype=torch.float64) + edge_shift
+    # every image gets at least one candidate: a labelled corner pixel with a confident edge
+    # (the top-left output pixel samples edge_logits[..., 0, 0] exactly)
+    labels[:, 0, 0] = 0
+    edge_logits[:, 0, 0, 0] = 4.0
+    edge_logits.requires_grad_()
     expected, count = _reference(logits.detach(), edge_logits.detach(), labels, 0.8, keep_ratio)
     assert count > 0
     loss = BoundaryOhemCrossEntropyLoss(keep_ratio=keep_ratio)(logits, edge_logits, labels)

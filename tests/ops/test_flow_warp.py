@@ -127,13 +127,16 @@ def test_zero_flow_is_bilinear_resize(fused, sizes, padding, align):
 
 def test_non_contiguous_and_channels_last(fused):
     backend, device = fused
+    # Layouts are under test here, so sample points stay within 0.3 image sizes of the image: far
+    # outside (|coordinate| > 16 px) the fp32 coordinate's own rounding (ulp 2e-6) times the bilinear
+    # cross-derivative can reach 1e-5 in the flow gradient; test_large_flows_leave_the_image covers that.
     base = torch.randn(2, 6, 14, 10)
     input = base.transpose(2, 3)[:, :, :12]  # (2, 6, 10, 12) non-contiguous view
-    flow = _flow(2, (10, 12), (11, 9), True).permute(0, 1, 3, 2).contiguous().permute(0, 1, 3, 2)
+    flow = _flow(2, (10, 12), (11, 9), True, reach=0.3).permute(0, 1, 3, 2).contiguous().permute(0, 1, 3, 2)
     assert not input.is_contiguous() and not flow.is_contiguous()
     _compare(backend, device, input, flow, "border", True)
     channels_last = torch.randn(2, 6, 10, 12).to(memory_format=torch.channels_last)
-    flow_last = _flow(2, (10, 12), (11, 9), False).to(memory_format=torch.channels_last)
+    flow_last = _flow(2, (10, 12), (11, 9), False, reach=0.3).to(memory_format=torch.channels_last)
     _compare(backend, device, channels_last, flow_last, "zeros", False)
 
 
