@@ -1,0 +1,131 @@
+"""What every paper model must do: train/eval outputs, weighted finite losses, the fused ops it is
+built on, a short overfit, and torch.compile(fullgraph=True) forward + backward equal to eager.
+
+Each paper model registers one entry in PAPER_MODELS: tiny build options (so that the tests run in
+seconds on a CPU) and the ``torch.ops.fastseg`` ops a training step must call.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from fastseg.models import build_model, list_models
+
+NUM_CLASSES = 5
+SIZE = 64
+
+PAPER_MODELS: dict[str, tuple[dict, set[str]]] = {
+}
+
+
+class FusedOpRecorder(TorchDispatchMode):
+    """Records the names of the ``fastseg::`` ops that reach the dispatcher."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.called: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        namespace, _, name = func._schema.name.partition("::")
+        if namespace == "fastseg":
+            self.called.add(name)
+        return func(*args, **(kwargs or {}))
+
+
+def _batch(batch: int = 2, size: int = SIZE, cell: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images whose colour follows the labels (constant on cell x cell squares, some pixels ignored)."""
+    grid = torch.randint(0, NUM_CLASSES, (batch, size // cell, size // cell))
+    labels = grid.repeat_interleave(cell, dim=1).repeat_interleave(cell, dim=2)
+    palette = torch.randn(NUM_CLASSES, 3)
+    images = palette[labels].permute(0, 3, 1, 2) + 0.1 * torch.randn(batch, 3, size, size)
+    labels[:, :2] = 255
+    return images.contiguous(), labels
+
+
+def _build(name: str, **extra) -> torch.nn.Module:
+    options, _ = PAPER_MODELS[name]
+    return build_model(name, NUM_CLASSES, **{**options, **extra})
+
+
+def test_paper_models_are_registered():
+    assert set(PAPER_MODELS) <= set(list_models())
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_MODELS))
+def test_outputs_losses_and_gradients(name):
+    model = _build(name)
+    images, labels = _batch()
+    outputs = model(images)
+    assert isinstance(outputs, dict) and outputs, "training mode returns a dict of named outputs"
+    for key, value in outputs.items():
+        assert value.shape[0] == 2 and torch.isfinite(value).all(), key
+    losses = model.loss(outputs, labels)
+    parts = {k: v for k, v in losses.items() if k != "total"}
+    print(f"{name}: " + ", ".join(f"{k}={v.item():.4f}" for k, v in losses.items()))
+    assert parts and all(v.ndim == 0 and torch.isfinite(v) for v in losses.values())
+    torch.testing.assert_close(losses["total"], sum(parts.values()))
+    losses["total"].backward()
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not no_grad, f"parameters without gradient: {no_grad}"
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+    model.eval()
+    with torch.no_grad():
+        logits = model(torch.randn(1, 3, 72, 56))
+    assert logits.shape == (1, NUM_CLASSES, 72, 56)
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_MODELS))
+def test_training_step_calls_the_fused_ops(name):
+    model = _build(name)
+    images, labels = _batch()
+    with FusedOpRecorder() as recorder:
+        model.loss(model(images), labels)["total"].backward()
+    expected = PAPER_MODELS[name][1]
+    print(f"{name}: fastseg ops called: {sorted(recorder.called)}")
+    assert expected <= recorder.called
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_MODELS))
+def test_short_overfit_lowers_the_total_loss(name):
+    model = _build(name, dropout=0.0)
+    images, labels = _batch()
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    history = []
+    for _ in range(20):
+        total = model.loss(model(images), labels)["total"]
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+        history.append(total.item())
+    print(f"{name}: total loss {history[0]:.3f} -> {history[-1]:.3f}")
+    assert history[-1] < 0.7 * history[0]
+
+
+def _compiled_matches_eager(name: str, backend: str) -> None:
+    model = _build(name, dropout=0.0)
+    eager = _build(name, dropout=0.0)
+    eager.load_state_dict(model.state_dict())
+    images, labels = _batch()
+
+    def total_loss(net, x, y):
+        return net.loss(net(x), y)["total"]
+
+    compiled = torch.compile(total_loss, fullgraph=True, backend=backend)
+    compiled_total = compiled(model, images, labels)
+    eager_total = total_loss(eager, images, labels)
+    torch.testing.assert_close(compiled_total, eager_total, rtol=1e-4, atol=1e-5)
+    compiled_total.backward()
+    eager_total.backward()
+    for (param_name, p), q in zip(model.named_parameters(), eager.parameters()):
+        if q.grad is None:
+            assert p.grad is None, param_name
+        else:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-5, msg=param_name)
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_MODELS))
+def test_compile_fullgraph_matches_eager(name):
+    torch._dynamo.reset()
+    _compiled_matches_eager(name, "aot_eager")
