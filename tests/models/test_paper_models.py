@@ -16,6 +16,13 @@ NUM_CLASSES = 5
 SIZE = 64
 
 PAPER_MODELS: dict[str, tuple[dict, set[str]]] = {
+    "acfnet": (
+        {"backbone": "resnet18", "channels": 32, "acf_channels": 16, "aux_channels": 16},
+        {"attentional_class_feature", "attentional_class_feature_backward"},
+    ),
+    # Auxiliary heads on stages 1-2 (strides 4, 8): the stride-16/32 heads of the paper's default
+    # (3, 4) cannot fit the 8-pixel label cells of the overfit batch; tests/models/test_fenet.py covers them.
+    "fenet": ({"backbone": "resnet18", "channels": 16, "aux_channels": 16, "aux_stages": (1, 2)}, set()),
 }
 
 
