@@ -16,6 +16,9 @@ NUM_CLASSES = 5
 SIZE = 64
 
 PAPER_MODELS: dict[str, tuple[dict, set[str]]] = {
+    "decouple_fcn": ({"backbone": "resnet18", "channels": 32}, {"flow_warp", "flow_warp_backward"}),
+    "decouple_pspnet": ({"backbone": "resnet18", "channels": 32}, {"flow_warp", "flow_warp_backward"}),
+    "decouple_deeplabv3plus": ({"backbone": "resnet18", "channels": 32}, {"flow_warp", "flow_warp_backward"}),
 }
 
 
