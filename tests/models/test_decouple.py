@@ -149,7 +149,8 @@ def test_default_loss_weights_and_thresholds_are_the_papers():
     _, labels = _batch(size=32, cell=8)
     outputs = _random_outputs(labels)
     losses = model.loss(outputs, labels)
-    torch.testing.assert_close(losses["edge_bce"], 25 * edge_bce_loss(outputs["edge"], edge_target(labels), labels != 255))
+    expected_bce = 25 * edge_bce_loss(outputs["edge"], edge_target(labels), labels != 255)
+    torch.testing.assert_close(losses["edge_bce"], expected_bce)
     with_aux = build_model("decouple_fcn", NUM_CLASSES, aux=True, aux_channels=8, **TINY)
     assert set(with_aux(torch.randn(2, 3, 32, 32))) == {"out", "body", "edge", "aux"}
 
@@ -166,7 +167,8 @@ def test_short_overfit_with_the_paper_weights_on_resolvable_boundaries():
         losses["total"].backward()
         optimizer.step()
         history.append({k: v.item() for k, v in losses.items()})
-    print("decouple_deeplabv3plus: " + ", ".join(f"{k} {history[0][k]:.3f} -> {history[-1][k]:.3f}" for k in history[0]))
+    trace = ", ".join(f"{k} {history[0][k]:.3f} -> {history[-1][k]:.3f}" for k in history[0])
+    print(f"decouple_deeplabv3plus: {trace}")
     assert history[-1]["total"] < 0.7 * history[0]["total"]
     assert history[-1]["edge_bce"] < 0.7 * history[0]["edge_bce"]
 
