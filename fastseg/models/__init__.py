@@ -5,7 +5,7 @@
 ``load_pretrained(model, checkpoint)`` loads torchvision / timm / mmsegmentation ResNet weights.
 """
 from fastseg.models import baselines  # noqa: F401  (registers the baselines)
-from fastseg.models import acfnet, fenet  # noqa: F401  (registers the ACFNet and FENet paper models)
+from fastseg.models import acfnet, decouple, fenet  # noqa: F401  (registers the paper models)
 from fastseg.models.backbones import ResNet, build_backbone, load_pretrained
 from fastseg.models.batchnorm import convert_sync_batchnorm
 from fastseg.models.registry import build_model, list_models, register_model
