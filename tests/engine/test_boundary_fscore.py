@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastseg.engine.boundary_fscore import BoundaryFScore, class_boundaries, dilate_disk, disk_rectangles
+from fastseg.engine import boundary_fscore
+from fastseg.engine.boundary_fscore import BoundaryFScore, class_boundaries, row_distance, squared_distance
 
 
 def numpy_boundaries(labels: np.ndarray, num_classes: int, ignore_index: int) -> np.ndarray:
@@ -61,23 +62,26 @@ def blobby_labels(batch, num_classes, size, low=(5, 6)):
     return F.interpolate(labels, size=size, mode="nearest").long()[:, 0]
 
 
-@pytest.mark.parametrize("radius", [0, 1, 2, 3, 5, 9, 12])
-def test_disk_rectangles_union_is_the_disk(radius):
-    union = {(y, x) for dy, dx in disk_rectangles(radius) for y in range(-dy, dy + 1) for x in range(-dx, dx + 1)}
-    disk = {(y, x) for y in range(-radius, radius + 1) for x in range(-radius, radius + 1) if x * x + y * y <= radius**2}
-    assert union == disk
+def test_row_distance_hand_example():
+    mask = torch.tensor([[0, 1, 0, 0, 0, 1, 0, 0, 0, 0], [0] * 10], dtype=torch.bool)
+    assert row_distance(mask, 3).tolist() == [[1, 0, 1, 2, 1, 0, 1, 2, 3, 3], [3] * 10]
 
 
-@pytest.mark.parametrize("radius", [1, 3, 5])
-def test_dilate_disk_matches_distances(radius):
+@pytest.mark.parametrize("limit", [1, 3, 5, 12])
+def test_squared_distance_matches_pairwise_distances(limit):
     mask = torch.rand(2, 3, 15, 18) < 0.03
     mask[0, 0, 7, 9] = True
-    dilated = dilate_disk(mask, radius)
+    distance = squared_distance(mask, limit)
+    ys, xs = np.mgrid[0:15, 0:18]
     for b in range(2):
         for c in range(3):
-            points = np.argwhere(np.ones((15, 18), bool))
-            within = np.array([matched(points[i : i + 1], np.argwhere(mask[b, c].numpy()), radius) for i in range(len(points))])
-            np.testing.assert_array_equal(dilated[b, c].numpy().ravel(), within.astype(bool))
+            points = np.argwhere(mask[b, c].numpy())
+            exact = np.full((15, 18), np.inf) if len(points) == 0 else (
+                (ys[..., None] - points[:, 0]) ** 2 + (xs[..., None] - points[:, 1]) ** 2
+            ).min(-1)  # fmt: skip
+            near = exact <= limit**2
+            np.testing.assert_array_equal(distance[b, c].numpy()[near], exact[near])
+            assert (distance[b, c].numpy()[~near] > limit**2).all()
 
 
 def test_class_boundaries_match_explicit_neighbours():
@@ -89,7 +93,10 @@ def test_class_boundaries_match_explicit_neighbours():
         np.testing.assert_array_equal(boundaries[b].numpy(), numpy_boundaries(labels[b].numpy(), 4, 255))
 
 
-def test_random_maps_match_brute_force_fscore():
+@pytest.mark.parametrize("chunk_elements", [boundary_fscore.CHUNK_ELEMENTS, 2 * 20 * 24])
+def test_random_maps_match_brute_force_fscore(monkeypatch, chunk_elements):
+    # The small chunk handles one class per pass: the class-chunked loop must give the same counts.
+    monkeypatch.setattr(boundary_fscore, "CHUNK_ELEMENTS", chunk_elements)
     num_classes, thresholds = 4, (1, 3, 5)
     metric = BoundaryFScore(num_classes, thresholds)
     preds, targets = [], []
