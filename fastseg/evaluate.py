@@ -1,6 +1,6 @@
 """``python -m fastseg.evaluate``: mIoU, per-class IoU/accuracy and boundary F-score of a checkpoint.
 
-    python -m fastseg.evaluate --checkpoint runs/default/latest.pt [--config NAME_OR_PATH] [--set k=v ...]
+    python -m fastseg.evaluate --checkpoint CHECKPOINT.pt [--config NAME_OR_PATH] [--set k=v ...]
         [--split val] [--mode whole|slide] [--crop-size H W] [--stride H W] [--scales 0.75 1.0 ...] [--flip]
         [--boundary] [--skip-bad] [--batch-size N] [--workers N] [--output results.json] [--device cpu|cuda]
 

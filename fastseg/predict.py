@@ -1,6 +1,6 @@
 """``python -m fastseg.predict``: segment images and write colourised masks, overlays and raw label maps.
 
-    python -m fastseg.predict --checkpoint runs/default/latest.pt --input IMAGE_OR_FOLDER --output DIR
+    python -m fastseg.predict --checkpoint CHECKPOINT.pt --input IMAGE_OR_FOLDER --output DIR
         [--palette dataset|cityscapes|ade20k] [--opacity 0.5] [--mode whole|slide] [--crop-size H W]
         [--stride H W] [--scales ...] [--flip] [--skip-bad] [--config ...] [--set k=v ...] [--device cpu|cuda]
 

@@ -91,7 +91,7 @@ def write_folder_dataset(root: Path, corrupt: str) -> None:
 def test_corrupt_image_is_named_or_skipped_and_counted(tmp_path, capsys):
     write_checkpoint(tmp_path / "ck.pt")
     write_folder_dataset(tmp_path / "data", corrupt="b.png")
-    argv = ["--checkpoint", str(tmp_path / "ck.pt"), "--output", str(tmp_path / "r.json"), "--device", "cpu",
+    argv = ["--checkpoint", str(tmp_path / "ck.pt"), "--output", str(tmp_path / "r.json"), "--device", "cpu", "--workers", "0",
             "--set", "data.dataset=folder", "--set", f"data.root={tmp_path / 'data'}", "--set", "data.val={split: val}"]  # fmt: skip
     assert main(argv) == 1
     assert "b.png" in capsys.readouterr().err and not (tmp_path / "r.json").exists()
