@@ -1,0 +1,94 @@
+"""Segmentation metrics from a confusion matrix: IoU, mIoU, per-class and pixel accuracy.
+
+The (K, K) int64 confusion matrix ``C[t, p]`` (rows: ground truth, columns: prediction) lives on the
+device of the predictions and is updated there without reading anything back to the host, so the
+metric can run inside a training loop on GPU. Per class k, with TP = C[k, k]:
+
+    IoU_k = TP / (sum_p C[k, p] + sum_t C[t, k] - TP)      Acc_k = TP / sum_p C[k, p]
+    aAcc  = trace(C) / sum(C)                              mIoU, mAcc = means over classes
+
+A class absent from both ground truth and prediction has IoU NaN; a class absent from the ground truth
+has Acc NaN. NaNs are left out of the means (the mmsegmentation convention).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+def nanmean(values: list[float]) -> float:
+    """Mean of the non-NaN values; NaN when there are none."""
+    finite = [v for v in values if not math.isnan(v)]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
+def all_reduce_sum(tensor: Tensor) -> Tensor:
+    """Sum ``tensor`` in place over the ranks of the default process group (no-op without one)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+class SegmentationMetric:
+    """Accumulates a (K, K) confusion matrix over ``update`` calls; ``compute`` gives the metric dict.
+
+    Args:
+        num_classes: K.
+        ignore_index: target value left out of every count (as are targets outside [0, K)).
+        device: where the matrix lives; by default it moves to the device of the first ``update``.
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int = 255, device: torch.device | str | None = None) -> None:
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+
+    def reset(self) -> None:
+        self.confusion.zero_()
+
+    @torch.no_grad()
+    def update(self, pred: Tensor, target: Tensor) -> None:
+        """Add one batch: ``pred`` and ``target`` int64 (B, H, W) (or any equal shapes) of class ids."""
+        if pred.shape != target.shape:
+            raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape")
+        if pred.dtype.is_floating_point or target.dtype.is_floating_point:
+            raise ValueError(f"pred and target must hold integer class ids, got {pred.dtype} and {target.dtype}")
+        if self.confusion.device != pred.device:
+            self.confusion = self.confusion.to(pred.device)
+        k = self.num_classes
+        pred, target = pred.reshape(-1).long(), target.to(pred.device).reshape(-1).long()
+        valid = (target >= 0) & (target < k) & (target != self.ignore_index) & (pred >= 0) & (pred < k)
+        # Invalid pixels go to the extra bin K*K, dropped below: a fixed-size scatter, no host sync
+        # (boolean indexing and torch.bincount both read a size back to the host).
+        index = torch.where(valid, target * k + pred, k * k)
+        counts = torch.zeros(k * k + 1, dtype=torch.int64, device=pred.device)
+        counts.scatter_add_(0, index, torch.ones_like(index))
+        self.confusion += counts[:-1].view(k, k)
+
+    def all_reduce(self) -> None:
+        """Sum the confusion matrix over ranks when ``torch.distributed`` is initialised (call once,
+        after the last ``update``); a no-op otherwise."""
+        all_reduce_sum(self.confusion)
+
+    def compute(self) -> dict[str, Any]:
+        """``{"mIoU", "aAcc", "mAcc"}`` floats in [0, 1] and ``{"IoU", "Acc"}`` per-class lists (NaN = absent)."""
+        confusion = self.confusion.double().cpu()
+        tp = confusion.diagonal()
+        gt, predicted = confusion.sum(1), confusion.sum(0)
+        union = gt + predicted - tp
+        iou = torch.where(union > 0, tp / union.clamp(min=1), math.nan).tolist()
+        acc = torch.where(gt > 0, tp / gt.clamp(min=1), math.nan).tolist()
+        total = confusion.sum().item()
+        return {
+            "mIoU": nanmean(iou),
+            "aAcc": tp.sum().item() / total if total > 0 else math.nan,
+            "mAcc": nanmean(acc),
+            "IoU": iou,
+            "Acc": acc,
+        }
