@@ -3,8 +3,11 @@
 ``build_model(name, num_classes, backbone="resnet50", **options)`` builds a registered model;
 ``list_models()`` names them; ``summary(model, input_size)`` prints parameters and FLOPs per module;
 ``load_pretrained(model, checkpoint)`` loads torchvision / timm / mmsegmentation ResNet weights.
+
+Paper models: ``csfrnet_fcn``, ``csfrnet_pspnet``, ``csfrnet_nonlocal``, ``csfrnet_deeplabv3plus`` (CSFRNet).
 """
 from fastseg.models import baselines  # noqa: F401  (registers the baselines)
+from fastseg.models import csfrnet  # noqa: F401  (registers csfrnet_fcn/_pspnet/_nonlocal/_deeplabv3plus)
 from fastseg.models.backbones import ResNet, build_backbone, load_pretrained
 from fastseg.models.batchnorm import convert_sync_batchnorm
 from fastseg.models.registry import build_model, list_models, register_model
