@@ -5,7 +5,8 @@ class-aware consistency and smooth losses) and AAM (deformable fusion of the C-S
 original features), then the baseline head's dropout + 1x1 classifier.
 
 Registered models: ``csfrnet_fcn``, ``csfrnet_pspnet``, ``csfrnet_nonlocal``, ``csfrnet_deeplabv3plus``
-(CSFLM after the FCN convs, the PPM, the non-local block and the DeepLabv3+ decoder). Options: those of
+(CSFLM after the FCN convs, the PPM bottleneck, the non-local head and DeepLabv3+'s ASPP, before its
+decoder). Options: those of
 the baselines (see :mod:`fastseg.models.baselines`) plus
   embedding_channels=32  (C', Table 3),
   aam=True               (False: concatenate + 1x1 without deformable aggregation, the CSFLM ablation),
@@ -23,7 +24,7 @@ from fastseg.losses import ClassAwareConsistencyLoss
 from fastseg.models.aam import AdaptiveFeatureAggregation
 from fastseg.models.baselines import deeplabv3plus, fcn, nonlocal_net, pspnet
 from fastseg.models.csflm import ConsistentSeparableFeatureLearning
-from fastseg.models.heads.base import DecodeHead
+from fastseg.models.heads import DecodeHead, DeepLabV3PlusHead
 from fastseg.models.layers import resize
 from fastseg.models.registry import register_model
 from fastseg.models.segmentor import EncoderDecoder
@@ -40,6 +41,10 @@ class CSFRNet(EncoderDecoder):
     embeddings + 1x1 margin + 1x1 fuse (C + C' -> C) is 2.66M parameters at C = 512, C' = 32, what
     Table 2 reports for every head (a 2048-channel C4 input would not fit it). The classifier sees
     the fused feature F, with the baseline head's own dropout and 1x1 classifier (F has its width).
+
+    DeepLabv3+: CSFLM and AAM sit on the ASPP output at stride 8 and F goes through the head's
+    decoder (stride 4) before the classifier: the paper plugs CSFLM "after ASPP", and Table 2 adds
+    the same 10.88 GFLOPs (multiply-adds) at 512x512 to every head, the cost of CSFLM at stride 8.
 
     ``forward(images)``: training mode returns ``{"out", "embeddings", "margins"}`` (+ ``"aux"``)
     at the head's feature resolution; eval mode the logits (B, K, H, W) at the input size, computing
@@ -80,15 +85,28 @@ class CSFRNet(EncoderDecoder):
     def forward(self, images: Tensor) -> dict[str, Tensor] | Tensor:
         features = self.backbone(images)
         head = self.decode_head
-        context = head.forward_features(features)  # A, also the original feature Y of AAM
+        context = self.context(features)  # A, also the original feature Y of AAM
         embeddings, margins = self.csflm(context)  # B (the C-S features X), C
-        out = head.classifier(head.dropout(self.aggregation(embeddings, context)))
+        fused = self.decode(self.aggregation(embeddings, context), features)  # F
+        out = head.classifier(head.dropout(fused))
         if not self.training:
             return resize(out, images.shape[-2:])
         outputs = {"out": out, "embeddings": embeddings, "margins": margins}
         if self.auxiliary_head is not None:
             outputs["aux"] = self.auxiliary_head(features)
         return outputs
+
+    def context(self, features: list[Tensor]) -> Tensor:
+        """A: the head's context feature; for DeepLabv3+ its ASPP output (before the decoder)."""
+        if isinstance(self.decode_head, DeepLabV3PlusHead):
+            return self.decode_head.aspp(features[3])
+        return self.decode_head.forward_features(features)
+
+    def decode(self, fused: Tensor, features: list[Tensor]) -> Tensor:
+        """F -> the classifier's input: DeepLabv3+'s decoder with the C1 skip; the identity otherwise."""
+        if isinstance(self.decode_head, DeepLabV3PlusHead):
+            return self.decode_head.decode(fused, features[0])
+        return fused
 
     def loss(self, outputs: dict[str, Tensor], targets: Tensor) -> dict[str, Tensor]:
         losses = super().loss(outputs, targets)
@@ -129,5 +147,5 @@ def csfrnet_nonlocal(num_classes: int, backbone: str = "resnet50", **options) ->
 
 @register_model("csfrnet_deeplabv3plus")
 def csfrnet_deeplabv3plus(num_classes: int, backbone: str = "resnet50", **options) -> CSFRNet:
-    """CSFRNet on DeepLabv3+ (the paper's final model): CSFLM after the decoder, at stride 4."""
+    """CSFRNet on DeepLabv3+ (the paper's final model): CSFLM + AAM after ASPP (stride 8), then the decoder."""
     return csfrnet(deeplabv3plus, num_classes, backbone, **options)
