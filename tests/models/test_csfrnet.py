@@ -43,7 +43,7 @@ def test_csflm_shapes_margins_and_paper_details():
     assert csflm.embedding.kernel_size == (1, 1) and csflm.embedding.out_channels == 8  # A' -> B
     assert csflm.margin.kernel_size == (1, 1) and csflm.margin.out_channels == 1  # A' -> C
     assert torch.all(csflm.margin.bias == MARGIN_BIAS_INIT)
-    torch.nn.init.normal_(csflm.margin.weight, std=1.0)
+    torch.nn.init.normal_(csflm.margin.weight, std=0.3)
     torch.nn.init.zeros_(csflm.margin.bias)
     x = torch.randn(2, 24, 7, 9)
     embeddings, margins = csflm(x)
