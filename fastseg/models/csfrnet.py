@@ -6,8 +6,7 @@ original features), then the baseline head's dropout + 1x1 classifier.
 
 Registered models: ``csfrnet_fcn``, ``csfrnet_pspnet``, ``csfrnet_nonlocal``, ``csfrnet_deeplabv3plus``
 (CSFLM after the FCN convs, the PPM bottleneck, the non-local head and DeepLabv3+'s ASPP, before its
-decoder). Options: those of
-the baselines (see :mod:`fastseg.models.baselines`) plus
+decoder). Options: those of the baselines (see :mod:`fastseg.models.baselines`) plus
   embedding_channels=32  (C', Table 3),
   aam=True               (False: concatenate + 1x1 without deformable aggregation, the CSFLM ablation),
   delta=10.0             (the scale exp(m_k * delta) of Eq. 2),
@@ -16,7 +15,7 @@ the baselines (see :mod:`fastseg.models.baselines`) plus
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
 
@@ -96,13 +95,13 @@ class CSFRNet(EncoderDecoder):
             outputs["aux"] = self.auxiliary_head(features)
         return outputs
 
-    def context(self, features: list[Tensor]) -> Tensor:
+    def context(self, features: Sequence[Tensor]) -> Tensor:
         """A: the head's context feature; for DeepLabv3+ its ASPP output (before the decoder)."""
         if isinstance(self.decode_head, DeepLabV3PlusHead):
             return self.decode_head.aspp(features[3])
         return self.decode_head.forward_features(features)
 
-    def decode(self, fused: Tensor, features: list[Tensor]) -> Tensor:
+    def decode(self, fused: Tensor, features: Sequence[Tensor]) -> Tensor:
         """F -> the classifier's input: DeepLabv3+'s decoder with the C1 skip; the identity otherwise."""
         if isinstance(self.decode_head, DeepLabV3PlusHead):
             return self.decode_head.decode(fused, features[0])
