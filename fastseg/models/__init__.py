@@ -3,9 +3,13 @@
 ``build_model(name, num_classes, backbone="resnet50", **options)`` builds a registered model;
 ``list_models()`` names them; ``summary(model, input_size)`` prints parameters and FLOPs per module;
 ``load_pretrained(model, checkpoint)`` loads torchvision / timm / mmsegmentation ResNet weights.
+
+Baselines: ``fcn``, ``pspnet``, ``deeplabv3``, ``deeplabv3plus``, ``nonlocal``. Paper models: ``acfnet``
+(ACFNet), ``decouple_fcn``, ``decouple_pspnet``, ``decouple_deeplabv3plus`` (DecoupleSegNet),
+``csfrnet_fcn``, ``csfrnet_pspnet``, ``csfrnet_nonlocal``, ``csfrnet_deeplabv3plus`` (CSFRNet), ``fenet`` (FENet).
 """
 from fastseg.models import baselines  # noqa: F401  (registers the baselines)
-from fastseg.models import acfnet, decouple, fenet  # noqa: F401  (registers the paper models)
+from fastseg.models import acfnet, csfrnet, decouple, fenet  # noqa: F401  (registers the paper models)
 from fastseg.models.backbones import ResNet, build_backbone, load_pretrained
 from fastseg.models.batchnorm import convert_sync_batchnorm
 from fastseg.models.registry import build_model, list_models, register_model

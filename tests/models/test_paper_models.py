@@ -26,6 +26,15 @@ PAPER_MODELS: dict[str, tuple[dict, set[str]]] = {
     "decouple_fcn": ({"backbone": "resnet18", "channels": 32}, {"flow_warp", "flow_warp_backward"}),
     "decouple_pspnet": ({"backbone": "resnet18", "channels": 32}, {"flow_warp", "flow_warp_backward"}),
     "decouple_deeplabv3plus": ({"backbone": "resnet18", "channels": 32}, {"flow_warp", "flow_warp_backward"}),
+    **{
+        name: (
+            {"backbone": "resnet18", "channels": 32, "aux_channels": 16, "embedding_channels": 16},
+            {"class_avg_pool", "class_avg_pool_backward", "gaussian_center_distance",
+             "gaussian_center_distance_backward", "lovasz_hinge", "lovasz_hinge_backward",
+             "deform_conv2d", "deform_conv2d_backward"},
+        )
+        for name in ("csfrnet_fcn", "csfrnet_pspnet", "csfrnet_nonlocal", "csfrnet_deeplabv3plus")
+    },
 }
 
 

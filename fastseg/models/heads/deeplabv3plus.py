@@ -35,6 +35,9 @@ class DeepLabV3PlusHead(DecodeHead):
         )
 
     def forward_features(self, features: Sequence[Tensor]) -> Tensor:
-        c1 = features[0]
-        context = resize(self.aspp(features[3]), c1.shape[-2:])
+        return self.decode(self.aspp(features[3]), features[0])
+
+    def decode(self, context: Tensor, c1: Tensor) -> Tensor:
+        """ASPP output (B, channels, h, w) and C1 (B, c1_channels, H/4, W/4) -> (B, channels, H/4, W/4)."""
+        context = resize(context, c1.shape[-2:])
         return self.decoder(torch.cat([context, self.skip(c1)], dim=1))
