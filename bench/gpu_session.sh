@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# One run on a lent GPU machine (device tool: `bash bench/gpu_session.sh`), in under 10 minutes on
-# an H100: build fastseg with its CUDA kernels, run every CUDA-marked test (CUDA and Triton backends
-# on CUDA tensors), then the benchmarks in order of importance:
-#   1. the model targets of issue 8: training step of CSFRNet and DecoupleSegNet on ResNet-50,
-#      batch 8 at 769 / 832 crops, all four variants;
-#   2. every op benchmark;
-#   3. the other model cases (ACFNet, FENet, inference, ResNet-101, the DeepLabv3+ baseline).
+# One run on a lent GPU machine (device tool: `bash bench/gpu_session.sh [STAGE...]`), in under 10
+# minutes on an H100: build fastseg with its CUDA kernels, then the stages (all when none is named):
+#   tests: every CUDA-marked test (CUDA and Triton backends on CUDA tensors);
+# and the benchmarks in order of importance:
+#   model-targets: the training step of CSFRNet and DecoupleSegNet on ResNet-50, batch 8 at 769 / 832
+#      crops, all four variants (the targets of issue 8);
+#   ops: every op benchmark;
+#   models: the other model cases (ACFNet, FENet, inference, ResNet-101, the DeepLabv3+ baseline).
+# A session with device time left can run the stages the deadline cut in a second call.
 # FASTSEG_BENCH_DEADLINE makes every benchmark case that could not end in BENCH_BUDGET_S (540 s from
 # the start) skip itself with the reason printed, so the script ends in time with the most important
 # cases measured; the report lists what is missing. Logs, the pytest-benchmark JSON files (device,
@@ -18,6 +20,8 @@ mkdir -p "$out"
 export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 export FASTSEG_BENCH_DEADLINE=$((start + ${BENCH_BUDGET_S:-540}))
 stamp() { echo "== $1 after $(($(date +%s) - start)) s"; }
+stages=${*:-tests model-targets ops models}
+wants() { [[ " $stages " == *" $1 "* ]]; }
 
 stamp build
 python3 -m pip install --no-build-isolation --no-deps -e . >"$out/build.log" 2>&1 || { tail -n 40 "$out/build.log"; exit 1; }
@@ -30,8 +34,10 @@ print("build", fastseg.ops.build_info())
 PY
 prefix="$out/$(date -u +%F)-$(python3 -c 'import torch; print(torch.cuda.get_device_name().split()[1].lower())')"
 
-stamp "CUDA tests"
-python3 -m pytest tests -q -m cuda -p no:cacheprovider 2>&1 | tee "$out/tests-cuda.log" | tail -n 30
+if wants tests; then
+  stamp "CUDA tests"
+  python3 -m pytest tests -q -m cuda -p no:cacheprovider 2>&1 | tee "$out/tests-cuda.log" | tail -n 30
+fi
 
 targets="bench_models.py and train and resnet50 and (csfrnet_deeplabv3plus or decouple_deeplabv3plus)"
 bench() {  # bench NAME PYTEST-ARGS...: one pytest-benchmark run into $prefix-NAME.json
@@ -41,13 +47,13 @@ bench() {  # bench NAME PYTEST-ARGS...: one pytest-benchmark run into $prefix-NA
   python3 -m pytest bench --benchmark-only -p no:cacheprovider -rs --benchmark-json "$prefix-$name.json" "$@" 2>&1 \
     | tee "$out/bench-$name.log" | tail -n 40
 }
-bench model-targets -k "$targets"
-bench ops -k "not bench_models.py"
-bench models -k "bench_models.py and not ($targets)"
+wants model-targets && bench model-targets -k "$targets"
+wants ops && bench ops -k "not bench_models.py"
+wants models && bench models -k "bench_models.py and not ($targets)"
 
 stamp report
 if [ "$(realpath "$out")" != "$(realpath bench/results)" ]; then
-  cp "$prefix"-*.json bench/results/
+  cp "$prefix"-*.json bench/results/ 2>/dev/null
 fi
 python3 bench/report.py --output "$out/RESULTS.md"
 stamp done

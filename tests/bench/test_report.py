@@ -100,7 +100,10 @@ def test_main_writes_the_report(tmp_path):
     results = tmp_path / "results"
     results.mkdir()
     _write(results / "a.json", "cpu x2 threads", [_bench("g", "reference", 0.01), _bench("g", "cpu", 0.005)])
+    _write(results / "b.json", "NVIDIA H100 80GB HBM3", [])  # a GPU stage whose cases were all skipped
     output = tmp_path / "RESULTS.md"
     assert report.main(["--results", str(results), "--output", str(output)]) == 0
-    assert "| g | cpu | 5.00 | 2.00x | 2.00x (reference) | n/a |" in output.read_text()
+    text = output.read_text()
+    assert "| g | cpu | 5.00 | 2.00x | 2.00x (reference) | n/a |" in text
+    assert "| b.json | NVIDIA H100 80GB HBM3 |" in text and "No GPU results yet" not in text
     assert report.main(["--results", str(tmp_path / "empty"), "--output", str(output)]) == 1
