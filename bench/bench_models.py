@@ -10,7 +10,8 @@ in the variants
   - ``reference``: the plain-PyTorch reference ops, eager;
   - ``reference-compiled``: the reference ops under ``torch.compile``.
 Compilation and warm-up steps run outside the timing. ``extra_info`` holds the peak memory of one
-step (see peak_memory.py), images per second, parameters and forward conv/linear FLOPs per image.
+step (see peak_memory.py), images per second, parameters, forward conv/linear FLOPs per image and,
+for the eager variants, the ``torch.ops.fastseg`` ops one step ran (none for ``reference``: checked).
 
 Shapes: the papers' Cityscapes crops (ACFNet and CSFRNet 769, DecoupleSegNet 832, FENet 1024),
 batch 8, 19 classes on GPU; batch 2 at FASTSEG_BENCH_CPU_SIZE (128) px on CPU; a smoke run
@@ -133,6 +134,12 @@ def _infer_step(model: torch.nn.Module):
     return step
 
 
+def _check_backend(case: Case, called: set[str]) -> None:
+    """The reference variant must not reach a fused op (a model that picks its own backend would)."""
+    if case.backend == "reference" and called:
+        raise AssertionError(f"{case.id} ran the fused ops {sorted(called)} under use_backend('reference')")
+
+
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
 def test_model(benchmark, case):
     smoke = benchmark.disabled
@@ -178,15 +185,23 @@ def test_model(benchmark, case):
 
     benchmark.group = f"model {case.mode} {case.model} {case.backbone} B={BATCH} {size}x{size}"
     with ops.use_backend(case.backend):
-        if not smoke:
-            start = time.perf_counter()
-            for _ in range(WARMUP_STEPS):
-                timed()
-            warmup_seconds = time.perf_counter() - start
-        benchmark.pedantic(timed, rounds=ROUNDS, iterations=1)
-        if smoke:
+        if smoke:  # the one untimed step also checks the backend
+            with ops.FusedOpRecorder() as recorder:
+                benchmark.pedantic(timed, rounds=1, iterations=1)
+            _check_backend(case, recorder.called)
             return
+        start = time.perf_counter()
+        for _ in range(WARMUP_STEPS):
+            timed()
+        warmup_seconds = time.perf_counter() - start
+        benchmark.pedantic(timed, rounds=ROUNDS, iterations=1)
         peak_bytes, memory_method = peak_memory(timed, DEVICE, live, release)
+        fused_ops = None
+        if not case.compiled:
+            with ops.FusedOpRecorder() as recorder:
+                timed()
+            _check_backend(case, recorder.called)
+            fused_ops = sorted(recorder.called)
     median = benchmark.stats.stats.median
     benchmark.extra_info.update(
         device=device_name(),
@@ -200,6 +215,7 @@ def test_model(benchmark, case):
         images_per_s=BATCH / median,
         peak_bytes=peak_bytes,
         memory_method=memory_method,
+        fused_ops=fused_ops,
         warmup_seconds=warmup_seconds,
         params=sum(p.numel() for p in model.parameters()),
         forward_flops_per_image=flops,

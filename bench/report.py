@@ -167,8 +167,8 @@ def _model_groups(run: Run) -> dict[tuple, dict[str, dict]]:
 
 def model_table(run: Run) -> list[str]:
     lines = ["| step | model | backbone | batch x crop | variant | median (ms) | images/s | vs reference | "
-             "peak memory (MiB) | memory vs reference |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "peak memory (MiB) | memory vs reference | fastseg ops run (eager) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for (mode, model, backbone, batch, size), variants in sorted(_model_groups(run).items()):
         reference = variants.get("reference")
         for variant in sorted(variants, key=VARIANTS.index):
@@ -178,8 +178,10 @@ def model_table(run: Run) -> list[str]:
             vs_ref = _median(reference) / time if reference and variant != "reference" else None
             memory = extra["peak_bytes"] / 2**20
             vs_mem = f"{extra['peak_bytes'] / reference['extra_info']['peak_bytes']:.2f}" if reference and variant != "reference" else "-"
+            fused_ops = extra.get("fused_ops")
+            ran = "-" if fused_ops is None else (", ".join(fused_ops) or "none")
             lines.append(f"| {mode} | {model} | {backbone} | {batch} x {size}x{size} | {variant} | {_ms(time)} | "
-                         f"{extra['images_per_s']:.2f} | {_ratio(vs_ref)} | {memory:.0f} | {vs_mem} |")
+                         f"{extra['images_per_s']:.2f} | {_ratio(vs_ref)} | {memory:.0f} | {vs_mem} | {ran} |")
     methods = {b["extra_info"]["memory_method"] for b in run.benchmarks if "memory_method" in b["extra_info"]}
     lines.append("")
     lines.append(f"Peak memory: {'; '.join(sorted(methods))}.")

@@ -74,23 +74,27 @@ def test_targets_met_missed_and_gpu_pending(tmp_path):
     assert "GPU run pending" in text and "No GPU results yet" in text
 
 
-def _model(mode, model, variant, median, peak, backbone="resnet50", batch=8, size=769):
+def _model(mode, model, variant, median, peak, backbone="resnet50", batch=8, size=769, fused_ops=None):
     return _bench(f"model {mode} {model} {backbone} B={batch} {size}x{size}", None, median, name="test_model",
                   mode=mode, model=model, backbone=backbone, variant=variant, batch=batch, size=size,
-                  images_per_s=batch / median, peak_bytes=peak, memory_method="torch.cuda.max_memory_allocated")
+                  images_per_s=batch / median, peak_bytes=peak, memory_method="torch.cuda.max_memory_allocated",
+                  fused_ops=fused_ops)
 
 
 def test_model_table_and_model_targets(tmp_path):
     path = _write(tmp_path / "gpu.json", "NVIDIA H100 80GB HBM3", [
-        _model("train", "csfrnet_deeplabv3plus", "reference", 0.80, 40 * 2**30),
+        _model("train", "csfrnet_deeplabv3plus", "reference", 0.80, 40 * 2**30, fused_ops=[]),
+        _model("train", "csfrnet_deeplabv3plus", "fused", 0.64, 32 * 2**30, fused_ops=["class_avg_pool", "lovasz_hinge"]),
         _model("train", "csfrnet_deeplabv3plus", "fused-compiled", 0.50, 30 * 2**30),  # 1.6x, less memory
         _model("train", "decouple_deeplabv3plus", "reference", 0.60, 20 * 2**30, size=832),
         _model("train", "decouple_deeplabv3plus", "fused-compiled", 0.40, 21 * 2**30, size=832),  # memory higher
     ])
     run = report.load_run(path)
     table = "\n".join(report.model_table(run))
-    assert "| train | csfrnet_deeplabv3plus | resnet50 | 8 x 769x769 | fused-compiled | 500 | 16.00 | 1.60x | 30720 | 0.75 |" in table
+    assert "| train | csfrnet_deeplabv3plus | resnet50 | 8 x 769x769 | fused-compiled | 500 | 16.00 | 1.60x | 30720 | 0.75 | - |" in table
     targets = "\n".join(report.target_rows([run]))
+    assert "| reference | 800 | 10.00 | - | 40960 | - | none |" in table
+    assert "| fused | 640 | 12.50 | 1.25x | 32768 | 0.80 | class_avg_pool, lovasz_hinge |" in table
     assert "1.60x, memory 0.75 | 1.3x, <= 1.00 | yes |" in targets
     assert "1.50x, memory 1.05 | 1.3x, <= 1.00 | NO |" in targets
     assert "GPU run pending" not in targets
