@@ -175,9 +175,10 @@ def model_table(run: Run) -> list[str]:
             bench = variants[variant]
             extra = bench["extra_info"]
             time = _median(bench)
-            vs_ref = _median(reference) / time if reference and variant != "reference" else None
+            relative = reference is not None and variant != "reference"
+            vs_ref = _median(reference) / time if relative else None
             memory = extra["peak_bytes"] / 2**20
-            vs_mem = f"{extra['peak_bytes'] / reference['extra_info']['peak_bytes']:.2f}" if reference and variant != "reference" else "-"
+            vs_mem = f"{extra['peak_bytes'] / reference['extra_info']['peak_bytes']:.2f}" if relative else "-"
             fused_ops = extra.get("fused_ops")
             ran = "-" if fused_ops is None else (", ".join(fused_ops) or "none")
             lines.append(f"| {mode} | {model} | {backbone} | {batch} x {size}x{size} | {variant} | {_ms(time)} | "
@@ -203,7 +204,8 @@ def target_rows(runs: list[Run]) -> list[str]:
         found = False
         for run in (r for r in runs if r.device_type == device_type):
             for (mode, name, bb, batch, size), variants in _model_groups(run).items():
-                if (mode, name, bb) != ("train", model, backbone) or not {"reference", "fused-compiled"} <= set(variants):
+                measured = {"reference", "fused-compiled"} <= set(variants)
+                if (mode, name, bb) != ("train", model, backbone) or not measured:
                     continue
                 found = True
                 ref, fused = variants["reference"], variants["fused-compiled"]
