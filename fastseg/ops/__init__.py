@@ -15,6 +15,7 @@ from fastseg.ops.gaussian_center_distance import (
 )
 from fastseg.ops.lovasz_hinge import lovasz_hinge, lovasz_hinge_reference, lovasz_hinge_vectorized
 from fastseg.ops.lovasz_softmax import lovasz_softmax, lovasz_softmax_reference
+from fastseg.ops.recording import FusedOpRecorder
 from fastseg.ops.soft_class_pool import (
     AttentionalClassFeature,
     SoftClassPool,
@@ -30,6 +31,7 @@ __all__ = [
     "ClassAvgPool",
     "DeformConv2d",
     "FlowWarp",
+    "FusedOpRecorder",
     "GaussianCenterDistance",
     "ModulatedDeformConv2d",
     "SoftClassPool",
