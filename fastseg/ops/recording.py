@@ -10,7 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 
 class FusedOpRecorder(TorchDispatchMode):
-    """Records the names (e.g. ``"flow_warp_forward"``) of the ``fastseg::`` ops dispatched in its body."""
+    """Records the names (e.g. ``"flow_warp"``, ``"flow_warp_backward"``) of the ``fastseg::`` ops dispatched in its body."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastseg.models import build_model, list_models
+from fastseg.ops import FusedOpRecorder
 
 NUM_CLASSES = 5
 SIZE = 64
@@ -36,20 +36,6 @@ PAPER_MODELS: dict[str, tuple[dict, set[str]]] = {
         for name in ("csfrnet_fcn", "csfrnet_pspnet", "csfrnet_nonlocal", "csfrnet_deeplabv3plus")
     },
 }
-
-
-class FusedOpRecorder(TorchDispatchMode):
-    """Records the names of the ``fastseg::`` ops that reach the dispatcher."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.called: set[str] = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        namespace, _, name = func._schema.name.partition("::")
-        if namespace == "fastseg":
-            self.called.add(name)
-        return func(*args, **(kwargs or {}))
 
 
 def _batch(batch: int = 2, size: int = SIZE, cell: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
