@@ -93,6 +93,7 @@ def run(config: dict[str, Any], output_dir: Path, context: DistributedContext, r
     """Train ``config`` into ``output_dir`` on this process's share; returns the final metrics."""
     trainer = Trainer(config, output_dir, context, resume=resume)
     metrics = trainer.train()
+    trainer.close()
     if context.is_main:
         trainer.write_predictions()
         print(f"run directory: {output_dir}", flush=True)

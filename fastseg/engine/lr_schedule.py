@@ -27,7 +27,8 @@ def poly_factor(
 class PolyLR(LRScheduler):
     """Poly decay (optionally after a linear warmup) of every param group's initial LR to ``min_lr``.
 
-    Call ``step()`` once per iteration after ``optimizer.step()``; ``state_dict()`` holds the iteration.
+    Call ``step()`` once per iteration after ``optimizer.step()``. ``state_dict()`` holds the iteration
+    and base LRs only, so a resumed run takes its schedule (e.g. more iterations) from its config.
     """
 
     def __init__(
@@ -47,3 +48,6 @@ class PolyLR(LRScheduler):
     def get_lr(self) -> list[float]:
         factor = poly_factor(self.last_epoch, self.max_iters, self.power, self.warmup_iters, self.warmup_ratio)
         return [(base - self.min_lr) * factor + self.min_lr for base in self.base_lrs]
+
+    def state_dict(self) -> dict:
+        return {key: self.__dict__[key] for key in ("last_epoch", "_step_count", "base_lrs", "_last_lr")}

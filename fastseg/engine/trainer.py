@@ -60,6 +60,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "skip_bad": False,
     "max_bad_steps": 5,
     "num_predictions": 4,
+    "tensorboard": True,
 }
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -149,7 +150,7 @@ class Trainer:
 
         self.train_set = build_dataset_from_config(self.config, "train")
         self.val_set = build_dataset_from_config(self.config, "val") if "val" in data else None
-        self.logger = RunLogger(self.output_dir, tensorboard=True) if ctx.is_main else None
+        self.logger = RunLogger(self.output_dir, tensorboard=opts["tensorboard"]) if ctx.is_main else None
         if ctx.is_main:
             save_config(self.config, self.output_dir / "config.yaml")
 
@@ -206,9 +207,11 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return {name: value.detach().float() for name, value in losses.items()}, finite
 
-    def train(self) -> dict[str, Any]:
-        """Train to ``train.iterations``; returns the last evaluation's metrics (empty without a val split)."""
+    def train(self, stop_at: int | None = None) -> dict[str, Any]:
+        """Train to ``train.iterations`` (or stop early after iteration ``stop_at``, with a checkpoint, as an
+        interrupted run would); returns the last evaluation's metrics (empty without a val split)."""
         opts, ctx = self.options, self.context
+        stop_at = opts["iterations"] if stop_at is None else min(stop_at, opts["iterations"])
         loader = build_train_loader(
             self.train_set, opts["batch_size"], rank=ctx.rank, world_size=ctx.world_size, seed=opts["seed"],
             start_step=self.iteration, workers=opts["workers"], pin_memory=self.device.type == "cuda",
@@ -219,7 +222,7 @@ class Trainer:
         count, skipped = 0, 0
         metrics: dict[str, Any] = {}
         self.model.train()
-        while self.iteration < opts["iterations"]:
+        while self.iteration < stop_at:
             images, labels = next(batches)
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
@@ -252,13 +255,20 @@ class Trainer:
                 sums, count, skipped = {}, 0, 0
             if self.val_set is not None and (last or (opts["eval_interval"] and self.iteration % opts["eval_interval"] == 0)):
                 metrics = self.evaluate()
-            if last or (opts["checkpoint_interval"] and self.iteration % opts["checkpoint_interval"] == 0):
+            if last or self.iteration == stop_at or (
+                opts["checkpoint_interval"] and self.iteration % opts["checkpoint_interval"] == 0
+            ):
                 self.save(self.output_dir / LATEST_NAME)
         if progress is not None:
             progress.close()
         if self.logger is not None:
-            self.logger.close()
+            self.logger.flush()
         return metrics
+
+    def close(self) -> None:
+        """Close the log files (the main rank's)."""
+        if self.logger is not None:
+            self.logger.close()
 
     def evaluate(self) -> dict[str, Any]:
         """Evaluate the model on the val split (each rank its shard), log it, keep the best checkpoint."""
