@@ -149,7 +149,7 @@ class Trainer:
             self._restore(load_checkpoint(resume, map_location=self.device))
 
         self.train_set = build_dataset_from_config(self.config, "train")
-        self.val_set = build_dataset_from_config(self.config, "val") if "val" in data else None
+        self.val_set = build_dataset_from_config(self.config, "val") if data.get("val") else None
         self.logger = RunLogger(self.output_dir, tensorboard=opts["tensorboard"]) if ctx.is_main else None
         if ctx.is_main:
             save_config(self.config, self.output_dir / "config.yaml")
