@@ -33,14 +33,15 @@ def slide_logits(model: nn.Module, images: Tensor, num_classes: int, crop_size: 
     if min(crop_h, crop_w, stride_h, stride_w) < 1:
         raise ValueError(f"crop_size {tuple(crop_size)} and stride {tuple(stride)} must be positive")
     batch, _, height, width = images.shape
-    logits = images.new_zeros(batch, num_classes, height, width, dtype=torch.float32)
-    count = images.new_zeros(1, 1, height, width, dtype=torch.float32)
+    dtype = torch.promote_types(images.dtype, torch.float32)
+    logits = images.new_zeros(batch, num_classes, height, width, dtype=dtype)
+    count = images.new_zeros(1, 1, height, width, dtype=dtype)
     for top in window_starts(height, crop_h, stride_h):
         for left in window_starts(width, crop_w, stride_w):
             window = images[:, :, top : top + crop_h, left : left + crop_w]
             h, w = window.shape[-2:]
             window = F.pad(window, (0, crop_w - w, 0, crop_h - h))
-            logits[:, :, top : top + h, left : left + w] += model(window)[:, :, :h, :w].float()
+            logits[:, :, top : top + h, left : left + w] += model(window)[:, :, :h, :w]
             count[:, :, top : top + h, left : left + w] += 1
     return logits / count
 
@@ -51,7 +52,8 @@ def view_logits(model: nn.Module, images: Tensor, num_classes: int, mode: str, c
         logits = model(images)
         if logits.shape[1] != num_classes:
             raise ValueError(f"the model returned {logits.shape[1]} channels, expected num_classes={num_classes}")
-        return resize(logits.float(), images.shape[-2:])
+        # Low-precision (autocast) logits are averaged and resized in float32.
+        return resize(logits.to(torch.promote_types(logits.dtype, torch.float32)), images.shape[-2:])
     if mode == "slide":
         if crop_size is None:
             raise ValueError("mode='slide' needs crop_size")

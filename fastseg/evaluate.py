@@ -1,0 +1,132 @@
+"""``python -m fastseg.evaluate``: mIoU, per-class IoU/accuracy and boundary F-score of a checkpoint.
+
+    python -m fastseg.evaluate --checkpoint runs/default/latest.pt [--config NAME_OR_PATH] [--set k=v ...]
+        [--split val] [--mode whole|slide] [--crop-size H W] [--stride H W] [--scales 0.75 1.0 ...] [--flip]
+        [--boundary] [--skip-bad] [--batch-size N] [--workers N] [--output results.json] [--device cpu|cuda]
+
+The run config comes from the checkpoint (or ``--config``), with ``--set`` overrides on top; the
+inference flags override its ``evaluate`` section. Prints a table and writes the numbers as JSON
+(NaN, for classes absent from the split, written as null).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from fastseg.data import BadSampleError
+from fastseg.engine.builders import build_dataset_from_config, build_model_from_config
+from fastseg.engine.checkpoint import load_checkpoint
+from fastseg.engine.config import apply_overrides, load_config
+from fastseg.engine.evaluator import evaluate, format_table
+from fastseg.engine.inference import inference_options
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The checkpoint, config, overrides and device arguments shared by evaluate and predict."""
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint written by fastseg.train")
+    parser.add_argument("--config", help="a recipe name or YAML file to use instead of the checkpoint's config")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, e.g. --set evaluate.scales=[0.75,1.0] (repeatable)")  # fmt: skip
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags that override the config's ``evaluate`` section (see ``fastseg.engine.inference``)."""
+    parser.add_argument("--mode", choices=("whole", "slide"), help="whole image or sliding window")
+    parser.add_argument("--crop-size", type=int, nargs=2, metavar=("H", "W"), help="sliding-window size")
+    parser.add_argument("--stride", type=int, nargs=2, metavar=("H", "W"), help="sliding-window stride")
+    parser.add_argument("--scales", type=float, nargs="+", help="test scales, e.g. 0.75 1.0 1.25")
+    parser.add_argument("--flip", action="store_true", default=None, help="also average the mirrored image")
+
+
+def load_run(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
+    """The model (weights from ``--checkpoint``, on ``--device``, in eval mode) and the resolved config
+    (checkpoint's or ``--config``, then ``--set``, then the inference flags into ``evaluate``)."""
+    checkpoint = load_checkpoint(args.checkpoint)
+    config = load_config(args.config) if args.config else checkpoint["config"]
+    config = apply_overrides(config, args.overrides)
+    section = config.setdefault("evaluate", {})
+    for key in ("mode", "crop_size", "stride", "scales", "flip"):
+        if getattr(args, key, None) is not None:
+            section[key] = getattr(args, key)
+    # The checkpoint holds every weight: do not load the backbone's ImageNet weights again.
+    model_options = config["model"].get("options") or {}
+    model = build_model_from_config({**config, "model": {**config["model"], "options": {**model_options, "pretrained": None}}})
+    model.load_state_dict(checkpoint["model"])
+    return model.to(args.device).eval(), config
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN/inf floats replaced by None, so that the JSON is standard."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    model, config = load_run(args)
+    data = config["data"]
+    if args.skip_bad and data["dataset"] != "synthetic":
+        data.setdefault(args.split, {})["skip_bad"] = True
+    dataset = build_dataset_from_config(config, args.split)
+    # Images of one size batch together; file datasets may mix sizes, so they go one at a time.
+    batch_size = args.batch_size or (4 if data["dataset"] == "synthetic" else 1)
+    # Skipped samples are counted per process: with --skip-bad the samples are read in this process.
+    workers = 0 if args.skip_bad else args.workers
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=args.device.startswith("cuda"))
+    section = config["evaluate"]
+    results = evaluate(
+        model, loader, num_classes=data["num_classes"], ignore_index=data.get("ignore_index", 255), device=args.device,
+        inference=section, boundary=args.boundary, class_names=list(dataset.classes),
+    )  # fmt: skip
+    results["num_skipped"] = getattr(dataset, "num_skipped", 0)
+    print(format_table(results))
+    print(f"{results['num_images']} images of split {args.split!r}, {results['num_skipped']} skipped as unreadable")
+    report = {
+        "checkpoint": str(args.checkpoint),
+        "split": args.split,
+        "inference": {**inference_options(section), "boundary": args.boundary or bool(section.get("boundary"))},
+        **results,
+        "config": config,
+    }
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(json_safe(report), indent=2) + "\n")
+    print(f"wrote {output}")
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fastseg.evaluate", description=__doc__.split("\n")[0])
+    add_run_arguments(parser)
+    add_inference_arguments(parser)
+    parser.add_argument("--split", default="val", help="a split of the config's data section")
+    parser.add_argument("--boundary", action="store_true", help="also the boundary F-score at 3, 5, 9, 12 px")
+    parser.add_argument("--skip-bad", action="store_true", help="skip and count unreadable images/labels")
+    parser.add_argument("--batch-size", type=int, help="default 4 for synthetic data, else 1")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    parser.add_argument("--output", default="results.json", help="where the JSON results go")
+    args = parser.parse_args(argv)
+    try:
+        run(args)
+    except (BadSampleError, FileNotFoundError) as error:
+        print(f"fastseg.evaluate: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
