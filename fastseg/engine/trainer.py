@@ -31,10 +31,13 @@ from fastseg.engine.builders import build_dataset_from_config, build_model_from_
 from fastseg.engine.checkpoint import BEST_NAME, LATEST_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from fastseg.engine.config import save_config
 from fastseg.engine.distributed import DistributedContext, any_true, barrier, gather_objects, mean_over_ranks
+from fastseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from fastseg.engine.evaluator import evaluate
+from fastseg.engine.inference import inference_options, predict_logits
 from fastseg.engine.logging import ProgressBar, RunLogger
 from fastseg.engine.lr_schedule import PolyLR
 from fastseg.engine.train_loader import build_eval_loader, build_train_loader
+from fastseg.engine.visualize import dataset_palette, denormalize, save_predictions
 from fastseg.models import convert_sync_batchnorm
 
 TRAIN_DEFAULTS: dict[str, Any] = {
@@ -299,5 +302,26 @@ class Trainer:
             self.logger.log(self.iteration, scalars, kind)
 
     def write_predictions(self) -> list[Path]:
-        """Colourised predictions of the first ``num_predictions`` val images, under ``predictions/``."""
-        return []
+        """Masks, overlays and ground truth of the first ``num_predictions`` val images, under
+        ``predictions/`` (inference as in evaluation); returns the paths written."""
+        count = min(self.options["num_predictions"], len(self.val_set) if self.val_set is not None else 0)
+        if count == 0:
+            return []
+        data = self.config["data"]
+        palette = dataset_palette(data["dataset"], self.num_classes)
+        normalize = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, **(data.get("normalize") or {})}
+        options = inference_options(self.config.get("evaluate"))
+        was_training = self.bare.training
+        self.bare.eval()
+        written = []
+        with torch.no_grad():
+            for index in range(count):
+                image, label = self.val_set[index]
+                logits = predict_logits(self.bare, image[None].to(self.device), self.num_classes, **options)
+                written += save_predictions(
+                    denormalize(image[None], normalize["mean"], normalize["std"]), logits.argmax(1).cpu(),
+                    palette, self.output_dir / "predictions", names=[f"val_{index:04d}"], targets=label[None],
+                    ignore_index=self.ignore_index,
+                )  # fmt: skip
+        self.bare.train(was_training)
+        return written
