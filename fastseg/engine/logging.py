@@ -101,3 +101,16 @@ def read_log(path: str | os.PathLike, kind: str | None = None) -> list[dict[str,
     with open(path) as f:
         records = [json.loads(line) for line in f if line.strip()]
     return [r for r in records if kind is None or r["kind"] == kind]
+
+
+def drop_records_after(path: str | os.PathLike, iteration: int) -> None:
+    """Remove the records of iterations after ``iteration`` from a ``log.jsonl`` (atomically), so that a
+    run resumed from an earlier checkpoint does not log those iterations twice."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines(keepends=True)
+            if line.strip() and json.loads(line)["iter"] <= iteration]  # fmt: skip
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)

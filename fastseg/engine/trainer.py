@@ -34,7 +34,7 @@ from fastseg.engine.distributed import DistributedContext, any_true, barrier, ga
 from fastseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from fastseg.engine.evaluator import evaluate
 from fastseg.engine.inference import inference_options, predict_logits
-from fastseg.engine.logging import ProgressBar, RunLogger
+from fastseg.engine.logging import ProgressBar, RunLogger, drop_records_after
 from fastseg.engine.lr_schedule import PolyLR
 from fastseg.engine.train_loader import build_eval_loader, build_train_loader
 from fastseg.engine.visualize import dataset_palette, denormalize, save_predictions
@@ -153,6 +153,8 @@ class Trainer:
 
         self.train_set = build_dataset_from_config(self.config, "train")
         self.val_set = build_dataset_from_config(self.config, "val") if data.get("val") else None
+        if ctx.is_main and resume is not None:
+            drop_records_after(self.output_dir / "log.jsonl", self.iteration)
         self.logger = RunLogger(self.output_dir, tensorboard=opts["tensorboard"]) if ctx.is_main else None
         if ctx.is_main:
             save_config(self.config, self.output_dir / "config.yaml")

@@ -87,6 +87,8 @@ def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, make_tiny
     assert resumed.iteration == 2
     resumed.train()
     assert load_checkpoint(tmp_path / LATEST_NAME)["iteration"] == 4
+    # Iterations 3 and 4 ran twice (before the interruption and after the resume); they are logged once.
+    assert [r["iter"] for r in read_log(tmp_path / "log.jsonl", "train")] == [1, 2, 3, 4]
 
 
 def test_logs_and_saved_config(tmp_path, make_tiny_config):
