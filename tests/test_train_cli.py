@@ -10,11 +10,12 @@ from pathlib import Path
 import yaml
 
 from fastseg.engine.checkpoint import LATEST_NAME, load_checkpoint
+from fastseg.engine.config import load_config
 from fastseg.engine.logging import read_log
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = [
-    "model.options={output_stride: 8, channels: 16, aux_channels: 8}",
+    "model.options={output_stride: 16, channels: 16, aux_channels: 8}",
     "data.train={split: train, size: [48, 64], length: 6}",
     "data.val={split: val, size: [48, 64], length: 2}",
     "data.augment.crop=[32,32]",
@@ -39,7 +40,7 @@ def test_train_cli_writes_a_run_and_resumes(tmp_path):
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["train"]["iterations"] == 2 and config["train"]["compile"] is False
     assert config["run"] == {"world_size": 1, "batch_per_rank": 2}
-    assert config["model"]["name"] == "fcn" and config["data"]["dataset"] == "synthetic"
+    assert config["model"]["name"] == load_config("default")["model"]["name"] and config["data"]["dataset"] == "synthetic"
     assert [r["iter"] for r in read_log(run / "log.jsonl", "train")] == [1, 2]
     assert load_checkpoint(run / LATEST_NAME)["iteration"] == 2
     assert (run / "checkpoint_best.pth").is_file()

@@ -7,6 +7,7 @@ import pytest
 from fastseg.engine.config import apply_overrides, load_config
 
 TINY_OVERRIDES = [
+    "model.name=fcn",
     "model.options={output_stride: 8, channels: 16, aux_channels: 8, dropout: 0.0}",
     "data.train={split: train, size: [48, 64], length: 12}",
     "data.val={split: val, size: [48, 64], length: 2}",
