@@ -27,11 +27,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from fastseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from fastseg.engine.builders import build_dataset_from_config, build_model_from_config
-from fastseg.engine.checkpoint import BEST_NAME, LATEST_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from fastseg.engine.checkpoint import (
+    BEST_NAME,
+    LATEST_NAME,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from fastseg.engine.config import save_config
 from fastseg.engine.distributed import DistributedContext, any_true, barrier, gather_objects, mean_over_ranks
-from fastseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from fastseg.engine.evaluator import evaluate
 from fastseg.engine.inference import inference_options, predict_logits
 from fastseg.engine.logging import ProgressBar, RunLogger, drop_records_after

@@ -10,10 +10,11 @@ import time
 import torch
 import torch.distributed as dist
 
+from fastseg.engine.builders import build_model_from_config
 from fastseg.engine.checkpoint import LATEST_NAME, load_checkpoint
 from fastseg.engine.distributed import init_distributed, shutdown_distributed
 from fastseg.engine.logging import read_log
-from fastseg.engine.trainer import Trainer
+from fastseg.engine.trainer import Trainer, seed_everything, train_options
 from fastseg.models.batchnorm import CPUSyncBatchNorm
 
 STEPS = 2
@@ -44,6 +45,12 @@ def _rank_main(rank: int, world_size: int, port: int, config: dict, output_dir: 
     shutdown_distributed()
 
 
+def _initial_state(config: dict) -> dict:
+    """The initial weights of ``config``'s model (same seed as the runs)."""
+    seed_everything(train_options(config)["seed"])
+    return build_model_from_config(config).state_dict()
+
+
 def _spawn(world_size: int, config: dict, output_dir, fail_rank: int = -1) -> list[multiprocessing.Process]:
     context = multiprocessing.get_context("spawn")
     port = _free_port()
@@ -70,22 +77,13 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(tmp_path, make_t
         # BN running statistics and weights agree up to the reduction order of the sums.
         torch.testing.assert_close(ddp["model"][name].float(), value.float(), rtol=1e-4, atol=2e-5, msg=name)
     moved = [name for name, value in single["model"].items() if name.endswith("weight")
-             and not torch.equal(value, make_state(config)[name])]  # fmt: skip
+             and not torch.equal(value, _initial_state(config)[name])]  # fmt: skip
     assert len(moved) > 10
     single_log = read_log(tmp_path / "single" / "log.jsonl", "train")
     ddp_log = read_log(tmp_path / "ddp" / "log.jsonl", "train")
     assert [r["iter"] for r in ddp_log] == list(range(1, STEPS + 1))
     for a, b in zip(single_log, ddp_log):
         assert abs(a["loss"] - b["loss"]) < 1e-4 * a["loss"]
-
-
-def make_state(config: dict) -> dict:
-    """The initial weights of ``config``'s model (same seed as the runs)."""
-    from fastseg.engine.builders import build_model_from_config
-    from fastseg.engine.trainer import seed_everything, train_options
-
-    seed_everything(train_options(config)["seed"])
-    return build_model_from_config(config).state_dict()
 
 
 def test_a_failing_rank_makes_the_other_exit(tmp_path, make_tiny_config):
@@ -101,3 +99,4 @@ def test_a_failing_rank_makes_the_other_exit(tmp_path, make_tiny_config):
     assert alive == [False, False], f"a rank still runs {time.monotonic() - start:.0f} s after rank 1 failed"
     assert processes[1].exitcode != 0 and processes[0].exitcode != 0
     assert time.monotonic() - start < TIMEOUT_S + 60
+    assert not (tmp_path / LATEST_NAME).exists()  # rank 0 did not carry on to the end
