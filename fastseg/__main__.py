@@ -1,8 +1,8 @@
-"""``python -m fastseg``: the main job on built-in data.
+"""``python -m fastseg``: a check of the fused ops, and where the entry points are.
 
-Until the training entry point lands, this runs the fused ops on synthetic CSFRNet-shaped inputs
-(embeddings of a 769 crop at output stride 8, 19 classes), checks each available backend against
-the reference and prints their forward+backward times.
+It runs the fused ops on synthetic CSFRNet-shaped inputs (embeddings of a 769 crop at output stride
+8, 19 classes), checks each available backend against the reference and prints their forward+backward
+times. The main job is ``python -m fastseg.train`` (then ``fastseg.evaluate`` and ``fastseg.predict``).
 """
 from __future__ import annotations
 
@@ -13,6 +13,13 @@ import torch
 import torch.nn.functional as F
 
 from fastseg import ops
+
+
+ENTRY_POINTS = """fastseg entry points (each takes --help):
+  python -m fastseg.train      train a recipe (no arguments: a small model on built-in synthetic data)
+  python -m fastseg.evaluate   mIoU / accuracy / boundary F of a checkpoint, table + JSON
+  python -m fastseg.predict    colourised masks and overlays of images or a folder
+"""
 
 
 def _blocky_labels(batch: int, size: int, num_classes: int) -> torch.Tensor:
@@ -40,6 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
 
+    print(ENTRY_POINTS)
     print("fastseg build:", ops.build_info())
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     features = torch.randn(args.batch, args.channels, args.size, args.size, device=device, requires_grad=True)

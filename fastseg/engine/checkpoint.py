@@ -2,18 +2,24 @@
 
 The dict always holds ``"model"`` (the state dict of the bare model: no DDP ``module.`` or
 torch.compile ``_orig_mod.`` prefixes) and ``"config"`` (the resolved run config), so that evaluation
-and prediction rebuild the model from the checkpoint alone; training adds its resume state.
+and prediction rebuild the model from the checkpoint alone; training adds its resume state
+(optimizer, LR schedule, AMP scaler, iteration, and each rank's RNG states from :func:`rng_state`).
 """
 from __future__ import annotations
 
 import os
+import random
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
+
+LATEST_NAME = "checkpoint_latest.pth"
+BEST_NAME = "checkpoint_best.pth"
 
 
 def bare_model(model: nn.Module) -> nn.Module:
@@ -58,3 +64,23 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if missing:
         raise RuntimeError(f"{path} is not a fastseg checkpoint (missing {missing})")
     return state
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's RNG states: Python's ``random``, NumPy's global, torch's CPU and (when CUDA is
+    initialised) every CUDA device's."""
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
+    }
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore the states captured by :func:`rng_state`."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

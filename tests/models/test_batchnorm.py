@@ -7,7 +7,10 @@ import pytest
 import torch.distributed as dist
 from torch import nn
 
+import torch
+
 from fastseg.models import build_model, convert_sync_batchnorm
+from fastseg.models.batchnorm import CPUSyncBatchNorm
 
 
 def _norms(model: nn.Module) -> set[type]:
@@ -28,10 +31,15 @@ def test_without_a_process_group_it_is_a_no_op(caplog):
 def test_under_a_process_group_every_batchnorm_is_converted(tmp_path):
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
-        model = build_model("deeplabv3plus", 3, backbone="resnet18", channels=16, aux_channels=8)
+        model = build_model("deeplabv3plus", 3, backbone="resnet18", channels=16, aux_channels=8, dropout=0.0)
+        model.train()
+        images = torch.randn(2, 3, 32, 32)
+        expected = model(images)["out"]
         count = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
-        converted = convert_sync_batchnorm(model)
-        assert _norms(converted) == {nn.SyncBatchNorm}
-        assert sum(isinstance(m, nn.SyncBatchNorm) for m in converted.modules()) == count
+        converted = convert_sync_batchnorm(model)  # a CPU module: torch's SyncBatchNorm is GPU-only
+        assert _norms(converted) == {CPUSyncBatchNorm}
+        assert sum(isinstance(m, CPUSyncBatchNorm) for m in converted.modules()) == count
+        # One rank: plain BatchNorm (the 2-rank equivalence is tests/engine/test_ddp.py's).
+        torch.testing.assert_close(converted(images)["out"], expected)
     finally:
         dist.destroy_process_group()
