@@ -178,36 +178,26 @@ class DecoupleSegNet(EncoderDecoder):
         return losses
 
 
+DECOUPLE_OPTIONS = (
+    "fine_channels", "edge_channels", "relax_kernel", "edge_radius", "edge_thresh", "keep_ratio",
+    "body_weight", "edge_weight", "bce_weight", "ohem_weight",
+)
+
+
 def decoupled(
-    baseline: ModelBuilder,
-    num_classes: int,
-    backbone: str = "resnet50",
-    channels: int = 256,
-    aux: bool = False,
-    fine_channels: int = 48,
-    edge_channels: int = 48,
-    relax_kernel: int = 3,
-    edge_radius: int = 2,
-    edge_thresh: float = 0.8,
-    keep_ratio: float = 0.1,
-    body_weight: float = 1.0,
-    edge_weight: float = 1.0,
-    bce_weight: float = 25.0,
-    ohem_weight: float = 1.0,
+    baseline: ModelBuilder, num_classes: int, backbone: str = "resnet50", channels: int = 256, aux: bool = False,
     **options,
 ) -> DecoupleSegNet:
     """The registered ``baseline`` builder's backbone and heads with the decoupled module on its context.
 
     ``channels`` defaults to 256 (the official ASPP width) and ``aux`` to False (Eq. 3 has no C3 loss);
-    the other ``options`` are the baselines' (output_stride, deep_stem, multi_grid, pretrained,
-    aux_channels, aux_weight, ignore_index, dropout).
+    ``options`` named in ``DECOUPLE_OPTIONS`` go to :class:`DecoupleSegNet`, the others to the baseline
+    (output_stride, deep_stem, multi_grid, pretrained, aux_channels, aux_weight, ignore_index, dropout).
     """
+    own = {key: options.pop(key) for key in DECOUPLE_OPTIONS if key in options}
     base = baseline(num_classes, backbone, channels=channels, aux=aux, **options)
     return DecoupleSegNet(
-        base.backbone, base.decode_head, base.auxiliary_head, base.aux_weight, base.ignore_index,
-        fine_channels=fine_channels, edge_channels=edge_channels, relax_kernel=relax_kernel,
-        edge_radius=edge_radius, edge_thresh=edge_thresh, keep_ratio=keep_ratio, body_weight=body_weight,
-        edge_weight=edge_weight, bce_weight=bce_weight, ohem_weight=ohem_weight,
+        base.backbone, base.decode_head, base.auxiliary_head, base.aux_weight, base.ignore_index, **own
     )
 
 

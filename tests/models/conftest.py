@@ -12,3 +12,21 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def fit_one_batch():
+    """``fit(model, images, labels, optimizer, steps)``: ``steps`` optimizer steps on the total loss of one
+    batch; returns the total loss before each step."""
+
+    def fit(model, images, labels, optimizer, steps):
+        history = []
+        for _ in range(steps):
+            total = model.loss(model(images), labels)["total"]
+            optimizer.zero_grad()
+            total.backward()
+            optimizer.step()
+            history.append(total.item())
+        return history
+
+    return fit

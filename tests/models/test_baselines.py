@@ -69,18 +69,11 @@ def test_loss_weights_and_ignore_index():
 
 
 @pytest.mark.parametrize("name", BASELINES)
-def test_short_overfit_lowers_the_total_loss(name):
+def test_short_overfit_lowers_the_total_loss(name, fit_one_batch):
     """Labels constant on the 8x8 cells of the output stride, so that stride-8 logits can fit them."""
     model = build_model(name, NUM_CLASSES, dropout=0.0, **TINY)
     images, labels = torch.randn(2, 3, 32, 32), _labels(2, 32, cell=8)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    history = []
-    for _ in range(15):
-        total = model.loss(model(images), labels)["total"]
-        optimizer.zero_grad()
-        total.backward()
-        optimizer.step()
-        history.append(total.item())
+    history = fit_one_batch(model, images, labels, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), steps=15)
     print(f"{name}: total loss {history[0]:.3f} -> {history[-1]:.3f}")
     assert history[-1] < 0.7 * history[0]
 

@@ -96,17 +96,10 @@ def test_training_step_calls_the_fused_ops(name):
 
 
 @pytest.mark.parametrize("name", sorted(PAPER_MODELS))
-def test_short_overfit_lowers_the_total_loss(name):
+def test_short_overfit_lowers_the_total_loss(name, fit_one_batch):
     model = _build(name, dropout=0.0)
     images, labels = _batch()
-    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
-    history = []
-    for _ in range(20):
-        total = model.loss(model(images), labels)["total"]
-        optimizer.zero_grad()
-        total.backward()
-        optimizer.step()
-        history.append(total.item())
+    history = fit_one_batch(model, images, labels, torch.optim.Adam(model.parameters(), lr=2e-3), steps=20)
     print(f"{name}: total loss {history[0]:.3f} -> {history[-1]:.3f}")
     assert history[-1] < 0.7 * history[0]
 
