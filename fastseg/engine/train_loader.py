@@ -86,7 +86,11 @@ class InfiniteBatchSampler(Sampler[list[SampleKey]]):
 
 class SeededSamples(Dataset):
     """``dataset`` indexed by ``(epoch, index)`` keys; the sample's transforms draw from torch's RNG seeded
-    by ``(seed, epoch, index)``, inside a forked RNG so the caller's RNG state is untouched."""
+    by ``(seed, epoch, index)``, inside a forked RNG so the caller's RNG state is untouched.
+
+    A sample is made on one thread, as in a DataLoader worker: bilinear resizing rounds differently
+    with another thread count, which would make the main process's samples (``workers=0``) differ in
+    the last bit from the workers' ones."""
 
     def __init__(self, dataset: Dataset, seed: int) -> None:
         self.dataset, self.seed = dataset, seed
@@ -96,9 +100,14 @@ class SeededSamples(Dataset):
 
     def __getitem__(self, key: SampleKey) -> Any:
         epoch, index = key
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_seed(self.seed, epoch, index))
-            return self.dataset[index]
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(_seed(self.seed, epoch, index))
+                return self.dataset[index]
+        finally:
+            torch.set_num_threads(threads)
 
 
 def build_train_loader(
