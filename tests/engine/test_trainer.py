@@ -1,6 +1,8 @@
-"""The trainer: NaN/Inf steps skipped and stopped on, checkpoints surviving an interrupted write, logs."""
+"""The trainer: NaN/Inf steps skipped and stopped on, checkpoints surviving an interrupted write, logs,
+flat memory."""
 from __future__ import annotations
 
+import gc
 import os
 
 import pytest
@@ -102,3 +104,30 @@ def test_logs_and_saved_config(tmp_path, make_tiny_config):
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "tensorboard"))
     saved = load_checkpoint(tmp_path / LATEST_NAME)["config"]
     assert saved["train"]["batch_size"] == 4 and saved["run"] == {"world_size": 1, "batch_per_rank": 4}
+
+
+def _live_tensors() -> tuple[int, int]:
+    """(number of live tensors, bytes of their distinct storages) after a full garbage collection."""
+    gc.collect()
+    tensors = [obj for obj in gc.get_objects() if isinstance(obj, torch.Tensor)]
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors if t.device.type == "cpu"}
+    return len(tensors), sum(storages.values())
+
+
+def test_live_tensors_stay_flat_over_a_run(tmp_path, make_tiny_config):
+    """No list of tensors or autograd graph survives a log interval: the live tensors at every log record
+    after the first (the optimizer's momentum buffers appear at step 1) are the same in number and bytes."""
+    trainer = Trainer(make_tiny_config("train.iterations=16", "train.log_interval=4"), tmp_path)
+    log = trainer._log
+    snapshots = {}
+
+    def log_and_count(scalars, kind="train"):
+        log(scalars, kind=kind)
+        if kind == "train":
+            snapshots[trainer.iteration] = _live_tensors()
+
+    trainer._log = log_and_count
+    trainer.train()
+    trainer.close()
+    assert sorted(snapshots) == [4, 8, 12, 16]
+    assert len(set(snapshots.values())) == 1, snapshots
