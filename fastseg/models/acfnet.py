@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from fastseg.losses import CrossEntropyLoss, OhemCrossEntropyLoss
-from fastseg.models.backbones import build_backbone, load_pretrained
+from fastseg.models.backbones import build_backbone
 from fastseg.models.heads import AuxiliaryHead, DeepLabV3Head, aspp_rates
 from fastseg.models.layers import ConvBNReLU, resize
 from fastseg.models.registry import register_model
@@ -188,9 +188,9 @@ def acfnet(
     """
     if class_balanced and ohem:
         raise ValueError("choose one of class_balanced and ohem: online bootstrapping has no class weights")
-    encoder = build_backbone(backbone, output_stride=output_stride, deep_stem=deep_stem, multi_grid=multi_grid)
-    if pretrained is not None:
-        load_pretrained(encoder, pretrained)
+    encoder = build_backbone(
+        backbone, pretrained, output_stride=output_stride, deep_stem=deep_stem, multi_grid=multi_grid
+    )
     head = ACFHead(encoder.out_channels[3], channels, num_classes, aspp_rates(encoder.output_stride),
                    acf_channels, acf_mode, dropout)
     auxiliary = AuxiliaryHead(encoder.out_channels[2], num_classes, aux_channels, dropout) if aux else None

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from torch import Tensor
 
-from fastseg.models.backbones import ResNet, build_backbone, load_pretrained
+from fastseg.models.backbones import ResNet, build_backbone
 from fastseg.models.heads import (
     AuxiliaryHead,
     DecodeHead,
@@ -49,9 +49,9 @@ def encoder_decoder(
     dropout: float = 0.1,
 ) -> EncoderDecoder:
     """Backbone + ``make_head(backbone, channels, num_classes, dropout)`` (+ auxiliary FCN head on C3)."""
-    encoder = build_backbone(backbone, output_stride=output_stride, deep_stem=deep_stem, multi_grid=multi_grid)
-    if pretrained is not None:
-        load_pretrained(encoder, pretrained)
+    encoder = build_backbone(
+        backbone, pretrained, output_stride=output_stride, deep_stem=deep_stem, multi_grid=multi_grid
+    )
     head = make_head(encoder, channels, num_classes, dropout)
     auxiliary = AuxiliaryHead(encoder.out_channels[2], num_classes, aux_channels, dropout) if aux else None
     return EncoderDecoder(encoder, head, auxiliary, aux_weight=aux_weight, ignore_index=ignore_index)

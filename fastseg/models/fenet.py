@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from fastseg.losses import CrossEntropyLoss, OhemCrossEntropyLoss
-from fastseg.models.backbones import BasicBlock, build_backbone, load_pretrained
+from fastseg.models.backbones import BasicBlock, build_backbone
 from fastseg.models.heads import DecodeHead, FCNHead, PyramidPoolingModule
 from fastseg.models.layers import ConvBNReLU, resize
 from fastseg.models.registry import register_model
@@ -198,9 +198,9 @@ def fenet(
     stages = tuple(aux_stages) if aux else ()
     if any(s not in (1, 2, 3, 4) for s in stages) or len(set(stages)) != len(stages):
         raise ValueError(f"aux_stages must be distinct backbone stages in 1..4, got {tuple(aux_stages)}")
-    encoder = build_backbone(backbone, output_stride=output_stride, deep_stem=deep_stem, multi_grid=multi_grid)
-    if pretrained is not None:
-        load_pretrained(encoder, pretrained)
+    encoder = build_backbone(
+        backbone, pretrained, output_stride=output_stride, deep_stem=deep_stem, multi_grid=multi_grid
+    )
     if channels is None:
         channels = 128 if encoder.depth < 50 else 256
     head = FENetHead(encoder.out_channels, channels, num_classes, kernel_size=extractor_kernel, dropout=dropout)

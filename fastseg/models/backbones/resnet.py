@@ -10,9 +10,12 @@ their channels and strides.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 
 from torch import Tensor, nn
+
+from fastseg.models.backbones.pretrained import load_pretrained
 
 _DEPTHS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
     18: ("basic", (2, 2, 2, 2)),
@@ -195,10 +198,15 @@ class ResNet(nn.Module):
         return c1, c2, c3, c4
 
 
-def build_backbone(name: str, **options) -> ResNet:
+def build_backbone(
+    name: str, pretrained: str | os.PathLike | Mapping[str, Tensor] | None = None, **options
+) -> ResNet:
     """Backbone by name: ``"resnet18"``, ``"resnet34"``, ``"resnet50"`` or ``"resnet101"``; ``options`` go to
-    :class:`ResNet`."""
+    :class:`ResNet`; ``pretrained`` (a checkpoint path, URL or state dict) is loaded by :func:`load_pretrained`."""
     prefix = "resnet"
     if not name.startswith(prefix) or not name[len(prefix):].isdigit() or int(name[len(prefix):]) not in _DEPTHS:
         raise ValueError(f"unknown backbone {name!r}; choose one of {[f'resnet{d}' for d in _DEPTHS]}")
-    return ResNet(depth=int(name[len(prefix):]), **options)
+    model = ResNet(depth=int(name[len(prefix):]), **options)
+    if pretrained is not None:
+        load_pretrained(model, pretrained)
+    return model
