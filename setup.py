@@ -1,31 +1,70 @@
-"""Builds fastseg and its compiled extension fastseg._C.
+"""Builds fastseg and its compiled extension fastseg._C against the PyTorch that is installed.
 
 The C++ CPU sources (csrc/ops.cpp, csrc/cpu/*.cpp) are always built. The CUDA sources
-(csrc/cuda/*.cu and their tensor glue csrc/cuda_glue/*.cpp) are built when PyTorch has CUDA and
-nvcc is found; FASTSEG_CUDA=0|1 forces the choice. TORCH_CUDA_ARCH_LIST is honoured by PyTorch's
-build helpers.
+(csrc/cuda/*.cu and their tensor glue csrc/cuda_glue/*.cpp) are built when PyTorch has CUDA and a
+CUDA toolkit is found (see find_cuda_home); FASTSEG_CUDA=0|1 forces the choice. TORCH_CUDA_ARCH_LIST
+is honoured by PyTorch's build helpers.
 """
 import glob
 import os
+import sys
 
-import torch
+try:
+    import torch
+except ImportError:  # pip's isolated build environment: no PyTorch, and we must not pull another one
+    sys.exit(
+        "fastseg: error: PyTorch is not importable in this build environment. fastseg compiles against the "
+        "PyTorch you have installed: install it first (e.g. pip install torch==2.13.0), then run "
+        "pip install --no-build-isolation ."
+    )
 from setuptools import find_packages, setup
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+from torch.utils import cpp_extension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 INCLUDE = [os.path.join(ROOT, "csrc")]
 
 
+def _is_toolkit(home) -> bool:
+    return bool(home) and os.path.isfile(os.path.join(home, "include", "cuda_runtime.h")) and os.path.isfile(
+        os.path.join(home, "bin", "nvcc")
+    )
+
+
+def find_cuda_home():
+    """The CUDA toolkit to build with, and what was tried.
+
+    CUDA_HOME (or CUDA_PATH) when set; else PyTorch's guess when it holds include/cuda_runtime.h and
+    bin/nvcc (it guesses from the nvcc on PATH, which is wrong where that nvcc is a wrapper script);
+    else /usr/local/cuda. Returns (home or None, [(candidate, source), ...]).
+    """
+    for variable in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(variable):
+            home = os.environ[variable]
+            return (home if _is_toolkit(home) else None), [(home, f"${variable}")]
+    tried = [(cpp_extension.CUDA_HOME, "PyTorch's guess"), ("/usr/local/cuda", "the default location")]
+    return next((home for home, _ in tried if _is_toolkit(home)), None), tried
+
+
 def _want_cuda() -> bool:
     forced = os.environ.get("FASTSEG_CUDA")
-    available = torch.version.cuda is not None and CUDA_HOME is not None
-    if forced is None:
-        return available
-    if forced == "1" and not available:
-        raise RuntimeError(
-            "FASTSEG_CUDA=1 but PyTorch has no CUDA (torch.version.cuda is None) or nvcc was not found"
-        )
-    return forced == "1"
+    if forced not in (None, "0", "1"):
+        sys.exit(f"fastseg: error: FASTSEG_CUDA must be 0 or 1, got {forced!r}")
+    if forced == "0" or torch.version.cuda is None:
+        if forced == "1":
+            sys.exit(f"fastseg: error: FASTSEG_CUDA=1 but this PyTorch ({torch.__version__}) has no CUDA")
+        return False
+    home, tried = find_cuda_home()
+    if home is None:
+        where = "; ".join(f"{source}: {candidate or '(none)'}" for candidate, source in tried)
+        message = f"no CUDA toolkit (include/cuda_runtime.h and bin/nvcc) found; tried {where}"
+        if forced == "1":
+            sys.exit(f"fastseg: error: FASTSEG_CUDA=1 but {message}. Set CUDA_HOME to the toolkit.")
+        print(f"fastseg: building the C++ kernels only: {message}", file=sys.stderr)
+        return False
+    # PyTorch's build helpers read their module-level CUDA_HOME (nvcc, include and library paths).
+    cpp_extension.CUDA_HOME = home
+    os.environ["CUDA_HOME"] = home
+    return True
 
 
 def _extension():
@@ -35,7 +74,7 @@ def _extension():
     macros = [("FASTSEG_TORCH_VERSION", f'"{torch_version}"')]
     cxx = ["-O3", "-fopenmp"]
     if not with_cuda:
-        return CppExtension(
+        return cpp_extension.CppExtension(
             "fastseg._C", sources, define_macros=macros, include_dirs=INCLUDE,
             extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"],
         )
@@ -43,7 +82,7 @@ def _extension():
     archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "")
     macros += [("FASTSEG_WITH_CUDA", None), ("FASTSEG_CUDA_ARCHS", f'"{archs}"')]
     nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
-    return CUDAExtension(
+    return cpp_extension.CUDAExtension(
         "fastseg._C", sources, define_macros=macros, include_dirs=INCLUDE,
         extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=["-fopenmp"],
     )
@@ -54,5 +93,5 @@ setup(
     package_dir={"fastseg.kernels": "kernels"},
     package_data={"fastseg": ["configs/*.yaml", "configs/**/*.yaml"]},
     ext_modules=[_extension()],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
 )

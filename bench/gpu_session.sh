@@ -23,8 +23,25 @@ stamp() { echo "== $1 after $(($(date +%s) - start)) s"; }
 stages=${*:-tests model-targets ops models}
 wants() { [[ " $stages " == *" $1 "* ]]; }
 
+# PyTorch's build helpers compile .cu files with -D__CUDA_NO_HALF_CONVERSIONS__ and friends, and guess
+# CUDA_HOME from the nvcc on PATH; setup.py finds the toolkit itself, but an explicit CUDA_HOME is
+# the user's way and is echoed in the log.
+if [ -z "${CUDA_HOME:-}" ]; then
+  for home in /usr/local/cuda "$(dirname "$(dirname "$(readlink -f "$(command -v nvcc || echo /none/bin/nvcc)")")")"; do
+    if [ -f "$home/include/cuda_runtime.h" ]; then export CUDA_HOME=$home; break; fi
+  done
+fi
+echo "CUDA_HOME=${CUDA_HOME:-unset}"
+
 stamp build
-python3 -m pip install --no-build-isolation --no-deps -e . >"$out/build.log" 2>&1 || { tail -n 40 "$out/build.log"; exit 1; }
+# FASTSEG_CUDA=1: a build without the CUDA kernels is a failure here, not a silent CPU-only build.
+if ! FASTSEG_CUDA=1 python3 -m pip install --no-build-isolation --no-deps -v -e . >"$out/build.log" 2>&1; then
+  echo "BUILD FAILED; first compiler error:"
+  grep -m 1 -B 2 -A 8 -E "error:|error [A-Z]|Error " "$out/build.log"
+  echo "...; last lines:"
+  tail -n 20 "$out/build.log"
+  exit 1
+fi
 python3 - <<'PY' | tee "$out/versions.txt"
 import datetime, subprocess, torch, triton, fastseg
 print("date", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"))

@@ -59,7 +59,7 @@ __global__ void partial_sums_kernel(const scalar_t* __restrict__ features, const
 #pragma unroll 8
     for (int r = 0; r < kLanes; ++r) {
       const int64_t c = c0 + r;
-      tile[r * kTileStride + lane] = (inside && c < channels) ? static_cast<acc_t>(image[c * pixels + p]) : acc_t(0);
+      tile[r * kTileStride + lane] = (inside && c < channels) ? convert<acc_t>(image[c * pixels + p]) : acc_t(0);
     }
     __syncwarp();
     for (int q = 0; q < kLanes; ++q) {
@@ -102,7 +102,7 @@ __global__ void finalize_kernel(const acc_t* __restrict__ partial_sums, const in
       n += partial_counts[s * batch_classes + bk];
       sum += partial_sums[(s * batch_classes + bk) * channels + c];
     }
-    centers[i] = static_cast<scalar_t>(n > 0 ? sum / static_cast<acc_t>(n) : acc_t(0));
+    centers[i] = convert<scalar_t>(n > 0 ? sum / convert<acc_t>(n) : acc_t(0));
     if (c == 0) counts[bk] = n;
   }
 }
@@ -117,11 +117,11 @@ __global__ void backward_kernel(const scalar_t* __restrict__ grad_centers, const
   const int64_t label = labels[b * pixels + p];
   const bool valid = label >= 0 && label < num_classes;
   const int64_t bk = b * num_classes + (valid ? label : 0);
-  const acc_t scale = valid ? acc_t(1) / static_cast<acc_t>(max(counts[bk], int64_t(1))) : acc_t(0);
+  const acc_t scale = valid ? acc_t(1) / convert<acc_t>(max(counts[bk], int64_t(1))) : acc_t(0);
   const int64_t c_end = min(c0 + kBackwardChannels, channels);
   for (int64_t c = c0; c < c_end; ++c) {
-    const acc_t g = valid ? static_cast<acc_t>(grad_centers[bk * channels + c]) : acc_t(0);
-    grad_features[(b * channels + c) * pixels + p] = static_cast<scalar_t>(g * scale);
+    const acc_t g = valid ? convert<acc_t>(grad_centers[bk * channels + c]) : acc_t(0);
+    grad_features[(b * channels + c) * pixels + p] = convert<scalar_t>(g * scale);
   }
 }
 

@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 // MACRO(T) for every type the kernels are explicitly instantiated for.
 #define FASTSEG_FOR_FLOATING_TYPES(MACRO) MACRO(float) MACRO(double) MACRO(__half) MACRO(__nv_bfloat16)
@@ -23,6 +24,27 @@ struct AccumulateType<double> {
 };
 template <typename scalar_t>
 using acc_type = typename AccumulateType<scalar_t>::type;
+
+// Explicit conversion between storage and accumulation types. PyTorch compiles CUDA sources with
+// __CUDA_NO_HALF_CONVERSIONS__ and __CUDA_NO_BFLOAT16_CONVERSIONS__, so __half and __nv_bfloat16 do
+// not convert implicitly: fp16/bf16 go through float (their accumulation type), everything else is a
+// static_cast. Use it for every load into and store from an accumulator.
+template <typename To, typename From>
+__host__ __device__ __forceinline__ To convert(From x) {
+  if constexpr (std::is_same_v<To, From>) {
+    return x;
+  } else if constexpr (std::is_same_v<From, __half>) {
+    return static_cast<To>(__half2float(x));
+  } else if constexpr (std::is_same_v<From, __nv_bfloat16>) {
+    return static_cast<To>(__bfloat162float(x));
+  } else if constexpr (std::is_same_v<To, __half>) {
+    return __float2half_rn(static_cast<float>(x));
+  } else if constexpr (std::is_same_v<To, __nv_bfloat16>) {
+    return __float2bfloat16_rn(static_cast<float>(x));
+  } else {
+    return static_cast<To>(x);
+  }
+}
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 

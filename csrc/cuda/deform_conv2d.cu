@@ -34,10 +34,10 @@ __device__ Sample<acc_t> load_sample(const scalar_t* offset, const scalar_t* mas
   const int64_t taps = g.kh * g.kw, pixels = g.out_h * g.out_w;
   const int64_t row = b * g.offset_groups * taps + og * taps + tap;
   const int64_t ho = p / g.out_w, wo = p % g.out_w, i = tap / g.kw, j = tap % g.kw;
-  const acc_t y = acc_t(ho * g.stride_h - g.pad_h + i * g.dil_h) + static_cast<acc_t>(offset[(2 * row) * pixels + p]);
-  const acc_t x = acc_t(wo * g.stride_w - g.pad_w + j * g.dil_w) + static_cast<acc_t>(offset[(2 * row + 1) * pixels + p]);
+  const acc_t y = acc_t(ho * g.stride_h - g.pad_h + i * g.dil_h) + convert<acc_t>(offset[(2 * row) * pixels + p]);
+  const acc_t x = acc_t(wo * g.stride_w - g.pad_w + j * g.dil_w) + convert<acc_t>(offset[(2 * row + 1) * pixels + p]);
   Sample<acc_t> s;
-  s.mask = mask ? static_cast<acc_t>(mask[row * pixels + p]) : acc_t(1);
+  s.mask = mask ? convert<acc_t>(mask[row * pixels + p]) : acc_t(1);
   s.any = y > acc_t(-1) && y < acc_t(g.height) && x > acc_t(-1) && x < acc_t(g.width);
   const acc_t y0f = s.any ? floor(y) : acc_t(0), x0f = s.any ? floor(x) : acc_t(0);
   const int64_t y0 = static_cast<int64_t>(y0f), x0 = static_cast<int64_t>(x0f);
@@ -85,9 +85,9 @@ __global__ void im2col_kernel(const scalar_t* __restrict__ input, const scalar_t
     acc_t value = acc_t(0);
 #pragma unroll
     for (int n = 0; n < 4; ++n) {
-      if (s.inside[n]) value += s.weight[n] * static_cast<acc_t>(image[s.index[n]]);
+      if (s.inside[n]) value += s.weight[n] * convert<acc_t>(image[s.index[n]]);
     }
-    columns[index] = static_cast<scalar_t>(s.mask * value);
+    columns[index] = convert<scalar_t>(s.mask * value);
   }
 }
 
@@ -101,7 +101,7 @@ __global__ void col2im_kernel(const scalar_t* __restrict__ grad_columns, const s
        index += int64_t(gridDim.x) * blockDim.x) {
     const auto [b, c, s] = column_entry<scalar_t, acc_t>(offset, mask, g, b0, index);
     if (!s.any) continue;
-    const acc_t grad = s.mask * static_cast<acc_t>(grad_columns[index]);
+    const acc_t grad = s.mask * convert<acc_t>(grad_columns[index]);
     acc_t* image = grad_input + (b * g.channels + c) * plane;
 #pragma unroll
     for (int n = 0; n < 4; ++n) {
@@ -130,17 +130,17 @@ __global__ void offset_mask_grads_kernel(const scalar_t* __restrict__ input, con
         const scalar_t* image = input + (b * g.channels + c) * plane;
         acc_t v[4];
 #pragma unroll
-        for (int n = 0; n < 4; ++n) v[n] = s.inside[n] ? static_cast<acc_t>(image[s.index[n]]) : acc_t(0);
-        const acc_t grad = static_cast<acc_t>(grad_columns[((local_b * g.channels + c) * taps + tap) * pixels + p]);
+        for (int n = 0; n < 4; ++n) v[n] = s.inside[n] ? convert<acc_t>(image[s.index[n]]) : acc_t(0);
+        const acc_t grad = convert<acc_t>(grad_columns[((local_b * g.channels + c) * taps + tap) * pixels + p]);
         sum_m += grad * (s.weight[0] * v[0] + s.weight[1] * v[1] + s.weight[2] * v[2] + s.weight[3] * v[3]);
         sum_y += grad * ((acc_t(1) - s.frac_x) * (v[2] - v[0]) + s.frac_x * (v[3] - v[1]));
         sum_x += grad * ((acc_t(1) - s.frac_y) * (v[1] - v[0]) + s.frac_y * (v[3] - v[2]));
       }
     }
     const int64_t row = b * g.offset_groups * taps + og * taps + tap;
-    grad_offset[(2 * row) * pixels + p] = static_cast<scalar_t>(s.mask * sum_y);
-    grad_offset[(2 * row + 1) * pixels + p] = static_cast<scalar_t>(s.mask * sum_x);
-    if (grad_mask) grad_mask[row * pixels + p] = static_cast<scalar_t>(sum_m);
+    grad_offset[(2 * row) * pixels + p] = convert<scalar_t>(s.mask * sum_y);
+    grad_offset[(2 * row + 1) * pixels + p] = convert<scalar_t>(s.mask * sum_x);
+    if (grad_mask) grad_mask[row * pixels + p] = convert<scalar_t>(sum_m);
   }
 }
 

@@ -69,8 +69,8 @@ __global__ void forward_kernel(const scalar_t* __restrict__ input, const acc_t* 
     const scalar_t* plane = input + (b * channels + c) * in_pixels;
     acc_t value = acc_t(0);
 #pragma unroll
-    for (int k = 0; k < 4; ++k) value += corners.weight[k] * static_cast<acc_t>(plane[corners.offset[k]]);  // Eq. 1
-    output[(b * channels + c) * s.out_pixels + p] = static_cast<scalar_t>(value);
+    for (int k = 0; k < 4; ++k) value += corners.weight[k] * convert<acc_t>(plane[corners.offset[k]]);  // Eq. 1
+    output[(b * channels + c) * s.out_pixels + p] = convert<scalar_t>(value);
   }
 }
 
@@ -88,10 +88,10 @@ __global__ void backward_pixels_kernel(const scalar_t* __restrict__ grad_output,
   acc_t dx = acc_t(0), dy = acc_t(0);
   for (int64_t c = c0; c < c1; ++c) {
     const int64_t plane = (b * channels + c) * in_pixels;
-    const acc_t g = static_cast<acc_t>(grad_output[(b * channels + c) * s.out_pixels + p]);
+    const acc_t g = convert<acc_t>(grad_output[(b * channels + c) * s.out_pixels + p]);
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
-      const acc_t v = static_cast<acc_t>(input[plane + corners.offset[k]]);
+      const acc_t v = convert<acc_t>(input[plane + corners.offset[k]]);
       dx += corners.grad_x[k] * v * g;
       dy += corners.grad_y[k] * v * g;
       if (kSplat && corners.weight[k] != acc_t(0)) {
@@ -116,7 +116,7 @@ __global__ void splat_planes_kernel(const scalar_t* __restrict__ grad_output, co
   acc_t* plane = grad_acc + index * in_pixels;
   for (int64_t p = 0; p < s.out_pixels; ++p) {
     const PixelCorners<acc_t> corners = s.corners(flow, b, p);
-    const acc_t g = static_cast<acc_t>(go[p]);
+    const acc_t g = convert<acc_t>(go[p]);
 #pragma unroll
     for (int k = 0; k < 4; ++k) plane[corners.offset[k]] += corners.weight[k] * g;
   }
@@ -136,7 +136,7 @@ __global__ void sum_chunks_kernel(const acc_t* __restrict__ partial, int64_t chu
 template <typename scalar_t, typename acc_t>
 __global__ void convert_kernel(const acc_t* __restrict__ source, int64_t count, scalar_t* __restrict__ target) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count; i += int64_t(gridDim.x) * blockDim.x) {
-    target[i] = static_cast<scalar_t>(source[i]);
+    target[i] = convert<scalar_t>(source[i]);
   }
 }
 

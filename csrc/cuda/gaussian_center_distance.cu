@@ -39,7 +39,7 @@ __device__ inline acc_t log_scale_max() {
 
 template <typename scalar_t, typename acc_t>
 __device__ inline acc_t class_scale(const scalar_t* margins, int64_t index, acc_t delta) {
-  const acc_t log_scale = static_cast<acc_t>(margins[index]) * delta;
+  const acc_t log_scale = convert<acc_t>(margins[index]) * delta;
   return exp_acc(log_scale < log_scale_max<acc_t>() ? log_scale : log_scale_max<acc_t>());
 }
 
@@ -58,12 +58,12 @@ __device__ inline void stage_tiles(const scalar_t* image, const scalar_t* image_
   const int t = threadIdx.x;
   const int kk = t / kChannelTile, cc = t % kChannelTile;
   const int64_t k = k0 + kk, c = c0 + cc;
-  tiles.centers[cc][kk] = (k < classes && c < channels) ? static_cast<acc_t>(image_centers[k * channels + c]) : acc_t(0);
+  tiles.centers[cc][kk] = (k < classes && c < channels) ? convert<acc_t>(image_centers[k * channels + c]) : acc_t(0);
 #pragma unroll
   for (int i = 0; i < kChannelTile; ++i) {
     const int64_t channel = c0 + i;
     tiles.embeddings[i][t] =
-        (active && channel < channels) ? static_cast<acc_t>(image[channel * pixels + p]) : acc_t(0);
+        (active && channel < channels) ? convert<acc_t>(image[channel * pixels + p]) : acc_t(0);
   }
 }
 
@@ -109,7 +109,7 @@ __global__ void __launch_bounds__(kThreads)
       const int64_t k = k0 + kk;
       if (active && k < classes) {
         const acc_t scale = class_scale(margins, b * classes + k, delta);
-        phi[(b * classes + k) * pixels + p] = static_cast<scalar_t>(acc_t(1) - exp_acc(-distance[kk] * scale));  // Eq. 2
+        phi[(b * classes + k) * pixels + p] = convert<scalar_t>(acc_t(1) - exp_acc(-distance[kk] * scale));  // Eq. 2
       }
     }
   }
@@ -153,7 +153,7 @@ __global__ void __launch_bounds__(kThreads)
         acc_t margin_term = acc_t(0);
         acc_t w = acc_t(0);
         if (active && k < classes) {
-          const acc_t g = static_cast<acc_t>(grad_phi[(b * classes + k) * pixels + p]);
+          const acc_t g = convert<acc_t>(grad_phi[(b * classes + k) * pixels + p]);
           const acc_t scale = class_scale(margins, b * classes + k, delta);
           const acc_t exponent = weight[kk] * scale;
           const acc_t e = exp_acc(-exponent);
@@ -195,7 +195,7 @@ __global__ void __launch_bounds__(kThreads)
           const int64_t index = (b * channels + c) * pixels + p;
           if (!first_chunk) sum += grad_accum[index];
           if (last_chunk) {
-            grad_embeddings[index] = static_cast<scalar_t>(sum);
+            grad_embeddings[index] = convert<scalar_t>(sum);
           } else {
             grad_accum[index] = sum;
           }
@@ -227,11 +227,11 @@ __global__ void finalize_kernel(const acc_t* __restrict__ partial_centers, const
     acc_t sum = acc_t(0);
     if (c < channels) {
       for (int64_t s = 0; s < slices; ++s) sum += partial_centers[((b * slices + s) * classes + k) * channels + c];
-      grad_centers[bk * channels + c] = static_cast<scalar_t>(-sum);
+      grad_centers[bk * channels + c] = convert<scalar_t>(-sum);
     } else {
       for (int64_t s = 0; s < slices; ++s) sum += partial_margins[(b * slices + s) * classes + k];
-      const bool clamped = static_cast<acc_t>(margins[bk]) * delta > log_scale_max<acc_t>();
-      grad_margins[bk] = static_cast<scalar_t>(clamped ? acc_t(0) : delta * sum);
+      const bool clamped = convert<acc_t>(margins[bk]) * delta > log_scale_max<acc_t>();
+      grad_margins[bk] = convert<scalar_t>(clamped ? acc_t(0) : delta * sum);
     }
   }
 }
@@ -271,7 +271,7 @@ cudaError_t gaussian_center_distance_forward(const scalar_t* embeddings, const s
   using acc_t = acc_type<scalar_t>;
   if (batch * classes * pixels == 0) return cudaSuccess;
   const dim3 grid(static_cast<unsigned>(ceil_div(pixels, kThreads)), static_cast<unsigned>(batch));
-  forward_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(embeddings, centers, margins, static_cast<acc_t>(delta),
+  forward_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(embeddings, centers, margins, convert<acc_t>(delta),
                                                                  channels, pixels, classes, phi);
   return cudaGetLastError();
 }
@@ -284,7 +284,7 @@ cudaError_t gaussian_center_distance_backward(const scalar_t* grad_phi, const sc
                                               scalar_t* grad_embeddings, scalar_t* grad_centers,
                                               scalar_t* grad_margins, cudaStream_t stream) {
   using acc_t = acc_type<scalar_t>;
-  const acc_t delta_acc = static_cast<acc_t>(delta);
+  const acc_t delta_acc = convert<acc_t>(delta);
   if (batch == 0) return cudaSuccess;
   if (classes == 0) {
     // phi is empty: the embedding gradient is zero (centers and margins are empty too)

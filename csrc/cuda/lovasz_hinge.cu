@@ -85,7 +85,7 @@ __global__ void errors_kernel(const scalar_t* __restrict__ logits, const bool* _
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += stride) {
     const acc_t sign = labels[i] ? acc_t(1) : acc_t(-1);
     const bool keep = valid == nullptr || valid[i];
-    errors[i] = keep ? acc_t(1) - static_cast<acc_t>(logits[i]) * sign : acc_t(-INFINITY);
+    errors[i] = keep ? acc_t(1) - convert<acc_t>(logits[i]) * sign : acc_t(-INFINITY);
     indices[i] = i % pixels;
   }
   for (int64_t n = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; n <= rows; n += stride) offsets[n] = n * pixels;
@@ -94,8 +94,8 @@ __global__ void errors_kernel(const scalar_t* __restrict__ logits, const bool* _
 // J = 1 - (gts - positives) / (gts + negatives) of the packed counts; 0 for an empty union.
 template <typename acc_t>
 __device__ acc_t jaccard(acc_t gts, long long packed) {
-  const acc_t positives = static_cast<acc_t>(packed >> 32);
-  const acc_t unite = gts + static_cast<acc_t>(packed & 0xffffffffLL);
+  const acc_t positives = convert<acc_t>(packed >> 32);
+  const acc_t unite = gts + convert<acc_t>(packed & 0xffffffffLL);
   return unite > acc_t(0) ? acc_t(1) - (gts - positives) / unite : acc_t(0);
 }
 
@@ -122,7 +122,7 @@ __global__ void __launch_bounds__(kScanThreads)
   const long long positives = CountReduce(temp.count_reduce).Sum(count);
   if (threadIdx.x == 0) row_positives = positives;
   __syncthreads();
-  const acc_t gts = static_cast<acc_t>(row_positives);
+  const acc_t gts = convert<acc_t>(row_positives);
 
   long long carry = 0;
   acc_t partial = acc_t(0);
@@ -148,7 +148,7 @@ __global__ void __launch_bounds__(kScanThreads)
     }
   }
   const acc_t loss = LossReduce(temp.loss_reduce).Sum(partial);
-  if (threadIdx.x == 0) losses[blockIdx.x] = static_cast<scalar_t>(loss);
+  if (threadIdx.x == 0) losses[blockIdx.x] = convert<scalar_t>(loss);
 }
 
 template <typename scalar_t, typename acc_t>
@@ -160,7 +160,7 @@ __global__ void scatter_kernel(const scalar_t* __restrict__ grad_loss, const int
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += stride) {
     const int64_t n = i / pixels, index = permutation[i];
     if (index < 0 || index >= pixels) continue;
-    grad_logits[n * pixels + index] = static_cast<scalar_t>(static_cast<acc_t>(grad_loss[n]) * weights[i]);
+    grad_logits[n * pixels + index] = convert<scalar_t>(convert<acc_t>(grad_loss[n]) * weights[i]);
   }
 }
 

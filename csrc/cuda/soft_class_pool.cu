@@ -39,7 +39,7 @@ __device__ void load_rows(acc_t (*tile)[TW + 1], const in_t* __restrict__ src, i
   for (int i = threadIdx.x; i < TR * TW; i += blockDim.x) {
     const int r = i / TW, m = i % TW;
     const int64_t row = row0 + r, col = col0 + m;
-    tile[r][m] = (row < rows && col < cols) ? static_cast<acc_t>(src[row * ld + col]) : acc_t(0);
+    tile[r][m] = (row < rows && col < cols) ? convert<acc_t>(src[row * ld + col]) : acc_t(0);
   }
 }
 
@@ -50,7 +50,7 @@ __device__ void load_columns(acc_t (*tile)[TW + 1], const in_t* __restrict__ src
   for (int i = threadIdx.x; i < TR * TW; i += blockDim.x) {
     const int r = i % TR, m = i / TR;
     const int64_t row = row0 + r, col = col0 + m;
-    tile[r][m] = (row < rows && col < cols) ? static_cast<acc_t>(src[col * ld + row]) : acc_t(0);
+    tile[r][m] = (row < rows && col < cols) ? convert<acc_t>(src[col * ld + row]) : acc_t(0);
   }
 }
 
@@ -140,7 +140,7 @@ __global__ void centers_kernel(const acc_t* __restrict__ partial_sums, const acc
     for (int64_t s = 0; s < splits; ++s) sum += partial_sums[s * rows * channels + i];
     const acc_t z = n != acc_t(0) ? sum / n : acc_t(0);
     centers_acc[i] = z;
-    centers[i] = static_cast<scalar_t>(z);
+    centers[i] = convert<scalar_t>(z);
   }
 }
 
@@ -168,7 +168,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int j = 0; j < TN / kSide; ++j) {
       const int64_t p = p0 + tx + kSide * j;
-      if (c < channels && p < pixels) out[(b * channels + c) * pixels + p] = static_cast<scalar_t>(acc[i][j]);
+      if (c < channels && p < pixels) out[(b * channels + c) * pixels + p] = convert<scalar_t>(acc[i][j]);
     }
   }
 }
@@ -187,10 +187,10 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t c = threadIdx.x; c < channels; c += blockDim.x) {
     const int64_t i = bk * channels + c;
     acc_t g = acc_t(0);
-    for (int64_t s = 0; s < splits; ++s) g += static_cast<acc_t>(grad_centers[s * rows * channels + i]);
+    for (int64_t s = 0; s < splits; ++s) g += convert<acc_t>(grad_centers[s * rows * channels + i]);
     const acc_t ds = n != acc_t(0) ? g / n : acc_t(0);
     scaled[i] = ds;
-    term += ds * static_cast<acc_t>(centers[i]);
+    term += ds * convert<acc_t>(centers[i]);
   }
   partial[threadIdx.x] = term;
   __syncthreads();
@@ -237,7 +237,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int j = 0; j < TN / kSide; ++j) {
       const int64_t p = p0 + tx + kSide * j;
-      if (p < pixels) grad_probs[(b * classes + k) * pixels + p] = static_cast<scalar_t>(acc[i][j] - r);
+      if (p < pixels) grad_probs[(b * classes + k) * pixels + p] = convert<scalar_t>(acc[i][j] - r);
     }
   }
 }
