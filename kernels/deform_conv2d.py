@@ -272,6 +272,7 @@ def forward(input, offset, weight, mask, bias, stride, padding, dilation) -> tor
     """(B, C_out, Ho, Wo); see fastseg.ops.deform_conv2d for the shapes."""
     input, offset, weight = input.contiguous(), offset.contiguous(), weight.contiguous()
     mask = mask.contiguous() if mask is not None else None
+    bias = bias.contiguous() if bias is not None else None
     geo = _geometry(input, offset, weight, stride, padding, dilation)
     batch = input.shape[0]
     groups = geo["C"] // geo["group_channels"]

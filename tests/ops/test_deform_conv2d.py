@@ -1,6 +1,8 @@
-"""deform_conv2d: identities with F.conv2d, torchvision's boundary rule, every backend vs the reference."""
+"""deform_conv2d: identities with F.conv2d, torchvision's boundary rule, every backend vs the reference and vs
+torchvision.ops.deform_conv2d itself (where torchvision is installed)."""
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 
@@ -36,23 +38,31 @@ DIFFERENTIABLE = ("input", "offset", "weight", "bias", "mask")
 
 
 def _run(args, backend, device, dtype):
-    """Output and the gradients of <output, fixed random cotangent> w.r.t. every tensor argument."""
+    """Output and the gradients of <output, fixed random cotangent> w.r.t. every tensor argument.
+
+    ``backend``: a fastseg backend name, or a function with deform_conv2d's positional arguments (torchvision's).
+    """
+    conv = functools.partial(ops.deform_conv2d, backend=backend) if isinstance(backend, str) else backend
     tensors = {k: args[k].to(device=device, dtype=dtype).requires_grad_() for k in DIFFERENTIABLE if args[k] is not None}
     call = {**args, **tensors}
-    out = ops.deform_conv2d(call["input"], call["offset"], call["weight"], call["bias"], call["stride"],
-                            call["padding"], call["dilation"], call["mask"], backend=backend)
+    out = conv(call["input"], call["offset"], call["weight"], call["bias"], call["stride"], call["padding"],
+               call["dilation"], call["mask"])
     cotangent = torch.linspace(-1, 1, out.numel(), dtype=torch.float64).view(out.shape).to(device, dtype)
     grads = torch.autograd.grad(out, list(tensors.values()), cotangent)
     return out, dict(zip(tensors, grads))
 
 
-def _compare(args, backend, device, dtype=torch.float32, atol=1e-4, rtol=1e-4):
+def _compare(args, backend, device, dtype=torch.float32, atol=1e-4, rtol=1e-4, truth=("reference", "cpu")):
+    """Output and gradients of ``backend`` in ``dtype`` against those of ``truth`` = (backend, device) in float64;
+    returns the latter gradients by name."""
     out, grads = _run(args, backend, device, dtype)
-    expected, expected_grads = _run(args, "reference", "cpu", torch.float64)
+    expected, expected_grads = _run(args, *truth, torch.float64)
     assert out.dtype == dtype and out.shape == expected.shape
-    torch.testing.assert_close(out.cpu().double(), expected, atol=atol, rtol=rtol)
+    assert grads.keys() == expected_grads.keys()
+    torch.testing.assert_close(out.cpu().double(), expected.cpu(), atol=atol, rtol=rtol)
     for name, grad in grads.items():
-        torch.testing.assert_close(grad.cpu().double(), expected_grads[name], atol=atol, rtol=rtol, msg=name)
+        torch.testing.assert_close(grad.cpu().double(), expected_grads[name].cpu(), atol=atol, rtol=rtol, msg=name)
+    return expected_grads
 
 
 CONV_CASES = {
@@ -263,24 +273,70 @@ def test_deterministic_mode(fused):
         torch.use_deterministic_algorithms(previous)
 
 
-def test_matches_torchvision(fused):
-    backend, device = fused
-    if device.type != "cuda":
-        pytest.skip("the torchvision comparison runs on CUDA (torchvision has no CPU build here)")
-    torchvision_ops = pytest.importorskip("torchvision.ops", reason="torchvision is not installed")
-    args = _inputs(3, 8, 9, 6, offset_groups=2, groups=2, device=device, dtype=torch.float32)
-    for mask in (args["mask"], None):
-        call = dict(args, mask=mask)
-        tensors = {k: call[k].clone().requires_grad_() for k in DIFFERENTIABLE if call[k] is not None}
-        theirs = {k: t.detach().clone().requires_grad_() for k, t in tensors.items()}
-        out = ops.deform_conv2d(**{**call, **tensors}, backend=backend)
-        expected = torchvision_ops.deform_conv2d(**{**call, **theirs})
-        torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
-        cotangent = torch.randn_like(out)
-        grads = torch.autograd.grad(out, list(tensors.values()), cotangent)
-        expected_grads = torch.autograd.grad(expected, list(theirs.values()), cotangent)
-        for name, grad, expected_grad in zip(tensors, grads, expected_grads):
-            torch.testing.assert_close(grad, expected_grad, atol=1e-4, rtol=1e-4, msg=name)
+def _torchvision_deform_conv2d():
+    """torchvision.ops.deform_conv2d, or a skip saying why it cannot run here."""
+    torchvision_ops = pytest.importorskip(
+        "torchvision.ops", reason="torchvision is not installed (CI runs this in its venv with torchvision)")
+    if not hasattr(torch.ops.torchvision, "deform_conv2d"):
+        pytest.skip("torchvision is installed but its C++ ops did not load")
+    return torchvision_ops.deform_conv2d
+
+
+def _far_outside(offset):
+    """A random fifth of the offsets moved to 10^2..10^4 pixels, either sign: about a third of the samples lie far
+    outside the image, the others stay near it."""
+    chosen = torch.rand_like(offset) < 0.2
+    distance = 10 ** torch.empty_like(offset).uniform_(2, 4)
+    return torch.where(chosen, offset.sign() * distance, offset)
+
+
+def _strided(tensor):
+    """The same values as a non-contiguous view: every other element of a buffer twice as wide."""
+    buffer = tensor.new_empty(*tensor.shape[:-1], 2 * tensor.shape[-1])
+    buffer[..., ::2] = tensor
+    return buffer[..., ::2]
+
+
+LAYOUTS = {
+    "contiguous": lambda tensor: tensor,
+    "strided": _strided,
+    "channels-last": lambda tensor: tensor.contiguous(memory_format=torch.channels_last) if tensor.dim() == 4 else tensor,
+}
+
+TORCHVISION_CASES = {
+    # name: (B, C_in, size, C_out, kernel, stride, padding, dilation, groups, offset_groups, mask, far, layout)
+    "batch1-v2": (1, 4, 5, 4, 3, 1, 1, 1, 1, 1, True, False, "contiguous"),
+    "batch1-v1-rect-kernel-far": (1, 3, (4, 6), 2, (2, 3), 1, (1, 0), 1, 1, 1, False, True, "contiguous"),
+    "groups2-offset-groups2-stride2": (1, 4, (7, 6), 6, 3, 2, 1, 1, 2, 2, True, False, "contiguous"),
+    "groups4-offset-groups2-rect-stride-v1": (1, 8, 6, 4, (3, 1), (2, 1), (0, 1), 1, 4, 2, False, False, "contiguous"),
+    "offset-groups3-dilation-pad2": (1, 6, 7, 3, (2, 3), 1, (2, 1), (2, 1), 1, 3, True, True, "contiguous"),
+    "groups3-dilation-v1": (1, 6, 6, 3, 2, (1, 2), 0, (1, 2), 3, 3, False, False, "contiguous"),
+    "strided": (1, 4, (5, 6), 4, (2, 3), 1, 1, 1, 2, 2, True, True, "strided"),
+    "channels-last": (1, 4, 5, 6, 3, 2, 1, 1, 2, 2, True, False, "channels-last"),
+    # batch 33 kept tiny (3x3 image, 1x2 kernel): the Triton interpreter runs one program per image
+    "batch33-far": (33, 2, 3, 2, (1, 2), 1, 0, 1, 1, 1, True, True, "contiguous"),
+}
+
+
+@pytest.mark.parametrize("case", TORCHVISION_CASES)
+def test_matches_torchvision(differentiable, case):
+    """Values and the five gradients in float64 against torchvision.ops.deform_conv2d, to float64 rounding."""
+    backend, device = differentiable
+    torchvision_deform_conv2d = _torchvision_deform_conv2d()
+    (batch, channels, size, out_channels, kernel, stride, padding, dilation, groups, offset_groups, mask, far,
+     layout) = TORCHVISION_CASES[case]
+    args = _inputs(batch, channels, size, out_channels, kernel, stride, padding, dilation, groups, offset_groups, mask,
+                   device=device)
+    if far:
+        args["offset"] = _far_outside(args["offset"])
+    arrange = LAYOUTS[layout]
+    args = {k: (arrange(v) if isinstance(v, torch.Tensor) else v) for k, v in args.items()}
+    if layout != "contiguous":
+        assert not any(args[k].is_contiguous() for k in ("input", "offset", "mask"))
+    expected_grads = _compare(args, backend, device, torch.float64, atol=1e-12, rtol=1e-12,
+                              truth=(torchvision_deform_conv2d, device))
+    for name, grad in expected_grads.items():  # not a case where every sample falls outside
+        assert grad.count_nonzero() > 0, name
 
 
 def test_large_batch_cuda_has_no_32_image_limit(fused):
