@@ -203,14 +203,16 @@ def decoupled(
 
 @register_model("decouple_fcn")
 def decouple_fcn(num_classes: int, backbone: str = "resnet50", **options) -> DecoupleSegNet:
-    """DecoupleSegNet on FCN: the module after the FCN head's convs."""
-    return decoupled(fcn, num_classes, backbone, **options)
+    """DecoupleSegNet on FCN: the module after the official FCN head, one 3x3 ConvBNReLU C4 -> 256
+    (``num_convs=1``; the baseline's default is two)."""
+    return decoupled(fcn, num_classes, backbone, **{"num_convs": 1, **options})
 
 
 @register_model("decouple_pspnet")
 def decouple_pspnet(num_classes: int, backbone: str = "resnet50", **options) -> DecoupleSegNet:
-    """DecoupleSegNet on PSPNet: the module after the PPM bottleneck."""
-    return decoupled(pspnet, num_classes, backbone, **options)
+    """DecoupleSegNet on PSPNet: the module after the PPM and the official 1x1 bottleneck
+    (``bottleneck_kernel=1``; the baseline's default is 3x3)."""
+    return decoupled(pspnet, num_classes, backbone, **{"bottleneck_kernel": 1, **options})
 
 
 @register_model("decouple_deeplabv3plus")
