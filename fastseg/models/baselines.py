@@ -1,7 +1,8 @@
 """The baselines registered in the model zoo: FCN, PSPNet, DeepLabv3, DeepLabv3+ and Non-local.
 
 Every builder takes ``num_classes``, ``backbone`` ("resnet18/34/50/101") and the options
-  output_stride=8, deep_stem=False, multi_grid=None  (the backbone, see :class:`ResNet`),
+  output_stride=8, deep_stem=False, multi_grid=None, stem_channels=64, dilations=None
+                       (the backbone, see :class:`ResNet`),
   pretrained=None      (a checkpoint path, URL or state dict for :func:`load_pretrained`),
   channels=512         (decode-head channels),
   aux=True, aux_channels=256, aux_weight=0.4  (the auxiliary FCN head on C3),
@@ -43,6 +44,8 @@ def encoder_decoder(
     output_stride: int = 8,
     deep_stem: bool = False,
     multi_grid: Sequence[int] | None = None,
+    stem_channels: int = 64,
+    dilations: Sequence[int] | None = None,
     pretrained: str | os.PathLike | Mapping[str, Tensor] | None = None,
     channels: int = 512,
     aux: bool = True,
@@ -53,7 +56,8 @@ def encoder_decoder(
 ) -> EncoderDecoder:
     """Backbone + ``make_head(backbone, channels, num_classes, dropout)`` (+ auxiliary FCN head on C3)."""
     encoder = build_backbone(
-        backbone, pretrained, output_stride=output_stride, deep_stem=deep_stem, multi_grid=multi_grid
+        backbone, pretrained, output_stride=output_stride, deep_stem=deep_stem, multi_grid=multi_grid,
+        stem_channels=stem_channels, dilations=dilations,
     )
     head = make_head(encoder, channels, num_classes, dropout)
     auxiliary = AuxiliaryHead(encoder.out_channels[2], num_classes, aux_channels, dropout) if aux else None

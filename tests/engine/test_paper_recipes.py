@@ -55,3 +55,12 @@ def test_acfnet_recipe_uses_class_balanced_cross_entropy():
         expected = weight * cross_entropy(outputs[name], labels, class_balanced=True)
         torch.testing.assert_close(losses[name], expected)
         assert not torch.allclose(losses[name], weight * cross_entropy(outputs[name], labels))
+
+
+@pytest.mark.parametrize("name", [n for n in PAPER_RECIPES if load_config(n)["model"]["name"] == "fenet"])
+def test_fenet_recipes_dilate_the_last_two_stages_at_stride_32(name):
+    # Sec. 4.2: "modify the last two stages with dilated convolution but keep the strides unchanged";
+    # the official code: dilation 2 in layer3, 4 in layer4.
+    model = build_recipe_model(name)
+    assert model.backbone.strides == (4, 8, 16, 32)
+    assert model.backbone.layer3[-1].conv2.dilation == (2, 2) and model.backbone.layer4[-1].conv2.dilation == (4, 4)
