@@ -182,3 +182,17 @@ def test_deep_stem_64_64_128():
         assert model.eval()(torch.randn(1, 3, 32, 32))[0].shape == (1, 64, 8, 8)
     with pytest.raises(ValueError, match="deep_stem"):
         ResNet(depth=18, stem_channels=128)
+
+
+def test_deep_stem_128_has_the_official_resnet_d_keys_and_shapes():
+    # lxtGH/DecoupleSegNets network/resnet_d.py ResNet: conv1 = Sequential(conv3x3(3, 64, stride=2),
+    # Norm2d(64), ReLU, conv3x3(64, 64), Norm2d(64), ReLU, conv3x3(64, 128)); bn1 = Norm2d(128);
+    # inplanes = 128, so layer1.0 of ResNet-50 reads 128 channels.
+    official = {
+        "conv1.0.weight": (64, 3, 3, 3), "conv1.1.weight": (64,), "conv1.3.weight": (64, 64, 3, 3),
+        "conv1.4.running_var": (64,), "conv1.6.weight": (128, 64, 3, 3), "bn1.weight": (128,),
+        "layer1.0.conv1.weight": (64, 128, 1, 1), "layer1.0.downsample.0.weight": (256, 128, 1, 1),
+    }
+    state = ResNet(depth=50, deep_stem=True, stem_channels=128).state_dict()
+    assert {key: tuple(state[key].shape) for key in official} == official
+    assert not any(key.startswith("conv1.2") or key.startswith("conv1.5") for key in state)  # ReLUs
