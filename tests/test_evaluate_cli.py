@@ -21,7 +21,7 @@ from fastseg.evaluate import main
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = [
-    "model.name=fcn", "model.options.channels=16", "model.options.aux_channels=8",
+    "model.name=fcn", "model.options={output_stride: 16, channels: 16, aux_channels: 8}",
     "data.val.size=[32,64]", "data.val.length=2", "evaluate.crop_size=[32,32]", "evaluate.stride=[24,24]",
 ]  # fmt: skip
 
