@@ -21,7 +21,7 @@ from fastseg.evaluate import main
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = [
-    "model.name=fcn", "model.options.channels=16", "model.options.aux_channels=8",
+    "model.name=fcn", "model.options={output_stride: 16, channels: 16, aux_channels: 8}",
     "data.val.size=[32,64]", "data.val.length=2", "evaluate.crop_size=[32,32]", "evaluate.stride=[24,24]",
 ]  # fmt: skip
 
@@ -50,11 +50,11 @@ def test_subprocess_smoke_with_every_option(tmp_path):
         "--mode", "slide", "--scales", "0.75", "1.0", "--flip", "--boundary", "--workers", "0",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    for text in ("road", "traffic sign", "BF@12px", "mean", "aAcc", "2 images of split 'val'"):
+    for text in ("road", "traffic sign", "BF@0.005diag", "mean", "aAcc", "2 images of split 'val'"):
         assert text in done.stdout
     results = json.loads(output.read_text())
     assert len(results["IoU"]) == len(results["Acc"]) == len(results["classes"]) == 9
-    assert list(results["BF"]) == ["3px", "5px", "9px", "12px"]
+    assert list(results["BF"]) == ["0.0005diag", "0.001875diag", "0.00375diag", "0.005diag"]
     assert results["inference"] == {"mode": "slide", "crop_size": [32, 32], "stride": [24, 24], "scales": [0.75, 1.0], "flip": True, "boundary": True}
     assert results["num_images"] == 2 and results["num_skipped"] == 0 and results["config"]["model"]["name"] == "fcn"
     for key in ("mIoU", "aAcc", "mAcc"):

@@ -1,8 +1,11 @@
 """Boundary F-score: how well predicted class boundaries match the ground truth's, within a distance.
 
 DecoupleSegNet (Sec. 4.2, Fig. 3) reports the mean over classes of the boundary F-score of [47]
-(Perazzi et al.'s DAVIS measure, as GSCNN used it on Cityscapes) at four distance thresholds, 3, 5,
-9 and 12 pixels. For each class k and threshold t:
+(Perazzi et al.'s DAVIS measure, as GSCNN used it on Cityscapes) at four distance thresholds, "3, 5,
+9 and 12 pixels". The official evaluation gives them as fractions of the image diagonal, 0.0005,
+0.001875, 0.00375 and 0.005, turned into pixels by DAVIS' ``f_boundary`` rule
+``ceil(fraction * sqrt(H^2 + W^2))`` per image: 2, 5, 9 and 12 px at 1024x2048. A threshold >= 1 is a
+pixel count as it is (also DAVIS' rule). For each class k and threshold t (in pixels):
 
 - the boundary of class k in a label map is its pixels with an 8-neighbour of another valid class;
   pixels next to ignored pixels or the image border do not count, and the prediction is ignored
@@ -35,7 +38,8 @@ from torch import Tensor
 
 from fastseg.engine.metrics import all_reduce_sum, nanmean
 
-DECOUPLE_THRESHOLDS = (3, 5, 9, 12)
+# Fractions of the image diagonal (the official DecoupleSegNet / GSCNN evaluation).
+DECOUPLE_THRESHOLDS = (0.0005, 0.001875, 0.00375, 0.005)
 # Class maps handled per pass (classes x batch x pixels), bounding the distance transform's memory.
 CHUNK_ELEMENTS = 1 << 22
 
@@ -93,13 +97,27 @@ def squared_distance(mask: Tensor, limit: int) -> Tensor:
     return distance
 
 
+def threshold_pixels(threshold: float, height: int, width: int) -> int:
+    """DAVIS ``f_boundary``'s tolerance in pixels: ``threshold`` itself when >= 1 (or 0), else the
+    fraction of the diagonal rounded up, ceil(threshold * sqrt(H^2 + W^2))."""
+    if threshold >= 1 or threshold == 0:
+        return int(threshold)
+    return math.ceil(threshold * math.sqrt(height * height + width * width))
+
+
+def threshold_name(threshold: float) -> str:
+    """Result key: "3px" for a pixel count, "0.005diag" for a fraction of the image diagonal."""
+    return f"{int(threshold)}px" if threshold >= 1 or threshold == 0 else f"{threshold:g}diag"
+
+
 class BoundaryFScore:
     """Accumulates boundary-match counts per threshold and class; the interface of
     :class:`~fastseg.engine.metrics.SegmentationMetric` (``update``, ``reset``, ``all_reduce``, ``compute``).
 
     Args:
         num_classes: K.
-        thresholds: distance tolerances in pixels (DecoupleSegNet's 3, 5, 9, 12 by default).
+        thresholds: distance tolerances: fractions of the image diagonal (in (0, 1); by default the
+            official DecoupleSegNet evaluation's 0.0005, 0.001875, 0.00375, 0.005) or whole pixel counts.
         ignore_index: target value of unlabelled pixels.
         device: where the counts live; by default they move to the device of the first ``update``.
     """
@@ -107,14 +125,14 @@ class BoundaryFScore:
     def __init__(
         self,
         num_classes: int,
-        thresholds: Sequence[int] = DECOUPLE_THRESHOLDS,
+        thresholds: Sequence[float] = DECOUPLE_THRESHOLDS,
         ignore_index: int = 255,
         device: torch.device | str | None = None,
     ) -> None:
-        if not thresholds or any(int(t) != t or t < 0 for t in thresholds):
-            raise ValueError(f"thresholds must be non-negative whole pixel counts, got {thresholds}")
+        if not thresholds or any(t < 0 or (t >= 1 and int(t) != t) for t in thresholds):
+            raise ValueError(f"thresholds must be fractions of the diagonal in (0, 1) or whole pixel counts, got {thresholds}")
         self.num_classes = num_classes
-        self.thresholds = tuple(int(t) for t in thresholds)
+        self.thresholds = tuple(thresholds)
         self.ignore_index = ignore_index
         # counts[i, :, k] for threshold i, class k: predicted boundary pixels, those matched, ground-truth
         # boundary pixels, those matched.
@@ -141,8 +159,9 @@ class BoundaryFScore:
         # Only classes with a boundary somewhere need the distance transforms (an image of ADE20K shows
         # about 10 of its 150 classes): one host sync per batch buys that.
         present = ((pred_totals + gt_totals) > 0).nonzero().flatten()
-        limit = max(self.thresholds)
-        squared = torch.tensor([t * t for t in self.thresholds], device=pred.device).view(-1, 1, 1, 1, 1)
+        pixels = [threshold_pixels(t, *pred.shape[-2:]) for t in self.thresholds]
+        limit = max(pixels)
+        squared = torch.tensor([t * t for t in pixels], device=pred.device).view(-1, 1, 1, 1, 1)
         pixel_dims = (1, 3, 4)
         chunk = max(1, CHUNK_ELEMENTS // max(pred.numel(), 1))
         for classes in present.split(chunk):
@@ -165,12 +184,13 @@ class BoundaryFScore:
         all_reduce_sum(self.counts)
 
     def compute(self) -> dict[str, Any]:
-        """``{"BF": {"3px": mean F, ...}, "BF_per_class": {"3px": [F_k], ...}}``, F in [0, 1], NaN = no boundary."""
+        """``{"BF": {name: mean F}, "BF_per_class": {name: [F_k]}}`` per threshold (names "0.0005diag" or
+        "3px", :func:`threshold_name`), F in [0, 1], NaN = no boundary."""
         counts = self.counts.double().cpu()
         pred_total, pred_matched, gt_total, gt_matched = counts.unbind(1)
         precision = pred_matched / pred_total.clamp(min=1)
         recall = gt_matched / gt_total.clamp(min=1)
         fscore = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12), 0.0)
         fscore = torch.where((pred_total > 0) | (gt_total > 0), fscore, math.nan)
-        per_class = {f"{t}px": row.tolist() for t, row in zip(self.thresholds, fscore)}
+        per_class = {threshold_name(t): row.tolist() for t, row in zip(self.thresholds, fscore)}
         return {"BF": {key: nanmean(row) for key, row in per_class.items()}, "BF_per_class": per_class}

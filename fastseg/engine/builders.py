@@ -53,8 +53,9 @@ def build_transforms(data: Mapping[str, Any], train: bool) -> transforms.Compose
     return transforms.Compose(steps)
 
 
-def build_dataset_from_config(config: Mapping[str, Any], split: str) -> Dataset:
-    """The dataset of ``split`` ("train" or "val": the keys of the data section) with its transforms."""
+def build_dataset_from_config(config: Mapping[str, Any], split: str, augment: bool | None = None) -> Dataset:
+    """The dataset of ``split`` ("train" or "val": the keys of the data section) with its transforms
+    (the training augmentation when ``augment``, by default for "train")."""
     data = config["data"]
     if split not in data:
         raise ValueError(f"the config's data section has no {split!r} split; it has {sorted(data)}")
@@ -62,5 +63,5 @@ def build_dataset_from_config(config: Mapping[str, Any], split: str) -> Dataset:
     dataset_split = options.pop("split", split)
     return build_dataset(
         data["dataset"], data.get("root"), split=dataset_split,
-        transforms=build_transforms(data, train=split == "train"), **options,
+        transforms=build_transforms(data, train=split == "train" if augment is None else augment), **options,
     )  # fmt: skip

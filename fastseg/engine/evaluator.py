@@ -33,7 +33,7 @@ def evaluate(
     are summed over ranks, so every rank returns the metrics of the whole dataset.
 
     Returns :meth:`SegmentationMetric.compute`'s dict (``mIoU``, ``aAcc``, ``mAcc``, ``IoU``, ``Acc``) plus
-    ``num_images``; with the boundary F-score, ``BF`` ({"3px": mean F, ...} at 3, 5, 9, 12 pixels) and
+    ``num_images``; with the boundary F-score, ``BF`` ({"0.0005diag": mean F, ...} at fractions of the image diagonal) and
     ``BF_per_class``; with ``class_names``, ``classes``.
     """
     options = inference_options(dict(inference or {}))

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastseg.models.layers import resize
@@ -26,12 +25,15 @@ def window_starts(size: int, crop: int, stride: int) -> list[int]:
 def slide_logits(model: nn.Module, images: Tensor, num_classes: int, crop_size: Sequence[int], stride: Sequence[int]) -> Tensor:
     """Count-averaged logits (B, K, H, W) of overlapping ``crop_size`` windows every ``stride`` pixels.
 
-    A window larger than the image is zero-padded (bottom/right) to ``crop_size``, so the model always
-    sees its training crop size; the padding's logits are cut off.
+    mmsegmentation's ``slide_inference`` rule: along an axis shorter than the crop the window is the
+    whole axis, and the patch runs as it is (no padding). A stride larger than the crop would leave
+    pixels no window covers: a ValueError.
     """
     (crop_h, crop_w), (stride_h, stride_w) = crop_size, stride
     if min(crop_h, crop_w, stride_h, stride_w) < 1:
         raise ValueError(f"crop_size {tuple(crop_size)} and stride {tuple(stride)} must be positive")
+    if stride_h > crop_h or stride_w > crop_w:
+        raise ValueError(f"stride {tuple(stride)} larger than crop_size {tuple(crop_size)} leaves pixels uncovered")
     batch, _, height, width = images.shape
     dtype = torch.promote_types(images.dtype, torch.float32)
     logits = images.new_zeros(batch, num_classes, height, width, dtype=dtype)
@@ -40,8 +42,7 @@ def slide_logits(model: nn.Module, images: Tensor, num_classes: int, crop_size: 
         for left in window_starts(width, crop_w, stride_w):
             window = images[:, :, top : top + crop_h, left : left + crop_w]
             h, w = window.shape[-2:]
-            window = F.pad(window, (0, crop_w - w, 0, crop_h - h))
-            logits[:, :, top : top + h, left : left + w] += model(window)[:, :, :h, :w]
+            logits[:, :, top : top + h, left : left + w] += model(window)
             count[:, :, top : top + h, left : left + w] += 1
     return logits / count
 

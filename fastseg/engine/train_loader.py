@@ -8,15 +8,23 @@ workers. Hence:
   single-process run with the same global batch ``B``, and the position after step ``s`` is ``s`` itself;
 - :class:`SeededSamples` draws each sample's random augmentation from a torch generator seeded by
   ``(seed, epoch, index)``, independent of which worker loads it or when.
+
+With class-uniform sampling (config ``data.class_uniform``: the class-uniform share of each epoch,
+0.5 in the official DecoupleSegNet and FENet scripts) the epoch order is a
+:class:`~fastseg.data.ClassUniformSampler` epoch drawn from the same ``(seed, epoch)`` generator,
+so it stays resumable and sharded the same way.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+from fastseg.data import ClassUniformSampler, class_presence
+from fastseg.engine.builders import build_dataset_from_config
 
 SampleKey = tuple[int, int]  # (epoch, dataset index)
 
@@ -36,6 +44,7 @@ class InfiniteBatchSampler(Sampler[list[SampleKey]]):
         seed: seeds the per-epoch permutations.
         shuffle: permute each epoch (else the natural order).
         start_step: the first step to yield (the iteration a resumed run restarts at).
+        class_uniform: draws each epoch's order (``dataset_size`` indices) instead of a permutation.
     """
 
     def __init__(
@@ -47,21 +56,27 @@ class InfiniteBatchSampler(Sampler[list[SampleKey]]):
         seed: int = 0,
         shuffle: bool = True,
         start_step: int = 0,
+        class_uniform: ClassUniformSampler | None = None,
     ) -> None:
         if dataset_size <= 0:
             raise ValueError("the training dataset is empty")
+        if class_uniform is not None and len(class_uniform) != dataset_size:
+            raise ValueError(f"the class-uniform epoch has {len(class_uniform)} samples, the dataset {dataset_size}")
         if global_batch % world_size:
             raise ValueError(f"global batch {global_batch} is not divisible by the world size {world_size}")
         self.dataset_size, self.global_batch = dataset_size, global_batch
         self.rank, self.world_size = rank, world_size
         self.seed, self.shuffle, self.start_step = seed, shuffle, start_step
+        self.class_uniform = class_uniform
         self._order: tuple[int, list[int]] | None = None
 
     def order(self, epoch: int) -> list[int]:
         """The dataset indices of ``epoch`` in the order they are consumed."""
         if self._order is None or self._order[0] != epoch:
-            if self.shuffle:
-                generator = torch.Generator().manual_seed(_seed(self.seed, epoch))
+            generator = torch.Generator().manual_seed(_seed(self.seed, epoch))
+            if self.class_uniform is not None:
+                self._order = (epoch, self.class_uniform.epoch(generator))
+            elif self.shuffle:
                 self._order = (epoch, torch.randperm(self.dataset_size, generator=generator).tolist())
             else:
                 self._order = (epoch, list(range(self.dataset_size)))
@@ -120,9 +135,12 @@ def build_train_loader(
     start_step: int = 0,
     workers: int = 0,
     pin_memory: bool = False,
+    class_uniform: ClassUniformSampler | None = None,
 ) -> DataLoader:
     """An endless loader of this rank's batches from step ``start_step`` on (see the module docstring)."""
-    sampler = InfiniteBatchSampler(len(dataset), global_batch, rank, world_size, seed, start_step=start_step)
+    sampler = InfiniteBatchSampler(
+        len(dataset), global_batch, rank, world_size, seed, start_step=start_step, class_uniform=class_uniform
+    )
     return DataLoader(
         SeededSamples(dataset, seed),
         batch_sampler=sampler,
@@ -132,6 +150,18 @@ def build_train_loader(
         # The loader's own generator: creating its iterator does not draw from the global RNG.
         generator=torch.Generator().manual_seed(seed),
     )
+
+
+def class_uniform_from_config(config: Mapping[str, Any]) -> ClassUniformSampler | None:
+    """The sampler of ``data.class_uniform`` (a share in (0, 1]; absent or 0: None) over the train
+    split, whose labels are scanned once without the random augmentation (every rank scans the same)."""
+    data = config["data"]
+    fraction = float(data.get("class_uniform") or 0)
+    if fraction == 0:
+        return None
+    images = build_dataset_from_config(config, "train", augment=False)
+    presence = class_presence(images, data["num_classes"], data.get("ignore_index", 255))
+    return ClassUniformSampler(presence, fraction=fraction)
 
 
 class ShardSampler(Sampler[int]):

@@ -43,7 +43,7 @@ from fastseg.engine.evaluator import evaluate
 from fastseg.engine.inference import inference_options, predict_logits
 from fastseg.engine.logging import ProgressBar, RunLogger, drop_records_after
 from fastseg.engine.lr_schedule import PolyLR
-from fastseg.engine.train_loader import build_eval_loader, build_train_loader
+from fastseg.engine.train_loader import build_eval_loader, build_train_loader, class_uniform_from_config
 from fastseg.engine.visualize import dataset_palette, denormalize, save_predictions
 from fastseg.models import convert_sync_batchnorm
 
@@ -159,6 +159,7 @@ class Trainer:
             self._restore(load_checkpoint(resume, map_location=self.device))
 
         self.train_set = build_dataset_from_config(self.config, "train")
+        self.class_uniform = class_uniform_from_config(self.config)  # data.class_uniform
         self.val_set = build_dataset_from_config(self.config, "val") if data.get("val") else None
         if ctx.is_main and resume is not None:
             drop_records_after(self.output_dir / "log.jsonl", self.iteration)
@@ -227,6 +228,7 @@ class Trainer:
         loader = build_train_loader(
             self.train_set, opts["batch_size"], rank=ctx.rank, world_size=ctx.world_size, seed=opts["seed"],
             start_step=self.iteration, workers=opts["workers"], pin_memory=self.device.type == "cuda",
+            class_uniform=self.class_uniform,
         )  # fmt: skip
         batches = iter(loader)
         progress = ProgressBar(opts["iterations"], self.iteration) if ctx.is_main else None

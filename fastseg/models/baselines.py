@@ -1,11 +1,15 @@
 """The baselines registered in the model zoo: FCN, PSPNet, DeepLabv3, DeepLabv3+ and Non-local.
 
 Every builder takes ``num_classes``, ``backbone`` ("resnet18/34/50/101") and the options
-  output_stride=8, deep_stem=False, multi_grid=None  (the backbone, see :class:`ResNet`),
+  output_stride=8, deep_stem=False, multi_grid=None, stem_channels=64, dilations=None
+                       (the backbone, see :class:`ResNet`),
   pretrained=None      (a checkpoint path, URL or state dict for :func:`load_pretrained`),
   channels=512         (decode-head channels),
   aux=True, aux_channels=256, aux_weight=0.4  (the auxiliary FCN head on C3),
-  ignore_index=255, dropout=0.1.
+  ignore_index=255, dropout=0.1,
+and the head options of each builder below. The defaults build the networks whose sizes CSFRNet's
+Table 2 reports (ResNet-50, 512x512, with ``deep_stem=True``): FCN 37.70M, PSPNet 48.98M, Non-local
+50.02M, DeepLabv3+ 43.59M parameters (``tests/models/test_table2_complexity.py``).
 PSPNet's and the DeepLabs' pooled branches hold BatchNorm on 1x1 maps, so training needs batch >= 2
 (per process, or SyncBatchNorm), as in mmsegmentation.
 """
@@ -40,6 +44,8 @@ def encoder_decoder(
     output_stride: int = 8,
     deep_stem: bool = False,
     multi_grid: Sequence[int] | None = None,
+    stem_channels: int = 64,
+    dilations: Sequence[int] | None = None,
     pretrained: str | os.PathLike | Mapping[str, Tensor] | None = None,
     channels: int = 512,
     aux: bool = True,
@@ -50,7 +56,8 @@ def encoder_decoder(
 ) -> EncoderDecoder:
     """Backbone + ``make_head(backbone, channels, num_classes, dropout)`` (+ auxiliary FCN head on C3)."""
     encoder = build_backbone(
-        backbone, pretrained, output_stride=output_stride, deep_stem=deep_stem, multi_grid=multi_grid
+        backbone, pretrained, output_stride=output_stride, deep_stem=deep_stem, multi_grid=multi_grid,
+        stem_channels=stem_channels, dilations=dilations,
     )
     head = make_head(encoder, channels, num_classes, dropout)
     auxiliary = AuxiliaryHead(encoder.out_channels[2], num_classes, aux_channels, dropout) if aux else None
@@ -58,18 +65,23 @@ def encoder_decoder(
 
 
 @register_model("fcn")
-def fcn(num_classes: int, backbone: str = "resnet50", **options) -> EncoderDecoder:
-    """FCN: two 3x3 convs on C4, concatenated with C4 and fused."""
+def fcn(
+    num_classes: int, backbone: str = "resnet50", num_convs: int = 2, concat_input: bool = False, **options
+) -> EncoderDecoder:
+    """FCN: ``num_convs`` 3x3 convs on C4 (CSFRNet's Table 2 FCN); ``concat_input=True`` adds
+    mmsegmentation's concat with C4 and 3x3 fuse (+11.8M parameters, +48 GMACs at 512x512)."""
     return encoder_decoder(
-        lambda enc, ch, k, p: FCNHead(enc.out_channels[3], ch, k, dropout=p), num_classes, backbone, **options
+        lambda enc, ch, k, p: FCNHead(enc.out_channels[3], ch, k, num_convs, concat_input, dropout=p),
+        num_classes, backbone, **options,
     )
 
 
 @register_model("pspnet")
-def pspnet(num_classes: int, backbone: str = "resnet50", **options) -> EncoderDecoder:
-    """PSPNet: pyramid pooling (bins 1, 2, 3, 6) on C4."""
+def pspnet(num_classes: int, backbone: str = "resnet50", bottleneck_kernel: int = 3, **options) -> EncoderDecoder:
+    """PSPNet: pyramid pooling (bins 1, 2, 3, 6) on C4, a ``bottleneck_kernel`` ConvBNReLU after it."""
     return encoder_decoder(
-        lambda enc, ch, k, p: PSPHead(enc.out_channels[3], ch, k, dropout=p), num_classes, backbone, **options
+        lambda enc, ch, k, p: PSPHead(enc.out_channels[3], ch, k, dropout=p, bottleneck_kernel=bottleneck_kernel),
+        num_classes, backbone, **options,
     )
 
 
@@ -83,11 +95,14 @@ def deeplabv3(num_classes: int, backbone: str = "resnet50", **options) -> Encode
 
 
 @register_model("deeplabv3plus")
-def deeplabv3plus(num_classes: int, backbone: str = "resnet50", **options) -> EncoderDecoder:
-    """DeepLabv3+: ASPP on C4, decoder with the 48-channel stride-4 skip from C1."""
+def deeplabv3plus(num_classes: int, backbone: str = "resnet50", separable: bool = True, **options) -> EncoderDecoder:
+    """DeepLabv3+: ASPP on C4, decoder with the 48-channel stride-4 skip from C1; depthwise-separable
+    ASPP and decoder (the DeepLabv3+ paper's, CSFRNet's Table 2); ``separable=False``: plain 3x3
+    convs (+19.0M parameters, +132 GMACs at 512x512)."""
     return encoder_decoder(
         lambda enc, ch, k, p: DeepLabV3PlusHead(
-            enc.out_channels[3], enc.out_channels[0], ch, k, aspp_rates(enc.output_stride), dropout=p
+            enc.out_channels[3], enc.out_channels[0], ch, k, aspp_rates(enc.output_stride), dropout=p,
+            separable=separable,
         ),
         num_classes, backbone, **options,
     )

@@ -11,7 +11,9 @@ decoder). Options: those of the baselines (see :mod:`fastseg.models.baselines`) 
   aam=True               (False: concatenate + 1x1 without deformable aggregation, the CSFLM ablation),
   delta=10.0             (the scale exp(m_k * delta) of Eq. 2),
   binary_loss="lovasz"   ("bce": the CAC(BCE) ablation of Table 4),
-  cac_weight=0.2, smooth_weight=0.2  (lambda_2, lambda_3 of Eq. 7; lambda_1 = 1).
+  cac_weight=0.2, smooth_weight=0.2  (lambda_2, lambda_3 of Eq. 7; lambda_1 = 1),
+  ohem=False, ohem_thresh=0.7, ohem_min_kept=100000  (Table 6's "+OHEM": OCNet's online hard example
+                         mining in L_seg, the final output's cross-entropy; the auxiliary CE stays plain).
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
 
-from fastseg.losses import ClassAwareConsistencyLoss
+from fastseg.losses import ClassAwareConsistencyLoss, CrossEntropyLoss, OhemCrossEntropyLoss
 from fastseg.models.aam import AdaptiveFeatureAggregation
 from fastseg.models.baselines import deeplabv3plus, fcn, nonlocal_net, pspnet
 from fastseg.models.csflm import ConsistentSeparableFeatureLearning
@@ -48,8 +50,10 @@ class CSFRNet(EncoderDecoder):
     ``forward(images)``: training mode returns ``{"out", "embeddings", "margins"}`` (+ ``"aux"``)
     at the head's feature resolution; eval mode the logits (B, K, H, W) at the input size, computing
     the embeddings but not the margins.
-    ``loss(outputs, targets)``: ``{"out": CE, "aux": aux_weight * CE, "cac": cac_weight * L_cac,
-    "smooth": smooth_weight * L_smooth, "total": sum}`` (Eq. 7).
+    ``loss(outputs, targets)``: ``{"out": L_seg, "aux": aux_weight * CE, "cac": cac_weight * L_cac,
+    "smooth": smooth_weight * L_smooth, "total": sum}`` (Eq. 7); L_seg is the cross-entropy, or with
+    ``ohem`` the OHEM cross-entropy (keep pixels whose true-class probability is below ``ohem_thresh``,
+    at least ``ohem_min_kept``).
     """
 
     def __init__(
@@ -63,10 +67,17 @@ class CSFRNet(EncoderDecoder):
         binary_loss: str = "lovasz",
         cac_weight: float = 0.2,
         smooth_weight: float = 0.2,
+        ohem: bool = False,
+        ohem_thresh: float = 0.7,
+        ohem_min_kept: int = 100000,
         aux_weight: float = 0.4,
         ignore_index: int = 255,
     ) -> None:
         super().__init__(backbone, decode_head, auxiliary_head, aux_weight, ignore_index)
+        if ohem:
+            self.segmentation_loss = OhemCrossEntropyLoss(ohem_thresh, ohem_min_kept, ignore_index)
+        else:
+            self.segmentation_loss = CrossEntropyLoss(ignore_index)
         self.csflm = ConsistentSeparableFeatureLearning(decode_head.channels, embedding_channels)
         self.aggregation = AdaptiveFeatureAggregation(embedding_channels, decode_head.channels, deformable=aam)
         self.consistency_loss = ClassAwareConsistencyLoss(self.num_classes, delta, binary_loss, ignore_index)
@@ -108,8 +119,9 @@ class CSFRNet(EncoderDecoder):
         return fused
 
     def loss(self, outputs: dict[str, Tensor], targets: Tensor) -> dict[str, Tensor]:
-        losses = super().loss(outputs, targets)
-        del losses["total"]
+        losses = {"out": self.segmentation_loss(outputs["out"], targets)}  # L_seg
+        if "aux" in outputs:
+            losses["aux"] = self.aux_weight * self.cross_entropy(outputs["aux"], targets)
         loss_cac, loss_smooth = self.consistency_loss(outputs["embeddings"], outputs["margins"], targets)
         losses["cac"] = self.cac_weight * loss_cac  # Eq. 4
         losses["smooth"] = self.smooth_weight * loss_smooth  # Eq. 5
@@ -117,7 +129,10 @@ class CSFRNet(EncoderDecoder):
         return losses
 
 
-CSFRNET_OPTIONS = ("embedding_channels", "aam", "delta", "binary_loss", "cac_weight", "smooth_weight")
+CSFRNET_OPTIONS = (
+    "embedding_channels", "aam", "delta", "binary_loss", "cac_weight", "smooth_weight", "ohem", "ohem_thresh",
+    "ohem_min_kept",
+)
 
 
 def csfrnet(baseline: Callable[..., EncoderDecoder], num_classes: int, backbone: str, **options) -> CSFRNet:

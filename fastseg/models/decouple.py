@@ -26,6 +26,32 @@ Supervision (Eq. 3-5), weights lambda_1 = lambda_2 = lambda_3 = 1, lambda_4 = 25
   the 10% hardest per image;
   ``out``: cross-entropy of the final logits; ``aux`` (off by default): the baselines' C3 head.
 
+Followed from the official code (lxtGH/DecoupleSegNets), where the paper is silent: the FCN head is
+one 3x3 ConvBNReLU C4 -> 256 and the PSP bottleneck a 1x1 ConvBNReLU (``decouple_fcn`` /
+``decouple_pspnet``); the ASPP width 256; half of each epoch's samples drawn class-uniformly
+(``data.class_uniform: 0.5`` in the Cityscapes recipes; the official crop centred on a pixel of the
+drawn class is not done); the 64-64-128 deep stem of its checkpoints as an option
+(``deep_stem=True, stem_channels=128``).
+
+Where we follow the paper rather than the official code:
+  - L_final (lambda_3) is the plain cross-entropy of Eq. 3; the official training scripts pass
+    ``--ohem`` and use an OHEM cross-entropy there;
+  - L_edge-OHEM keeps, per image, the 10% hardest pixels with edge probability > 0.8 (Eq. 5's t_b,
+    K / N); the official code feeds the pixels with edge probability > 0.8 to its OHEM criterion
+    (probability threshold, minimum kept) instead;
+  - the relaxed boundary loss (L_body) has no per-image class weights; the official ``--jointwtborder``
+    loss weights each image's classes by their frequency;
+  - edge targets: a border between a class and ignored pixels, and the image border, are no edges
+    (ignored pixels take no part); the official edge maps come from a zero-padded one-hot with 255
+    as no class, so image borders and ignore borders are edges there;
+  - the warp samples with border padding (a flow pointing outside takes the nearest border pixel);
+    the official ``grid_sample`` call uses its default zero padding;
+  - the recipes train from ImageNet weights with lr 0.01 and poly 0.9 (Sec. 4); the official scripts
+    fine-tune from a trained baseline (``--snapshot``) with lr 0.005 and poly power 1.0;
+  - the backbone dilates the first block of a dilated stage at the previous stage's rate (see
+    :class:`~fastseg.models.backbones.ResNet`); the official variant "D" sets every block's 3x3 of
+    layer3 / layer4 to 2 / 4, the first one included.
+
 Differences from the official code, on purpose: the edge logits reach the with-logits BCE without a
 sigmoid (the official code applies it twice); the warp's grid and its sampling share one
 ``align_corners`` convention (the official code mixes True and False); lambda_4 = 25 as in the paper
@@ -203,14 +229,16 @@ def decoupled(
 
 @register_model("decouple_fcn")
 def decouple_fcn(num_classes: int, backbone: str = "resnet50", **options) -> DecoupleSegNet:
-    """DecoupleSegNet on FCN: the module after the FCN head's convs."""
-    return decoupled(fcn, num_classes, backbone, **options)
+    """DecoupleSegNet on FCN: the module after the official FCN head, one 3x3 ConvBNReLU C4 -> 256
+    (``num_convs=1``; the baseline's default is two)."""
+    return decoupled(fcn, num_classes, backbone, **{"num_convs": 1, **options})
 
 
 @register_model("decouple_pspnet")
 def decouple_pspnet(num_classes: int, backbone: str = "resnet50", **options) -> DecoupleSegNet:
-    """DecoupleSegNet on PSPNet: the module after the PPM bottleneck."""
-    return decoupled(pspnet, num_classes, backbone, **options)
+    """DecoupleSegNet on PSPNet: the module after the PPM and the official 1x1 bottleneck
+    (``bottleneck_kernel=1``; the baseline's default is 3x3)."""
+    return decoupled(pspnet, num_classes, backbone, **{"bottleneck_kernel": 1, **options})
 
 
 @register_model("decouple_deeplabv3plus")

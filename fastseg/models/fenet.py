@@ -51,13 +51,13 @@ class InformationExtractor(nn.Module):
 class FeatureEnhancementModule(nn.Module):
     """FEM-D (``kind="detail"``, Eq. 3) or FEM-S (``kind="semantic"``, Eq. 4).
 
-    Both features go through their own :class:`InformationExtractor`; the auxiliary one is resized
-    (bilinear) to the target's size; Phi = 3x3 ConvBNReLU (2C -> C) + a residual BasicBlock aligns the
+    Both features go through the module's one :class:`InformationExtractor` E (shared, as in the
+    official code); the auxiliary one is resized (bilinear) to the target's size; Phi = 3x3 ConvBNReLU (2C -> C) + a residual BasicBlock aligns the
     concatenation; the result is added to the target (FEM-D) or to the resized auxiliary feature
     (FEM-S); Theta = 3x3 ConvBNReLU refines the sum:
 
-        FEM-D: F_t' = Theta(F_t     + Phi(cat(E_t(F_t), down(E_a(F_a)))))     (Eq. 3)
-        FEM-S: F_t' = Theta(up(F_a) + Phi(cat(E_t(F_t), up(E_a(F_a)))))       (Eq. 4)
+        FEM-D: F_t' = Theta(F_t     + Phi(cat(E(F_t), down(E(F_a)))))     (Eq. 3)
+        FEM-S: F_t' = Theta(up(F_a) + Phi(cat(E(F_t), up(E(F_a)))))       (Eq. 4)
 
     Shapes: target (B, C, h, w), auxiliary (B, C, h', w') -> (B, C, h, w).
     """
@@ -67,14 +67,13 @@ class FeatureEnhancementModule(nn.Module):
         if kind not in FEM_KINDS:
             raise ValueError(f"kind must be one of {FEM_KINDS}, got {kind!r}")
         self.kind = kind
-        self.target_extractor = InformationExtractor(channels, kernel_size)
-        self.auxiliary_extractor = InformationExtractor(channels, kernel_size)
+        self.extractor = InformationExtractor(channels, kernel_size)
         self.align = nn.Sequential(ConvBNReLU(2 * channels, channels, 3), BasicBlock(channels, channels))  # Phi
         self.refine = ConvBNReLU(channels, channels, 3)  # Theta
 
     def forward(self, target: Tensor, auxiliary: Tensor) -> Tensor:
         size = target.shape[-2:]
-        extracted = torch.cat([self.target_extractor(target), resize(self.auxiliary_extractor(auxiliary), size)], 1)
+        extracted = torch.cat([self.extractor(target), resize(self.extractor(auxiliary), size)], 1)
         kept = target if self.kind == "detail" else resize(auxiliary, size)
         return self.refine(kept + self.align(extracted))
 
@@ -171,6 +170,8 @@ def fenet(
     output_stride: int = 32,
     deep_stem: bool = False,
     multi_grid: Sequence[int] | None = None,
+    stem_channels: int = 64,
+    dilations: Sequence[int] | None = None,
     pretrained: str | os.PathLike | Mapping[str, Tensor] | None = None,
     channels: int | None = None,
     extractor_kernel: int = 9,
@@ -186,6 +187,10 @@ def fenet(
     """FENet on a stride-32 ResNet-18/34/50/101.
 
     Model options besides the baselines' (see :mod:`fastseg.models.baselines`):
+      dilations=None     layer1..4 dilations at output stride 32: (1, 1, 2, 4) is the paper's strong
+                         baseline (Sec. 4.2, "the last two stages with dilated convolution but keep the
+                         strides"), what the recipes use;
+      stem_channels=64   with deep_stem, 128 is the official code's 64-64-128 stem (its checkpoints);
       channels=None      lateral / FEM channels; None = 128 for ResNet-18/34, 256 for ResNet-50/101;
       extractor_kernel=9 size of the information extractor's mean-blur kernel;
       aux_stages=(3, 4)  backbone stages with an auxiliary head (the paper's best, SS on its last two
@@ -199,7 +204,8 @@ def fenet(
     if any(s not in (1, 2, 3, 4) for s in stages) or len(set(stages)) != len(stages):
         raise ValueError(f"aux_stages must be distinct backbone stages in 1..4, got {tuple(aux_stages)}")
     encoder = build_backbone(
-        backbone, pretrained, output_stride=output_stride, deep_stem=deep_stem, multi_grid=multi_grid
+        backbone, pretrained, output_stride=output_stride, deep_stem=deep_stem, multi_grid=multi_grid,
+        stem_channels=stem_channels, dilations=dilations,
     )
     if channels is None:
         channels = 128 if encoder.depth < 50 else 256

@@ -30,6 +30,19 @@ class ConvBNReLU(nn.Sequential):
         self.relu = nn.ReLU(inplace=True)
 
 
+class SeparableConvBNReLU(nn.Sequential):
+    """Depthwise k x k ConvBNReLU, then pointwise 1x1 ConvBNReLU (mmcv's DepthwiseSeparableConvModule,
+    the separable convolution of DeepLabv3+, Chen et al. 2018 Sec. 3.2).
+
+    Shapes: (B, in_channels, H, W) -> (B, out_channels, H, W). Children ``depthwise``, ``pointwise``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, dilation: int = 1) -> None:
+        super().__init__()
+        self.depthwise = ConvBNReLU(in_channels, in_channels, kernel_size, dilation=dilation, groups=in_channels)
+        self.pointwise = ConvBNReLU(in_channels, out_channels, 1)
+
+
 def resize(x: Tensor, size: tuple[int, int] | list[int]) -> Tensor:
     """Bilinear resize of (B, C, H, W) to (B, C, *size), align_corners=False (the mmsegmentation default)."""
     if tuple(x.shape[-2:]) == tuple(size):

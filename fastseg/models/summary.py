@@ -1,19 +1,24 @@
 """Parameters and FLOPs per module of a model, from one forward pass with hooks.
 
-FLOPs are counted as 2 x MACs (one multiply and one add per multiply-accumulate) of every Conv2d
-and Linear, for the whole ``input_size`` batch; normalisation, activations,
-pooling, interpolation, softmax and attention matmuls are not counted (they are a few percent of
-a ResNet segmentor's work). Rows group modules by their dotted name cut to ``depth`` parts
+FLOPs are counted as 2 x MACs (one multiply and one add per multiply-accumulate) of every Conv2d,
+Linear and deformable convolution (:class:`~fastseg.ops.DeformConv2d`, its k x k taps; the bilinear
+sampling is not counted) and the two attention matmuls of a non-local block (theta^T phi and the
+attention times g: 2 x B x N^2 x d for N = h*w positions of d channels), for the whole ``input_size``
+batch; normalisation, activations, pooling, interpolation, softmax and the fused paper ops are not
+counted (they are a few percent of a ResNet segmentor's work). Rows group modules by their dotted name cut to ``depth`` parts
 (``depth=1``: ``backbone``, ``decode_head``, ...; ``depth=2``: ``backbone.layer1``, ...).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
-_COUNTED = (nn.Conv2d, nn.Linear)
+from fastseg.models.heads.non_local import NonLocalBlock
+from fastseg.ops import DeformConv2d
 
 
 @dataclass
@@ -36,7 +41,7 @@ class ModelSummary:
         for name, params, macs in self.rows:
             lines.append(f"{name:<{width}}  {params:>12,}  {2 * macs / 1e9:>10.3f}")
         lines.append(f"{'total':<{width}}  {self.total_params:>12,}  {self.total_flops / 1e9:>10.3f}")
-        lines.append(f"input {tuple(self.input_size)}; FLOPs = 2 x MACs of conv/linear layers")
+        lines.append(f"input {tuple(self.input_size)}; FLOPs = 2 x MACs of conv/linear/deformable layers and non-local matmuls")
         return "\n".join(lines)
 
 
@@ -44,15 +49,29 @@ def _group(name: str, depth: int) -> str:
     return ".".join(name.split(".")[:depth]) or "(root)"
 
 
-def _macs(module: nn.Module, output: torch.Tensor) -> int:
-    if isinstance(module, nn.Linear):
-        return output.numel() * module.in_features
-    kernel = module.weight.shape[2] * module.weight.shape[3]
-    return output.numel() * (module.in_channels // module.groups) * kernel
+def conv_macs(module: nn.Module, inputs: tuple, output: torch.Tensor) -> int:
+    """Conv2d / DeformConv2d: every output element takes (in_channels / groups) x kh x kw MACs."""
+    return output.numel() * module.weight[0].numel()
+
+
+def linear_macs(module: nn.Linear, inputs: tuple, output: torch.Tensor) -> int:
+    return output.numel() * module.in_features
+
+
+def non_local_macs(module: NonLocalBlock, inputs: tuple, output: torch.Tensor) -> int:
+    """The attention matmuls (its 1x1 convs count as convs): (N x d)(d x N) and (N x N)(N x d) per image."""
+    batch, _, height, width = inputs[0].shape
+    positions = height * width
+    return 2 * batch * positions * positions * module.theta.out_channels
+
+
+MAC_RULES: dict[type, Callable[[nn.Module, tuple, torch.Tensor], int]] = {
+    nn.Conv2d: conv_macs, DeformConv2d: conv_macs, nn.Linear: linear_macs, NonLocalBlock: non_local_macs,
+}
 
 
 def summary(model: nn.Module, input_size: tuple[int, ...], depth: int = 1, print_table: bool = True) -> ModelSummary:
-    """Count parameters and conv/linear FLOPs per module group; print the table and return it.
+    """Count parameters and FLOPs (``MAC_RULES``) per module group; print the table and return it.
 
     Args:
         model: any nn.Module taking one image tensor.
@@ -77,11 +96,12 @@ def summary(model: nn.Module, input_size: tuple[int, ...], depth: int = 1, print
 
     handles = []
     for name, module in model.named_modules():
-        if isinstance(module, _COUNTED):
+        rule = next((rule for kind, rule in MAC_RULES.items() if isinstance(module, kind)), None)
+        if rule is not None:
             group = _group(name, depth)
 
-            def hook(mod, inputs, output, group=group):
-                rows[group][1] += _macs(mod, output)
+            def hook(mod, inputs, output, group=group, rule=rule):
+                rows.setdefault(group, [0, 0])[1] += rule(mod, inputs, output)
 
             handles.append(module.register_forward_hook(hook))
     reference = next(model.parameters(), None)

@@ -9,7 +9,14 @@ import torch
 import torch.nn.functional as F
 
 from fastseg.engine import boundary_fscore
-from fastseg.engine.boundary_fscore import BoundaryFScore, class_boundaries, row_distance, squared_distance
+from fastseg.engine.boundary_fscore import (
+    DECOUPLE_THRESHOLDS,
+    BoundaryFScore,
+    class_boundaries,
+    row_distance,
+    squared_distance,
+    threshold_pixels,
+)
 
 
 def numpy_boundaries(labels: np.ndarray, num_classes: int, ignore_index: int) -> np.ndarray:
@@ -35,8 +42,13 @@ def matched(points: np.ndarray, others: np.ndarray, radius: int) -> int:
     return int((distance2.min(1) <= radius * radius).sum())
 
 
+def davis_bound_pix(bound_th: float, shape: tuple[int, int]) -> int:
+    """DAVIS f_boundary's tolerance: bound_th if >= 1 else ceil(bound_th * ||shape||)."""
+    return int(bound_th if bound_th >= 1 else np.ceil(bound_th * np.linalg.norm(shape)))
+
+
 def numpy_fscore(preds, targets, num_classes, thresholds, ignore_index=255):
-    """Per-threshold per-class F from counts summed over all images."""
+    """Per-threshold per-class F from counts summed over all images (thresholds by DAVIS' rule)."""
     counts = np.zeros((len(thresholds), 4, num_classes))
     for pred, target in zip(preds, targets):
         pred = np.where(target == ignore_index, ignore_index, pred)
@@ -44,6 +56,7 @@ def numpy_fscore(preds, targets, num_classes, thresholds, ignore_index=255):
         for k in range(num_classes):
             p, g = np.argwhere(bp[k]), np.argwhere(bg[k])
             for i, t in enumerate(thresholds):
+                t = davis_bound_pix(t, target.shape)
                 counts[i, :, k] += [len(p), matched(p, g, t), len(g), matched(g, p, t)]
     fscores = np.full((len(thresholds), num_classes), np.nan)
     for i in range(len(thresholds)):
@@ -123,7 +136,7 @@ def test_hand_example_shifted_edge():
     target[..., 8:] = 1
     pred = torch.zeros_like(target)
     pred[..., 12:] = 1
-    metric = BoundaryFScore(3)  # class 2 appears nowhere: NaN
+    metric = BoundaryFScore(3, thresholds=(3, 5, 9, 12))  # class 2 appears nowhere: NaN
     metric.update(pred, target)
     result = metric.compute()
     # Boundary columns: ground truth 7 (class 0) and 8 (class 1), prediction 11 and 12: 4 pixels apart.
@@ -151,3 +164,37 @@ def test_prediction_only_class_scores_zero_and_ignored_area_does_not_count():
 def test_bad_thresholds():
     with pytest.raises(ValueError, match="thresholds"):
         BoundaryFScore(3, thresholds=(1.5,))
+    with pytest.raises(ValueError, match="thresholds"):
+        BoundaryFScore(3, thresholds=(-0.001,))
+
+
+def test_default_thresholds_are_the_official_diagonal_fractions():
+    # The official evaluation's 0.0005, 0.001875, 0.00375, 0.005 of the diagonal: 2, 5, 9, 12 px on a
+    # 1024x2048 Cityscapes image (DAVIS' rule), 1, 3, 5, 6 px at 512x1024.
+    assert DECOUPLE_THRESHOLDS == (0.0005, 0.001875, 0.00375, 0.005)
+    for shape, pixels in (((1024, 2048), [2, 5, 9, 12]), ((512, 1024), [1, 3, 5, 6])):
+        assert [davis_bound_pix(t, shape) for t in DECOUPLE_THRESHOLDS] == pixels
+        assert [threshold_pixels(t, *shape) for t in DECOUPLE_THRESHOLDS] == pixels
+    assert threshold_pixels(3, 10, 10) == 3
+    assert list(BoundaryFScore(2).compute()["BF"]) == ["0.0005diag", "0.001875diag", "0.00375diag", "0.005diag"]
+
+
+def test_diagonal_fractions_scale_with_each_batch_image_size():
+    # Two image sizes; the fractions give 2, 4 and 5 px at 24x40 (diagonal 46.6) and 2, 3, 3 px at
+    # 16x20 (25.6): each batch must be matched at its own tolerance, as DAVIS does per image.
+    num_classes, thresholds = 4, (0.04, 0.08, 0.1)
+    metric = BoundaryFScore(num_classes, thresholds)
+    preds, targets = [], []
+    for size in ((24, 40), (16, 20)):
+        target = blobby_labels(2, num_classes, size)
+        pred = blobby_labels(2, num_classes, size, low=(4, 6))
+        metric.update(pred, target)
+        preds += list(pred.numpy())
+        targets += list(target.numpy())
+    assert [davis_bound_pix(t, (24, 40)) for t in thresholds] == [2, 4, 5]
+    assert [davis_bound_pix(t, (16, 20)) for t in thresholds] == [2, 3, 3]
+    expected = numpy_fscore(preds, targets, num_classes, thresholds)
+    result = metric.compute()
+    assert list(result["BF"]) == ["0.04diag", "0.08diag", "0.1diag"]
+    for i, key in enumerate(result["BF_per_class"]):
+        np.testing.assert_allclose(result["BF_per_class"][key], expected[i], rtol=1e-12)

@@ -69,7 +69,7 @@ def test_evaluate_equals_metrics_of_argmax_and_restores_mode():
     expected = {**metric.compute(), **boundary.compute()}
     assert 0 < expected["mIoU"] < 1, "the fixture must give a non-trivial score"
     assert_same_metrics(result, expected)
-    assert list(result["BF"]) == ["3px", "5px", "9px", "12px"]
+    assert list(result["BF"]) == ["0.0005diag", "0.001875diag", "0.00375diag", "0.005diag"]
     assert result["num_images"] == 8 and result["classes"] == list("abcd")
     model.eval()
     evaluate(model, batches[:1], num_classes=NUM_CLASSES, device="cpu")
@@ -91,7 +91,7 @@ def test_inference_section_of_the_config():
 def test_format_table_lists_classes_and_means():
     result = evaluate(make_model(4), make_batches(5, count=1), num_classes=NUM_CLASSES, device="cpu", boundary=True)
     table = format_table(result, ["road", "car", "sky", "tree"])
-    for text in ("road", "tree", "BF@3px", "BF@12px", "mean", f"{100 * result['mIoU']:.2f}", "aAcc"):
+    for text in ("road", "tree", "BF@0.0005diag", "BF@0.005diag", "mean", f"{100 * result['mIoU']:.2f}", "aAcc"):
         assert text in table
 
 

@@ -66,12 +66,41 @@ def test_slide_count_averaging_is_exact_at_overlaps():
     torch.testing.assert_close(slide, total / count, rtol=1e-12, atol=1e-12)
 
 
-def test_slide_pads_small_images_to_the_crop_size():
-    model, images = WindowMean(), torch.randn(1, 3, 5, 6)
+def mmseg_slide_inference(model: nn.Module, images: torch.Tensor, crop: tuple[int, int], stride: tuple[int, int]) -> torch.Tensor:
+    """mmsegmentation's EncoderDecoder.slide_inference, line for line (one batch, logits at window size)."""
+    (h_stride, w_stride), (h_crop, w_crop) = stride, crop
+    batch_size, _, h_img, w_img = images.shape
+    h_grids = max(h_img - h_crop + h_stride - 1, 0) // h_stride + 1
+    w_grids = max(w_img - w_crop + w_stride - 1, 0) // w_stride + 1
+    preds = images.new_zeros((batch_size, K, h_img, w_img))
+    count_mat = images.new_zeros((batch_size, 1, h_img, w_img))
+    for h_idx in range(h_grids):
+        for w_idx in range(w_grids):
+            y1, x1 = h_idx * h_stride, w_idx * w_stride
+            y2, x2 = min(y1 + h_crop, h_img), min(x1 + w_crop, w_img)
+            y1, x1 = max(y2 - h_crop, 0), max(x2 - w_crop, 0)
+            crop_seg_logit = model(images[:, :, y1:y2, x1:x2])
+            preds += F.pad(crop_seg_logit, (int(x1), int(preds.shape[3] - x2), int(y1), int(preds.shape[2] - y2)))
+            count_mat[:, :, y1:y2, x1:x2] += 1
+    assert (count_mat == 0).sum() == 0
+    return preds / count_mat
+
+
+@pytest.mark.parametrize("size", [(5, 6), (5, 13), (11, 6)])
+def test_slide_runs_patches_smaller_than_the_crop_as_they_are_like_mmseg(size):
+    model, images = WindowMean(), torch.randn(2, 3, *size, dtype=torch.float64)
     slide = predict_logits(model, images, K, mode="slide", crop_size=(8, 8), stride=(4, 4))
-    assert model.shapes == [(1, 3, 8, 8)] and slide.shape == (1, K, 5, 6)
-    # Zero padding: the window mean is the image's sum over the padded area.
-    torch.testing.assert_close(slide[0, 0], images[0, 0].sum().div(64).expand(5, 6))
+    assert all(shape[2] <= size[0] and shape[3] <= size[1] for shape in model.shapes), "no window is padded"
+    torch.testing.assert_close(slide, mmseg_slide_inference(WindowMean(), images, (8, 8), (4, 4)), rtol=1e-12, atol=1e-12)
+    if size == (5, 6):
+        assert model.shapes == [(2, 3, 5, 6)]
+        # The window is the whole image: its mean, not a zero-padded sum / 64.
+        torch.testing.assert_close(slide[:, 0], images[:, 0].mean((1, 2))[:, None, None].expand(2, *size))
+
+
+def test_slide_stride_larger_than_the_crop_is_an_error():
+    with pytest.raises(ValueError, match="uncovered"):
+        predict_logits(WindowMean(), torch.randn(1, 3, 16, 16), K, mode="slide", crop_size=(4, 4), stride=(4, 5))
 
 
 def test_one_view_is_the_whole_image_logits():

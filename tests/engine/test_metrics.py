@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from fastseg.data.datasets.cityscapes import LABEL_ID_TO_TRAIN_ID
 from fastseg.engine.metrics import SegmentationMetric, nanmean
 
 
@@ -103,3 +104,61 @@ def test_all_reduce_without_process_group_is_a_no_op():
 def test_nanmean():
     assert nanmean([1.0, math.nan, 3.0]) == 2.0
     assert math.isnan(nanmean([math.nan]))
+
+
+def cityscapes_scripts_miou(gt_label_ids: np.ndarray, pred_label_ids: np.ndarray) -> float:
+    """mIoU by cityscapesScripts' evalPixelLevelSemanticLabeling rule, on Cityscapes label ids: a
+    confusion matrix over all label ids; per evaluation label, TP = C[l, l], FN = row sum - TP (every
+    predicted id, an id that is not an evaluation id included), FP = the column's sum over the other
+    evaluation rows; NaN when TP + FP + FN = 0; the mean of the rest."""
+    num_ids = len(LABEL_ID_TO_TRAIN_ID)
+    confusion = np.bincount(gt_label_ids.ravel() * num_ids + pred_label_ids.ravel(), minlength=num_ids**2).reshape(num_ids, num_ids)
+    eval_ids = [i for i, train_id in LABEL_ID_TO_TRAIN_ID.items() if train_id != 255]
+    scores = []
+    for label in eval_ids:
+        tp = confusion[label, label]
+        fn = confusion[label, :].sum() - tp
+        fp = confusion[[i for i in eval_ids if i != label], label].sum()
+        scores.append(tp / (tp + fp + fn) if tp + fp + fn > 0 else math.nan)
+    return float(np.nanmean(scores))
+
+
+def metric_on_label_ids(gt_label_ids: np.ndarray, pred_label_ids: np.ndarray) -> SegmentationMetric:
+    """SegmentationMetric (19 train ids) on label-id maps mapped to train ids (not an eval id -> 255)."""
+    lookup = torch.tensor([LABEL_ID_TO_TRAIN_ID[i] for i in range(len(LABEL_ID_TO_TRAIN_ID))])
+    metric = SegmentationMetric(19)
+    metric.update(lookup[torch.from_numpy(pred_label_ids)], lookup[torch.from_numpy(gt_label_ids)])
+    return metric
+
+
+def test_prediction_outside_the_classes_is_a_miss_as_in_cityscapes_scripts():
+    # Label ids 7 (road) and 8 (sidewalk); 0 (unlabeled) is no evaluation id. Road: TP 1, FN 1 -> 0.5;
+    # sidewalk 1.0; cityscapesScripts' mIoU 0.75 (dropping the pixel would give 1.0).
+    gt, pred = np.array([[7, 7, 8, 8]]), np.array([[7, 0, 8, 8]])
+    assert cityscapes_scripts_miou(gt, pred) == pytest.approx(0.75)
+    result = metric_on_label_ids(gt, pred).compute()
+    assert result["mIoU"] == pytest.approx(0.75)
+    assert result["Acc"][0] == pytest.approx(0.5) and result["aAcc"] == pytest.approx(3 / 4)
+
+
+def test_random_label_id_maps_match_cityscapes_scripts():
+    generator = np.random.default_rng(0)
+    gt = generator.integers(0, 34, (3, 31, 37))
+    # Predictions: mostly the ground truth's label id, the rest any label id (eval or not).
+    pred = np.where(generator.random(gt.shape) < 0.6, gt, generator.integers(0, 34, gt.shape))
+    metric = metric_on_label_ids(gt, pred)
+    assert metric.missed.sum().item() > 0, "the fixture must predict ids that are not evaluation ids"
+    assert metric.compute()["mIoU"] == pytest.approx(cityscapes_scripts_miou(gt, pred), rel=1e-12)
+
+
+def test_out_of_range_predictions_are_misses_and_all_reduced_and_reset():
+    metric = SegmentationMetric(3)
+    metric.update(torch.tensor([[[-1, 3, 1, 7]]]), torch.tensor([[[0, 0, 1, 255]]]))
+    assert metric.confusion.tolist() == [[0, 0, 0], [0, 1, 0], [0, 0, 0]]
+    assert metric.missed.tolist() == [2, 0, 0]  # the 255 pixel is ignored whatever its prediction
+    result = metric.compute()
+    assert result["IoU"][0] == 0.0 and result["Acc"][0] == 0.0 and result["aAcc"] == pytest.approx(1 / 3)
+    metric.all_reduce()
+    assert metric.missed.tolist() == [2, 0, 0]
+    metric.reset()
+    assert metric.missed.sum().item() == 0

@@ -6,7 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastseg.losses import class_aware_consistency_loss
+from fastseg.engine.builders import build_model_from_config
+from fastseg.engine.config import load_config
+from fastseg.losses import OhemCrossEntropyLoss, class_aware_consistency_loss, ohem_cross_entropy
 from fastseg.models import build_model, summary
 from fastseg.models.aam import AdaptiveFeatureAggregation
 from fastseg.models.csflm import MARGIN_BIAS_INIT, ConsistentSeparableFeatureLearning
@@ -185,3 +187,31 @@ def test_table2_parameter_and_flop_overhead_of_csflm():
               f"+CSFLM&AAM {counts[2] / 1e6:.2f}M (+{(counts[2] - counts[0]) / 1e6:.3f}M)")
         assert abs(added - paper[head]) <= 0.01 + 1e-9
         assert abs(added_gmacs - 10.88) <= 0.01 + 1e-9
+
+
+def test_ohem_option_mines_l_seg_only():
+    # Table 6's "+OHEM" in L_seg: the final output's CE becomes the OHEM CE; the auxiliary CE stays plain.
+    torch.manual_seed(0)
+    model = build_model("csfrnet_fcn", NUM_CLASSES, ohem=True, ohem_thresh=0.7, ohem_min_kept=100, **TINY)
+    images, labels = _batch()
+    outputs = model(images)
+    outputs["out"] = 30 * outputs["out"]  # confident logits: some true-class probabilities above 0.7
+    losses = model.loss(outputs, labels)
+    mined = ohem_cross_entropy(outputs["out"], labels, thresh=0.7, min_kept=100)
+    plain = F.cross_entropy(resize(outputs["out"], labels.shape[-2:]), labels, ignore_index=255)
+    torch.testing.assert_close(losses["out"], mined)
+    assert not torch.allclose(mined, plain), "the fixture must leave some pixels out"
+    aux = F.cross_entropy(resize(outputs["aux"], labels.shape[-2:]), labels, ignore_index=255)
+    torch.testing.assert_close(losses["aux"], 0.4 * aux)
+    torch.testing.assert_close(losses["total"], mined + 0.4 * aux + losses["cac"] + losses["smooth"])
+
+
+def test_table6_recipe_has_multi_grid_4_8_16_and_ohem():
+    # Table 6: "multi-dilations {4, 8, 16} in the last ResNet block", "OHEM (Yuan and Wang 2018) in L_seg".
+    config = load_config("cityscapes/csfrnet_deeplabv3plus_r101_mg_ohem")
+    assert config["model"]["name"] == "csfrnet_deeplabv3plus" and config["model"]["options"]["deep_stem"]
+    with torch.device("meta"):
+        model = build_model_from_config(config)
+    assert [block.conv2.dilation for block in model.backbone.layer4] == [(4, 4), (8, 8), (16, 16)]
+    loss = model.segmentation_loss
+    assert isinstance(loss, OhemCrossEntropyLoss) and (loss.thresh, loss.min_kept) == (0.7, 100000)

@@ -191,3 +191,17 @@ def test_paper_layer_sizes_and_parameter_counts():
              if name in ("body_generation", "edge_preservation", "fuse", "body_head", "edge_head")}
     print(f"decoupled module parameters (ResNet-50, 19 classes): {added}, total {sum(added.values()):,}")
     assert added["body_generation"] == 2 * (256 * 9 + 2 * 256) + 512 * 2 * 9
+
+
+def test_fcn_and_psp_heads_are_the_official_ones():
+    # Official DecoupleSegNet: FCN head = one 3x3 conv 2048 -> 256 + BN + ReLU; PSP bottleneck = 1x1
+    # conv (2048 + 4 x 256) -> 256 + BN + ReLU after the PPM.
+    with torch.device("meta"):
+        fcn_model = build_model("decouple_fcn", 19, backbone="resnet50")
+        psp_model = build_model("decouple_pspnet", 19, backbone="resnet50")
+    convs = fcn_model.decode_head.convs
+    assert len(convs) == 1 and fcn_model.decode_head.fuse is None
+    assert sum(p.numel() for p in convs.parameters()) == 2048 * 256 * 9 + 2 * 256
+    bottleneck = psp_model.decode_head.bottleneck
+    assert sum(p.numel() for p in bottleneck.parameters()) == (2048 + 4 * 256) * 256 + 2 * 256
+    assert bottleneck.conv.kernel_size == (1, 1)

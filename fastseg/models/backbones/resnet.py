@@ -37,15 +37,20 @@ def _conv3x3(in_channels: int, out_channels: int, stride: int = 1, dilation: int
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 convs with an identity (or 1x1 projection) shortcut; ResNet-18/34."""
+    """Two 3x3 convs with an identity (or 1x1 projection) shortcut; ResNet-18/34.
+
+    ``conv1`` (which carries the stride) is dilated by ``first_dilation`` (default ``dilation``),
+    ``conv2`` by ``dilation``: timm's BasicBlock.
+    """
 
     expansion = 1
 
     def __init__(
-        self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1, downsample: nn.Module | None = None
+        self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1, downsample: nn.Module | None = None,
+        first_dilation: int | None = None,
     ) -> None:
         super().__init__()
-        self.conv1 = _conv3x3(inplanes, planes, stride, dilation)
+        self.conv1 = _conv3x3(inplanes, planes, stride, first_dilation or dilation)
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = _conv3x3(planes, planes, 1, dilation)
         self.bn2 = nn.BatchNorm2d(planes)
@@ -60,17 +65,21 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """1x1 reduce, 3x3 (carries stride and dilation, the "V1.5" placement), 1x1 expand by 4; ResNet-50/101."""
+    """1x1 reduce, 3x3 (carries stride and dilation, the "V1.5" placement), 1x1 expand by 4; ResNet-50/101.
+
+    The 3x3 is dilated by ``first_dilation`` (default ``dilation``), as timm's and torchvision's.
+    """
 
     expansion = 4
 
     def __init__(
-        self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1, downsample: nn.Module | None = None
+        self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1, downsample: nn.Module | None = None,
+        first_dilation: int | None = None,
     ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = _conv3x3(planes, planes, stride, dilation)
+        self.conv2 = _conv3x3(planes, planes, stride, first_dilation or dilation)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
@@ -85,16 +94,18 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
-def _deep_stem(in_channels: int) -> nn.Sequential:
-    """ResNetV1c stem without its last BN (that one is ``bn1``): 3x3/2 -> 32, 3x3 -> 32, 3x3 -> 64."""
+def _deep_stem(in_channels: int, stem_channels: int = 64) -> nn.Sequential:
+    """Deep stem without its last BN (that one is ``bn1``): 3x3/2 -> C/2, 3x3 -> C/2, 3x3 -> C, with
+    C = ``stem_channels``: 64 is ResNetV1c's 32-32-64, 128 the official DecoupleSegNet / FENet 64-64-128."""
+    width = stem_channels // 2
     return nn.Sequential(
-        _conv3x3(in_channels, 32, stride=2),
-        nn.BatchNorm2d(32),
+        _conv3x3(in_channels, width, stride=2),
+        nn.BatchNorm2d(width),
         nn.ReLU(inplace=True),
-        _conv3x3(32, 32),
-        nn.BatchNorm2d(32),
+        _conv3x3(width, width),
+        nn.BatchNorm2d(width),
         nn.ReLU(inplace=True),
-        _conv3x3(32, 64),
+        _conv3x3(width, stem_channels),
     )
 
 
@@ -104,12 +115,20 @@ class ResNet(nn.Module):
     Args:
         depth: 18, 34, 50 or 101.
         output_stride: 32 (plain), 16 (layer4 dilated by 2) or 8 (layer3 by 2, layer4 by 4).
-        deep_stem: the ResNetV1c stem (three 3x3 convs, 32-32-64) instead of one 7x7 conv.
+        deep_stem: three 3x3 convs (C/2, C/2, C) instead of one 7x7 conv (ResNetV1c).
+        stem_channels: C of the deep stem: 64 (ResNetV1c, 32-32-64) or 128 (the official DecoupleSegNet
+            and FENet 64-64-128 stem; layer1 then takes 128 channels).
         multi_grid: per-block dilation multipliers of layer4 (DeepLabv3's (1, 2, 4)); one per block.
+        dilations: dilations of layer1..4 in place of the output stride's, strides unchanged (FENet's
+            strong baseline: ``output_stride=32, dilations=(1, 1, 2, 4)``, the official code's).
         in_channels: image channels.
 
-    The first block of a dilated stage uses the previous stage's dilation (torchvision's and
-    mmsegmentation's convention); with ``multi_grid`` block i of layer4 uses ``dilation * multi_grid[i]``.
+    Dilation convention (timm's ``make_blocks``): the first block of a stage takes the previous
+    stage's dilation in the 3x3 that carries the stride (a Bottleneck's only 3x3, a BasicBlock's
+    conv1), its other 3x3 (a BasicBlock's conv2) and the later blocks the stage's dilation; with
+    ``multi_grid`` block i of layer4 uses ``dilation * multi_grid[i]``. For ResNet-50/101 this is also
+    torchvision's and mmsegmentation's rule; for ResNet-18/34 mmsegmentation differs (its BasicBlock
+    never dilates conv2, and its first block takes the stage's dilation).
 
     Shapes: (B, in_channels, H, W) -> tuple of (B, out_channels[i], ceil(H / strides[i]), ...).
     """
@@ -121,6 +140,8 @@ class ResNet(nn.Module):
         deep_stem: bool = False,
         multi_grid: Sequence[int] | None = None,
         in_channels: int = 3,
+        stem_channels: int = 64,
+        dilations: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if depth not in _DEPTHS:
@@ -131,17 +152,22 @@ class ResNet(nn.Module):
         block = BasicBlock if kind == "basic" else Bottleneck
         if multi_grid is not None and len(multi_grid) != blocks[3]:
             raise ValueError(f"multi_grid needs one multiplier per layer4 block ({blocks[3]}), got {tuple(multi_grid)}")
-        strides, dilations = _STRIDES_DILATIONS[output_stride]
+        if dilations is not None and (len(dilations) != 4 or min(dilations) < 1):
+            raise ValueError(f"dilations needs four positive values (layer1..4), got {tuple(dilations)}")
+        if stem_channels != 64 and not deep_stem:
+            raise ValueError(f"stem_channels={stem_channels} needs deep_stem=True (the 7x7 stem has 64)")
+        strides, stride_dilations = _STRIDES_DILATIONS[output_stride]
+        dilations = tuple(dilations) if dilations is not None else stride_dilations
         self.depth = depth
         self.output_stride = output_stride
         self.deep_stem = deep_stem
 
-        self.conv1 = _deep_stem(in_channels) if deep_stem else nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        self.conv1 = _deep_stem(in_channels, stem_channels) if deep_stem else nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem_channels)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
 
-        self.inplanes = 64
+        self.inplanes = stem_channels
         previous_dilation = 1
         stages = []
         for index, planes in enumerate((64, 128, 256, 512)):
@@ -176,7 +202,9 @@ class ResNet(nn.Module):
             block_dilations = [dilation * g for g in grid]
         else:
             block_dilations = [first_dilation] + [dilation] * (num_blocks - 1)
-        layers = [block(self.inplanes, planes, stride, block_dilations[0], downsample)]
+        # The first block: its strided 3x3 at block_dilations[0], the rest at the stage's (timm's rule).
+        first_dilation, dilation = block_dilations[0], (block_dilations[0] if grid is not None else dilation)
+        layers = [block(self.inplanes, planes, stride, dilation, downsample, first_dilation)]
         self.inplanes = out_channels
         layers += [block(out_channels, planes, 1, d) for d in block_dilations[1:]]
         return nn.Sequential(*layers)

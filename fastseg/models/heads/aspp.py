@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 from torch import Tensor, nn
 
 from fastseg.models.heads.base import DecodeHead
-from fastseg.models.layers import ConvBNReLU, resize
+from fastseg.models.layers import ConvBNReLU, SeparableConvBNReLU, resize
 
 
 def aspp_rates(output_stride: int) -> tuple[int, int, int]:
@@ -16,18 +17,24 @@ def aspp_rates(output_stride: int) -> tuple[int, int, int]:
 
 
 class ASPP(nn.Module):
-    """1x1 branch, three dilated 3x3 branches, image pooling branch; concat; 1x1 projection.
+    """1x1 branch, three dilated 3x3 branches, image pooling branch; concat; projection.
 
+    ``separable=False``: plain dilated 3x3 branches and a 1x1 projection (DeepLabv3, Chen et al. 2017).
+    ``separable=True``: depthwise-separable dilated branches (:class:`SeparableConvBNReLU`) and a 3x3
+    projection, mmsegmentation's DepthwiseSeparableASPPHead (the DeepLabv3+ CSFRNet's Table 2 counts).
     Shapes: (B, in_channels, h, w) -> (B, channels, h, w).
     """
 
-    def __init__(self, in_channels: int, channels: int, rates: Sequence[int] = (12, 24, 36)) -> None:
+    def __init__(
+        self, in_channels: int, channels: int, rates: Sequence[int] = (12, 24, 36), separable: bool = False
+    ) -> None:
         super().__init__()
+        dilated = SeparableConvBNReLU if separable else partial(ConvBNReLU, kernel_size=3)
         self.branches = nn.ModuleList(
-            [ConvBNReLU(in_channels, channels, 1)] + [ConvBNReLU(in_channels, channels, 3, dilation=r) for r in rates]
+            [ConvBNReLU(in_channels, channels, 1)] + [dilated(in_channels, channels, dilation=r) for r in rates]
         )
         self.image_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), ConvBNReLU(in_channels, channels, 1))
-        self.project = ConvBNReLU((len(rates) + 2) * channels, channels, 1)
+        self.project = ConvBNReLU((len(rates) + 2) * channels, channels, 3 if separable else 1)
 
     def forward(self, x: Tensor) -> Tensor:
         outs = [branch(x) for branch in self.branches]

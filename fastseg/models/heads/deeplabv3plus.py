@@ -2,18 +2,22 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 from torch import Tensor, nn
 
 from fastseg.models.heads.aspp import ASPP
 from fastseg.models.heads.base import DecodeHead
-from fastseg.models.layers import ConvBNReLU, resize
+from fastseg.models.layers import ConvBNReLU, SeparableConvBNReLU, resize
 
 
 class DeepLabV3PlusHead(DecodeHead):
     """ASPP(C4) upsampled to C1's size, concat with a 48-channel 1x1 projection of C1, two 3x3 ConvBNReLU.
 
+    ``separable=True`` is DeepLabv3+ as its paper (Chen et al. 2018, Sec. 3.2) and mmsegmentation's
+    DepthwiseSeparableASPPHead build it: separable ASPP branches with a 3x3 projection (:class:`ASPP`)
+    and separable decoder convs; ``separable=False`` uses plain 3x3 convs (and a 1x1 ASPP projection).
     Shapes: C1 (B, c1_channels, H/4, W/4), C4 (B, in_channels, h, w) -> logits (B, num_classes, H/4, W/4).
     """
 
@@ -26,13 +30,13 @@ class DeepLabV3PlusHead(DecodeHead):
         rates: Sequence[int] = (12, 24, 36),
         skip_channels: int = 48,
         dropout: float = 0.1,
+        separable: bool = False,
     ) -> None:
         super().__init__(channels, num_classes, dropout)
-        self.aspp = ASPP(in_channels, channels, rates)
+        self.aspp = ASPP(in_channels, channels, rates, separable)
         self.skip = ConvBNReLU(c1_channels, skip_channels, 1)
-        self.decoder = nn.Sequential(
-            ConvBNReLU(channels + skip_channels, channels, 3), ConvBNReLU(channels, channels, 3)
-        )
+        conv = SeparableConvBNReLU if separable else partial(ConvBNReLU, kernel_size=3)
+        self.decoder = nn.Sequential(conv(channels + skip_channels, channels), conv(channels, channels))
 
     def forward_features(self, features: Sequence[Tensor]) -> Tensor:
         return self.decode(self.aspp(features[3]), features[0])

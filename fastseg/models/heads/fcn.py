@@ -22,7 +22,7 @@ class FCNHead(DecodeHead):
         channels: int,
         num_classes: int,
         num_convs: int = 2,
-        concat_input: bool = True,
+        concat_input: bool = False,
         in_index: int = 3,
         dropout: float = 0.1,
     ) -> None:

@@ -30,7 +30,8 @@ class PyramidPoolingModule(nn.Module):
 
 
 class PSPHead(DecodeHead):
-    """PPM (bins 1, 2, 3, 6) on C4, then a 3x3 ConvBNReLU to ``channels``.
+    """PPM (bins 1, 2, 3, 6) on C4, then a ``bottleneck_kernel`` (3; the official DecoupleSegNet: 1)
+    ConvBNReLU to ``channels``.
 
     Shapes: C4 (B, in_channels, h, w) -> logits (B, num_classes, h, w).
     """
@@ -38,10 +39,11 @@ class PSPHead(DecodeHead):
     def __init__(
         self, in_channels: int, channels: int, num_classes: int, bins: Sequence[int] = (1, 2, 3, 6),
         dropout: float = 0.1,
+        bottleneck_kernel: int = 3,
     ) -> None:
         super().__init__(channels, num_classes, dropout)
         self.ppm = PyramidPoolingModule(in_channels, channels, bins)
-        self.bottleneck = ConvBNReLU(self.ppm.out_channels, channels, 3)
+        self.bottleneck = ConvBNReLU(self.ppm.out_channels, channels, bottleneck_kernel)
 
     def forward_features(self, features: Sequence[Tensor]) -> Tensor:
         return self.bottleneck(self.ppm(features[3]))
