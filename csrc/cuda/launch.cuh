@@ -13,6 +13,9 @@
 
 namespace fastseg::cuda {
 
+// Defined where kernels are compiled: by nvcc, or on the emulated layer (headers of csrc/cuda are
+// also included by the host-compiled glue, which launches nothing).
+#if defined(__CUDACC__) || defined(FASTSEG_EMULATED_CUDA)
 template <typename... Params, typename... Args>
 void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream,
             const Args&... args) {
@@ -23,6 +26,7 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_byte
   kernel<<<grid, block, shared_bytes, stream>>>(args...);
 #endif
 }
+#endif
 
 // Dynamic shared memory of the running block (the kernel's `extern __shared__` array), 16-byte aligned.
 #ifdef FASTSEG_EMULATED_CUDA

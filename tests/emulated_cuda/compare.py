@@ -18,6 +18,12 @@ TOLERANCE = {
 DTYPES = list(TOLERANCE)
 
 
+def on_device(emulated, *tensors: Tensor | None) -> list[Tensor | None]:
+    """Copies of the inputs in the layer's device memory (same strides, redzones around them), so that
+    a kernel reading past an input reads NaN/-1 or faults; None stays None."""
+    return [None if t is None else emulated.to_device(t) for t in tensors]
+
+
 def _bits(tensor: Tensor) -> Tensor:
     return tensor.detach().contiguous().flatten().view(torch.uint8)
 

@@ -85,7 +85,7 @@ def load():
     _define_schemas()
     from torch.utils import cpp_extension
 
-    sources = [os.path.join(HERE, name) for name in ("runtime.cpp", "device_memory.cpp", "thread_order.cpp")]
+    sources = [os.path.join(HERE, name) for name in ("runtime.cpp", "device_memory.cpp", "layer_ops.cpp")]
     sources += _kernel_sources(build_dir) + sorted(glob.glob(os.path.join(CSRC, "cuda_glue", "*.cpp")))
     cpp_extension.load(
         name="fastseg_emulated_cuda",

@@ -25,7 +25,7 @@ namespace {
 
 constexpr unsigned char kPoison = 0xFF;
 constexpr size_t kStackBytes = 256 * 1024;
-constexpr size_t kRedzone = 256;
+constexpr size_t kRedzone = 64 * 1024;  // on each side of the dynamic shared memory: overruns stay inside
 constexpr unsigned kMaxThreads = 1024;
 constexpr size_t kDefaultSharedLimit = 48 * 1024;
 constexpr size_t kMaxSharedOptin = 227 * 1024;  // sm_80 is 163 KB; sm_90's 227 KB is the larger bound
@@ -106,28 +106,42 @@ std::vector<int> run_order(int threads, uint64_t round) {
   return order;
 }
 
-// Releases the warps whose every masked lane waits at a warp barrier; true when one was released.
-bool release_warps() {
+// Releases `warp` when every lane named by its waiting lanes' masks waits at a warp barrier.
+bool release_warp(int warp) {
   Runtime& r = runtime();
-  bool released = false;
   const int threads = static_cast<int>(r.fibers.size());
-  for (int warp = 0; warp * 32 < threads; ++warp) {
-    unsigned waiting = 0, mask = 0;
-    for (int lane = 0; lane < 32 && warp * 32 + lane < threads; ++lane) {
-      const Fiber& f = r.fibers[warp * 32 + lane];
-      if (f.state == State::kAtWarpBarrier) {
-        waiting |= 1u << lane;
-        mask |= f.warp_mask;
-      }
-    }
-    if (waiting != 0 && (mask & ~waiting) == 0) {
-      for (int lane = 0; lane < 32 && warp * 32 + lane < threads; ++lane) {
-        if (waiting >> lane & 1u) r.fibers[warp * 32 + lane].state = State::kRunnable;
-      }
-      released = true;
+  unsigned waiting = 0, mask = 0;
+  for (int lane = 0; lane < 32 && warp * 32 + lane < threads; ++lane) {
+    const Fiber& f = r.fibers[warp * 32 + lane];
+    if (f.state == State::kAtWarpBarrier) {
+      waiting |= 1u << lane;
+      mask |= f.warp_mask;
     }
   }
-  return released;
+  if (waiting == 0 || (mask & ~waiting) != 0) return false;
+  for (int lane = 0; lane < 32; ++lane) {
+    if (waiting >> lane & 1u) r.fibers[warp * 32 + lane].state = State::kRunnable;
+  }
+  return true;
+}
+
+void run_fiber(int t) {
+  Runtime& r = runtime();
+  r.running = t;
+  r.indices.thread_index = unflatten(t, r.indices.block_dim);
+  swapcontext(&r.scheduler, &r.fibers[t].context);
+}
+
+// Once thread t parks, its warp runs on through every warp barrier it completes (its lanes in the
+// block's order) up to the next block barrier: warps race ahead of each other as they may on a GPU.
+void run_warp_ahead(int t, const std::vector<int>& order) {
+  Runtime& r = runtime();
+  const int warp = t / 32;
+  while (release_warp(warp)) {
+    for (int u : order) {
+      if (u / 32 == warp && r.fibers[u].state == State::kRunnable) run_fiber(u);
+    }
+  }
 }
 
 // Releases the block barrier when every thread that has not returned waits at it.
@@ -162,15 +176,14 @@ void run_block(int threads) {
   }
   for (uint64_t round = 0;; ++round) {
     bool ran = false;
-    for (int t : run_order(threads, round)) {
+    const std::vector<int> order = run_order(threads, round);
+    for (int t : order) {
       if (r.fibers[t].state != State::kRunnable) continue;
-      r.running = t;
-      r.indices.thread_index = unflatten(t, r.indices.block_dim);
-      swapcontext(&r.scheduler, &r.fibers[t].context);
+      run_fiber(t);
+      run_warp_ahead(t, order);
       ran = true;
     }
-    if (ran) continue;
-    if (release_warps() || release_block()) continue;
+    if (ran || release_block()) continue;
     const bool done = std::all_of(r.fibers.begin(), r.fibers.begin() + threads,
                                   [](const Fiber& f) { return f.state == State::kReturned; });
     if (done) return;
@@ -206,11 +219,12 @@ void poison_shared(size_t shared_bytes) {
   Runtime& r = runtime();
   std::memset(fastseg_emulated_shared_begin, kPoison, fastseg_emulated_shared_end - fastseg_emulated_shared_begin);
   r.dynamic_bytes = shared_bytes;
-  r.dynamic_shared.assign(shared_bytes + 2 * kRedzone, kPoison);
+  if (shared_bytes > 0) r.dynamic_shared.assign(shared_bytes + 2 * kRedzone, kPoison);
 }
 
 void check_redzones() {
   const Runtime& r = runtime();
+  if (r.dynamic_bytes == 0) return;
   const unsigned char* base = r.dynamic_shared.data();
   for (size_t i = 0; i < kRedzone; ++i) {
     if (base[i] != kPoison || base[kRedzone + r.dynamic_bytes + i] != kPoison) {

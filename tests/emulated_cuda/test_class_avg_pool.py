@@ -6,7 +6,7 @@ import torch
 
 from fastseg.ops.class_avg_pool import class_avg_pool_reference
 
-from .compare import DTYPES, check_every_order
+from .compare import DTYPES, check_every_order, on_device
 
 pytestmark = pytest.mark.emulated_cuda
 
@@ -32,6 +32,8 @@ def _check(emulated, features, labels, num_classes):
     centers, counts = class_avg_pool_reference(reference_features, labels, num_classes, IGNORE)
     grad_centers = torch.randn_like(centers).to(dtype)
     (grad_features,) = torch.autograd.grad(centers, reference_features, grad_centers.double())
+
+    features, labels, grad_centers = on_device(emulated, features, labels, grad_centers)
 
     def run():
         got_centers, got_counts = emulated.class_avg_pool(features, labels, num_classes, IGNORE)

@@ -9,7 +9,7 @@ import torch
 
 from fastseg.ops.deform_conv2d import deform_conv2d_reference, output_size
 
-from .compare import DTYPES, check_every_order
+from .compare import DTYPES, check_every_order, on_device
 
 pytestmark = pytest.mark.emulated_cuda
 
@@ -54,7 +54,8 @@ def _check(emulated, tensors, geometry):
     grads = dict(zip(names, torch.autograd.grad(output, [reference[k] for k in names], grad_output.double())))
     order = ["input", "offset", "weight", "mask", "bias"]
     expected = [output] + [grads[k] for k in order if k in grads]
-    t = tensors
+    t = dict(zip(tensors, on_device(emulated, *tensors.values())))
+    (grad_output,) = on_device(emulated, grad_output)
 
     def run():
         got = emulated.deform_conv2d(t["input"], t["offset"], t["weight"], t["mask"], t["bias"], *geometry)

@@ -7,7 +7,7 @@ import torch
 
 from fastseg.ops.flow_warp import flow_warp_reference
 
-from .compare import DTYPES, check_every_order
+from .compare import DTYPES, check_every_order, on_device
 
 pytestmark = pytest.mark.emulated_cuda
 
@@ -49,6 +49,8 @@ def _check(emulated, input, flow, padding, align, deterministic):
     output = flow_warp_reference(reference_input, reference_flow, padding, align)
     grad_output = torch.randn_like(output).to(input.dtype)
     grad_input, grad_flow = torch.autograd.grad(output, (reference_input, reference_flow), grad_output.double())
+
+    input, flow, grad_output = on_device(emulated, input, flow, grad_output)
 
     def run():
         got = emulated.flow_warp(input, flow, padding, align)

@@ -7,7 +7,7 @@ import torch
 
 from fastseg.ops.gaussian_center_distance import gaussian_center_distance_reference
 
-from .compare import DTYPES, check_every_order
+from .compare import DTYPES, check_every_order, on_device
 
 pytestmark = pytest.mark.emulated_cuda
 
@@ -42,6 +42,8 @@ def _check(emulated, embeddings, centers, margins):
     phi = gaussian_center_distance_reference(*reference_inputs, DELTA)
     grad_phi = torch.randn_like(phi).to(dtype)
     grads = torch.autograd.grad(phi, reference_inputs, grad_phi.double())
+
+    embeddings, centers, margins, grad_phi = on_device(emulated, embeddings, centers, margins, grad_phi)
 
     def run():
         got = emulated.gaussian_center_distance(embeddings, centers, margins, DELTA)

@@ -11,7 +11,7 @@ import torch
 
 from fastseg.ops.lovasz_hinge import lovasz_hinge_reference
 
-from .compare import DTYPES, check_every_order
+from .compare import DTYPES, check_every_order, on_device
 
 pytestmark = pytest.mark.emulated_cuda
 
@@ -40,6 +40,8 @@ def _check(emulated, logits, labels, valid):
     losses = lovasz_hinge_reference(reference_logits, labels, valid)
     grad_loss = torch.randn_like(losses).to(logits.dtype)
     (grad_logits,) = torch.autograd.grad(losses, reference_logits, grad_loss.double())
+
+    logits, labels, valid, grad_loss = on_device(emulated, logits, labels, valid, grad_loss)
 
     def run():
         got_losses, permutation, weights = emulated.lovasz_hinge(logits, labels, valid)

@@ -7,7 +7,7 @@ import torch
 
 from fastseg.ops.soft_class_pool import attentional_class_feature_reference, soft_class_pool_reference
 
-from .compare import DTYPES, check_every_order
+from .compare import DTYPES, check_every_order, on_device
 
 pytestmark = pytest.mark.emulated_cuda
 
@@ -38,6 +38,8 @@ def _check(emulated, features, probs):
     grad_attended = torch.randn_like(attended).to(dtype)
     pool_grads = torch.autograd.grad(centers, reference, grad_centers.double())
     attend_grads = torch.autograd.grad(attended, reference, grad_attended.double())
+
+    features, probs, grad_centers, grad_attended = on_device(emulated, features, probs, grad_centers, grad_attended)
 
     def run():
         got_centers, mass = emulated.soft_class_pool(features, probs)

@@ -15,8 +15,10 @@
 //     lane semantics. A barrier nobody can pass (threads split between different barriers, a lane of
 //     the mask returned) fails the launch instead of hanging.
 //   - thread orders: between barriers the runnable fibers run in forward, reverse or a seeded
-//     shuffled order (set_thread_order). A kernel that reads what another thread writes without a
-//     barrier in between gives order-dependent results, which the tests compare bitwise.
+//     shuffled order (set_thread_order), and a warp whose lanes all reach a warp barrier runs on at
+//     once, up to its next block barrier, ahead of the other warps. A kernel that reads what another
+//     thread writes without a barrier in between gives order-dependent results, which the tests
+//     compare bitwise.
 //   - memory: `__shared__` variables are function statics, which the test build gathers in one
 //     linker section (-fdata-sections and shared_memory.ld), filled with 0xFF (NaN for every float
 //     type) before each block; dynamic shared memory is a per-block buffer with 0xFF redzones
