@@ -30,7 +30,8 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_byte
 
 // Dynamic shared memory of the running block (the kernel's `extern __shared__` array), 16-byte aligned.
 #ifdef FASTSEG_EMULATED_CUDA
-#define FASTSEG_DYNAMIC_SHARED(name) unsigned char* name = static_cast<unsigned char*>(::fastseg::emulated::dynamic_shared_memory())
+#define FASTSEG_DYNAMIC_SHARED(name) \
+  unsigned char* name = static_cast<unsigned char*>(::fastseg::emulated::dynamic_shared_memory())
 #else
 #define FASTSEG_DYNAMIC_SHARED(name) extern __shared__ __align__(16) unsigned char name[]
 #endif

@@ -140,8 +140,8 @@ template <typename scalar_t>
 cudaError_t lovasz_hinge_errors(const scalar_t* logits, const bool* labels, const bool* valid, int64_t rows,
                                 int64_t pixels, acc_type<scalar_t>* errors, cudaStream_t stream) {
   if (rows * pixels == 0) return cudaSuccess;
-  launch(errors_kernel<scalar_t, acc_type<scalar_t>>, blocks_for(rows * pixels), kElementwiseThreads, 0, stream,
-         logits, labels, valid, rows * pixels, errors);
+  launch(errors_kernel<scalar_t, acc_type<scalar_t>>, blocks_for(rows * pixels), kElementwiseThreads, 0, stream, logits,
+         labels, valid, rows * pixels, errors);
   return cudaGetLastError();
 }
 
@@ -150,8 +150,8 @@ cudaError_t lovasz_hinge_scan(const acc_type<scalar_t>* sorted_errors, const int
                               const bool* valid, int64_t rows, int64_t pixels, scalar_t* losses,
                               acc_type<scalar_t>* weights, cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
-  launch(scan_kernel<scalar_t, acc_type<scalar_t>>, static_cast<unsigned>(rows), kScanThreads, 0, stream,
-         sorted_errors, permutation, labels, valid, pixels, losses, weights);
+  launch(scan_kernel<scalar_t, acc_type<scalar_t>>, static_cast<unsigned>(rows), kScanThreads, 0, stream, sorted_errors,
+         permutation, labels, valid, pixels, losses, weights);
   return cudaGetLastError();
 }
 

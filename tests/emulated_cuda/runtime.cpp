@@ -99,7 +99,8 @@ std::vector<int> run_order(int threads, uint64_t round) {
   std::iota(order.begin(), order.end(), 0);
   if (r.order == 1) std::reverse(order.begin(), order.end());
   if (r.order == 2) {
-    const uint64_t block = r.indices.block_index.x + 65536ull * (r.indices.block_index.y + 65536ull * r.indices.block_index.z);
+    const uint3 b = r.indices.block_index;
+    const uint64_t block = b.x + 65536ull * (b.y + 65536ull * b.z);
     std::mt19937_64 generator(r.seed * 0x9E3779B97F4A7C15ull + block * 1000003ull + round);
     std::shuffle(order.begin(), order.end(), generator);
   }
@@ -240,7 +241,8 @@ void run_grid(const void* kernel, dim3 grid, dim3 block, size_t shared_bytes, co
   check_config(kernel, grid, block, shared_bytes);
   const int threads = static_cast<int>(block.x * block.y * block.z);
   while (r.stacks.size() < size_t(threads)) {
-    void* stack = mmap(nullptr, kStackBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    void* stack =
+        mmap(nullptr, kStackBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (stack == MAP_FAILED) throw LaunchFailure(cudaErrorMemoryAllocation, "no memory for fiber stacks");
     r.stacks.push_back(static_cast<unsigned char*>(stack));
   }

@@ -36,7 +36,8 @@ def _flow(batch, in_hw, out_hw, align_corners, dtype):
     shape = (batch, out_hw[0], out_hw[1])
 
     def axis(in_size, out_size, view):
-        target = torch.randint(-in_size - 1, 2 * in_size + 1, shape) + 0.05 + 0.9 * torch.rand(shape, dtype=torch.float64)
+        whole = torch.randint(-in_size - 1, 2 * in_size + 1, shape)
+        target = whole + 0.05 + 0.9 * torch.rand(shape, dtype=torch.float64)
         return target - _base(out_size, in_size, align_corners).view(view)
 
     flow = torch.stack((axis(in_hw[1], out_hw[1], (1, 1, -1)), axis(in_hw[0], out_hw[0], (1, -1, 1))), dim=1)
