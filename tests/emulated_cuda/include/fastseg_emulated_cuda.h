@@ -22,19 +22,20 @@
 //   - memory: `__shared__` variables are function statics, which the test build gathers in one
 //     linker section (-fdata-sections and shared_memory.ld), filled with 0xFF (NaN for every float
 //     type) before each block; dynamic shared memory is a per-block buffer with 0xFF redzones
-//     checked after the block. Device buffers are the tensors the glue allocates while its
-//     DeviceGuard is held (glue.h): filled with 0xFF and surrounded by redzones checked after every
-//     launch, so a read of unwritten memory shows as NaN/-1 and a write out of bounds fails the
-//     launch with cudaErrorIllegalAddress.
+//     checked after the block. Device buffers are the tensors allocated while the glue's
+//     DeviceGuard is held (fastseg_emulated_cuda_glue.h, device_memory.cpp), and the inputs the
+//     tests copy there (to_device): filled with 0xFF, between 4 KB redzones checked after every
+//     launch and inaccessible guard pages, so a read of unwritten memory shows as NaN/-1, a write
+//     just out of bounds fails the launch with cudaErrorIllegalAddress and a far one faults.
 //   - checks a GPU (sm_80/sm_90) would make at launch: threads per block <= 1024 (x, y <= 1024,
 //     z <= 64), grid.y/z <= 65535, dynamic shared memory over 48 KB only after
 //     cudaFuncSetAttribute(MaxDynamicSharedMemorySize) raised it, never over 227 KB.
 //   - atomics are plain read-modify-writes: fibers switch only at barriers, so they are atomic.
 // Errors are sticky like the runtime's: cudaGetLastError() returns and clears the first one, and
 // cudaGetErrorString() gives the layer's explanation of it.
-// Not covered: reads out of bounds of caller-owned inputs (no redzones around them) and out of
-// bounds accesses to static __shared__ arrays (one section holds them all); __launch_bounds__ is
-// not checked against the launch.
+// Not covered: out of bounds accesses between static __shared__ arrays (one section holds them
+// all), inputs not copied with to_device, static shared memory sizes, and __launch_bounds__ against
+// the launch's block size.
 #pragma once
 
 #include <cuda_bf16.h>
