@@ -31,7 +31,7 @@ template <typename scalar_t, typename acc_t>
 __global__ void partial_sums_kernel(const scalar_t* __restrict__ features, const int64_t* __restrict__ labels,
                                     int64_t channels, int64_t pixels, int64_t num_classes, int64_t pixels_per_split,
                                     acc_t* __restrict__ partial_sums, int* __restrict__ partial_counts) {
-  extern __shared__ __align__(16) unsigned char shared[];
+  FASTSEG_DYNAMIC_SHARED(shared);
   const int warps = blockDim.x / kLanes, warp = threadIdx.x / kLanes, lane = threadIdx.x % kLanes;
   const int64_t split = blockIdx.x, c0 = int64_t(blockIdx.y) * kLanes, b = blockIdx.z, batch = gridDim.z;
   const int classes = static_cast<int>(num_classes);
@@ -163,12 +163,12 @@ cudaError_t class_avg_pool_forward(const scalar_t* features, const int64_t* labe
   }
   const dim3 grid(static_cast<unsigned>(plan.splits), static_cast<unsigned>(ceil_div(channels, kLanes)),
                   static_cast<unsigned>(batch));  // channels >= 1: the caller rejects empty features
-  kernel<<<grid, plan.warps * kLanes, plan.shared_bytes, stream>>>(features, labels, channels, pixels, num_classes,
-                                                                   pixels_per_split, partial_sums, partial_counts);
+  launch(kernel, grid, plan.warps * kLanes, plan.shared_bytes, stream, features, labels, channels, pixels, num_classes,
+         pixels_per_split, partial_sums, partial_counts);
   const int64_t outputs = batch * num_classes * std::max<int64_t>(channels, 1);
   const int blocks = static_cast<int>(std::min<int64_t>(ceil_div(outputs, 256), 65535));
-  finalize_kernel<scalar_t, acc_t><<<blocks, 256, 0, stream>>>(partial_sums, partial_counts, plan.splits,
-                                                                batch * num_classes, channels, centers, counts);
+  launch(finalize_kernel<scalar_t, acc_t>, blocks, 256, 0, stream, partial_sums, partial_counts, plan.splits,
+         batch * num_classes, channels, centers, counts);
   return cudaGetLastError();
 }
 
@@ -179,8 +179,8 @@ cudaError_t class_avg_pool_backward(const scalar_t* grad_centers, const int64_t*
   if (batch * channels * pixels == 0) return cudaSuccess;
   const dim3 grid(static_cast<unsigned>(ceil_div(pixels, kBackwardThreads)),
                   static_cast<unsigned>(ceil_div(channels, kBackwardChannels)), static_cast<unsigned>(batch));
-  backward_kernel<scalar_t, acc_type<scalar_t>><<<grid, kBackwardThreads, 0, stream>>>(
-      grad_centers, labels, counts, channels, pixels, num_classes, grad_features);
+  launch(backward_kernel<scalar_t, acc_type<scalar_t>>, grid, kBackwardThreads, 0, stream, grad_centers, labels, counts,
+         channels, pixels, num_classes, grad_features);
   return cudaGetLastError();
 }
 

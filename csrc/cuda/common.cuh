@@ -1,5 +1,8 @@
-// Helpers shared by the CUDA kernels. CUDA headers only: these files compile with nvcc alone.
+// Helpers shared by the CUDA kernels. CUDA headers only: these files compile with nvcc alone (and
+// with the host compiler on the emulated-CUDA layer of the tests, see cuda/launch.cuh).
 #pragma once
+
+#include "cuda/launch.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

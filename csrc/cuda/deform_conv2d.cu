@@ -151,8 +151,8 @@ cudaError_t deform_im2col(const scalar_t* input, const scalar_t* offset, const s
                           const DeformGeometry& g, int64_t b0, int64_t nb, scalar_t* columns, cudaStream_t stream) {
   const int64_t work = nb * g.channels * g.kh * g.kw * g.out_h * g.out_w;
   if (work == 0) return cudaSuccess;
-  im2col_kernel<scalar_t, acc_type<scalar_t>><<<blocks_for(work), kThreads, 0, stream>>>(input, offset, mask, g, b0,
-                                                                                         nb, columns);
+  launch(im2col_kernel<scalar_t, acc_type<scalar_t>>, blocks_for(work), kThreads, 0, stream, input, offset, mask, g, b0,
+         nb, columns);
   return cudaGetLastError();
 }
 
@@ -161,8 +161,8 @@ cudaError_t deform_col2im(const scalar_t* grad_columns, const scalar_t* offset, 
                           const DeformGeometry& g, int64_t b0, int64_t nb, acc_t* grad_input, cudaStream_t stream) {
   const int64_t work = nb * g.channels * g.kh * g.kw * g.out_h * g.out_w;
   if (work == 0) return cudaSuccess;
-  col2im_kernel<scalar_t, acc_t><<<blocks_for(work), kThreads, 0, stream>>>(grad_columns, offset, mask, g, b0, nb,
-                                                                            grad_input);
+  launch(col2im_kernel<scalar_t, acc_t>, blocks_for(work), kThreads, 0, stream, grad_columns, offset, mask, g, b0, nb,
+         grad_input);
   return cudaGetLastError();
 }
 
@@ -172,8 +172,8 @@ cudaError_t deform_offset_mask_grads(const scalar_t* input, const scalar_t* grad
                                      scalar_t* grad_offset, scalar_t* grad_mask, cudaStream_t stream) {
   const int64_t work = nb * g.offset_groups * g.kh * g.kw * g.out_h * g.out_w;
   if (work == 0) return cudaSuccess;
-  offset_mask_grads_kernel<scalar_t, acc_type<scalar_t>><<<blocks_for(work), kThreads, 0, stream>>>(
-      input, grad_columns, offset, mask, g, b0, nb, grad_offset, grad_mask);
+  launch(offset_mask_grads_kernel<scalar_t, acc_type<scalar_t>>, blocks_for(work), kThreads, 0, stream, input,
+         grad_columns, offset, mask, g, b0, nb, grad_offset, grad_mask);
   return cudaGetLastError();
 }
 

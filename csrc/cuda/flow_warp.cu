@@ -157,8 +157,8 @@ cudaError_t flow_warp_forward(const scalar_t* input, const coord_t<scalar_t>* fl
   using acc_t = coord_t<scalar_t>;
   if (shape.batch * shape.channels * shape.out_height * shape.out_width == 0) return cudaSuccess;
   const auto sampler = make_sampler<acc_t>(shape, padding, align_corners);
-  forward_kernel<scalar_t, acc_t><<<pixel_grid(shape), kThreads, 0, stream>>>(
-      input, flow, sampler, shape.channels, shape.in_height * shape.in_width, output);
+  launch(forward_kernel<scalar_t, acc_t>, pixel_grid(shape), kThreads, 0, stream, input, flow, sampler, shape.channels,
+         shape.in_height * shape.in_width, output);
   return cudaGetLastError();
 }
 
@@ -199,22 +199,22 @@ cudaError_t flow_warp_backward(const scalar_t* grad_output, const scalar_t* inpu
     const auto sampler = make_sampler<acc_t>(shape, padding, align_corners);
     const dim3 grid = pixel_grid(shape);
     if (deterministic) {
-      backward_pixels_kernel<scalar_t, acc_t, false><<<grid, kThreads, 0, stream>>>(
-          grad_output, input, flow, sampler, shape.channels, in_pixels, grad_acc, partial);
+      launch(backward_pixels_kernel<scalar_t, acc_t, false>, grid, kThreads, 0, stream, grad_output, input, flow,
+             sampler, shape.channels, in_pixels, grad_acc, partial);
       const dim3 planes(static_cast<unsigned>(ceil_div(shape.channels, 64)), static_cast<unsigned>(shape.batch));
-      splat_planes_kernel<scalar_t, acc_t><<<planes, 64, 0, stream>>>(grad_output, flow, sampler, shape.channels,
-                                                                      in_pixels, grad_acc);
+      launch(splat_planes_kernel<scalar_t, acc_t>, planes, 64, 0, stream, grad_output, flow, sampler, shape.channels,
+             in_pixels, grad_acc);
     } else {
-      backward_pixels_kernel<scalar_t, acc_t, true><<<grid, kThreads, 0, stream>>>(
-          grad_output, input, flow, sampler, shape.channels, in_pixels, grad_acc, partial);
+      launch(backward_pixels_kernel<scalar_t, acc_t, true>, grid, kThreads, 0, stream, grad_output, input, flow,
+             sampler, shape.channels, in_pixels, grad_acc, partial);
     }
-    sum_chunks_kernel<acc_t><<<stride_blocks(flow_count), kThreads, 0, stream>>>(partial, grid.y, flow_count,
-                                                                                 grad_flow);
+    launch(sum_chunks_kernel<acc_t>, stride_blocks(flow_count), kThreads, 0, stream, partial, grid.y, flow_count,
+           grad_flow);
   }
   if constexpr (!accumulates_in_place<scalar_t>()) {
     if (input_count > 0) {
-      convert_kernel<scalar_t, acc_t><<<stride_blocks(input_count), kThreads, 0, stream>>>(grad_acc, input_count,
-                                                                                         grad_input);
+      launch(convert_kernel<scalar_t, acc_t>, stride_blocks(input_count), kThreads, 0, stream, grad_acc, input_count,
+             grad_input);
     }
   }
   return cudaGetLastError();

@@ -271,8 +271,8 @@ cudaError_t gaussian_center_distance_forward(const scalar_t* embeddings, const s
   using acc_t = acc_type<scalar_t>;
   if (batch * classes * pixels == 0) return cudaSuccess;
   const dim3 grid(static_cast<unsigned>(ceil_div(pixels, kThreads)), static_cast<unsigned>(batch));
-  forward_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(embeddings, centers, margins, convert<acc_t>(delta),
-                                                                 channels, pixels, classes, phi);
+  launch(forward_kernel<scalar_t, acc_t>, grid, kThreads, 0, stream, embeddings, centers, margins,
+         convert<acc_t>(delta), channels, pixels, classes, phi);
   return cudaGetLastError();
 }
 
@@ -299,15 +299,14 @@ cudaError_t gaussian_center_distance_backward(const scalar_t* grad_phi, const sc
   if (error != cudaSuccess) return error;
   if (pixels > 0) {
     const dim3 grid(static_cast<unsigned>(plan.slices), static_cast<unsigned>(batch));
-    backward_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(
-        grad_phi, embeddings, centers, margins, delta_acc, channels, pixels, classes, plan.tiles_per_slice,
-        grad_accum, grad_embeddings, partial_centers, partial_margins);
+    launch(backward_kernel<scalar_t, acc_t>, grid, kThreads, 0, stream, grad_phi, embeddings, centers, margins,
+           delta_acc, channels, pixels, classes, plan.tiles_per_slice, grad_accum, grad_embeddings, partial_centers,
+           partial_margins);
   }
   const int64_t outputs = batch * classes * (channels + 1);
   const int blocks = static_cast<int>(std::min<int64_t>(ceil_div(outputs, 256), 65535));
-  finalize_kernel<scalar_t, acc_t><<<blocks, 256, 0, stream>>>(partial_centers, partial_margins, margins, delta_acc,
-                                                                batch, plan.slices, classes, channels, grad_centers,
-                                                                grad_margins);
+  launch(finalize_kernel<scalar_t, acc_t>, blocks, 256, 0, stream, partial_centers, partial_margins, margins, delta_acc,
+         batch, plan.slices, classes, channels, grad_centers, grad_margins);
   return cudaGetLastError();
 }
 

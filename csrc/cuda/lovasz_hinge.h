@@ -1,6 +1,8 @@
 // CUDA Lovász hinge (Berman et al. 2018 Eq. 8-9) on raw pointers. Layouts: logits, labels, valid,
-// permutation, weights and grad_logits (N,P) contiguous; labels and valid bool (valid may be null);
-// losses and grad_loss (N,). weights are in the accumulation type (fp32, fp64 for double).
+// errors, sorted_errors, permutation, weights and grad_logits (N,P) contiguous; labels and valid
+// bool (valid may be null); losses and grad_loss (N,). errors and weights are in the accumulation
+// type (fp32, fp64 for double). The row sort between the two forward kernels is the caller's
+// (PyTorch's device-wide sort in csrc/cuda_glue/lovasz_hinge.cpp).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -12,17 +14,17 @@
 
 namespace fastseg::cuda {
 
-// Bytes of workspace lovasz_hinge_forward needs: the hinge errors and their sorted copy, the pixel
-// indices sorted with them, the row offsets, and CUB's segmented-sort temporary storage.
+// errors[n,p] = 1 - logits[n,p] * (2 labels[n,p] - 1) where valid, -inf elsewhere (sorted last).
 template <typename scalar_t>
-cudaError_t lovasz_hinge_workspace(int64_t rows, int64_t pixels, size_t* bytes);
+cudaError_t lovasz_hinge_errors(const scalar_t* logits, const bool* labels, const bool* valid, int64_t rows,
+                                int64_t pixels, acc_type<scalar_t>* errors, cudaStream_t stream);
 
-// One segmented sort of all rows by decreasing error (invalid pixels last), then one block per row
-// scans the sorted row: losses, the permutation and weights[n,j] = d losses[n] / d logits[n, permutation[n,j]].
+// One block per row scans the row sorted by decreasing error (sorted_errors[n,j] =
+// errors[n, permutation[n,j]]): losses and weights[n,j] = d losses[n] / d logits[n, permutation[n,j]].
 template <typename scalar_t>
-cudaError_t lovasz_hinge_forward(const scalar_t* logits, const bool* labels, const bool* valid, int64_t rows,
-                                 int64_t pixels, void* workspace, size_t workspace_bytes, scalar_t* losses,
-                                 int64_t* permutation, acc_type<scalar_t>* weights, cudaStream_t stream);
+cudaError_t lovasz_hinge_scan(const acc_type<scalar_t>* sorted_errors, const int64_t* permutation, const bool* labels,
+                              const bool* valid, int64_t rows, int64_t pixels, scalar_t* losses,
+                              acc_type<scalar_t>* weights, cudaStream_t stream);
 
 // grad_logits[n, permutation[n,j]] = grad_loss[n] * weights[n,j]; indices outside [0, P) are skipped.
 template <typename scalar_t>

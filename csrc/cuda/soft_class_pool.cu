@@ -273,9 +273,8 @@ void launch_pixel_reduce(const scalar_t* probs, const scalar_t* values, int64_t 
                          cudaStream_t stream) {
   const int64_t columns = blocks_of(classes, kPoolClasses) * channel_blocks(channels, kPoolChannels);
   const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(columns), static_cast<unsigned>(batch));
-  pixel_reduce_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(
-      probs, values, classes, channels, pixels, pixels_per_split(pixels, splits), parts.partial_sums,
-      parts.partial_mass);
+  launch(pixel_reduce_kernel<scalar_t, acc_t>, grid, kThreads, 0, stream, probs, values, classes, channels, pixels,
+         pixels_per_split(pixels, splits), parts.partial_sums, parts.partial_mass);
 }
 
 // out (B,C,P) = left^T probs per image, left (B,K,C) accumulation-typed.
@@ -285,7 +284,7 @@ void launch_class_expand(const acc_t* left, const scalar_t* probs, int64_t batch
   if (channels * pixels == 0) return;
   const dim3 grid(static_cast<unsigned>(blocks_of(pixels, kExpandPixels)),
                   static_cast<unsigned>(blocks_of(channels, kExpandChannels)), static_cast<unsigned>(batch));
-  class_expand_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(left, probs, classes, channels, pixels, out);
+  launch(class_expand_kernel<scalar_t, acc_t>, grid, kThreads, 0, stream, left, probs, classes, channels, pixels, out);
 }
 
 bool fits_grid(int64_t batch, int64_t channels, int64_t classes) {
@@ -322,8 +321,8 @@ cudaError_t soft_class_pool_forward(const scalar_t* features, const scalar_t* pr
   const Workspace<acc_t> parts = split_workspace<acc_t>(workspace, plan.splits, rows, channels);
   launch_pixel_reduce(probs, features, batch, channels, pixels, num_classes, plan.splits, parts, stream);
   const int blocks = static_cast<int>(std::min<int64_t>(blocks_of(rows * std::max<int64_t>(channels, 1), 256), 65535));
-  centers_kernel<scalar_t, acc_t><<<blocks, 256, 0, stream>>>(parts.partial_sums, parts.partial_mass, plan.splits,
-                                                               rows, channels, parts.rows, centers, mass);
+  launch(centers_kernel<scalar_t, acc_t>, blocks, 256, 0, stream, parts.partial_sums, parts.partial_mass, plan.splits,
+         rows, channels, parts.rows, centers, mass);
   if (attended != nullptr) {
     launch_class_expand(static_cast<const acc_t*>(parts.rows), probs, batch, channels, pixels, num_classes, attended,
                         stream);
@@ -343,20 +342,19 @@ cudaError_t soft_class_pool_backward(const scalar_t* grad_centers, const scalar_
   const Workspace<acc_t> parts = split_workspace<acc_t>(workspace, plan.splits, rows, channels);
   if (grad_centers == nullptr) {
     launch_pixel_reduce(probs, grad_attended, batch, channels, pixels, num_classes, plan.splits, parts, stream);
-    scale_grad_kernel<acc_t, scalar_t, acc_t><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(
-        parts.partial_sums, plan.splits, centers, mass, rows, channels, parts.rows, parts.row_terms);
+    launch(scale_grad_kernel<acc_t, scalar_t, acc_t>, static_cast<unsigned>(rows), kThreads, 0, stream,
+           parts.partial_sums, plan.splits, centers, mass, rows, channels, parts.rows, parts.row_terms);
   } else {
-    scale_grad_kernel<scalar_t, scalar_t, acc_t><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(
-        grad_centers, 1, centers, mass, rows, channels, parts.rows, parts.row_terms);
+    launch(scale_grad_kernel<scalar_t, scalar_t, acc_t>, static_cast<unsigned>(rows), kThreads, 0, stream, grad_centers,
+           1, centers, mass, rows, channels, parts.rows, parts.row_terms);
   }
   launch_class_expand(static_cast<const acc_t*>(parts.rows), probs, batch, channels, pixels, num_classes,
                       grad_features, stream);
   if (pixels > 0) {
     const dim3 grid(static_cast<unsigned>(blocks_of(pixels, kGradPixels)),
                     static_cast<unsigned>(blocks_of(num_classes, kGradClasses)), static_cast<unsigned>(batch));
-    grad_probs_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(parts.rows, features, centers, grad_attended,
-                                                                      parts.row_terms, num_classes, channels, pixels,
-                                                                      grad_probs);
+    launch(grad_probs_kernel<scalar_t, acc_t>, grid, kThreads, 0, stream, parts.rows, features, centers, grad_attended,
+           parts.row_terms, num_classes, channels, pixels, grad_probs);
   }
   return cudaGetLastError();
 }

@@ -10,8 +10,6 @@
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/matmul.h>
 #include <ATen/ops/zeros.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -20,6 +18,7 @@
 #include "checks/deform_conv2d.h"
 #include "cuda/deform_conv2d.h"
 #include "cuda_glue/cuda_type.h"
+#include "cuda_glue/device.h"
 
 namespace fastseg::glue {
 namespace {
@@ -53,14 +52,14 @@ at::Tensor deform_conv2d_cuda(const at::Tensor& input_, const at::Tensor& offset
   const checks::DeformConvShape s =
       checks::deform_conv2d_shape(input_, offset_, weight_, mask_, stride, padding, dilation);
   const cuda::DeformGeometry g = cuda_geometry(s);
-  const c10::cuda::CUDAGuard guard(input_.device());
+  const DeviceGuard guard(input_.device());
   const at::Tensor input = input_.contiguous(), offset = offset_.contiguous(), weight = weight_.contiguous();
   const std::optional<at::Tensor> mask = contiguous(mask_);
   const int64_t group_rows = s.channels / s.groups * s.taps, group_out = s.out_channels / s.groups;
   at::Tensor output = at::empty({s.batch, s.out_channels, s.out_h, s.out_w}, input.options());
   const at::Tensor kernels = weight.view({s.groups, group_out, group_rows});
   const int64_t chunk = chunk_size(s, input.element_size());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "deform_conv2d_cuda", [&] {
     for (int64_t b0 = 0; b0 < s.batch; b0 += chunk) {
       const int64_t nb = std::min(chunk, s.batch - b0);
@@ -85,7 +84,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_co
   at::globalContext().alertNotDeterministic(
       "fastseg deform_conv2d_backward on CUDA (grad_input is scattered with atomicAdd); use backend='cpu' or "
       "backend='reference' for a deterministic backward");
-  const c10::cuda::CUDAGuard guard(input_.device());
+  const DeviceGuard guard(input_.device());
   const at::Tensor input = input_.contiguous(), offset = offset_.contiguous(), weight = weight_.contiguous();
   const at::Tensor grad_output = grad_output_.contiguous();
   const std::optional<at::Tensor> mask = contiguous(mask_);
@@ -98,7 +97,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_co
   const at::Tensor kernels = weight.view({s.groups, group_out, group_rows});
   const at::Tensor kernels_t = kernels.transpose(1, 2);
   const int64_t chunk = chunk_size(s, 2 * input.element_size());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "deform_conv2d_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     for (int64_t b0 = 0; b0 < s.batch; b0 += chunk) {
@@ -128,7 +127,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_co
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastseg, CUDA, m) {
+FASTSEG_CUDA_LIBRARY_IMPL(m) {
   m.impl("deform_conv2d", &deform_conv2d_cuda);
   m.impl("deform_conv2d_backward", &deform_conv2d_backward_cuda);
 }

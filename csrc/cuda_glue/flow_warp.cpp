@@ -5,13 +5,12 @@
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include "checks/flow_warp.h"
 #include "cuda/flow_warp.h"
 #include "cuda_glue/cuda_type.h"
+#include "cuda_glue/device.h"
 
 namespace fastseg::glue {
 namespace {
@@ -33,11 +32,11 @@ at::Tensor flow_warp_cuda(const at::Tensor& input, const at::Tensor& flow, c10::
                           bool align_corners) {
   const cuda::FlowWarpShape shape = check_inputs(input, flow);
   const int padding = static_cast<int>(checks::flow_warp_padding(padding_mode));
-  const c10::cuda::CUDAGuard guard(input.device());
+  const DeviceGuard guard(input.device());
   const at::Tensor in = input.contiguous();
   const at::Tensor coords = flow.contiguous();
   at::Tensor output = at::empty({shape.batch, shape.channels, shape.out_height, shape.out_width}, input.options());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "flow_warp_cuda", [&] {
     using coord_type = cuda::coord_t<cuda_t<scalar_t>>;
     check_cuda(cuda::flow_warp_forward(cuda_ptr<scalar_t>(in), coords.const_data_ptr<coord_type>(), shape, padding,
@@ -53,7 +52,7 @@ std::tuple<at::Tensor, at::Tensor> flow_warp_backward_cuda(const at::Tensor& gra
   const cuda::FlowWarpShape shape = check_inputs(input, flow);
   const int padding = static_cast<int>(checks::flow_warp_padding(padding_mode));
   checks::flow_warp_grad_output(grad_output, input, flow);
-  const c10::cuda::CUDAGuard guard(input.device());
+  const DeviceGuard guard(input.device());
   const at::Tensor in = input.contiguous();
   const at::Tensor grad = grad_output.contiguous();
   const at::Tensor coords = flow.contiguous();
@@ -62,7 +61,7 @@ std::tuple<at::Tensor, at::Tensor> flow_warp_backward_cuda(const at::Tensor& gra
   const size_t workspace_bytes = cuda::flow_warp_backward_workspace(shape, input.element_size());
   at::Tensor workspace = at::empty({static_cast<int64_t>(workspace_bytes)}, input.options().dtype(at::kByte));
   const bool deterministic = at::globalContext().deterministicAlgorithms();
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "flow_warp_backward_cuda", [&] {
     using coord_type = cuda::coord_t<cuda_t<scalar_t>>;
     check_cuda(cuda::flow_warp_backward(cuda_ptr<scalar_t>(grad), cuda_ptr<scalar_t>(in),
@@ -76,7 +75,7 @@ std::tuple<at::Tensor, at::Tensor> flow_warp_backward_cuda(const at::Tensor& gra
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastseg, CUDA, m) {
+FASTSEG_CUDA_LIBRARY_IMPL(m) {
   m.impl("flow_warp", &flow_warp_cuda);
   m.impl("flow_warp_backward", &flow_warp_backward_cuda);
 }

@@ -2,13 +2,12 @@
 // to csrc/cuda/gaussian_center_distance.cu.
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include "checks/gaussian_center_distance.h"
 #include "cuda/gaussian_center_distance.h"
 #include "cuda_glue/cuda_type.h"
+#include "cuda_glue/device.h"
 
 namespace fastseg::glue {
 namespace {
@@ -25,12 +24,12 @@ Shapes check_inputs(const at::Tensor& embeddings, const at::Tensor& centers, con
 at::Tensor gaussian_center_distance_cuda(const at::Tensor& embeddings, const at::Tensor& centers,
                                          const at::Tensor& margins, double delta) {
   const Shapes n = check_inputs(embeddings, centers, margins);
-  const c10::cuda::CUDAGuard guard(embeddings.device());
+  const DeviceGuard guard(embeddings.device());
   const at::Tensor x = embeddings.contiguous();
   const at::Tensor s = centers.contiguous();
   const at::Tensor m = margins.contiguous();
   at::Tensor phi = at::empty({n.batch, n.classes, embeddings.size(2), embeddings.size(3)}, embeddings.options());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gaussian_center_distance_cuda", [&] {
     check_cuda(cuda::gaussian_center_distance_forward(cuda_ptr<scalar_t>(x), cuda_ptr<scalar_t>(s),
                                                       cuda_ptr<scalar_t>(m), delta, n.batch, n.channels, n.pixels,
@@ -45,7 +44,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_center_distance_backward
     double delta) {
   const Shapes n = check_inputs(embeddings, centers, margins);
   checks::gaussian_center_distance_grad_phi(grad_phi, embeddings, n);
-  const c10::cuda::CUDAGuard guard(embeddings.device());
+  const DeviceGuard guard(embeddings.device());
   const at::Tensor grad = grad_phi.contiguous();
   const at::Tensor x = embeddings.contiguous();
   const at::Tensor s = centers.contiguous();
@@ -58,7 +57,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_center_distance_backward
                                                  &plan),
              "gaussian_center_distance_backward");
   at::Tensor workspace = at::empty({static_cast<int64_t>(plan.workspace_bytes)}, embeddings.options().dtype(at::kByte));
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gaussian_center_distance_backward_cuda", [&] {
     check_cuda(cuda::gaussian_center_distance_backward(
                    cuda_ptr<scalar_t>(grad), cuda_ptr<scalar_t>(x), cuda_ptr<scalar_t>(s), cuda_ptr<scalar_t>(m), delta,
@@ -72,7 +71,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_center_distance_backward
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastseg, CUDA, m) {
+FASTSEG_CUDA_LIBRARY_IMPL(m) {
   m.impl("gaussian_center_distance", &gaussian_center_distance_cuda);
   m.impl("gaussian_center_distance_backward", &gaussian_center_distance_backward_cuda);
 }

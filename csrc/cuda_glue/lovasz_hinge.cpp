@@ -1,17 +1,18 @@
-// CUDA registration of the Lovász hinge: tensors in, raw pointers, the sort workspace and the
-// current stream out to csrc/cuda/lovasz_hinge.cu.
+// CUDA registration of the Lovász hinge: tensors in, raw pointers and the current stream out to
+// csrc/cuda/lovasz_hinge.cu, with PyTorch's device-wide sort between its two forward kernels.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
+#include <ATen/ops/sort.h>
 #include <torch/library.h>
 
 #include <optional>
+#include <tuple>
 
 #include "checks/lovasz_hinge.h"
 #include "cuda/lovasz_hinge.h"
 #include "cuda_glue/cuda_type.h"
+#include "cuda_glue/device.h"
 
 namespace fastseg::glue {
 namespace {
@@ -20,26 +21,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lovasz_hinge_cuda(const at::Tenso
                                                                  const std::optional<at::Tensor>& valid) {
   checks::lovasz_hinge_inputs(logits, labels, valid);
   TORCH_CHECK_VALUE(logits.size(1) < (int64_t(1) << 31), "rows of 2**31 pixels or more are not supported");
-  const c10::cuda::CUDAGuard guard(logits.device());
+  const DeviceGuard guard(logits.device());
   const int64_t rows = logits.size(0), pixels = logits.size(1);
   const at::Tensor x = logits.contiguous();
   const at::Tensor y = labels.contiguous();
   const at::Tensor mask = valid.has_value() ? valid->contiguous() : at::Tensor();
-  at::Tensor losses = at::empty({rows}, logits.options());
-  at::Tensor permutation = at::empty({rows, pixels}, logits.options().dtype(at::kLong));
+  const bool* mask_ptr = mask.defined() ? mask.const_data_ptr<bool>() : nullptr;
   const at::ScalarType acc_dtype = checks::lovasz_accumulate_type(logits.scalar_type());
+  at::Tensor errors = at::empty({rows, pixels}, logits.options().dtype(acc_dtype));
+  at::Tensor losses = at::empty({rows}, logits.options());
   at::Tensor weights = at::empty({rows, pixels}, logits.options().dtype(acc_dtype));
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "lovasz_hinge_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    size_t bytes = 0;
-    check_cuda(cuda::lovasz_hinge_workspace<cuda_t<scalar_t>>(rows, pixels, &bytes), "lovasz_hinge workspace");
-    at::Tensor workspace = at::empty({static_cast<int64_t>(bytes)}, logits.options().dtype(at::kByte));
-    check_cuda(cuda::lovasz_hinge_forward(cuda_ptr<scalar_t>(x), y.const_data_ptr<bool>(),
-                                          mask.defined() ? mask.const_data_ptr<bool>() : nullptr, rows, pixels,
-                                          workspace.data_ptr(), bytes, cuda_mutable_ptr<scalar_t>(losses),
-                                          permutation.data_ptr<int64_t>(), weights.data_ptr<acc_t>(), stream),
-               "lovasz_hinge");
+    check_cuda(cuda::lovasz_hinge_errors(cuda_ptr<scalar_t>(x), y.const_data_ptr<bool>(), mask_ptr, rows, pixels,
+                                         errors.mutable_data_ptr<acc_t>(), stream),
+               "lovasz_hinge errors");
+  });
+  // PyTorch's device-wide sort of every row by decreasing error (invalid pixels, -inf, last).
+  at::Tensor sorted_errors, permutation;
+  std::tie(sorted_errors, permutation) = at::sort(errors, /*stable=*/true, /*dim=*/1, /*descending=*/true);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "lovasz_hinge_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    check_cuda(cuda::lovasz_hinge_scan(sorted_errors.const_data_ptr<acc_t>(), permutation.const_data_ptr<int64_t>(),
+                                       y.const_data_ptr<bool>(), mask_ptr, rows, pixels,
+                                       cuda_mutable_ptr<scalar_t>(losses), weights.mutable_data_ptr<acc_t>(), stream),
+               "lovasz_hinge scan");
   });
   return {losses, permutation, weights};
 }
@@ -48,13 +55,13 @@ at::Tensor lovasz_hinge_backward_cuda(const at::Tensor& grad_loss, const at::Ten
                                       const at::Tensor& weights) {
   checks::lovasz_hinge_backward_inputs(grad_loss, permutation, weights);
   const int64_t rows = grad_loss.size(0);
-  const c10::cuda::CUDAGuard guard(grad_loss.device());
+  const DeviceGuard guard(grad_loss.device());
   const int64_t pixels = permutation.size(1);
   const at::Tensor grad = grad_loss.contiguous();
   const at::Tensor perm = permutation.contiguous();
   const at::Tensor weight = weights.contiguous();
   at::Tensor grad_logits = at::empty({rows, pixels}, grad_loss.options());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "lovasz_hinge_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     check_cuda(cuda::lovasz_hinge_backward(cuda_ptr<scalar_t>(grad), perm.const_data_ptr<int64_t>(),
@@ -67,7 +74,7 @@ at::Tensor lovasz_hinge_backward_cuda(const at::Tensor& grad_loss, const at::Ten
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastseg, CUDA, m) {
+FASTSEG_CUDA_LIBRARY_IMPL(m) {
   m.impl("lovasz_hinge", &lovasz_hinge_cuda);
   m.impl("lovasz_hinge_backward", &lovasz_hinge_backward_cuda);
 }

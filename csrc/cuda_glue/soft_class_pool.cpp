@@ -3,8 +3,6 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <tuple>
@@ -12,6 +10,7 @@
 #include "checks/soft_class_pool.h"
 #include "cuda/soft_class_pool.h"
 #include "cuda_glue/cuda_type.h"
+#include "cuda_glue/device.h"
 
 namespace fastseg::glue {
 namespace {
@@ -46,7 +45,7 @@ std::tuple<cuda::SoftClassPoolPlan, at::Tensor> plan_for(const at::Tensor& featu
 std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& features, const at::Tensor& probs,
                                                        bool with_attended) {
   checks::soft_class_pool_inputs(features, probs);
-  const c10::cuda::CUDAGuard guard(features.device());
+  const DeviceGuard guard(features.device());
   const at::Tensor feats = features.contiguous();
   const at::Tensor weights = probs.contiguous();
   const int64_t batch = features.size(0), channels = features.size(1), classes = probs.size(1);
@@ -55,7 +54,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& feature
   at::Tensor mass = at::empty({batch, classes}, features.options().dtype(at::toOpMathType(features.scalar_type())));
   at::Tensor attended = with_attended ? at::empty(features.sizes(), features.options()) : at::Tensor();
   auto [plan, workspace] = plan_for(features, classes);
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "soft_class_pool_cuda", [&] {
     check_cuda(cuda::soft_class_pool_forward(cuda_ptr<scalar_t>(feats), cuda_ptr<scalar_t>(weights), batch, channels,
                                              pixels, classes, plan, workspace.data_ptr(),
@@ -72,7 +71,7 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_centers, cons
                                             const at::Tensor& features, const at::Tensor& probs,
                                             const at::Tensor& centers, const at::Tensor& mass) {
   check_saved(features, probs, centers, mass);
-  const c10::cuda::CUDAGuard guard(features.device());
+  const DeviceGuard guard(features.device());
   const at::Tensor feats = features.contiguous();
   const at::Tensor weights = probs.contiguous();
   const at::Tensor z = centers.contiguous();
@@ -84,7 +83,7 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_centers, cons
   at::Tensor grad_features = at::empty(features.sizes(), features.options());
   at::Tensor grad_probs = at::empty(probs.sizes(), probs.options());
   auto [plan, workspace] = plan_for(features, classes);
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "soft_class_pool_backward", [&] {
     check_cuda(cuda::soft_class_pool_backward(
                    grad_z.defined() ? cuda_ptr<scalar_t>(grad_z) : nullptr,
@@ -125,7 +124,7 @@ std::tuple<at::Tensor, at::Tensor> attentional_class_feature_backward_cuda(const
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastseg, CUDA, m) {
+FASTSEG_CUDA_LIBRARY_IMPL(m) {
   m.impl("soft_class_pool", &soft_class_pool_cuda);
   m.impl("soft_class_pool_backward", &soft_class_pool_backward_cuda);
   m.impl("attentional_class_feature", &attentional_class_feature_cuda);

@@ -1,0 +1,169 @@
+// The emulated-CUDA execution layer: runs fastseg's unchanged csrc/cuda/*.cu kernels on the CPU.
+// Test-only; built by tests/emulated_cuda/extension.py, never shipped in the wheel.
+//
+// DESIGN
+// A .cu file is compiled by the host compiler (g++ -x c++, -DFASTSEG_EMULATED_CUDA) against the real
+// CUDA headers in host mode, which give dim3, cudaError_t, the runtime API's declarations and the
+// fp16/bf16 types with their host conversion functions. This header adds what host mode lacks:
+//   - execution: every launch goes through fastseg::cuda::launch (csrc/cuda/launch.cuh), which here
+//     calls fastseg::emulated::launch. Blocks run one after another on the calling thread; inside a
+//     block every CUDA thread is a fiber (ucontext) with its own stack, so `threadIdx` and friends
+//     are the running fiber's indices. A fiber runs until it reaches a barrier or returns.
+//   - barriers: __syncthreads() parks the fiber until every thread of the block that has not
+//     returned is parked at it; __syncwarp(mask) and the warp intrinsics (__shfl*_sync,
+//     __ballot_sync) park it until every lane named in the mask is there, then exchange values with
+//     lane semantics. A barrier nobody can pass (threads split between different barriers, a lane of
+//     the mask returned) fails the launch instead of hanging.
+//   - thread orders: between barriers the runnable fibers run in forward, reverse or a seeded
+//     shuffled order (set_thread_order), and a warp whose lanes all reach a warp barrier runs on at
+//     once, up to its next block barrier, ahead of the other warps. A kernel that reads what another
+//     thread writes without a barrier in between gives order-dependent results, which the tests
+//     compare bitwise.
+//   - memory: `__shared__` variables are function statics, which the test build gathers in one
+//     linker section (-fdata-sections and shared_memory.ld), filled with 0xFF (NaN for every float
+//     type) before each block; dynamic shared memory is a per-block buffer with 0xFF redzones
+//     checked after the block. Device buffers are the tensors allocated while the glue's
+//     DeviceGuard is held (fastseg_emulated_cuda_glue.h, device_memory.cpp), and the inputs the
+//     tests copy there (to_device): filled with 0xFF, between 4 KB redzones checked after every
+//     launch and inaccessible guard pages, so a read of unwritten memory shows as NaN/-1, a write
+//     just out of bounds fails the launch with cudaErrorIllegalAddress and a far one faults.
+//   - checks a GPU (sm_80/sm_90) would make at launch: threads per block <= 1024 (x, y <= 1024,
+//     z <= 64), grid.y/z <= 65535, dynamic shared memory over 48 KB only after
+//     cudaFuncSetAttribute(MaxDynamicSharedMemorySize) raised it, never over 227 KB.
+//   - atomics are plain read-modify-writes: fibers switch only at barriers, so they are atomic.
+// Errors are sticky like the runtime's: cudaGetLastError() returns and clears the first one, and
+// cudaGetErrorString() gives the layer's explanation of it.
+// Not covered: out of bounds accesses between static __shared__ arrays (one section holds them
+// all), inputs not copied with to_device, static shared memory sizes, and __launch_bounds__ against
+// the launch's block size.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <type_traits>
+
+#undef __shared__
+#define __shared__ static
+#undef __launch_bounds__
+#define __launch_bounds__(...)
+
+namespace fastseg::emulated {
+
+// The indices of the CUDA thread whose fiber is running.
+struct ThreadIndices {
+  uint3 thread_index;
+  uint3 block_index;
+  dim3 block_dim;
+  dim3 grid_dim;
+};
+
+const ThreadIndices& current();
+
+// Runs `thread` (one CUDA thread's body) as grid x block threads; errors go to cudaGetLastError().
+void launch(const void* kernel, dim3 grid, dim3 block, size_t shared_bytes, const std::function<void()>& thread);
+
+void sync_block();
+// Parks until every lane of `mask` is parked at a warp barrier.
+void sync_warp(unsigned mask);
+// sync_warp, writing `value` into this lane's slot first; returns the slots of the whole warp, which
+// stay valid until the lanes' next sync_warp (which must follow, before the next exchange).
+const uint64_t* exchange_in_warp(unsigned mask, uint64_t value);
+void* dynamic_shared_memory();
+
+// Thread orders between barriers: 0 forward, 1 reverse, 2 shuffled with `seed`.
+void set_thread_order(int order, uint64_t seed);
+
+template <typename T>
+T shuffle_from(unsigned mask, T value, int (*source)(int lane, int parameter, int width), int parameter, int width) {
+  static_assert(sizeof(T) <= sizeof(uint64_t) && std::is_trivially_copyable_v<T>, "shuffle of a register value");
+  uint64_t bits = 0;
+  std::memcpy(&bits, &value, sizeof(T));
+  const int lane = static_cast<int>(current().thread_index.x % 32);
+  const uint64_t* slots = exchange_in_warp(mask, bits);
+  T result;
+  std::memcpy(&result, &slots[source(lane, parameter, width)], sizeof(T));
+  sync_warp(mask);  // nobody overwrites a slot before every lane has read
+  return result;
+}
+
+inline int lane_index(int lane, int source, int width) { return (lane & ~(width - 1)) + (source & (width - 1)); }
+inline int lane_up(int lane, int delta, int width) {
+  return (lane & (width - 1)) >= delta ? lane - delta : lane;
+}
+inline int lane_down(int lane, int delta, int width) {
+  return (lane & (width - 1)) + delta < width ? lane + delta : lane;
+}
+inline int lane_xor(int lane, int lane_mask, int width) {
+  const int other = lane ^ lane_mask;
+  return (other & ~(width - 1)) == (lane & ~(width - 1)) ? other : lane;
+}
+
+}  // namespace fastseg::emulated
+
+#define threadIdx (::fastseg::emulated::current().thread_index)
+#define blockIdx (::fastseg::emulated::current().block_index)
+#define blockDim (::fastseg::emulated::current().block_dim)
+#define gridDim (::fastseg::emulated::current().grid_dim)
+constexpr int warpSize = 32;
+
+inline void __syncthreads() { ::fastseg::emulated::sync_block(); }
+inline void __syncwarp(unsigned mask = 0xffffffffu) { ::fastseg::emulated::sync_warp(mask); }
+inline void __threadfence() {}
+inline void __threadfence_block() {}
+
+template <typename T>
+T __shfl_sync(unsigned mask, T value, int source, int width = 32) {
+  return ::fastseg::emulated::shuffle_from(mask, value, ::fastseg::emulated::lane_index, source, width);
+}
+template <typename T>
+T __shfl_up_sync(unsigned mask, T value, unsigned delta, int width = 32) {
+  return ::fastseg::emulated::shuffle_from(mask, value, ::fastseg::emulated::lane_up, int(delta), width);
+}
+template <typename T>
+T __shfl_down_sync(unsigned mask, T value, unsigned delta, int width = 32) {
+  return ::fastseg::emulated::shuffle_from(mask, value, ::fastseg::emulated::lane_down, int(delta), width);
+}
+template <typename T>
+T __shfl_xor_sync(unsigned mask, T value, int lane_mask, int width = 32) {
+  return ::fastseg::emulated::shuffle_from(mask, value, ::fastseg::emulated::lane_xor, lane_mask, width);
+}
+inline unsigned __ballot_sync(unsigned mask, int predicate) {
+  const uint64_t* slots = ::fastseg::emulated::exchange_in_warp(mask, predicate ? 1 : 0);
+  unsigned ballot = 0;
+  for (int lane = 0; lane < 32; ++lane) ballot |= ((mask >> lane) & 1u) && slots[lane] ? 1u << lane : 0u;
+  ::fastseg::emulated::sync_warp(mask);
+  return ballot;
+}
+
+// cuda_runtime.h declares this overload for nvcc only.
+template <typename T>
+cudaError_t cudaFuncSetAttribute(T* kernel, cudaFuncAttribute attribute, int value) {
+  return ::cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel), attribute, value);
+}
+
+// Fibers switch only at barriers, so a read-modify-write is atomic.
+template <typename T>
+T atomicAdd(T* address, T value) {
+  const T old = *address;
+  *address = old + value;
+  return old;
+}
+
+// Device math the kernels call unqualified, for integer and floating arguments alike.
+template <typename T>
+T min(T a, T b) {
+  return b < a ? b : a;
+}
+template <typename T>
+T max(T a, T b) {
+  return a < b ? b : a;
+}
+using std::exp;
+using std::floor;

@@ -1,0 +1,80 @@
+"""deform_conv2d's CUDA kernels (im2col; backward col2im with atomic adds; offset and mask
+gradients) on the emulated-CUDA layer."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fastseg.ops.deform_conv2d import deform_conv2d_reference, output_size
+
+from .compare import DTYPES, check_every_order, on_device
+
+pytestmark = pytest.mark.emulated_cuda
+
+CASES = {
+    # name: (B, C_in, (H, W), C_out, (kh, kw), stride, padding, dilation, groups, offset groups, mask)
+    "plain": (2, 4, (7, 7), 6, (3, 3), 1, 1, 1, 1, 1, True),
+    "no-mask": (2, 4, (7, 7), 6, (3, 3), 1, 1, 1, 1, 1, False),
+    "stride2-pad0": (2, 3, (9, 8), 5, (3, 3), 2, 0, 1, 1, 1, True),
+    "dilation2-batch1": (1, 4, (9, 9), 4, (3, 3), 1, 2, 2, 1, 1, True),
+    "groups2-offset-groups2-rect": (2, 4, (6, 9), 6, (2, 3), 1, (1, 0), (2, 1), 2, 2, True),
+    "one-pixel": (2, 3, (1, 1), 2, (1, 1), 1, 0, 1, 1, 1, True),
+}
+
+
+def _inputs(batch, channels, size, out_channels, kernel, stride, padding, dilation, groups, offset_groups,
+            with_mask, dtype):
+    """Random input; offsets within 6 pixels (many samples fall outside the image), multiples of 1/16
+    (exact in bf16) but never whole, since the sampling derivative has a kink at whole positions;
+    mask in (0, 1)."""
+    pair = torch.nn.modules.utils._pair
+    stride, padding, dilation = pair(stride), pair(padding), pair(dilation)
+    out_h, out_w = output_size(*size, kernel, stride, padding, dilation)
+    taps = kernel[0] * kernel[1]
+    offset_shape = (batch, 2 * offset_groups * taps, out_h, out_w)
+    tensors = dict(
+        input=torch.randn(batch, channels, *size),
+        offset=torch.randint(-6, 6, offset_shape) + torch.randint(1, 16, offset_shape) / 16,
+        weight=torch.randn(out_channels, channels // groups, *kernel) / math.sqrt(channels // groups * taps),
+        mask=torch.rand(batch, offset_groups * taps, out_h, out_w) if with_mask else None,
+        bias=torch.randn(out_channels),
+    )
+    return {k: None if v is None else v.to(dtype) for k, v in tensors.items()}, (stride, padding, dilation)
+
+
+def _check(emulated, tensors, geometry):
+    dtype = tensors["input"].dtype
+    names = [k for k, v in tensors.items() if v is not None]
+    reference = {k: v.detach().double().requires_grad_() for k, v in tensors.items() if v is not None}
+    output = deform_conv2d_reference(reference["input"], reference["offset"], reference["weight"], reference["bias"],
+                                     *geometry, reference.get("mask"))
+    grad_output = torch.randn_like(output).to(dtype)
+    grads = dict(zip(names, torch.autograd.grad(output, [reference[k] for k in names], grad_output.double())))
+    order = ["input", "offset", "weight", "mask", "bias"]
+    expected = [output] + [grads[k] for k in order if k in grads]
+    t = dict(zip(tensors, on_device(emulated, *tensors.values())))
+    (grad_output,) = on_device(emulated, grad_output)
+
+    def run():
+        got = emulated.deform_conv2d(t["input"], t["offset"], t["weight"], t["mask"], t["bias"], *geometry)
+        backward = emulated.deform_conv2d_backward(grad_output, t["input"], t["offset"], t["weight"], t["mask"],
+                                                   *geometry)
+        return [got] + [g for k, g in zip(order, backward) if k in grads]
+
+    # col2im scatters grad_input with atomic adds: only it depends on the thread order
+    bitwise = [name != "input" for name in ["output"] + [k for k in order if k in grads]]
+    check_every_order(run, expected, dtype, deterministic=bitwise, atol_of_max=True)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_matches_reference(emulated, case):
+    _check(emulated, *_inputs(*CASES[case], dtype=torch.float32))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_dtypes_and_non_contiguous(emulated, dtype):
+    tensors, geometry = _inputs(*CASES["plain"][:-1], True, dtype=dtype)
+    tensors["input"] = tensors["input"].transpose(2, 3).contiguous().transpose(2, 3)  # not contiguous
+    _check(emulated, tensors, geometry)

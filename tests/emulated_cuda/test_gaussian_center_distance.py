@@ -1,0 +1,63 @@
+"""gaussian_center_distance's CUDA kernels (forward; backward over class chunks and pixel slices;
+finalize) on the emulated-CUDA layer."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastseg.ops.gaussian_center_distance import gaussian_center_distance_reference
+
+from .compare import DTYPES, check_every_order, on_device
+
+pytestmark = pytest.mark.emulated_cuda
+
+DELTA = 10.0
+CASES = {
+    # name: (B, C', H, W, K)
+    "cityscapes-like": (2, 16, 7, 9, 19),  # two class chunks of 16
+    "batch1": (1, 8, 9, 9, 5),
+    "one-pixel": (2, 5, 1, 1, 4),
+    "one-class": (2, 6, 7, 9, 1),
+    "K150": (1, 3, 4, 5, 150),
+    "many-pixels": (1, 2, 17, 40, 2),  # several 128-pixel tiles
+}
+
+
+def _inputs(batch, channels, height, width, num_classes):
+    """Embeddings ~ N(0, 1); centers are embeddings of random pixels plus noise (phi from ~0 to ~1);
+    margins in [-0.5, 0.5]; a tenth of the pixels sit exactly on their image's first center."""
+    embeddings = torch.randn(batch, channels, height, width)
+    flat = embeddings.flatten(2)
+    picks = torch.randint(0, height * width, (batch, num_classes))
+    centers = torch.gather(flat, 2, picks[:, None, :].expand(-1, channels, -1)).transpose(1, 2)
+    centers = centers + 0.3 * torch.randn_like(centers)
+    exact = torch.rand(batch, height * width) < 0.1
+    flat.transpose(1, 2)[exact] = centers[:, :1].expand(-1, height * width, -1)[exact]
+    return embeddings, centers, torch.rand(batch, num_classes) - 0.5
+
+
+def _check(emulated, embeddings, centers, margins):
+    dtype = embeddings.dtype
+    reference_inputs = [t.detach().double().requires_grad_() for t in (embeddings, centers, margins)]
+    phi = gaussian_center_distance_reference(*reference_inputs, DELTA)
+    grad_phi = torch.randn_like(phi).to(dtype)
+    grads = torch.autograd.grad(phi, reference_inputs, grad_phi.double())
+
+    embeddings, centers, margins, grad_phi = on_device(emulated, embeddings, centers, margins, grad_phi)
+
+    def run():
+        got = emulated.gaussian_center_distance(embeddings, centers, margins, DELTA)
+        return (got, *emulated.gaussian_center_distance_backward(grad_phi, embeddings, centers, margins, DELTA))
+
+    check_every_order(run, (phi, *grads), dtype, atol_of_max=True)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_matches_reference(emulated, case):
+    _check(emulated, *_inputs(*CASES[case]))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_dtypes_and_non_contiguous(emulated, dtype):
+    embeddings, centers, margins = (t.to(dtype) for t in _inputs(2, 7, 9, 6, 18))
+    _check(emulated, embeddings.transpose(2, 3), centers, margins)

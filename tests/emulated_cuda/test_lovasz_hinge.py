@@ -1,0 +1,67 @@
+"""lovasz_hinge's CUDA kernels (errors, block scan + gradient weights around PyTorch's sort, backward
+scatter) on the emulated-CUDA layer.
+
+Gradients are compared on tie-free rows: with equal errors every order of the tied pixels is a valid
+subgradient (see tests/ops/test_lovasz_hinge.py).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastseg.ops.lovasz_hinge import lovasz_hinge_reference
+
+from .compare import DTYPES, check_every_order, on_device
+
+pytestmark = pytest.mark.emulated_cuda
+
+CASES = {
+    # name: (rows, pixels, fraction positive, fraction valid)
+    "random": (7, 300, 0.3, 0.8),
+    "all-positive": (3, 50, 1.0, 0.9),
+    "all-negative": (3, 50, 0.0, 0.9),
+    "one-pixel": (5, 1, 0.5, 1.0),
+    "three-tiles": (1, 1100, 0.2, 0.7),  # the block scan carries its total across 512-pixel tiles
+}
+
+
+def _tie_free_rows(rows, pixels, positive, valid, dtype):
+    """logits (in dtype), labels, valid whose hinge errors are distinct within each row."""
+    while True:
+        logits = (2 * torch.randn(rows, pixels)).to(dtype)
+        labels = torch.rand(rows, pixels) < positive
+        errors = 1 - logits.double() * (2 * labels.double() - 1)
+        if all(row.unique().numel() == pixels for row in errors):
+            return logits, labels, torch.rand(rows, pixels) < valid
+
+
+def _check(emulated, logits, labels, valid):
+    reference_logits = logits.detach().double().requires_grad_()
+    losses = lovasz_hinge_reference(reference_logits, labels, valid)
+    grad_loss = torch.randn_like(losses).to(logits.dtype)
+    (grad_logits,) = torch.autograd.grad(losses, reference_logits, grad_loss.double())
+
+    logits, labels, valid, grad_loss = on_device(emulated, logits, labels, valid, grad_loss)
+
+    def run():
+        got_losses, permutation, weights = emulated.lovasz_hinge(logits, labels, valid)
+        return got_losses, emulated.lovasz_hinge_backward(grad_loss, permutation, weights)
+
+    check_every_order(run, (losses, grad_logits), logits.dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", CASES)
+def test_matches_reference(emulated, case, dtype):
+    rows, pixels, positive, valid = CASES[case]
+    if dtype in (torch.float16, torch.bfloat16):
+        pixels = min(pixels, 40)  # more distinct errors than 16-bit floats near 1 can hold would tie
+    _check(emulated, *_tie_free_rows(rows, pixels, positive, valid, dtype))
+
+
+def test_all_invalid_row_no_mask_and_non_contiguous(emulated):
+    logits, labels, valid = _tie_free_rows(4, 90, 0.4, 0.8, torch.float32)
+    valid[2] = False
+    _check(emulated, logits, labels, valid)
+    _check(emulated, logits, labels, None)
+    _check(emulated, logits.t().contiguous().t(), labels, valid)
