@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = cli.make_parser(PROG, __doc__)
     add_run_arguments(parser)
     add_inference_arguments(parser)
@@ -140,7 +140,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     parser.add_argument("--output", help="where the JSON results go (default: <checkpoint stem>_<split>_results.json "
                         "next to the checkpoint)")  # fmt: skip
-    return cli.run_main(PROG, parser.parse_args(argv), run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return cli.run_main(PROG, build_parser().parse_args(argv), run)
 
 
 if __name__ == "__main__":

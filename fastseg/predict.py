@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> tuple[int, int]:
     return written, skipped
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = cli.make_parser(PROG, __doc__)
     add_run_arguments(parser)
     add_inference_arguments(parser)
@@ -111,7 +111,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="colours: the config's dataset's (default), or those of cityscapes or ade20k")  # fmt: skip
     parser.add_argument("--opacity", type=float, default=0.5, help="weight of the mask in the overlay")
     parser.add_argument("--skip-bad", action="store_true", help="skip and count unreadable images")
-    return cli.run_main(PROG, parser.parse_args(argv), run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return cli.run_main(PROG, build_parser().parse_args(argv), run)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from fastseg.engine.trainer import NonFiniteLossError, Trainer, train_options
 PROG = "python -m fastseg.train"
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = cli.make_parser(PROG, __doc__)
     parser.add_argument("--config", default=None, help=f"recipe file or packaged name (default: {DEFAULT_CONFIG})")
     parser.add_argument("--resume", default=None, metavar="CHECKPOINT",
@@ -56,7 +56,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="skip (and count) missing or corrupt samples instead of failing")  # fmt: skip
     parser.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT_S,
                         help="seconds a collective waits for the other ranks before failing")  # fmt: skip
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def resolve_run(args: argparse.Namespace) -> tuple[dict[str, Any], Path | None, Path | None]:
