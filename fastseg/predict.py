@@ -68,7 +68,7 @@ def check_palette_fits(name: str, dataset: str, num_classes: int) -> None:
 def run(args: argparse.Namespace) -> tuple[int, int]:
     """Predict every input; returns (images written, inputs skipped as unreadable)."""
     paths = input_images(Path(args.input))
-    cli.set_threads(args.threads, workers=0)
+    cli.set_threads(args.threads)
     model, config = load_run(args)
     data = config["data"]
     num_classes = data["num_classes"]

@@ -1,7 +1,7 @@
 """``python -m fastseg.train``: train a segmentation model from a YAML recipe.
 
 With no arguments it trains the ``default`` recipe (a small DeepLabv3+ on ResNet-18 on the built-in
-synthetic street scenes, about 10 minutes on a 2-core CPU), evaluates it, and writes a checkpoint and
+synthetic street scenes, 5-11 minutes on a quiet 2-core CPU), evaluates it, and writes a checkpoint and
 prediction images.
 
     python -m fastseg.train                                      # the default run
@@ -116,12 +116,13 @@ def train(args: argparse.Namespace) -> None:
         output_dir = gather_objects(default_output_dir(config_name(args.config or DEFAULT_CONFIG)))[0]
     with cli.config_errors():
         options = train_options(config)
-    threads = cli.set_threads(args.threads, options["workers"])
+    threads = cli.set_threads(args.threads)
     if context.is_main:
         model, data = config["model"], config["data"]
         print(f"training {model['name']} ({model.get('backbone', 'resnet50')}) on {data['dataset']} for "
               f"{options['iterations']} iterations of batch {options['batch_size']} on {context.device} "
-              f"({threads} CPU thread(s), {options['workers']} loader worker(s)); run directory {output_dir}",
+              f"({threads} CPU thread(s), OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
+              f"{options['workers']} loader worker(s)); run directory {output_dir}",
               flush=True)  # fmt: skip
     try:
         run(config, output_dir, context, resume)

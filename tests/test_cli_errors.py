@@ -3,6 +3,10 @@ traceback (``--debug`` shows it); typed overrides; the palette check; evaluate's
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from test_evaluate_cli import run_cli, write_checkpoint
@@ -11,6 +15,7 @@ from test_predict_cli import write_images
 from fastseg import evaluate, predict, train
 from fastseg.engine.cli import UsageError, default_threads, one_line
 
+REPO = Path(__file__).resolve().parent.parent
 MAINS = {"train": train.main, "evaluate": evaluate.main, "predict": predict.main}
 
 
@@ -149,9 +154,28 @@ def test_evaluate_writes_next_to_the_checkpoint_by_default(tmp_path, capsys, mon
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"], "nothing written to the working directory"
 
 
-def test_default_threads_leave_a_core_per_loader_worker(monkeypatch):
+def test_default_threads_are_the_usable_cores_shared_by_the_local_ranks(monkeypatch):
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)))
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    assert [default_threads(workers) for workers in (0, 2, 7, 12)] == [8, 6, 1, 1]
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
-    assert default_threads(0) == 2 and default_threads(2) == 1
+    assert default_threads() == 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")
+    assert default_threads() == 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")
+    assert default_threads() == 1
+
+
+@pytest.mark.parametrize("orig_argv, torch_first, expected", [
+    (["python", "-m", "fastseg.train"], False, "PASSIVE"),
+    (["python", "-u", "-m", "fastseg.evaluate", "--checkpoint", "x"], False, "PASSIVE"),  # as torchrun starts ranks
+    (["python", "-m", "fastseg.train"], True, "None"),  # too late: OpenMP already read its settings
+    (["python", "-c", "import fastseg"], False, "None"),  # a library user's process is left alone
+    (["python", "-m", "fastsegment"], False, "None"),
+])  # fmt: skip
+def test_fastseg_commands_make_waiting_openmp_threads_sleep(orig_argv, torch_first, expected):
+    """``python -m fastseg.*`` sets OMP_WAIT_POLICY=PASSIVE before torch loads OpenMP."""
+    probe = (f"import sys; sys.orig_argv = {orig_argv!r}; {'import torch; ' if torch_first else ''}import fastseg, os; "
+             "print(os.environ.get('OMP_WAIT_POLICY'))")  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-1] == expected

@@ -46,25 +46,24 @@ def make_parser(prog: str, description: str) -> Parser:
                         "--set train.lr=1e-3 evaluate.scales=[0.75,1.0] (repeatable)")  # fmt: skip
     parser.add_argument("--debug", action="store_true", help="show the traceback of every error")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="intra-op CPU threads of the main process (default: the usable cores, less one per "
-                        "DataLoader worker, at least 1)")  # fmt: skip
+                        help="intra-op CPU threads of the main process (default: the usable cores, divided "
+                        "among the ranks of this machine)")  # fmt: skip
     return parser
 
 
-def default_threads(workers: int) -> int:
-    """Intra-op threads for the main process: the cores this process may use (its CPU affinity, shared
-    by the ``LOCAL_WORLD_SIZE`` ranks of a machine) less one per DataLoader worker, at least 1.
+def default_threads() -> int:
+    """Intra-op threads for the main process: the cores this process may use (its CPU affinity), shared
+    by the ``LOCAL_WORLD_SIZE`` ranks of a machine, at least 1.
 
-    Each worker computes on one thread of its own (PyTorch sets 1 in workers), so more main threads
-    than the cores left over make the threads of one operation wait for each other at every barrier
-    while a worker holds their core; on a loaded machine that wait is long."""
+    DataLoader workers compute on one thread each (PyTorch sets 1 in workers). The threads do not spin
+    while they wait: ``python -m fastseg.*`` sets ``OMP_WAIT_POLICY=PASSIVE`` (see ``fastseg/__init__.py``)."""
     cores = len(os.sched_getaffinity(0)) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    return max(1, cores - workers)
+    return max(1, cores)
 
 
-def set_threads(requested: int | None, workers: int) -> int:
+def set_threads(requested: int | None) -> int:
     """Set torch's intra-op threads to ``requested`` (or :func:`default_threads`); returns the number."""
-    threads = requested if requested is not None else default_threads(workers)
+    threads = requested if requested is not None else default_threads()
     if threads < 1:
         raise UsageError(f"--threads must be at least 1, got {threads}")
     torch.set_num_threads(threads)
