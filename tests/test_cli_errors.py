@@ -9,11 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from test_evaluate_cli import run_cli, write_checkpoint
 from test_predict_cli import write_images
 
 from fastseg import evaluate, predict, train
-from fastseg.engine.cli import UsageError, default_threads, one_line
+from fastseg.engine.cli import UsageError, default_threads, one_line, set_threads
 
 REPO = Path(__file__).resolve().parent.parent
 MAINS = {"train": train.main, "evaluate": evaluate.main, "predict": predict.main}
@@ -162,6 +163,23 @@ def test_default_threads_are_the_usable_cores_shared_by_the_local_ranks(monkeypa
     assert default_threads() == 2
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")
     assert default_threads() == 1
+
+
+def test_threads_requested_else_omp_num_threads_else_default(monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2})
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    previous = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        assert set_threads(None) == 3 and torch.get_num_threads() == 3
+        torch.set_num_threads(1)
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        assert set_threads(None) == 1 and torch.get_num_threads() == 1
+        assert set_threads(2) == 2 and torch.get_num_threads() == 2
+        with pytest.raises(UsageError, match="at least 1"):
+            set_threads(0)
+    finally:
+        torch.set_num_threads(previous)
 
 
 @pytest.mark.parametrize("orig_argv, torch_first, expected", [

@@ -46,8 +46,8 @@ def make_parser(prog: str, description: str) -> Parser:
                         "--set train.lr=1e-3 evaluate.scales=[0.75,1.0] (repeatable)")  # fmt: skip
     parser.add_argument("--debug", action="store_true", help="show the traceback of every error")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="intra-op CPU threads of the main process (default: the usable cores, divided "
-                        "among the ranks of this machine)")  # fmt: skip
+                        help="intra-op CPU threads of the main process (default: OMP_NUM_THREADS if set, else the "
+                        "usable cores divided among the ranks of this machine)")  # fmt: skip
     return parser
 
 
@@ -62,7 +62,10 @@ def default_threads() -> int:
 
 
 def set_threads(requested: int | None) -> int:
-    """Set torch's intra-op threads to ``requested`` (or :func:`default_threads`); returns the number."""
+    """Set torch's intra-op threads to ``requested``, else keep those of a set ``OMP_NUM_THREADS``, else
+    :func:`default_threads`; returns the number."""
+    if requested is None and os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
     threads = requested if requested is not None else default_threads()
     if threads < 1:
         raise UsageError(f"--threads must be at least 1, got {threads}")
