@@ -1,5 +1,6 @@
 """What the three command lines (``fastseg.train``, ``fastseg.evaluate``, ``fastseg.predict``) share:
-the argument parser, ``--set`` overrides and ``--debug``, and how errors reach the user.
+the argument parser (``--set`` overrides, ``--debug``, ``--threads``), the CPU threads, and how errors
+reach the user.
 
 A user mistake (a missing file, a bad override, a config value of the wrong type, a file that is not a
 checkpoint, an unreadable image) is one line on stderr, ``<prog>: error: <message>``, and exit status 2.
@@ -39,7 +40,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def make_parser(prog: str, description: str) -> Parser:
-    """A parser with ``--set KEY=VALUE ...`` (into ``args.overrides``) and ``--debug``."""
+    """A parser with ``--set KEY=VALUE ...`` (into ``args.overrides``), ``--debug`` and ``--threads``."""
     parser = Parser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         type=override_argument, help="config overrides, values parsed as YAML, e.g. "
