@@ -5,8 +5,10 @@
         [--boundary] [--skip-bad] [--batch-size N] [--workers N] [--output results.json] [--device cpu|cuda]
 
 The run config comes from the checkpoint (or ``--config``), with ``--set`` overrides on top; the
-inference flags override its ``evaluate`` section. Prints a table and writes the numbers as JSON
-(NaN, for classes absent from the split, written as null).
+inference flags override its ``evaluate`` section. Shows progress over the images, prints a table and
+writes the numbers as JSON (NaN, for classes absent from the split, written as null), by default next
+to the checkpoint as ``<checkpoint stem>_<split>_results.json``. Mistakes are one line on stderr and exit
+status 2 (``--debug`` shows their traceback).
 """
 from __future__ import annotations
 
@@ -22,20 +24,20 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from fastseg.data import BadSampleError
+from fastseg.engine import cli
 from fastseg.engine.builders import build_dataset_from_config, build_model_from_config
-from fastseg.engine.checkpoint import load_checkpoint
-from fastseg.engine.config import apply_overrides, load_config
+from fastseg.engine.config import apply_overrides, load_config, validate_config
 from fastseg.engine.evaluator import evaluate, format_table
 from fastseg.engine.inference import inference_options
+from fastseg.engine.logging import ProgressBar
+
+PROG = "python -m fastseg.evaluate"
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """The checkpoint, config, overrides and device arguments shared by evaluate and predict."""
+    """The checkpoint, config and device arguments shared by evaluate and predict."""
     parser.add_argument("--checkpoint", required=True, help="a checkpoint written by fastseg.train")
     parser.add_argument("--config", help="a recipe name or YAML file to use instead of the checkpoint's config")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override, e.g. --set evaluate.scales=[0.75,1.0] (repeatable)")  # fmt: skip
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -51,18 +53,30 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
 def load_run(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
     """The model (weights from ``--checkpoint``, on ``--device``, in eval mode) and the resolved config
     (checkpoint's or ``--config``, then ``--set``, then the inference flags into ``evaluate``)."""
-    checkpoint = load_checkpoint(args.checkpoint)
+    checkpoint = cli.read_checkpoint(args.checkpoint)
     config = load_config(args.config) if args.config else checkpoint["config"]
     config = apply_overrides(config, args.overrides)
     section = config.setdefault("evaluate", {})
     for key in ("mode", "crop_size", "stride", "scales", "flip"):
         if getattr(args, key, None) is not None:
-            section[key] = getattr(args, key)
-    # The checkpoint holds every weight: do not load the backbone's ImageNet weights again.
-    model_options = config["model"].get("options") or {}
-    model = build_model_from_config({**config, "model": {**config["model"], "options": {**model_options, "pretrained": None}}})
-    model.load_state_dict(checkpoint["model"])
+            value = getattr(args, key)
+            section[key] = list(value) if isinstance(value, (list, tuple)) else value
+    validate_config(config)
+    with cli.config_errors():
+        # The checkpoint holds every weight: do not load the backbone's ImageNet weights again.
+        model_options = config["model"].get("options") or {}
+        model = build_model_from_config({**config, "model": {**config["model"], "options": {**model_options, "pretrained": None}}})
+        try:
+            model.load_state_dict(checkpoint["model"])
+        except RuntimeError as error:
+            raise cli.UsageError(f"the weights of {args.checkpoint} do not fit the config's model: {error}") from error
     return model.to(args.device).eval(), config
+
+
+def default_output(checkpoint: str | Path, split: str) -> Path:
+    """``<checkpoint dir>/<checkpoint stem>_<split>_results.json``: results stay with the run they belong to."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(f"{checkpoint.stem}_{split}_results.json")
 
 
 def json_safe(value: Any) -> Any:
@@ -79,19 +93,25 @@ def json_safe(value: Any) -> Any:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     model, config = load_run(args)
     data = config["data"]
+    if args.split not in data:
+        raise cli.UsageError(f"the config's data section has no {args.split!r} split; it has {sorted(data)}")
     if args.skip_bad and data["dataset"] != "synthetic":
         data.setdefault(args.split, {})["skip_bad"] = True
-    dataset = build_dataset_from_config(config, args.split)
+    with cli.config_errors():
+        dataset = build_dataset_from_config(config, args.split)
     # Images of one size batch together; file datasets may mix sizes, so they go one at a time.
     batch_size = args.batch_size or (4 if data["dataset"] == "synthetic" else 1)
     # Skipped samples are counted per process: with --skip-bad the samples are read in this process.
     workers = 0 if args.skip_bad else args.workers
+    cli.set_threads(args.threads)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=args.device.startswith("cuda"))
     section = config["evaluate"]
+    progress = ProgressBar(len(dataset), label="image", unit="img")
     results = evaluate(
         model, loader, num_classes=data["num_classes"], ignore_index=data.get("ignore_index", 255), device=args.device,
-        inference=section, boundary=args.boundary, class_names=list(dataset.classes),
+        inference=section, boundary=args.boundary, class_names=list(dataset.classes), progress=progress,
     )  # fmt: skip
+    progress.close()
     results["num_skipped"] = getattr(dataset, "num_skipped", 0)
     print(format_table(results))
     print(f"{results['num_images']} images of split {args.split!r}, {results['num_skipped']} skipped as unreadable")
@@ -102,30 +122,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         **results,
         "config": config,
     }
-    output = Path(args.output)
+    output = Path(args.output) if args.output else default_output(args.checkpoint, args.split)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(json_safe(report), indent=2) + "\n")
     print(f"wrote {output}")
     return report
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fastseg.evaluate", description=__doc__.split("\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.make_parser(PROG, __doc__)
     add_run_arguments(parser)
     add_inference_arguments(parser)
     parser.add_argument("--split", default="val", help="a split of the config's data section")
-    parser.add_argument("--boundary", action="store_true", help="also the boundary F-score at 3, 5, 9, 12 px")
+    parser.add_argument("--boundary", action="store_true", help="also the boundary F-score at 0.0005, 0.001875, 0.00375, 0.005 of the image diagonal (2, 5, 9, 12 px at 1024x2048)")
     parser.add_argument("--skip-bad", action="store_true", help="skip and count unreadable images/labels")
     parser.add_argument("--batch-size", type=int, help="default 4 for synthetic data, else 1")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
-    parser.add_argument("--output", default="results.json", help="where the JSON results go")
-    args = parser.parse_args(argv)
-    try:
-        run(args)
-    except (BadSampleError, FileNotFoundError) as error:
-        print(f"fastseg.evaluate: error: {error}", file=sys.stderr)
-        return 1
-    return 0
+    parser.add_argument("--output", help="where the JSON results go (default: <checkpoint stem>_<split>_results.json "
+                        "next to the checkpoint)")  # fmt: skip
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return cli.run_main(PROG, build_parser().parse_args(argv), run)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,13 @@ HAS_CUDA = torch.cuda.is_available()
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def pytest_configure(config):
+    # Third-party: inductor (torch.compile) imports torch.fx.experimental.optimization, which imports
+    # torch.utils.mkldnn, whose 14 @torch.jit.script_method decorators each warn that script_method is
+    # deprecated (torch 2.13). Nothing in fastseg uses TorchScript; only this message is filtered.
+    config.addinivalue_line("filterwarnings", "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+
+
 def _triton_installed() -> bool:
     try:
         import triton  # noqa: F401

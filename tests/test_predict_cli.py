@@ -53,20 +53,29 @@ def test_labels_equal_in_process_prediction_and_palette_colours(tmp_path):
     mask = np.asarray(Image.open(tmp_path / "out" / "img1_mask.png"))
     np.testing.assert_array_equal(mask, np.array(SYNTHETIC_PALETTE, np.uint8)[expected])
     assert not (tmp_path / "out" / "img0_mask.png").exists()
-    assert main([*argv, "--palette", "ade20k"]) == 0
-    mask = np.asarray(Image.open(tmp_path / "out" / "img1_mask.png"))
-    np.testing.assert_array_equal(mask, np.array(ADE20K_PALETTE, np.uint8)[expected])
+
+
+def test_named_palette_colours_a_model_of_as_many_classes(tmp_path):
+    """A folder dataset's classes are only on disk: a 150-class model takes the ADE20K colours."""
+    write_checkpoint(tmp_path / "ck.pt", ["data.dataset=folder", "data.num_classes=150"])
+    write_images(tmp_path / "in")
+    argv = ["--checkpoint", str(tmp_path / "ck.pt"), "--input", str(tmp_path / "in" / "img0.png"), "--output",
+            str(tmp_path / "out"), "--device", "cpu", "--palette", "ade20k"]  # fmt: skip
+    assert main(argv) == 0
+    labels = np.asarray(Image.open(tmp_path / "out" / "img0_labels.png"))
+    mask = np.asarray(Image.open(tmp_path / "out" / "img0_mask.png"))
+    np.testing.assert_array_equal(mask, np.array(ADE20K_PALETTE, np.uint8)[labels])
 
 
 def test_bad_inputs_are_named(tmp_path, capsys):
     write_checkpoint(tmp_path / "ck.pt")
     base = ["--checkpoint", str(tmp_path / "ck.pt"), "--output", str(tmp_path / "out"), "--device", "cpu"]
-    assert main([*base, "--input", str(tmp_path / "missing.png")]) == 1
+    assert main([*base, "--input", str(tmp_path / "missing.png")]) == 2
     assert "missing.png" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
-    assert main([*base, "--input", str(tmp_path / "empty")]) == 1
+    assert main([*base, "--input", str(tmp_path / "empty")]) == 2
     assert "no images" in capsys.readouterr().err
     write_images(tmp_path / "in")
     (tmp_path / "in" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    assert main([*base, "--input", str(tmp_path / "in")]) == 1
+    assert main([*base, "--input", str(tmp_path / "in")]) == 2
     assert "corrupt.png" in capsys.readouterr().err

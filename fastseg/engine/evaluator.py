@@ -10,6 +10,7 @@ from torch import nn
 
 from fastseg.engine.boundary_fscore import BoundaryFScore
 from fastseg.engine.inference import inference_options, predict_logits
+from fastseg.engine.logging import ProgressBar
 from fastseg.engine.metrics import SegmentationMetric, all_reduce_sum
 
 
@@ -23,6 +24,7 @@ def evaluate(
     inference: Mapping[str, Any] | None = None,
     boundary: bool = False,
     class_names: Sequence[str] | None = None,
+    progress: ProgressBar | None = None,
 ) -> dict[str, Any]:
     """Run ``model`` (already on ``device``) over ``loader``'s ``(images (B,3,H,W), labels (B,H,W))``.
 
@@ -30,7 +32,8 @@ def evaluate(
     section: mode, crop_size, stride, scales, flip; its ``boundary: true`` turns the boundary F-score on
     as ``boundary=True`` does). The model is put in eval mode and given back in its previous mode.
     Under an initialised ``torch.distributed`` each rank evaluates its shard of the data and the counts
-    are summed over ranks, so every rank returns the metrics of the whole dataset.
+    are summed over ranks, so every rank returns the metrics of the whole dataset. ``progress`` is
+    updated with the number of images done after each batch (this rank's).
 
     Returns :meth:`SegmentationMetric.compute`'s dict (``mIoU``, ``aAcc``, ``mAcc``, ``IoU``, ``Acc``) plus
     ``num_images``; with the boundary F-score, ``BF`` ({"0.0005diag": mean F, ...} at fractions of the image diagonal) and
@@ -44,6 +47,7 @@ def evaluate(
     if boundary:
         metrics.append(BoundaryFScore(num_classes, ignore_index=ignore_index, device=device))
     num_images = torch.zeros((), dtype=torch.int64, device=device)
+    done = 0  # images of this rank, counted on the host for the progress line
     was_training = model.training
     model.eval()
     try:
@@ -55,6 +59,9 @@ def evaluate(
                 for metric in metrics:
                     metric.update(pred, labels)
                 num_images += images.shape[0]
+                if progress is not None:
+                    done += images.shape[0]
+                    progress.update(done)
     finally:
         model.train(was_training)
     results: dict[str, Any] = {}

@@ -12,7 +12,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -25,35 +25,76 @@ def format_duration(seconds: float) -> str:
 
 
 class ProgressBar:
-    """One status line per update: ``iter 120/2000 6% | 1.9 it/s | ETA 0:16:29 | loss 0.812 | lr 9.4e-03``.
+    """A status line, ``iter 120/2000 6% | 1.9 it/s | ETA 0:16:29 | loss 0.812 | lr 9.4e-03``, drawn at most
+    once per ``interval_s`` seconds however often :meth:`update` is called, and always at the first and
+    the last update, so that long work shows progress from its start.
 
-    On a terminal the line is redrawn in place; otherwise (files, CI) each update is a new line.
-    Speed is measured over the iterations since the previous update (resume-safe: it starts at ``start``).
+    On a terminal the line is redrawn in place every ``interval_s`` (default 0.5 s); otherwise (files,
+    CI, pipes) each drawing is a new line, one per ``interval_s`` (default 10 s). Speed is measured over
+    the steps since the previous drawing (resume-safe: counting starts at ``start``).
+
+    Args:
+        total: steps to the end. start: the step counting starts at (a resumed run's iteration).
+        label, unit: ``iter``/``it`` for training, e.g. ``image``/``img`` for evaluation.
     """
 
-    def __init__(self, total: int, start: int = 0, stream: IO[str] | None = None) -> None:
-        self.total, self.stream = total, stream or sys.stderr
+    def __init__(
+        self,
+        total: int,
+        start: int = 0,
+        stream: IO[str] | None = None,
+        *,
+        label: str = "iter",
+        unit: str = "it",
+        interval_s: float | None = None,
+    ) -> None:
+        self.total, self.stream, self.label, self.unit = total, stream or sys.stderr, label, unit
         self.in_place = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self._last_iteration, self._last_time = start, time.perf_counter()
+        self.interval_s = interval_s if interval_s is not None else (0.5 if self.in_place else 10.0)
+        self._last_step, self._last_time = start, time.perf_counter()
+        self._drawn_step: int | None = None
+        self._open_line = False
         self.rate = float("nan")
 
-    def update(self, iteration: int, scalars: Mapping[str, float]) -> None:
+    def update(self, step: int, scalars: Mapping[str, float] | None = None) -> bool:
+        """Step ``step`` of ``total`` is done; draws the line (with ``scalars``) if it is due. Returns
+        whether it drew."""
         now = time.perf_counter()
-        if iteration > self._last_iteration and now > self._last_time:
-            self.rate = (iteration - self._last_iteration) / (now - self._last_time)
-        self._last_iteration, self._last_time = iteration, now
-        eta = (self.total - iteration) / self.rate if self.rate > 0 else float("nan")
-        parts = [f"iter {iteration}/{self.total} {100 * iteration / self.total:3.0f}%", f"{self.rate:.2f} it/s",
-                 f"ETA {format_duration(eta)}"]  # fmt: skip
-        parts += [f"{key} {value:.4g}" for key, value in scalars.items()]
+        first = self._drawn_step is None
+        if not (first or step >= self.total or now - self._last_time >= self.interval_s):
+            return False
+        if step > self._last_step and now > self._last_time:
+            self.rate = (step - self._last_step) / (now - self._last_time)
+        self._last_step, self._last_time, self._drawn_step = step, now, step
+        eta = (self.total - step) / self.rate if self.rate > 0 else float("nan")
+        parts = [f"{self.label} {step}/{self.total} {100 * step / max(self.total, 1):3.0f}%",
+                 f"{self.rate:.2f} {self.unit}/s", f"ETA {format_duration(eta)}"]  # fmt: skip
+        parts += [f"{key} {value:.4g}" for key, value in (scalars or {}).items()]
         line = " | ".join(parts)
-        self.stream.write(f"\r{line}\x1b[K" if self.in_place else f"{line}\n")
-        self.stream.flush()
-
-    def close(self) -> None:
         if self.in_place:
+            self.stream.write(f"\r{line}\x1b[K")
+            self._open_line = True
+        else:
+            self.stream.write(f"{line}\n")
+        self.stream.flush()
+        return True
+
+    def end_line(self) -> None:
+        """End the line drawn in place, so that what is printed next starts on a line of its own."""
+        if self._open_line:
             self.stream.write("\n")
             self.stream.flush()
+            self._open_line = False
+
+    def close(self) -> None:
+        self.end_line()
+
+
+def worst_classes(ious: Sequence[float], names: Sequence[str], count: int = 3) -> str:
+    """``pole 0.00, traffic sign 0.76, person 53.47``: the ``count`` classes of lowest IoU (fractions,
+    shown in %), lowest first; classes whose IoU is NaN (absent from the split) are left out."""
+    known = sorted((iou, str(name)) for iou, name in zip(ious, names) if not math.isnan(iou))
+    return ", ".join(f"{name} {100 * iou:.2f}" for iou, name in known[:count])
 
 
 class RunLogger:

@@ -41,7 +41,7 @@ from fastseg.engine.config import save_config
 from fastseg.engine.distributed import DistributedContext, any_true, barrier, gather_objects, mean_over_ranks
 from fastseg.engine.evaluator import evaluate
 from fastseg.engine.inference import inference_options, predict_logits
-from fastseg.engine.logging import ProgressBar, RunLogger, drop_records_after
+from fastseg.engine.logging import ProgressBar, RunLogger, drop_records_after, worst_classes
 from fastseg.engine.lr_schedule import PolyLR
 from fastseg.engine.train_loader import build_eval_loader, build_train_loader, class_uniform_from_config
 from fastseg.engine.visualize import dataset_palette, denormalize, save_predictions
@@ -155,6 +155,7 @@ class Trainer:
         self.iteration = 0
         self.best_miou = -math.inf
         self.bad_streak = 0
+        self.progress: ProgressBar | None = None  # the training progress line, while train() runs
         if resume is not None:
             self._restore(load_checkpoint(resume, map_location=self.device))
 
@@ -231,7 +232,9 @@ class Trainer:
             class_uniform=self.class_uniform,
         )  # fmt: skip
         batches = iter(loader)
-        progress = ProgressBar(opts["iterations"], self.iteration) if ctx.is_main else None
+        # Drawn from the first iteration on, throttled by time; the loss shown is the last log interval's.
+        self.progress = progress = ProgressBar(opts["iterations"], self.iteration) if ctx.is_main else None
+        shown: dict[str, float] = {}
         sums: dict[str, torch.Tensor] = {}
         count, skipped = 0, 0
         metrics: dict[str, Any] = {}
@@ -264,9 +267,10 @@ class Trainer:
                            for name, value in sums.items()} if count else {}  # fmt: skip
                 scalars.update(lr=lr, skipped=skipped)
                 self._log(scalars)
-                if progress is not None:
-                    progress.update(self.iteration, {"loss": scalars.get("loss", math.nan), "lr": lr})
+                shown = {"loss": scalars.get("loss", math.nan)}
                 sums, count, skipped = {}, 0, 0
+            if progress is not None:
+                progress.update(self.iteration, {**shown, "lr": lr})
             if self.val_set is not None and (last or (opts["eval_interval"] and self.iteration % opts["eval_interval"] == 0)):
                 metrics = self.evaluate()
             if last or self.iteration == stop_at or (
@@ -275,6 +279,7 @@ class Trainer:
                 self.save(self.output_dir / LATEST_NAME)
         if progress is not None:
             progress.close()
+        self.progress = None
         if self.logger is not None:
             self.logger.flush()
         return metrics
@@ -291,16 +296,24 @@ class Trainer:
             workers=min(self.options["workers"], 2),
         )  # fmt: skip
         start = time.perf_counter()
+        names = list(getattr(self.val_set, "classes", None) or range(self.num_classes))
+        progress = None
+        if self.context.is_main:
+            if self.progress is not None:
+                self.progress.end_line()
+            progress = ProgressBar(len(loader.sampler), label="val image", unit="img")
         metrics = evaluate(
             self.bare, loader, num_classes=self.num_classes, ignore_index=self.ignore_index, device=self.device,
-            inference=self.config.get("evaluate"), class_names=getattr(self.val_set, "classes", None) or None,
+            inference=self.config.get("evaluate"), class_names=names, progress=progress,
         )  # fmt: skip
         scalars = {key: metrics[key] for key in ("mIoU", "aAcc", "mAcc")}
         scalars["seconds"] = time.perf_counter() - start
+        scalars.update({f"IoU/{name}": iou for name, iou in zip(names, metrics["IoU"])})
         self._log(scalars, kind="val")
-        if self.context.is_main:
+        if progress is not None:
+            progress.close()
             print(f"[iter {self.iteration}] val mIoU {100 * metrics['mIoU']:.2f}  aAcc {100 * metrics['aAcc']:.2f}"
-                  f"  mAcc {100 * metrics['mAcc']:.2f}", flush=True)  # fmt: skip
+                  f"  mAcc {100 * metrics['mAcc']:.2f}  worst IoU: {worst_classes(metrics['IoU'], names)}", flush=True)  # fmt: skip
         if metrics["mIoU"] > self.best_miou:
             self.best_miou = metrics["mIoU"]
             if self.context.is_main:
