@@ -134,7 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_arguments(parser)
     add_inference_arguments(parser)
     parser.add_argument("--split", default="val", help="a split of the config's data section")
-    parser.add_argument("--boundary", action="store_true", help="also the boundary F-score at 0.0005, 0.001875, 0.00375, 0.005 of the image diagonal (2, 5, 9, 12 px at 1024x2048)")
+    parser.add_argument("--boundary", action="store_true",
+                        help="also the boundary F-score at 0.0005, 0.001875, 0.00375 and 0.005 of the image "
+                             "diagonal (2, 5, 9, 12 px at 1024x2048)")
     parser.add_argument("--skip-bad", action="store_true", help="skip and count unreadable images/labels")
     parser.add_argument("--batch-size", type=int, help="default 4 for synthetic data, else 1")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
