@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastseg.ops import backend as _backend
-from fastseg.ops.checks import check_float, check_integer, check_labels, check_same_device, check_size
+from fastseg.ops.checks import check_float, check_int, check_integer, check_labels, check_same_device, check_size
 from fastseg.ops.library import OpPair, cpp_ops, register, triton_op
 
 
@@ -87,7 +87,7 @@ def class_avg_pool(
         features: (B, C, H, W) floating point.
         labels: (B, H, W) integer class ids in [0, num_classes) or ``ignore_index``.
         num_classes: K.
-        ignore_index: label of pixels that belong to no class.
+        ignore_index: label of pixels that belong to no class, also when it lies in [0, num_classes).
         backend: one of ``fastseg.ops.BACKENDS``; None uses the process default.
 
     Returns:
@@ -107,6 +107,9 @@ def class_avg_pool(
         raise ValueError("features must have at least one channel")
     check_labels(labels, num_classes, ignore_index)
     labels = labels.long()
+    if 0 <= ignore_index < num_classes:  # every backend treats labels outside [0, K) as no class
+        labels = labels.masked_fill(labels == ignore_index, -1)
+        ignore_index = -1
     name = _backend.resolve(features.device, backend)
     if name == "reference":
         return class_avg_pool_reference(features, labels, num_classes, ignore_index)
@@ -114,17 +117,32 @@ def class_avg_pool(
     return pair.forward(features, labels, num_classes, ignore_index)
 
 
+def _nearest_indices(in_size: int, out_size: int, device: torch.device) -> Tensor:
+    """Source index of each output index under ``F.interpolate(mode="nearest")``, (out_size,) int64.
+
+    Interpolating the (small, hence exact in float32) index ramp reuses PyTorch's own rounding."""
+    ramp = torch.arange(in_size, device=device, dtype=torch.float32).view(1, 1, -1)
+    return F.interpolate(ramp, size=out_size, mode="nearest").view(-1).long()
+
+
 def downsample_labels(labels: Tensor, size: int | tuple[int, int]) -> Tensor:
     """Nearest-neighbour downsampling of a (B, H, W) label map to ``size`` (as CSFRNet does for Eq. 1).
 
-    Uses the index rule of ``F.interpolate(mode="nearest")``, so labels stay exact class ids.
+    Uses the index rule of ``F.interpolate(mode="nearest")`` on indices, never on the labels, so labels
+    stay exact class ids of any integer dtype (an int64 label above 2**24 is not rounded through float32).
     """
     check_integer(labels, "labels", 3)
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    if tuple(labels.shape[1:]) == size:
+    pair = (size, size) if isinstance(size, int) else size
+    if not isinstance(pair, (tuple, list, torch.Size)) or len(pair) != 2:
+        raise ValueError(f"size must be an int or a pair of ints, got {size!r}")
+    height, width = (check_int(value, "size", 1) for value in pair)
+    if tuple(labels.shape[1:]) == (height, width):
         return labels
-    resized = F.interpolate(labels.unsqueeze(1).to(torch.float32), size=size, mode="nearest")
-    return resized.squeeze(1).to(labels.dtype)
+    if labels.shape[1] == 0 or labels.shape[2] == 0:
+        raise ValueError(f"labels must have a non-empty spatial size, got shape {tuple(labels.shape)}")
+    rows = _nearest_indices(labels.shape[1], height, labels.device)
+    cols = _nearest_indices(labels.shape[2], width, labels.device)
+    return labels[:, rows][:, :, cols]
 
 
 class ClassAvgPool(nn.Module):
