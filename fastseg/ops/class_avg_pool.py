@@ -18,17 +18,23 @@ from fastseg.ops.library import OpPair, cpp_ops, register, triton_op
 def class_avg_pool_reference(
     features: Tensor, labels: Tensor, num_classes: int, ignore_index: int = 255
 ) -> tuple[Tensor, Tensor]:
-    """Plain-PyTorch class_avg_pool: a one-hot mask and an einsum.
+    """Plain-PyTorch class_avg_pool: a scatter-add of each pixel into its class's sum.
 
     Shapes: features (B,C,H,W), labels (B,H,W) -> centers (B,K,C), counts (B,K) int64.
-    Labels outside [0, K) (ignore_index included) belong to no class.
+    Labels outside [0, K), and ignore_index even inside it, belong to no class. A pixel adds to its own class
+    only (a one-hot product would spread a NaN feature to every class as NaN * 0).
     """
-    classes = torch.arange(num_classes, device=labels.device)
-    onehot = (labels.unsqueeze(1) == classes.view(1, -1, 1, 1)).to(features.dtype)  # (B,K,H,W)
-    counts = onehot.sum(dim=(2, 3), dtype=torch.float64 if features.dtype == torch.float64 else torch.float32)
-    sums = torch.einsum("bchw,bkhw->bkc", features, onehot)
-    centers = sums / counts.clamp(min=1).unsqueeze(-1).to(sums.dtype)
-    return centers, counts.to(torch.int64)
+    batch, channels = features.shape[:2]
+    labels = labels.reshape(batch, -1)
+    in_class = (labels >= 0) & (labels < num_classes) & (labels != ignore_index)
+    slots = torch.where(in_class, labels, num_classes)  # K: no class
+    counts = torch.zeros(batch, num_classes + 1, dtype=torch.int64, device=labels.device)
+    counts.scatter_add_(1, slots, torch.ones_like(slots))
+    values = features.reshape(batch, channels, -1).transpose(1, 2)  # (B,HW,C)
+    sums = values.new_zeros(batch, num_classes + 1, channels).scatter_add(
+        1, slots.unsqueeze(-1).expand(-1, -1, channels), values)
+    centers = sums[:, :num_classes] / counts[:, :num_classes].clamp(min=1).unsqueeze(-1).to(sums.dtype)
+    return centers, counts[:, :num_classes]
 
 
 @triton_op("class_avg_pool_triton")

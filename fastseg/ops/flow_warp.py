@@ -31,7 +31,7 @@ def _base_coordinates(out_size: int, in_size: int, align_corners: bool, like: Te
     index = torch.arange(out_size, dtype=like.dtype, device=like.device)
     if align_corners:
         return index * ((in_size - 1) / (out_size - 1) if out_size > 1 else 0.0)
-    return (index + 0.5) * (in_size / out_size) - 0.5
+    return (index + 0.5) * (in_size / out_size if out_size else 0.0) - 0.5  # (an empty output has no index)
 
 
 def _normalize(coordinate: Tensor, size: int, align_corners: bool) -> Tensor:
