@@ -11,19 +11,7 @@ import torch
 from fastseg.engine.checkpoint import LATEST_NAME, load_checkpoint
 from fastseg.engine.logging import read_log
 from fastseg.engine.trainer import Trainer
-
-
-def _nan_loss_at(trainer: Trainer, bad_iterations: set[int]) -> None:
-    """Make the loss NaN at the given (0-based) iterations, after the forward pass ran (and moved BN statistics)."""
-    loss = trainer.bare.loss
-
-    def nan_at(outputs, targets):
-        losses = loss(outputs, targets)
-        if trainer.iteration in bad_iterations:
-            losses["total"] = losses["total"] * float("nan")
-        return losses
-
-    trainer.bare.loss = nan_at
+from test_trainer import _inject_nan as _nan_loss_at  # NaN loss at given iterations, after the forward pass
 
 
 def _buffers(trainer: Trainer) -> dict[str, torch.Tensor]:
