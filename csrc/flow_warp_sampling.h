@@ -8,6 +8,11 @@
 // gradient conventions: "border" clips the coordinate to [0, size-1] and a clipped coordinate has
 // zero gradient; with align_corners=True an input axis of size 1 is sampled at 0 whatever the flow,
 // again with zero gradient.
+//
+// Non-finite values (the NaN rule of fastseg/ops/__init__.py): only corners inside the input are
+// read, zero weight or not (as grid_sample: an Inf there makes the sample NaN, an Inf elsewhere
+// cannot); a pixel whose flow is NaN/Inf has no corner inside, `finite` false, and its output is NaN
+// while it sends no gradient to input or flow.
 #pragma once
 
 #include <cstdint>
@@ -47,12 +52,13 @@ AxisMap<acc_t> make_axis_map(int64_t in_size, int64_t out_size, bool align_corne
 }
 
 // The two corners of one axis: indices (0 where outside), weights and d(weight)/d(flow), both
-// zero for a corner outside the input.
+// zero for a corner outside the input, and which corners are inside.
 template <typename acc_t>
 struct AxisCorners {
   int64_t index[2];
   acc_t weight[2];
   acc_t grad[2];
+  bool inside[2];
 };
 
 template <typename acc_t>
@@ -62,7 +68,13 @@ FASTSEG_HOST_DEVICE acc_t floor_of(acc_t value) {
 }
 
 template <typename acc_t>
+FASTSEG_HOST_DEVICE bool is_finite(acc_t value) {
+  return value - value == acc_t(0);  // false for NaN and +-Inf, without <cmath> on the device
+}
+
+template <typename acc_t>
 FASTSEG_HOST_DEVICE AxisCorners<acc_t> axis_corners(const AxisMap<acc_t>& map, int64_t x, acc_t flow, Padding padding) {
+  const bool finite = is_finite(flow);
   acc_t coord = map.collapsed ? acc_t(0) : acc_t(x) * map.scale + map.shift + flow;
   acc_t slope = map.collapsed ? acc_t(0) : acc_t(1);
   const acc_t last = acc_t(map.size - 1);
@@ -84,7 +96,8 @@ FASTSEG_HOST_DEVICE AxisCorners<acc_t> axis_corners(const AxisMap<acc_t>& map, i
   AxisCorners<acc_t> corners;
   for (int k = 0; k < 2; ++k) {
     const acc_t position = low + acc_t(k);
-    const bool inside = position >= acc_t(0) && position <= last;
+    const bool inside = finite && position >= acc_t(0) && position <= last;
+    corners.inside[k] = inside;
     corners.index[k] = inside ? static_cast<int64_t>(position) : 0;
     corners.weight[k] = inside ? (k == 0 ? acc_t(1) - t : t) : acc_t(0);
     corners.grad[k] = inside ? (k == 0 ? -slope : slope) : acc_t(0);
@@ -93,13 +106,16 @@ FASTSEG_HOST_DEVICE AxisCorners<acc_t> axis_corners(const AxisMap<acc_t>& map, i
 }
 
 // The four corners of one output pixel, ordered (y0,x0), (y0,x1), (y1,x0), (y1,x1): offsets into
-// the input plane, bilinear weights, and d(weight)/d(flow_x), d(weight)/d(flow_y).
+// the input plane, bilinear weights, d(weight)/d(flow_x), d(weight)/d(flow_y), which corners are
+// inside (only those are read), and whether the flow is finite (else the output is NaN).
 template <typename acc_t>
 struct PixelCorners {
   int64_t offset[4];
   acc_t weight[4];
   acc_t grad_x[4];
   acc_t grad_y[4];
+  bool inside[4];
+  bool finite;
 };
 
 template <typename acc_t>
@@ -109,6 +125,7 @@ FASTSEG_HOST_DEVICE PixelCorners<acc_t> pixel_corners(const AxisMap<acc_t>& map_
   const AxisCorners<acc_t> cx = axis_corners(map_x, x, flow_x, padding);
   const AxisCorners<acc_t> cy = axis_corners(map_y, y, flow_y, padding);
   PixelCorners<acc_t> corners;
+  corners.finite = is_finite(flow_x) && is_finite(flow_y);
   for (int j = 0; j < 2; ++j) {
     for (int i = 0; i < 2; ++i) {
       const int k = 2 * j + i;
@@ -116,6 +133,7 @@ FASTSEG_HOST_DEVICE PixelCorners<acc_t> pixel_corners(const AxisMap<acc_t>& map_
       corners.weight[k] = cy.weight[j] * cx.weight[i];
       corners.grad_x[k] = cy.weight[j] * cx.grad[i];
       corners.grad_y[k] = cy.grad[j] * cx.weight[i];
+      corners.inside[k] = corners.finite && cy.inside[j] && cx.inside[i];
     }
   }
   return corners;

@@ -45,15 +45,17 @@ def _sample_position(offset, mask, b, og, tap, offs_l, mask_l, L, W_out, kw, str
 
 @triton.jit
 def _corners(y, x, H, W):
-    """Top-left neighbour (y0, x0), fractions (fy, fx) and whether the sample is inside (y, x in (-1, H) x (-1, W))."""
+    """Top-left neighbour (y0, x0), fractions (fy, fx), whether the sample is inside (y, x in (-1, H) x (-1, W))
+    and whether its position is finite (else its column is NaN: the NaN rule of fastseg.ops)."""
     inside = (y > -1.0) & (y < H) & (x > -1.0) & (x < W)
+    finite = ((y - y) == 0.0) & ((x - x) == 0.0)
     y0f = tl.floor(y)
     x0f = tl.floor(x)
     fy = tl.where(inside, y - y0f, 0.0)
     fx = tl.where(inside, x - x0f, 0.0)
     y0 = tl.where(inside, y0f, -2.0).to(tl.int32)
     x0 = tl.where(inside, x0f, -2.0).to(tl.int32)
-    return y0, x0, fy, fx
+    return y0, x0, fy, fx, inside, finite
 
 
 @triton.jit
@@ -81,6 +83,12 @@ def _bilinear(v00, v01, v10, v11, fy, fx):
     wy = fy[:, None]
     wx = fx[:, None]
     return (1 - wy) * ((1 - wx) * v00 + wx * v01) + wy * ((1 - wx) * v10 + wx * v11)
+
+
+@triton.jit
+def _column_tile(v00, v01, v10, v11, fy, fx, m, finite):
+    """Modulated bilinear samples (BM, BK); NaN where the sample position is not finite."""
+    return tl.where(finite[:, None], _bilinear(v00, v01, v10, v11, fy, fx) * m[:, None], float("nan"))
 
 
 @triton.jit
@@ -116,13 +124,13 @@ def _forward_kernel(
             og = c_start // offset_group_channels
             y, x, m = _sample_position(offset, mask, b, og, tap, offs_l, mask_l, L, W_out, kw, stride_h, stride_w,
                                        pad_h, pad_w, dil_h, dil_w, taps, offset_groups, HAS_MASK, ACC)
-            y0, x0, fy, fx = _corners(y, x, H, W)
+            y0, x0, fy, fx, inside, finite = _corners(y, x, H, W)
             for k0 in range(0, segment, BLOCK_K):
                 offs_k = k0 + tl.arange(0, BLOCK_K)
                 mask_c = offs_k < segment
                 channel_base = ((b * C + c_start + offs_k) * H).to(tl.int64) * W
                 v00, v01, v10, v11 = _gather(input, channel_base, y0, x0, H, W, mask_c, ACC)
-                tile = _bilinear(v00, v01, v10, v11, fy, fx) * m[:, None]
+                tile = _column_tile(v00, v01, v10, v11, fy, fx, m, finite)
                 local_c = s0 + offs_k
                 w_tile = tl.load(weight + ((group * group_out + offs_n[None, :]) * group_channels + local_c[:, None]) * taps
                                  + tap, mask=mask_c[:, None] & mask_n[None, :], other=0.0)
@@ -177,7 +185,7 @@ def _backward_data_kernel(
 
     y, x, m = _sample_position(offset, mask, b, og, tap, offs_l, mask_l, L, W_out, kw, stride_h, stride_w,
                                pad_h, pad_w, dil_h, dil_w, taps, offset_groups, HAS_MASK, ACC)
-    y0, x0, fy, fx = _corners(y, x, H, W)
+    y0, x0, fy, fx, inside, finite = _corners(y, x, H, W)
     channel_base = ((b * C + c_start + offs_k) * H).to(tl.int64) * W
     # grad_input: col2im scatter of mask * bilinear weight * grad_columns
     scaled = grad_col * m[:, None]
@@ -191,8 +199,11 @@ def _backward_data_kernel(
     d_y = (1 - fx)[:, None] * (v10 - v00) + fx[:, None] * (v11 - v01)
     d_x = (1 - fy)[:, None] * (v01 - v00) + fy[:, None] * (v11 - v10)
     row = (b * offset_groups + og) * taps + tap
-    tl.atomic_add(grad_offset + (2 * row) * L + offs_l, m * tl.sum(grad_col * d_y, axis=1), mask=mask_l)
-    tl.atomic_add(grad_offset + (2 * row + 1) * L + offs_l, m * tl.sum(grad_col * d_x, axis=1), mask=mask_l)
+    # a sample with no neighbour inside has zero offset gradient, whatever its mask (as the reference)
+    tl.atomic_add(grad_offset + (2 * row) * L + offs_l, tl.where(inside, m * tl.sum(grad_col * d_y, axis=1), 0.0),
+                  mask=mask_l)
+    tl.atomic_add(grad_offset + (2 * row + 1) * L + offs_l, tl.where(inside, m * tl.sum(grad_col * d_x, axis=1), 0.0),
+                  mask=mask_l)
     if HAS_MASK:
         tl.atomic_add(grad_mask + row * L + offs_l, tl.sum(grad_col * value, axis=1), mask=mask_l)
 
@@ -224,10 +235,10 @@ def _backward_weight_kernel(
         mask_l = offs_l < L
         y, x, m = _sample_position(offset, mask, b, og, tap, offs_l, mask_l, L, W_out, kw, stride_h, stride_w,
                                    pad_h, pad_w, dil_h, dil_w, taps, offset_groups, HAS_MASK, ACC)
-        y0, x0, fy, fx = _corners(y, x, H, W)
+        y0, x0, fy, fx, inside, finite = _corners(y, x, H, W)
         channel_base = ((b * C + c_start + offs_k) * H).to(tl.int64) * W
         v00, v01, v10, v11 = _gather(input, channel_base, y0, x0, H, W, mask_c, ACC)
-        tile = _bilinear(v00, v01, v10, v11, fy, fx) * m[:, None]
+        tile = _column_tile(v00, v01, v10, v11, fy, fx, m, finite)
         g_tile = tl.load(grad_output + (b * C_out + group * group_out + offs_n[:, None]).to(tl.int64) * L + offs_l[None, :],
                          mask=mask_n[:, None] & mask_l[None, :], other=0.0)
         acc += tl.dot(g_tile.to(DOT), tile.to(DOT), input_precision=PRECISION, out_dtype=ACC)
@@ -272,7 +283,7 @@ def forward(input, offset, weight, mask, bias, stride, padding, dilation) -> tor
     """(B, C_out, Ho, Wo); see fastseg.ops.deform_conv2d for the shapes."""
     input, offset, weight = input.contiguous(), offset.contiguous(), weight.contiguous()
     mask = mask.contiguous() if mask is not None else None
-    bias = bias.contiguous() if bias is not None else None
+    bias = bias.contiguous() if bias is not None else None  # the kernel indexes it densely
     geo = _geometry(input, offset, weight, stride, padding, dilation)
     batch = input.shape[0]
     groups = geo["C"] // geo["group_channels"]

@@ -19,8 +19,10 @@ import triton.language as tl
 
 @triton.jit
 def _axis_corners(index, flow, in_size, out_size, ALIGN: tl.constexpr, BORDER: tl.constexpr):
-    """Corners along one axis (as csrc/flow_warp_sampling.h): indices (0 outside), weights, d(weight)/d(flow)."""
+    """Corners along one axis (as csrc/flow_warp_sampling.h): indices (0 outside), weights, d(weight)/d(flow),
+    which corners are inside (only those are read) and whether the flow is finite."""
     dtype = flow.dtype
+    finite = (flow - flow) == 0.0
     position = index.to(dtype)
     slope = tl.full(flow.shape, 1.0, dtype)
     if ALIGN:
@@ -40,15 +42,15 @@ def _axis_corners(index, flow, in_size, out_size, ALIGN: tl.constexpr, BORDER: t
     coord = tl.where(coord < last + 2.0, coord, last + 2.0)
     low = tl.floor(coord)
     t = coord - low
-    inside0 = (low >= 0.0) & (low <= last)
-    inside1 = (low + 1.0 >= 0.0) & (low + 1.0 <= last)
+    inside0 = finite & (low >= 0.0) & (low <= last)
+    inside1 = finite & (low + 1.0 >= 0.0) & (low + 1.0 <= last)
     index0 = tl.where(inside0, low, 0.0).to(tl.int64)
     index1 = tl.where(inside1, low + 1.0, 0.0).to(tl.int64)
     weight0 = tl.where(inside0, 1.0 - t, 0.0)
     weight1 = tl.where(inside1, t, 0.0)
     grad0 = tl.where(inside0, -slope, 0.0)
     grad1 = tl.where(inside1, slope, 0.0)
-    return index0, index1, weight0, weight1, grad0, grad1
+    return index0, index1, weight0, weight1, grad0, grad1, inside0, inside1, finite
 
 
 @triton.jit
@@ -83,8 +85,10 @@ def _forward_kernel(
         for i in tl.static_range(2):
             weight = y[2 + j] * x[2 + i]
             offset = y[j] * in_w + x[i]
-            corner = tl.load(planes + offset[None, :], mask=mask, other=0.0)
+            inside = y[6 + j] & x[6 + i]
+            corner = tl.load(planes + offset[None, :], mask=mask & inside[None, :], other=0.0)
             value += weight[None, :] * corner.to(value.dtype)  # Eq. 1
+    value = tl.where((x[8] & y[8])[None, :], value, float("nan"))  # a non-finite flow gives NaN
     out = output + (b * C + offs_c[:, None]) * (out_h * out_w) + offs_p[None, :]
     tl.store(out, value.to(output.dtype.element_ty), mask=mask)
 
@@ -112,9 +116,10 @@ def _backward_kernel(
             for i in tl.static_range(2):
                 weight = y[2 + j] * x[2 + i]
                 offset = rows + (y[j] * in_w + x[i])[None, :]
-                corner = tl.load(input + offset, mask=mask, other=0.0).to(acc_dtype)
+                read = mask & (y[6 + j] & x[6 + i])[None, :]
+                corner = tl.load(input + offset, mask=read, other=0.0).to(acc_dtype)
                 # Eq. 1 transposed: splat go * weight onto the corner
-                tl.atomic_add(grad_input + offset, go * weight[None, :], mask=mask & (weight[None, :] != 0.0),
+                tl.atomic_add(grad_input + offset, go * weight[None, :], mask=read & (weight[None, :] != 0.0),
                               sem="relaxed")
                 projected = tl.sum(go * corner, axis=0)
                 sum_x += y[2 + j] * x[4 + i] * projected

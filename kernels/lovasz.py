@@ -58,7 +58,7 @@ def _scan_kernel(
         neg = neg_carry + tl.cumsum(n_step, axis=0)
         # Eq. 9: g_j = J(counts through j) - J(counts before j); invalid pixels change no count
         grad = _jaccard(gts, pos, neg) - _jaccard(gts, pos - y, neg - n_step)
-        active = (error > 0) & (v != 0)
+        active = ((error > 0) | (error != error)) & (v != 0)  # a NaN error is active: NaN in, NaN loss out
         total += tl.where(active, error, 0) * grad  # Eq. 8 with relu(errors); invalid errors are -inf
         tl.store(weights + row + offs, tl.where(active, tl.where(y != 0, -grad, grad), 0), mask=mask)
         pos_carry += tl.sum(y, axis=0)

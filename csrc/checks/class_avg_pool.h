@@ -22,7 +22,8 @@ inline void class_avg_pool_inputs(const at::Tensor& features, const at::Tensor& 
   TORCH_CHECK_VALUE(features.dim() == 4, "features must be (B,C,H,W), got ", features.sizes());
   TORCH_CHECK_VALUE(at::isFloatingType(features.scalar_type()), "features must be floating point");
   TORCH_CHECK_VALUE(features.size(1) > 0, "features must have at least one channel");
-  TORCH_CHECK_VALUE(num_classes > 0, "num_classes must be positive, got ", num_classes);
+  TORCH_CHECK_VALUE(num_classes > 0 && num_classes < INT32_MAX, "num_classes must be in [1, 2^31-1), got ",
+                    num_classes);
   class_avg_pool_labels(labels, features, features.size(0), features.size(2), features.size(3));
 }
 

@@ -23,7 +23,8 @@ namespace {
 
 constexpr int64_t kLanes = 4;  // independent partial sums per class in the forward scatter-add
 
-// slots[b * P + p] = labels[b, p] if it is in [0, K), else K. With `strict`, a label outside
+// slots[b * P + p] = labels[b, p] if it is in [0, K) and not ignore_index (which may lie in
+// [0, K)), else K. With `strict`, a label outside
 // [0, K) other than ignore_index raises a ValueError.
 std::vector<int32_t> label_slots(const at::Tensor& labels, int64_t num_classes, int64_t ignore_index, bool strict) {
   const int64_t total = labels.numel();
@@ -32,7 +33,7 @@ std::vector<int32_t> label_slots(const at::Tensor& labels, int64_t num_classes, 
   at::parallel_for(0, total, 4096, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t value = label[i];
-      const bool valid = value >= 0 && value < num_classes;
+      const bool valid = value >= 0 && value < num_classes && value != ignore_index;
       TORCH_CHECK_VALUE(valid || !strict || value == ignore_index, "labels holds ", value, ", outside [0, ",
                         num_classes, ") and not ignore_index=", ignore_index);
       slots[i] = static_cast<int32_t>(valid ? value : num_classes);

@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <optional>
 #include <utility>
 #include <vector>
@@ -45,19 +46,23 @@ int64_t chunk_size(const Geometry& g, int64_t element_size) {
 
 // One bilinear sample: the four neighbours (low/high row x low/high column) as indices in the
 // image plane (0 for a neighbour outside, with weight 0), their weights, the fractional parts and
-// which neighbours are inside.
+// which neighbours are inside. Only inside neighbours are read (an Inf at index 0 must not leak
+// into samples that merely point there); a sample whose position is not finite is `poisoned`: its
+// column is NaN and it sends no gradient anywhere (the NaN rule in fastseg/ops/__init__.py).
 template <typename acc_t>
 struct Sample {
   int64_t index[4];
   acc_t weight[4];
   acc_t frac_y, frac_x, mask;
   unsigned inside;
+  bool poisoned;
 };
 
 template <typename acc_t>
 Sample<acc_t> make_sample(acc_t y, acc_t x, acc_t mask, int64_t height, int64_t width) {
   Sample<acc_t> s{};
   s.mask = mask;
+  s.poisoned = !std::isfinite(y) || !std::isfinite(x);
   if (!(y > acc_t(-1) && y < acc_t(height) && x > acc_t(-1) && x < acc_t(width))) return s;
   const acc_t y0f = std::floor(y), x0f = std::floor(x);
   const int64_t y0 = static_cast<int64_t>(y0f), x0 = static_cast<int64_t>(x0f);
@@ -135,11 +140,12 @@ void fill_columns(const Geometry& g, const scalar_t* input, const std::vector<Sa
         scalar_t* col = columns + ((blk.b * g.channels + c) * g.taps + blk.tap) * g.pixels;
         for (int64_t p = blk.begin; p < blk.end; ++p) {
           const Sample<acc_t>& q = s[p];
-          const acc_t value = q.weight[0] * static_cast<acc_t>(image[q.index[0]]) +
-                              q.weight[1] * static_cast<acc_t>(image[q.index[1]]) +
-                              q.weight[2] * static_cast<acc_t>(image[q.index[2]]) +
-                              q.weight[3] * static_cast<acc_t>(image[q.index[3]]);
-          col[p] = static_cast<scalar_t>(q.mask * value);
+          acc_t value = acc_t(0);
+          for (int n = 0; n < 4; ++n) {
+            const acc_t v = static_cast<acc_t>(image[q.index[n]]);
+            value += (q.inside >> n & 1u) ? q.weight[n] * v : acc_t(0);
+          }
+          col[p] = static_cast<scalar_t>(q.poisoned ? std::numeric_limits<acc_t>::quiet_NaN() : q.mask * value);
         }
       }
     }
@@ -171,7 +177,9 @@ void scatter_grad_input(const Geometry& g, const scalar_t* grad_columns, const s
             for (int64_t p = p0; p < p1; ++p) {
               const Sample<acc_t>& q = s[p];
               const acc_t value = q.mask * static_cast<acc_t>(grad[p]);
-              for (int n = 0; n < 4; ++n) sum[q.index[n]] += q.weight[n] * value;
+              for (int n = 0; n < 4; ++n) {
+                if (q.inside >> n & 1u) sum[q.index[n]] += q.weight[n] * value;
+              }
             }
           }
         }
@@ -230,8 +238,8 @@ void offset_mask_grads(const Geometry& g, const scalar_t* input, const scalar_t*
       scalar_t* out_y = grad_offset + (2 * global_row) * g.pixels + blk.begin;
       scalar_t* out_x = out_y + g.pixels;
       for (int64_t p = 0; p < count; ++p) {
-        out_y[p] = static_cast<scalar_t>(s[p].mask * sum_y[p]);
-        out_x[p] = static_cast<scalar_t>(s[p].mask * sum_x[p]);
+        out_y[p] = static_cast<scalar_t>(s[p].inside ? s[p].mask * sum_y[p] : acc_t(0));
+        out_x[p] = static_cast<scalar_t>(s[p].inside ? s[p].mask * sum_x[p] : acc_t(0));
       }
       if (grad_mask) {
         scalar_t* out_m = grad_mask + global_row * g.pixels + blk.begin;
@@ -263,6 +271,7 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input_, const at::Tensor& offset_
                              const std::optional<at::Tensor>& mask_, const std::optional<at::Tensor>& bias,
                              at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
   const Geometry g = checks::deform_conv2d_shape(input_, offset_, weight_, mask_, stride, padding, dilation);
+  checks::deform_conv2d_bias(bias, g);
   const at::Tensor input = input_.contiguous(), offset = offset_.contiguous(), weight = weight_.contiguous();
   const std::optional<at::Tensor> mask = mask_.has_value() ? std::optional<at::Tensor>(mask_->contiguous()) : std::nullopt;
   at::Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());

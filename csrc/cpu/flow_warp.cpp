@@ -15,6 +15,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -29,17 +30,21 @@ using flow_warp::PixelCorners;
 
 constexpr int64_t kPixelTile = 256;  // pixels whose table entries stay in L1 while channels loop
 
-// What the forward gather needs of a pixel's corners: offsets (int32, checked) and weights.
+// What the forward gather needs of a pixel's corners: offsets (int32, checked), weights, which
+// corners are read, and whether the flow is finite.
 template <typename acc_t>
 struct GatherCorners {
   int32_t offset[4];
   acc_t weight[4];
+  bool inside[4];
+  bool finite;
 
   GatherCorners() = default;
-  explicit GatherCorners(const PixelCorners<acc_t>& corners) {
+  explicit GatherCorners(const PixelCorners<acc_t>& corners) : finite(corners.finite) {
     for (int k = 0; k < 4; ++k) {
       offset[k] = static_cast<int32_t>(corners.offset[k]);
       weight[k] = corners.weight[k];
+      inside[k] = corners.inside[k];
     }
   }
 };
@@ -107,8 +112,11 @@ at::Tensor flow_warp_cpu(const at::Tensor& input, const at::Tensor& flow, c10::s
           for (int64_t p = p0; p < p1; ++p) {
             const GatherCorners<acc_t>& c = corners[p];
             acc_t value = acc_t(0);
-            for (int k = 0; k < 4; ++k) value += c.weight[k] * static_cast<acc_t>(plane[c.offset[k]]);
-            out[p] = static_cast<scalar_t>(value);
+            for (int k = 0; k < 4; ++k) {
+              const acc_t v = static_cast<acc_t>(plane[c.offset[k]]);
+              value += c.inside[k] ? c.weight[k] * v : acc_t(0);
+            }
+            out[p] = static_cast<scalar_t>(c.finite ? value : std::numeric_limits<acc_t>::quiet_NaN());
           }
         }
       }
@@ -171,6 +179,7 @@ std::tuple<at::Tensor, at::Tensor> flow_warp_backward_cpu(const at::Tensor& grad
               const acc_t go_p = static_cast<acc_t>(go[p]);
               acc_t dx = acc_t(0), dy = acc_t(0);
               for (int k = 0; k < 4; ++k) {
+                if (!corner.inside[k]) continue;
                 const acc_t v = static_cast<acc_t>(plane[corner.offset[k]]);
                 sums[corner.offset[k]] += corner.weight[k] * go_p;  // Eq. 1 transposed: bilinear splat
                 dx += corner.grad_x[k] * v;

@@ -106,7 +106,7 @@ acc_t lovasz_row(const scalar_t* logits, const bool* labels, const bool* valid, 
     const acc_t grad = jaccard - previous;
     previous = jaccard;
     const acc_t error = items[j].error;
-    const bool active = error > acc_t(0);
+    const bool active = !(error <= acc_t(0));  // a NaN error is active: NaN in, NaN loss out
     loss += active ? error * grad : acc_t(0);  // Eq. 8 with relu(errors)
     permutation[j] = items[j].index;
     weights[j] = active ? (positive ? -grad : grad) : acc_t(0);

@@ -146,12 +146,25 @@ def read_log(path: str | os.PathLike, kind: str | None = None) -> list[dict[str,
 
 def drop_records_after(path: str | os.PathLike, iteration: int) -> None:
     """Remove the records of iterations after ``iteration`` from a ``log.jsonl`` (atomically), so that a
-    run resumed from an earlier checkpoint does not log those iterations twice."""
+    run resumed from an earlier checkpoint does not log those iterations twice.
+
+    A last record cut mid-line (the disk filled, or the process died, while it was appended) is dropped
+    with a notice; an unreadable record anywhere else is an error naming its line."""
     path = Path(path)
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines(keepends=True)
-            if line.strip() and json.loads(line)["iter"] <= iteration]  # fmt: skip
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    kept = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            if number < len(lines):
+                raise ValueError(f"{path}: line {number} is not a JSON record ({error})") from error
+            print(f"fastseg: dropping the torn last record of {path}: {line[:60]!r}", file=sys.stderr)
+            continue
+        if record["iter"] <= iteration:
+            kept.append(line + "\n")
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("".join(kept))
     os.replace(tmp, path)

@@ -9,8 +9,11 @@ RNG states; the data order and each sample's augmentation are functions of (seed
 :mod:`fastseg.engine.train_loader`), so a resumed run continues as the uninterrupted run would.
 
 Non-finite losses: after the backward pass one boolean per step (OR-ed over ranks) is read on the host,
-the only per-step synchronisation besides DDP's; a bad step updates nothing, is logged, and
-``max_bad_steps`` bad steps in a row stop training with :class:`NonFiniteLossError`.
+the only per-step synchronisation besides DDP's; a bad step updates nothing (the BatchNorm running
+statistics its forward pass changed are put back), is logged, and ``max_bad_steps`` bad steps in a row
+stop training with :class:`NonFiniteLossError`. No checkpoint is written during such a streak, nor one
+whose weights hold a NaN/Inf. A due checkpoint is written before the evaluation of the same iteration,
+so a failing evaluation never loses training.
 """
 from __future__ import annotations
 
@@ -33,6 +36,8 @@ from fastseg.engine.checkpoint import (
     BEST_NAME,
     LATEST_NAME,
     load_checkpoint,
+    nonfinite_tensors,
+    remove_orphan_temp_files,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -121,6 +126,8 @@ class Trainer:
         self.output_dir = Path(output_dir)
         self.device = self.context.device
         opts, ctx = self.options, self.context
+        if ctx.is_main:  # left by a run killed while writing a checkpoint
+            remove_orphan_temp_files(self.output_dir)
         if opts["batch_size"] % ctx.world_size:
             raise ValueError(f"train.batch_size {opts['batch_size']} (global) is not divisible by {ctx.world_size} ranks")
         self.config["run"] = {"world_size": ctx.world_size, "batch_per_rank": opts["batch_size"] // ctx.world_size}
@@ -197,12 +204,22 @@ class Trainer:
         else:  # another world size: the data order is still exact; dropout draws are reseeded per rank
             seed_everything(self.options["seed"] + self.context.rank + 1000 * self.iteration)
 
-    def save(self, path: Path) -> None:
-        """Write the checkpoint atomically (main rank; every rank joins the RNG gather)."""
+    def save(self, path: Path) -> bool:
+        """Write the checkpoint atomically (main rank; every rank joins the RNG gather); returns whether it
+        was written. Not during a non-finite streak, nor with NaN/Inf weights: then the previous file stays
+        and a ``checkpoint_skipped`` record says why."""
+        bad = nonfinite_tensors(self.bare.state_dict())
+        if self.bad_streak or bad:
+            reason = f"{len(bad)} non-finite model tensors" if bad else f"a non-finite streak of {self.bad_streak}"
+            self._log({"checkpoint_skipped": 1, "nonfinite_tensors": len(bad)}, kind="nonfinite")
+            if self.context.is_main:
+                print(f"[iter {self.iteration}] not writing {path.name}: {reason}", flush=True)
+            return False
         state = self.state_dict()
         if self.context.is_main:
             save_checkpoint(state, path)
         barrier()
+        return True
 
     # ----------------------------------------------------------------------------------- loop
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[dict[str, torch.Tensor], bool]:
@@ -210,6 +227,7 @@ class Trainer:
 
         Returns the detached losses and whether the step was applied."""
         autocast = torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+        buffers = [buffer.clone() for buffer in self.bare.buffers()]  # BatchNorm statistics before the forward
         with autocast:
             outputs = self.model(images)
             losses = self.bare.loss(outputs, labels)
@@ -218,6 +236,10 @@ class Trainer:
         if finite:
             self.scaler.step(self.optimizer)
             self.scaler.update()
+        else:  # a skipped step leaves the model as it was, buffers included
+            with torch.no_grad():
+                for buffer, before in zip(self.bare.buffers(), buffers):
+                    buffer.copy_(before)
         self.optimizer.zero_grad(set_to_none=True)
         return {name: value.detach().float() for name, value in losses.items()}, finite
 
@@ -271,12 +293,15 @@ class Trainer:
                 sums, count, skipped = {}, 0, 0
             if progress is not None:
                 progress.update(self.iteration, {**shown, "lr": lr})
-            if self.val_set is not None and (last or (opts["eval_interval"] and self.iteration % opts["eval_interval"] == 0)):
-                metrics = self.evaluate()
-            if last or self.iteration == stop_at or (
+            checkpoint_due = last or self.iteration == stop_at or (
                 opts["checkpoint_interval"] and self.iteration % opts["checkpoint_interval"] == 0
-            ):
-                self.save(self.output_dir / LATEST_NAME)
+            )
+            written = checkpoint_due and self.save(self.output_dir / LATEST_NAME)  # before evaluating: never lost
+            if self.val_set is not None and (last or (opts["eval_interval"] and self.iteration % opts["eval_interval"] == 0)):
+                best_before = self.best_miou
+                metrics = self.evaluate()
+                if written and self.best_miou != best_before:  # the resume state records the new best
+                    self.save(self.output_dir / LATEST_NAME)
         if progress is not None:
             progress.close()
         self.progress = None

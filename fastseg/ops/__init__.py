@@ -2,6 +2,22 @@
 
 Backends: ``reference`` (plain PyTorch), ``cpu`` (C++), ``cuda`` (CUDA C++), ``triton``; see
 :mod:`fastseg.ops.backend` for how one is chosen.
+
+Non-finite values (NaN, +-Inf), the same on every backend (tests/ops/test_nonfinite.py):
+
+1. A non-finite value reaches exactly the outputs that read it, with IEEE arithmetic there (an
+   Inf times a zero weight is NaN). The sampling ops (flow_warp, deform_conv2d) read the bilinear
+   corners inside the image, zero weight or not, as ``F.grid_sample`` does; a corner outside is
+   never read, so an Inf at ``input[..., 0, 0]`` stays local.
+2. A non-finite sampling position (a flow or offset entry) makes that output NaN in every channel
+   (not 0: a NaN must not turn into a plausible value), and sends no gradient to the input, to
+   itself or to its mask.
+3. Losses: a NaN logit or probability of a counted (not ignored) pixel makes the loss NaN, so the
+   trainer's non-finite check sees it; an ignored pixel takes no part.
+4. gaussian_center_distance: an infinite distance gives its limit, phi = 1; a NaN gives NaN.
+
+Bad arguments raise ``ValueError`` naming the argument, both in the Python front ends and in the
+raw ``torch.ops.fastseg`` ops, whose C++ checks (csrc/checks/) stand on their own.
 """
 from fastseg.ops.backend import BACKENDS, get_backend, set_backend, use_backend
 from fastseg.ops.class_avg_pool import ClassAvgPool, class_avg_pool, class_avg_pool_reference, downsample_labels

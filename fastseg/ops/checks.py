@@ -4,10 +4,17 @@ from __future__ import annotations
 import torch
 
 
-def check_float(tensor: torch.Tensor, name: str, rank: int) -> None:
-    """A floating-point tensor of the given rank."""
+def _check_tensor(tensor: torch.Tensor, name: str) -> None:
+    """A tensor with data (a meta tensor has none to compute on)."""
     if not isinstance(tensor, torch.Tensor):
         raise ValueError(f"{name} must be a tensor, got {type(tensor).__name__}")
+    if tensor.device.type == "meta" and not torch.compiler.is_compiling():
+        raise ValueError(f"{name} is on meta (a meta tensor has no data); pass a CPU or CUDA tensor")
+
+
+def check_float(tensor: torch.Tensor, name: str, rank: int) -> None:
+    """A floating-point tensor of the given rank."""
+    _check_tensor(tensor, name)
     if not tensor.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got {tensor.dtype}")
     if tensor.dim() != rank:
@@ -16,12 +23,27 @@ def check_float(tensor: torch.Tensor, name: str, rank: int) -> None:
 
 def check_integer(tensor: torch.Tensor, name: str, rank: int) -> None:
     """An integer (not bool) tensor of the given rank."""
-    if not isinstance(tensor, torch.Tensor):
-        raise ValueError(f"{name} must be a tensor, got {type(tensor).__name__}")
+    _check_tensor(tensor, name)
     if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
         raise ValueError(f"{name} must be an integer tensor, got {tensor.dtype}")
     if tensor.dim() != rank:
         raise ValueError(f"{name} must have {rank} dimensions, got shape {tuple(tensor.shape)}")
+
+
+def check_int(value: int, name: str, minimum: int | None = None) -> int:
+    """A Python int (not a bool, float, string or tensor), at least ``minimum`` when given."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def check_bool(value: bool, name: str) -> bool:
+    """A Python bool: strings such as "False" are truthy and ints are ambiguous, so both are refused."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+    return value
 
 
 def check_same_device(**tensors: torch.Tensor) -> None:
@@ -45,8 +67,8 @@ def check_labels(labels: torch.Tensor, num_classes: int, ignore_index: int, name
     This reads the labels (a device sync on CUDA), so it runs in eager mode only; under
     torch.compile the kernels skip out-of-range labels instead of reading out of bounds.
     """
-    if num_classes <= 0:
-        raise ValueError(f"num_classes must be positive, got {num_classes}")
+    check_int(num_classes, "num_classes", 1)
+    check_int(ignore_index, "ignore_index")
     if torch.compiler.is_compiling() or labels.numel() == 0:
         return
     bad = ((labels < 0) | (labels >= num_classes)) & (labels != ignore_index)

@@ -11,24 +11,30 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastseg.ops import backend as _backend
-from fastseg.ops.checks import check_float, check_integer, check_labels, check_same_device, check_size
+from fastseg.ops.checks import check_float, check_int, check_integer, check_labels, check_same_device, check_size
 from fastseg.ops.library import OpPair, cpp_ops, register, triton_op
 
 
 def class_avg_pool_reference(
     features: Tensor, labels: Tensor, num_classes: int, ignore_index: int = 255
 ) -> tuple[Tensor, Tensor]:
-    """Plain-PyTorch class_avg_pool: a one-hot mask and an einsum.
+    """Plain-PyTorch class_avg_pool: a scatter-add of each pixel into its class's sum.
 
     Shapes: features (B,C,H,W), labels (B,H,W) -> centers (B,K,C), counts (B,K) int64.
-    Labels outside [0, K) (ignore_index included) belong to no class.
+    Labels outside [0, K), and ignore_index even inside it, belong to no class. A pixel adds to its own class
+    only (a one-hot product would spread a NaN feature to every class as NaN * 0).
     """
-    classes = torch.arange(num_classes, device=labels.device)
-    onehot = (labels.unsqueeze(1) == classes.view(1, -1, 1, 1)).to(features.dtype)  # (B,K,H,W)
-    counts = onehot.sum(dim=(2, 3), dtype=torch.float64 if features.dtype == torch.float64 else torch.float32)
-    sums = torch.einsum("bchw,bkhw->bkc", features, onehot)
-    centers = sums / counts.clamp(min=1).unsqueeze(-1).to(sums.dtype)
-    return centers, counts.to(torch.int64)
+    batch, channels = features.shape[:2]
+    labels = labels.reshape(batch, -1)
+    in_class = (labels >= 0) & (labels < num_classes) & (labels != ignore_index)
+    slots = torch.where(in_class, labels, num_classes)  # K: no class
+    counts = torch.zeros(batch, num_classes + 1, dtype=torch.int64, device=labels.device)
+    counts.scatter_add_(1, slots, torch.ones_like(slots))
+    values = features.reshape(batch, channels, -1).transpose(1, 2)  # (B,HW,C)
+    sums = values.new_zeros(batch, num_classes + 1, channels).scatter_add(
+        1, slots.unsqueeze(-1).expand(-1, -1, channels), values)
+    centers = sums[:, :num_classes] / counts[:, :num_classes].clamp(min=1).unsqueeze(-1).to(sums.dtype)
+    return centers, counts[:, :num_classes]
 
 
 @triton_op("class_avg_pool_triton")
@@ -87,7 +93,7 @@ def class_avg_pool(
         features: (B, C, H, W) floating point.
         labels: (B, H, W) integer class ids in [0, num_classes) or ``ignore_index``.
         num_classes: K.
-        ignore_index: label of pixels that belong to no class.
+        ignore_index: label of pixels that belong to no class, also when it lies in [0, num_classes).
         backend: one of ``fastseg.ops.BACKENDS``; None uses the process default.
 
     Returns:
@@ -107,6 +113,9 @@ def class_avg_pool(
         raise ValueError("features must have at least one channel")
     check_labels(labels, num_classes, ignore_index)
     labels = labels.long()
+    if 0 <= ignore_index < num_classes:  # every backend treats labels outside [0, K) as no class
+        labels = labels.masked_fill(labels == ignore_index, -1)
+        ignore_index = -1
     name = _backend.resolve(features.device, backend)
     if name == "reference":
         return class_avg_pool_reference(features, labels, num_classes, ignore_index)
@@ -114,17 +123,32 @@ def class_avg_pool(
     return pair.forward(features, labels, num_classes, ignore_index)
 
 
+def _nearest_indices(in_size: int, out_size: int, device: torch.device) -> Tensor:
+    """Source index of each output index under ``F.interpolate(mode="nearest")``, (out_size,) int64.
+
+    Interpolating the (small, hence exact in float32) index ramp reuses PyTorch's own rounding."""
+    ramp = torch.arange(in_size, device=device, dtype=torch.float32).view(1, 1, -1)
+    return F.interpolate(ramp, size=out_size, mode="nearest").view(-1).long()
+
+
 def downsample_labels(labels: Tensor, size: int | tuple[int, int]) -> Tensor:
     """Nearest-neighbour downsampling of a (B, H, W) label map to ``size`` (as CSFRNet does for Eq. 1).
 
-    Uses the index rule of ``F.interpolate(mode="nearest")``, so labels stay exact class ids.
+    Uses the index rule of ``F.interpolate(mode="nearest")`` on indices, never on the labels, so labels
+    stay exact class ids of any integer dtype (an int64 label above 2**24 is not rounded through float32).
     """
     check_integer(labels, "labels", 3)
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    if tuple(labels.shape[1:]) == size:
+    pair = (size, size) if isinstance(size, int) else size
+    if not isinstance(pair, (tuple, list, torch.Size)) or len(pair) != 2:
+        raise ValueError(f"size must be an int or a pair of ints, got {size!r}")
+    height, width = (check_int(value, "size", 1) for value in pair)
+    if tuple(labels.shape[1:]) == (height, width):
         return labels
-    resized = F.interpolate(labels.unsqueeze(1).to(torch.float32), size=size, mode="nearest")
-    return resized.squeeze(1).to(labels.dtype)
+    if labels.shape[1] == 0 or labels.shape[2] == 0:
+        raise ValueError(f"labels must have a non-empty spatial size, got shape {tuple(labels.shape)}")
+    rows = _nearest_indices(labels.shape[1], height, labels.device)
+    cols = _nearest_indices(labels.shape[2], width, labels.device)
+    return labels[:, rows][:, :, cols]
 
 
 class ClassAvgPool(nn.Module):

@@ -51,6 +51,11 @@ def _sample(input: Tensor, offset: Tensor, mask: Tensor | None, kernel, stride, 
     delta = offset.reshape(batch, offset_groups, taps, 2, out_h, out_w)
     y = base_y.view(1, 1, 1, -1, 1) + tap_y.view(1, 1, -1, 1, 1) + delta[:, :, :, 0]  # (B, G, taps, Ho, Wo)
     x = base_x.view(1, 1, 1, 1, -1) + tap_x.view(1, 1, -1, 1, 1) + delta[:, :, :, 1]
+    # NaN rule (fastseg.ops): a non-finite offset gives a NaN sample that sends no gradient; grid_sample
+    # only sees finite coordinates within a pixel of the image (no corner inside beyond: same samples)
+    bad = ~(torch.isfinite(y) & torch.isfinite(x))
+    y = y.masked_fill(bad, -2).clamp(-2, height + 1)
+    x = x.masked_fill(bad, -2).clamp(-2, width + 1)
     grid = torch.stack(((2 * x + 1) / width - 1, (2 * y + 1) / height - 1), dim=-1)
     grid = grid.view(batch * offset_groups, taps * out_h, out_w, 2)
     images = input.reshape(batch * offset_groups, channels // offset_groups, height, width)
@@ -58,6 +63,7 @@ def _sample(input: Tensor, offset: Tensor, mask: Tensor | None, kernel, stride, 
     samples = samples.view(batch, offset_groups, channels // offset_groups, taps, out_h, out_w)
     if mask is not None:
         samples = samples * mask.reshape(batch, offset_groups, 1, taps, out_h, out_w)
+    samples = samples.masked_fill(bad.view(batch, offset_groups, 1, taps, out_h, out_w), float("nan"))
     return samples.reshape(batch, channels, taps, out_h, out_w)
 
 
@@ -147,10 +153,12 @@ register([_CPP, _TRITON], _fake_forward, _fake_backward, _setup_context, _autogr
 
 
 def _check_pair(value, name: str, minimum: int) -> tuple[int, int]:
-    pair = _pair(value)
-    if len(pair) != 2 or not all(isinstance(v, int) and v >= minimum for v in pair):
-        raise ValueError(f"{name} must be an int or a pair of ints >= {minimum}, got {value!r}")
-    return pair
+    pair = (value, value) if isinstance(value, int) else value
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2 or not all(
+        isinstance(v, int) and not isinstance(v, bool) and minimum <= v < 2**31 for v in pair
+    ):
+        raise ValueError(f"{name} must be an int or a pair of ints in [{minimum}, 2**31), got {value!r}")
+    return tuple(pair)
 
 
 def _validate(input, offset, weight, bias, stride, padding, dilation, mask):
@@ -172,9 +180,11 @@ def _validate(input, offset, weight, bias, stride, padding, dilation, mask):
     padding = _check_pair(padding, "padding", 0)
     dilation = _check_pair(dilation, "dilation", 1)
     batch, channels, height, width = input.shape
+    if height == 0 or width == 0:
+        raise ValueError(f"input must have a non-empty spatial size, got shape {tuple(input.shape)}")
     out_channels, group_channels, kh, kw = weight.shape
     taps = kh * kw
-    if group_channels == 0 or channels % group_channels:
+    if channels == 0 or group_channels == 0 or channels % group_channels:
         raise ValueError(f"weight shape {tuple(weight.shape)}: in_channels={channels} is not a multiple of weight.shape[1]")
     groups = channels // group_channels
     if out_channels % groups:

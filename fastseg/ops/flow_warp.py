@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastseg.ops import backend as _backend
-from fastseg.ops.checks import check_float, check_same_device, check_size
+from fastseg.ops.checks import check_bool, check_float, check_int, check_same_device, check_size
 from fastseg.ops.library import OpPair, cpp_ops, register, triton_op
 
 PADDING_MODES = ("zeros", "border")
@@ -31,7 +31,7 @@ def _base_coordinates(out_size: int, in_size: int, align_corners: bool, like: Te
     index = torch.arange(out_size, dtype=like.dtype, device=like.device)
     if align_corners:
         return index * ((in_size - 1) / (out_size - 1) if out_size > 1 else 0.0)
-    return (index + 0.5) * (in_size / out_size) - 0.5
+    return (index + 0.5) * (in_size / out_size if out_size else 0.0) - 0.5  # (an empty output has no index)
 
 
 def _normalize(coordinate: Tensor, size: int, align_corners: bool) -> Tensor:
@@ -53,11 +53,19 @@ def flow_warp_reference(
     out_h, out_w = flow.shape[-2:]
     work = torch.promote_types(torch.promote_types(input.dtype, flow.dtype), torch.float32)
     flow = flow.to(work)
+    # NaN rule (fastseg.ops): a non-finite flow gives a NaN output pixel and no gradient. grid_sample
+    # itself must never see one: its backward reads out of bounds on a NaN grid with border padding.
+    bad = ~torch.isfinite(flow).all(dim=1)  # (B,Ho,Wo)
+    flow = flow.masked_fill(bad.unsqueeze(1), 0.0)
     x = _base_coordinates(out_w, in_w, align_corners, flow).view(1, 1, -1) + flow[:, 0]
     y = _base_coordinates(out_h, in_h, align_corners, flow).view(1, -1, 1) + flow[:, 1]
+    # beyond one pixel outside nothing changes (no corner inside, or clipped by "border"); the clamp
+    # keeps grid_sample's integer conversion of huge coordinates defined
+    x, y = x.clamp(-2, in_w + 1), y.clamp(-2, in_h + 1)
     grid = torch.stack((_normalize(x, in_w, align_corners), _normalize(y, in_h, align_corners)), dim=-1)
     output = F.grid_sample(input.to(work), grid, mode="bilinear", padding_mode=padding_mode,
                            align_corners=align_corners)
+    output = output.masked_fill(bad.unsqueeze(1), float("nan"))
     return output.to(input.dtype)
 
 
@@ -79,7 +87,10 @@ def normalized_flow_to_pixels(flow: Tensor, input_size: tuple[int, int], align_c
     """
     check_float(flow, "flow", 4)
     check_size(flow.shape[1], 2, "flow channels")
-    in_h, in_w = input_size
+    check_bool(align_corners, "align_corners")
+    if not isinstance(input_size, (tuple, list, torch.Size)) or len(input_size) != 2:
+        raise ValueError(f"input_size must be a pair (Hi, Wi), got {input_size!r}")
+    in_h, in_w = (check_int(value, "input_size", 1) for value in input_size)
     shift = -1 if align_corners else 0
     scale = flow.new_tensor([(in_w + shift) / 2, (in_h + shift) / 2]).view(1, 2, 1, 1)
     return flow * scale
@@ -159,12 +170,13 @@ def flow_warp(
         raise ValueError(f"input must have a non-empty spatial size, got shape {tuple(input.shape)}")
     if padding_mode not in PADDING_MODES:
         raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+    check_bool(align_corners, "align_corners")
     name = _backend.resolve(input.device, backend)
     if name == "reference":
         return flow_warp_reference(input, flow, padding_mode, align_corners)
     coordinates = flow.to(torch.float64 if input.dtype == torch.float64 else torch.float32)
     pair = _TRITON if name == "triton" else _CPP
-    return pair.forward(input, coordinates, padding_mode, bool(align_corners))
+    return pair.forward(input, coordinates, padding_mode, align_corners)
 
 
 class FlowWarp(nn.Module):
@@ -174,6 +186,7 @@ class FlowWarp(nn.Module):
         super().__init__()
         if padding_mode not in PADDING_MODES:
             raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+        check_bool(align_corners, "align_corners")
         self.padding_mode = padding_mode
         self.align_corners = align_corners
 

@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from fastseg.ops.checks import check_float, check_integer, check_labels, check_same_device, check_size
+from fastseg.ops.checks import check_bool, check_float, check_integer, check_labels, check_same_device, check_size
 from fastseg.ops.lovasz_hinge import accumulate_dtype, jaccard_gradient, lovasz_rows
 
 
@@ -24,8 +24,8 @@ def _class_ids(classes: str | Sequence[int], num_classes: int, device: torch.dev
         if classes not in ("present", "all"):
             raise ValueError(f'classes must be "present", "all" or a list of class ids, got {classes!r}')
         return torch.arange(num_classes, device=device)
-    ids = list(classes)
-    if not ids or not all(isinstance(c, int) and 0 <= c < num_classes for c in ids):
+    ids = list(classes) if isinstance(classes, (list, tuple)) else []
+    if not ids or not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < num_classes for c in ids):
         raise ValueError(f"classes must be a non-empty list of class ids in [0, {num_classes}), got {classes!r}")
     return torch.tensor(ids, device=device)
 
@@ -96,6 +96,9 @@ def lovasz_softmax(
     if labels.shape[1:] != probs.shape[2:]:
         raise ValueError(f"labels spatial size {tuple(labels.shape[1:])} differs from probs {tuple(probs.shape[2:])}")
     batch, num_classes = probs.shape[:2]
+    check_bool(per_image, "per_image")
+    if per_image and batch == 0:
+        raise ValueError("per_image=True needs at least one image: probs has batch size 0")
     check_labels(labels, num_classes, ignore_index)
     ids = _class_ids(classes, num_classes, probs.device)
     acc = accumulate_dtype(probs.dtype)

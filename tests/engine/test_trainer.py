@@ -49,9 +49,10 @@ def test_nan_step_is_skipped_and_logged(tmp_path, make_tiny_config):
     assert trainer.bad_streak == 0
     records = read_log(tmp_path / "log.jsonl")
     assert [(r["kind"], r["iter"]) for r in records if r["kind"] != "val"] == [
-        ("train", 1), ("nonfinite", 2), ("train", 2), ("train", 3)
+        ("train", 1), ("nonfinite", 2), ("train", 2), ("nonfinite", 2), ("train", 3)
     ]  # fmt: skip
     assert records[2]["skipped"] == 1 and "loss" not in records[2]
+    assert records[3]["checkpoint_skipped"] == 1, "stop_at=2 ends in the bad step: its checkpoint is not written"
 
 
 def test_consecutive_nan_steps_stop_training(tmp_path, make_tiny_config):
