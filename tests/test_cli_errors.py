@@ -90,6 +90,20 @@ def test_missing_config_and_a_yaml_file_as_checkpoint(name, tmp_path, capsys):
     assert_one_line_error(capsys, code, "none.pt")
 
 
+@pytest.mark.parametrize("name", sorted(MAINS))
+def test_corrupt_checkpoint_is_one_line(name, tmp_path, capsys):
+    """A checkpoint with a flipped byte (its digest no longer matches) is refused in one line by every CLI."""
+    args = cli_args(name, tmp_path, tmp_path / "ck.pt")
+    flipped = tmp_path / "flipped.pt"
+    write_checkpoint(flipped)
+    data = bytearray(flipped.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    flipped.write_bytes(bytes(data))
+    code = train.main(["--resume", str(flipped), *args]) if name == "train" else \
+        MAINS[name](["--checkpoint", str(flipped), *args[2:]])
+    assert_one_line_error(capsys, code, "flipped.pt")
+
+
 def test_debug_shows_the_traceback(tmp_path):
     with pytest.raises(Exception, match="train.lr = 'abc'"):
         train.main(["--output-dir", str(tmp_path / "run"), "--set", "train.lr=abc", "--debug"])
