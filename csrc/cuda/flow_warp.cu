@@ -10,6 +10,23 @@
 // output pixels sharing an input corner, since every channel is a separate address. With
 // deterministic=true a thread per (image, channel) owns its grad_input plane and splats every
 // output pixel in order: no atomics, reproducible, slower.
+//
+// Cost model at the GPU shapes of
+// bench/bench_flow_warp.py (forward+backward; H200: 4.8 TB/s HBM, 67 TFLOP/s fp32,
+// 989 TFLOP/s dense bf16, ~3 us per dependent launch). The floor is max(bytes / bandwidth, FLOPs /
+// peak) of the benchmark's byte and FLOP counts; the prediction is this design's, derived below.
+// bench/report.py reads the `predicted H200` lines (the one place these numbers live) into the
+// "predicted" column of bench/RESULTS.md.
+// Default (atomic) backward. Traffic: forward reads input, writes output; backward reads grad and
+// input, zeroes and accumulates an fp32 grad_input buffer (RMW in L2), bf16 adds a convert pass;
+// at 80% of bandwidth. 4 fp32 atomics per (output pixel, channel) at ~400 G/s (grad_input beyond
+// L2) or ~300 G/s (52x52 input: more adds per address). Bound: the atomics; 4 launches.
+// predicted H200 | flow_warp decouple-104 fp32 B=8 fwd+bwd | 0.234 ms | fp32 atomics (floor 0.093 ms)
+// predicted H200 | flow_warp decouple-104 bf16 B=8 fwd+bwd | 0.234 ms | fp32 atomics (floor 0.047 ms)
+// predicted H200 | flow_warp decouple-208 fp32 B=8 fwd+bwd | 0.898 ms | fp32 atomics (floor 0.371 ms)
+// predicted H200 | flow_warp decouple-208 bf16 B=8 fwd+bwd | 0.898 ms | fp32 atomics (floor 0.187 ms)
+// predicted H200 | flow_warp sfnet-52to104 fp32 B=8 fwd+bwd | 0.307 ms | fp32 atomics (floor 0.051 ms)
+// predicted H200 | flow_warp sfnet-52to104 bf16 B=8 fwd+bwd | 0.307 ms | fp32 atomics (floor 0.026 ms)
 #include "cuda/common.cuh"
 #include "cuda/flow_warp.h"
 

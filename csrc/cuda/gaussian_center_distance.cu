@@ -11,6 +11,18 @@
 // several) and (b) lets thread (class, channel) sum w (b - s)[c] over the tile's pixels into its
 // block's partial center sums. A block owns a slice of pixel tiles; its partial center and margin
 // sums are reduced over slices in a fixed order by a finalize kernel.
+//
+// Cost model at the GPU shapes of
+// bench/bench_gaussian_center_distance.py (forward+backward; H200: 4.8 TB/s HBM, 67 TFLOP/s fp32,
+// 989 TFLOP/s dense bf16, ~3 us per dependent launch). The floor is max(bytes / bandwidth, FLOPs /
+// peak) of the benchmark's byte and FLOP counts; the prediction is this design's, derived below.
+// bench/report.py reads the `predicted H200` lines (the one place these numbers live) into the
+// "predicted" column of bench/RESULTS.md.
+// Forward at ~60% of its own floor (embeddings + phi, 3 FLOPs per (pixel, class, channel)); the
+// backward at ~10% of its floor (2 x embeddings + phi, 6 FLOPs): small grid, the embedding gradient
+// carried across class chunks through a global fp32 buffer. 3 launches.
+// predicted H200 | gaussian_center_distance cityscapes-C32 B=8 fwd+bwd | 0.066 ms | bwd round trips (floor 0.008 ms)
+// predicted H200 | gaussian_center_distance ade20k-C32 B=8 fwd+bwd | 0.162 ms | bwd round trips (floor 0.021 ms)
 #include "cuda/common.cuh"
 #include "cuda/gaussian_center_distance.h"
 
