@@ -7,6 +7,19 @@
 // sums, and a finalize kernel adds the slices in order and divides by the counts.
 // Backward: grad_features[b,c,p] = grad_centers[b,label,c] / count[b,label], one label load per
 // pixel reused over a run of channels.
+//
+// Cost model at the GPU shapes of
+// bench/bench_class_avg_pool.py (forward+backward; H200: 4.8 TB/s HBM, 67 TFLOP/s fp32,
+// 989 TFLOP/s dense bf16, ~3 us per dependent launch). The floor is max(bytes / bandwidth, FLOPs /
+// peak) of the benchmark's byte and FLOP counts; the prediction is this design's, derived below.
+// bench/report.py reads the `predicted H200` lines (the one place these numbers live) into the
+// "predicted" column of bench/RESULTS.md.
+// Design traffic = the floor's bytes (labels re-read per channel block hit L2); 3 launches. Bound:
+// memory latency, 8 loads in flight per warp: ~70% of bandwidth at K=19, ~40% at K=150 where the
+// shared accumulators (K x 32 per warp) allow 2 blocks per SM. C=32 is launch-bound.
+// predicted H200 | class_avg_pool cityscapes-C512 B=8 fwd+bwd | 0.101 ms | memory (floor 0.064 ms)
+// predicted H200 | class_avg_pool cityscapes-C32 B=8 fwd+bwd | 0.015 ms | memory (floor 0.004 ms)
+// predicted H200 | class_avg_pool ade20k-C512 B=8 fwd+bwd | 0.079 ms | memory (floor 0.028 ms)
 #include "cuda/class_avg_pool.h"
 #include "cuda/common.cuh"
 

@@ -2,6 +2,21 @@
 // a sample at (y, x) is the bilinear mix of its four neighbours, each neighbour outside the image
 // contributing zero, and is zero when y <= -1, y >= H, x <= -1 or x >= W. All arithmetic in acc_t
 // (fp32 for fp16/bf16/fp32, fp64 for fp64); int64 indexing throughout.
+//
+// Cost model at the GPU shapes of
+// bench/bench_deform_conv2d.py (forward+backward; H200: 4.8 TB/s HBM, 67 TFLOP/s fp32,
+// 989 TFLOP/s dense bf16, ~3 us per dependent launch). The floor is max(bytes / bandwidth, FLOPs /
+// peak) of the benchmark's byte and FLOP counts; the prediction is this design's, derived below.
+// bench/report.py reads the `predicted H200` lines (the one place these numbers live) into the
+// "predicted" column of bench/RESULTS.md.
+// GEMM FLOPs = the floor's (forward + 2 backward GEMMs): fp32 SGEMM (no TF32) at ~70% of 67 TFLOP/s,
+// bf16 on tensor cores at ~60% of 989 TFLOP/s; plus 3 sampling passes (im2col forward and backward,
+// col2im) over C x 9 x pixels column elements at ~200 instructions each (8 int64 divisions) on
+// 33 T instructions/s, and 4 column-buffer passes of traffic; ~10 launches.
+// predicted H200 | deform_conv2d csfrnet-C512 fp32 B=8 97x97 fwd+bwd | 30.136 ms | fp32 GEMM (floor 15.903 ms)
+// predicted H200 | deform_conv2d csfrnet-C512 bf16 B=8 97x97 fwd+bwd | 8.635 ms | im2col index math (floor 1.077 ms)
+// predicted H200 | deform_conv2d csfrnet-C32 fp32 B=8 97x97 fwd+bwd | 0.580 ms | launches, im2col (floor 0.062 ms)
+// predicted H200 | deform_conv2d csfrnet-C32 bf16 B=8 97x97 fwd+bwd | 0.463 ms | launches, im2col (floor 0.008 ms)
 #include "cuda/common.cuh"
 #include "cuda/deform_conv2d.h"
 

@@ -8,8 +8,38 @@
 // so grad_flow is deterministic without atomics. grad_input is a bilinear splat: by default an
 // atomicAdd per (corner, channel) into an fp32 (fp64) accumulator; contention is limited to
 // output pixels sharing an input corner, since every channel is a separate address. With
-// deterministic=true a thread per (image, channel) owns its grad_input plane and splats every
-// output pixel in order: no atomics, reproducible, slower.
+// deterministic=true the same threads add fixed-point int64 values instead: a first kernel sums
+// |grad_output| over each (image, channel) plane in a fixed order, and a contribution w * g is
+// added as llrint(w * g * 2^61 / that sum). A plane's total stays below 2^61 in magnitude (the
+// weights of an output pixel sum to at most 1) plus the roundings, and integer addition is
+// associative, so the sum has the same bits in any order; each contribution keeps acc_t's relative
+// precision (better than float atomics, which round every partial sum). A last kernel divides by
+// the scale. Planes whose sum is not finite (inf/NaN in grad_output) are splatted instead by one
+// thread per plane in pixel order, with IEEE semantics.
+//
+// Cost model at the GPU shapes of
+// bench/bench_flow_warp.py (forward+backward; H200: 4.8 TB/s HBM, 67 TFLOP/s fp32,
+// 989 TFLOP/s dense bf16, ~3 us per dependent launch). The floor is max(bytes / bandwidth, FLOPs /
+// peak) of the benchmark's byte and FLOP counts; the prediction is this design's, derived below.
+// bench/report.py reads the `predicted H200` lines (the one place these numbers live) into the
+// "predicted" column of bench/RESULTS.md.
+// Default (atomic) backward. Traffic: forward reads input, writes output; backward reads grad and
+// input, zeroes and accumulates an fp32 grad_input buffer (RMW in L2), bf16 adds a convert pass;
+// at 80% of bandwidth. 4 fp32 atomics per (output pixel, channel) at ~400 G/s (grad_input beyond
+// L2) or ~300 G/s (52x52 input: more adds per address). Bound: the atomics; 4 launches.
+// Deterministic backward (not benchmarked by bench/bench_flow_warp.py), decouple-104 fp32: the
+// atomic path's 234 us, less the fp32 grad_input memset (-23 us), plus the plane norms (one more
+// read of grad_output, +23 us), the int64 memset (2 x 88.6 MB, +46 us) and the conversion (read
+// 177 MB, write 88.6 MB, +69 us): ~350 us, 1.5x the atomic path if 64-bit L2 atomics run at the
+// 32-bit rate (2.4x if at half of it). The per-plane serial splat it replaces: B x C = 2048
+// threads (64 warps for 132 SMs) walking 10816 pixels each at ~1000 cycles of dependent
+// read-modify-writes per pixel: ~5 ms, ~20x the atomic path.
+// predicted H200 | flow_warp decouple-104 fp32 B=8 fwd+bwd | 0.234 ms | fp32 atomics (floor 0.093 ms)
+// predicted H200 | flow_warp decouple-104 bf16 B=8 fwd+bwd | 0.234 ms | fp32 atomics (floor 0.047 ms)
+// predicted H200 | flow_warp decouple-208 fp32 B=8 fwd+bwd | 0.898 ms | fp32 atomics (floor 0.371 ms)
+// predicted H200 | flow_warp decouple-208 bf16 B=8 fwd+bwd | 0.898 ms | fp32 atomics (floor 0.187 ms)
+// predicted H200 | flow_warp sfnet-52to104 fp32 B=8 fwd+bwd | 0.307 ms | fp32 atomics (floor 0.051 ms)
+// predicted H200 | flow_warp sfnet-52to104 bf16 B=8 fwd+bwd | 0.307 ms | fp32 atomics (floor 0.026 ms)
 #include "cuda/common.cuh"
 #include "cuda/flow_warp.h"
 
@@ -26,6 +56,20 @@ using flow_warp::PixelCorners;
 
 constexpr int kThreads = 256;
 constexpr int64_t kChannelsPerThread = 32;
+
+// How backward_pixels_kernel splats grad_output into grad_input.
+enum class Splat { kAtomicFloat, kFixedPoint };
+
+// Fixed-point units per unit of gradient for a plane whose |grad_output| sums to `norm` (finite).
+template <typename acc_t>
+__device__ __forceinline__ acc_t fixed_point_scale(acc_t norm) {
+  return norm > acc_t(0) ? acc_t(2305843009213693952.0) / norm : acc_t(1);  // 2^61 / norm
+}
+
+template <typename acc_t>
+__device__ __forceinline__ bool is_finite_norm(acc_t norm) {
+  return norm < acc_t(INFINITY);  // false for inf and NaN
+}
 
 template <typename acc_t>
 struct Sampler {
@@ -75,11 +119,14 @@ __global__ void forward_kernel(const scalar_t* __restrict__ input, const acc_t* 
 }
 
 // Partial grad_flow of one chunk of channels into partial[(chunk * B + b) * 2 * Po + {0, Po} + p],
-// and, with kSplat, the atomic bilinear splat of grad_output into grad_acc.
-template <typename scalar_t, typename acc_t, bool kSplat>
+// and the bilinear splat of grad_output: kAtomicFloat into grad_acc, kFixedPoint into `fixed` for
+// the planes of finite norm.
+template <typename scalar_t, typename acc_t, Splat kSplat>
 __global__ void backward_pixels_kernel(const scalar_t* __restrict__ grad_output, const scalar_t* __restrict__ input,
                                        const acc_t* __restrict__ flow, Sampler<acc_t> s, int64_t channels,
-                                       int64_t in_pixels, acc_t* __restrict__ grad_acc, acc_t* __restrict__ partial) {
+                                       int64_t in_pixels, acc_t* __restrict__ grad_acc,
+                                       const acc_t* __restrict__ norms, unsigned long long* __restrict__ fixed,
+                                       acc_t* __restrict__ partial) {
   const int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   const int64_t b = blockIdx.z, chunk = blockIdx.y, c0 = chunk * kChannelsPerThread;
   if (p >= s.out_pixels) return;
@@ -89,13 +136,24 @@ __global__ void backward_pixels_kernel(const scalar_t* __restrict__ grad_output,
   for (int64_t c = c0; c < c1; ++c) {
     const int64_t plane = (b * channels + c) * in_pixels;
     const acc_t g = convert<acc_t>(grad_output[(b * channels + c) * s.out_pixels + p]);
+    acc_t scale = acc_t(0);
+    bool fixed_point = false;
+    if (kSplat == Splat::kFixedPoint) {
+      const acc_t norm = norms[b * channels + c];
+      fixed_point = is_finite_norm(norm);
+      scale = fixed_point_scale(norm);
+    }
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
       const acc_t v = convert<acc_t>(input[plane + corners.offset[k]]);
       dx += corners.grad_x[k] * v * g;
       dy += corners.grad_y[k] * v * g;
-      if (kSplat && corners.weight[k] != acc_t(0)) {
+      if (kSplat == Splat::kAtomicFloat && corners.weight[k] != acc_t(0)) {
         atomicAdd(grad_acc + plane + corners.offset[k], corners.weight[k] * g);
+      }
+      if (kSplat == Splat::kFixedPoint && fixed_point && corners.weight[k] != acc_t(0)) {
+        const long long units = llrint(corners.weight[k] * g * scale);
+        atomicAdd(fixed + plane + corners.offset[k], static_cast<unsigned long long>(units));  // two's complement
       }
     }
   }
@@ -104,21 +162,47 @@ __global__ void backward_pixels_kernel(const scalar_t* __restrict__ grad_output,
   out[s.out_pixels] = dy;
 }
 
-// Deterministic splat: thread (b, c) owns grad_acc's plane (b, c) and visits the output pixels in order.
+// norms[plane] = sum over the plane's output pixels of |grad_output|, in a fixed order (one block per plane).
+template <typename scalar_t, typename acc_t>
+__global__ void plane_norms_kernel(const scalar_t* __restrict__ grad_output, int64_t out_pixels,
+                                   acc_t* __restrict__ norms) {
+  __shared__ acc_t sums[kThreads];
+  const int t = threadIdx.x;
+  const scalar_t* go = grad_output + blockIdx.x * out_pixels;
+  acc_t sum = acc_t(0);
+  for (int64_t p = t; p < out_pixels; p += kThreads) {
+    const acc_t g = convert<acc_t>(go[p]);
+    sum += g < acc_t(0) ? -g : g;  // NaN stays NaN
+  }
+  sums[t] = sum;
+  for (int width = kThreads / 2; width > 0; width /= 2) {
+    __syncthreads();
+    if (t < width) sums[t] += sums[t + width];
+  }
+  if (t == 0) norms[blockIdx.x] = sums[0];
+}
+
+// Splat of the planes of non-finite norm: thread (b, c) zeroes grad_acc's plane (b, c) and visits
+// the output pixels in order; it returns at once for a finite plane.
 template <typename scalar_t, typename acc_t>
 __global__ void splat_planes_kernel(const scalar_t* __restrict__ grad_output, const acc_t* __restrict__ flow,
                                     Sampler<acc_t> s, int64_t channels, int64_t in_pixels,
-                                    acc_t* __restrict__ grad_acc) {
+                                    const acc_t* __restrict__ norms, acc_t* __restrict__ grad_acc) {
   const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x, b = blockIdx.y;
   if (c >= channels) return;
   const int64_t index = b * channels + c;
+  if (is_finite_norm(norms[index])) return;
   const scalar_t* go = grad_output + index * s.out_pixels;
   acc_t* plane = grad_acc + index * in_pixels;
+  for (int64_t i = 0; i < in_pixels; ++i) plane[i] = acc_t(0);
   for (int64_t p = 0; p < s.out_pixels; ++p) {
     const PixelCorners<acc_t> corners = s.corners(flow, b, p);
     const acc_t g = convert<acc_t>(go[p]);
 #pragma unroll
-    for (int k = 0; k < 4; ++k) plane[corners.offset[k]] += corners.weight[k] * g;
+    for (int k = 0; k < 4; ++k) {
+      // a corner outside the image (weight 0, offset clamped) receives nothing, as in the atomic splat
+      if (corners.weight[k] != acc_t(0)) plane[corners.offset[k]] += corners.weight[k] * g;
+    }
   }
 }
 
@@ -137,6 +221,21 @@ template <typename scalar_t, typename acc_t>
 __global__ void convert_kernel(const acc_t* __restrict__ source, int64_t count, scalar_t* __restrict__ target) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count; i += int64_t(gridDim.x) * blockDim.x) {
     target[i] = convert<scalar_t>(source[i]);
+  }
+}
+
+// grad_input from the fixed-point sums (finite planes) or the in-order splat in grad_acc (others);
+// grad_acc may be grad_input itself.
+template <typename scalar_t, typename acc_t>
+__global__ void fixed_point_to_grad_kernel(const unsigned long long* __restrict__ fixed,
+                                           const acc_t* __restrict__ norms, const acc_t* grad_acc, int64_t count,
+                                           int64_t in_pixels, scalar_t* grad_input) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count; i += int64_t(gridDim.x) * blockDim.x) {
+    const acc_t norm = norms[i / in_pixels];
+    const acc_t value = is_finite_norm(norm)
+                            ? acc_t(static_cast<long long>(fixed[i])) / fixed_point_scale(norm)
+                            : grad_acc[i];
+    grad_input[i] = convert<scalar_t>(value);
   }
 }
 
@@ -162,14 +261,25 @@ cudaError_t flow_warp_forward(const scalar_t* input, const coord_t<scalar_t>* fl
   return cudaGetLastError();
 }
 
-size_t flow_warp_backward_workspace(const FlowWarpShape& shape, size_t element_size) {
-  const size_t acc_size = element_size == sizeof(double) ? sizeof(double) : sizeof(float);
+// Workspace element counts, in their order: the deterministic path's int64 fixed-point sums (first,
+// so that they are 8-byte aligned), the fp32 grad_input accumulator (fp16/bf16 only), the per-chunk
+// flow gradients, and the deterministic path's plane norms.
+struct BackwardWorkspace {
+  size_t fixed, accumulator, partial, norms;
+};
+
+BackwardWorkspace backward_workspace(const FlowWarpShape& shape, size_t element_size, bool deterministic) {
   const int64_t chunks = std::max<int64_t>(1, ceil_div(shape.channels, kChannelsPerThread));
-  const size_t partial = size_t(chunks * shape.batch * 2 * shape.out_height * shape.out_width) * acc_size;
-  const size_t accumulator =
-      element_size < sizeof(float) ? size_t(shape.batch * shape.channels * shape.in_height * shape.in_width) * acc_size
-                                   : 0;
-  return partial + accumulator;
+  const size_t input_count = size_t(shape.batch * shape.channels * shape.in_height * shape.in_width);
+  return {deterministic ? input_count : 0, element_size < sizeof(float) ? input_count : 0,
+          size_t(chunks * shape.batch * 2 * shape.out_height * shape.out_width),
+          deterministic ? size_t(shape.batch * shape.channels) : 0};
+}
+
+size_t flow_warp_backward_workspace(const FlowWarpShape& shape, size_t element_size, bool deterministic) {
+  const size_t acc_size = element_size == sizeof(double) ? sizeof(double) : sizeof(float);
+  const BackwardWorkspace counts = backward_workspace(shape, element_size, deterministic);
+  return sizeof(unsigned long long) * counts.fixed + acc_size * (counts.accumulator + counts.partial + counts.norms);
 }
 
 template <typename scalar_t>
@@ -182,36 +292,45 @@ cudaError_t flow_warp_backward(const scalar_t* grad_output, const scalar_t* inpu
   const int64_t out_pixels = shape.out_height * shape.out_width;
   const int64_t input_count = shape.batch * shape.channels * in_pixels;
   const int64_t flow_count = shape.batch * 2 * out_pixels;
-  acc_t* grad_acc = nullptr;
-  acc_t* partial = static_cast<acc_t*>(workspace);
-  if constexpr (accumulates_in_place<scalar_t>()) {
-    grad_acc = reinterpret_cast<acc_t*>(grad_input);
-  } else {
-    grad_acc = partial;
-    partial += input_count;
+  const int64_t planes = shape.batch * shape.channels;
+  const BackwardWorkspace counts = backward_workspace(shape, sizeof(scalar_t), deterministic);
+  unsigned long long* fixed = static_cast<unsigned long long*>(workspace);
+  acc_t* grad_acc = reinterpret_cast<acc_t*>(fixed + counts.fixed);
+  acc_t* partial = grad_acc + counts.accumulator;
+  acc_t* norms = partial + counts.partial;
+  if constexpr (accumulates_in_place<scalar_t>()) grad_acc = reinterpret_cast<acc_t*>(grad_input);
+  const bool splat = shape.channels > 0 && flow_count > 0;
+  if (!splat || !deterministic) {
+    cudaError_t error = cudaMemsetAsync(grad_acc, 0, size_t(input_count) * sizeof(acc_t), stream);
+    if (error != cudaSuccess) return error;
   }
-  cudaError_t error = cudaMemsetAsync(grad_acc, 0, size_t(input_count) * sizeof(acc_t), stream);
-  if (error != cudaSuccess) return error;
-  if (shape.channels == 0 || flow_count == 0) {
-    error = cudaMemsetAsync(grad_flow, 0, size_t(flow_count) * sizeof(acc_t), stream);
+  if (!splat) {
+    cudaError_t error = cudaMemsetAsync(grad_flow, 0, size_t(flow_count) * sizeof(acc_t), stream);
     if (error != cudaSuccess) return error;
   } else {
     const auto sampler = make_sampler<acc_t>(shape, padding, align_corners);
     const dim3 grid = pixel_grid(shape);
     if (deterministic) {
-      launch(backward_pixels_kernel<scalar_t, acc_t, false>, grid, kThreads, 0, stream, grad_output, input, flow,
-             sampler, shape.channels, in_pixels, grad_acc, partial);
-      const dim3 planes(static_cast<unsigned>(ceil_div(shape.channels, 64)), static_cast<unsigned>(shape.batch));
-      launch(splat_planes_kernel<scalar_t, acc_t>, planes, 64, 0, stream, grad_output, flow, sampler, shape.channels,
-             in_pixels, grad_acc);
+      cudaError_t error = cudaMemsetAsync(fixed, 0, size_t(input_count) * sizeof(unsigned long long), stream);
+      if (error != cudaSuccess) return error;
+      launch(plane_norms_kernel<scalar_t, acc_t>, static_cast<unsigned>(planes), kThreads, 0, stream, grad_output,
+             out_pixels, norms);
+      launch(backward_pixels_kernel<scalar_t, acc_t, Splat::kFixedPoint>, grid, kThreads, 0, stream, grad_output,
+             input, flow, sampler, shape.channels, in_pixels, grad_acc, norms, fixed, partial);
+      const dim3 plane_grid(static_cast<unsigned>(ceil_div(shape.channels, 64)), static_cast<unsigned>(shape.batch));
+      launch(splat_planes_kernel<scalar_t, acc_t>, plane_grid, 64, 0, stream, grad_output, flow, sampler,
+             shape.channels, in_pixels, norms, grad_acc);
     } else {
-      launch(backward_pixels_kernel<scalar_t, acc_t, true>, grid, kThreads, 0, stream, grad_output, input, flow,
-             sampler, shape.channels, in_pixels, grad_acc, partial);
+      launch(backward_pixels_kernel<scalar_t, acc_t, Splat::kAtomicFloat>, grid, kThreads, 0, stream, grad_output,
+             input, flow, sampler, shape.channels, in_pixels, grad_acc, norms, fixed, partial);
     }
     launch(sum_chunks_kernel<acc_t>, stride_blocks(flow_count), kThreads, 0, stream, partial, grid.y, flow_count,
            grad_flow);
   }
-  if constexpr (!accumulates_in_place<scalar_t>()) {
+  if (input_count > 0 && splat && deterministic) {
+    launch(fixed_point_to_grad_kernel<scalar_t, acc_t>, stride_blocks(input_count), kThreads, 0, stream, fixed, norms,
+           grad_acc, input_count, in_pixels, grad_input);
+  } else if constexpr (!accumulates_in_place<scalar_t>()) {
     if (input_count > 0) {
       launch(convert_kernel<scalar_t, acc_t>, stride_blocks(input_count), kThreads, 0, stream, grad_acc, input_count,
              grad_input);

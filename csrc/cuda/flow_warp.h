@@ -26,12 +26,13 @@ template <typename scalar_t>
 cudaError_t flow_warp_forward(const scalar_t* input, const coord_t<scalar_t>* flow, const FlowWarpShape& shape,
                               int padding, bool align_corners, scalar_t* output, cudaStream_t stream);
 
-// Bytes of workspace the backward needs: per-channel-chunk partial flow gradients, and an fp32
-// grad_input accumulator when the input is fp16/bf16.
-size_t flow_warp_backward_workspace(const FlowWarpShape& shape, size_t element_size);
+// Bytes of workspace the backward needs: per-channel-chunk partial flow gradients, an fp32
+// grad_input accumulator when the input is fp16/bf16, and with `deterministic` the int64
+// fixed-point sums of grad_input and the per-plane norms of grad_output.
+size_t flow_warp_backward_workspace(const FlowWarpShape& shape, size_t element_size, bool deterministic);
 
-// deterministic: splat grad_input with one thread per (image, channel) plane in a fixed pixel
-// order instead of atomic adds (slower; for torch.use_deterministic_algorithms(True)).
+// deterministic: splat grad_input with order-independent fixed-point int64 atomics instead of
+// floating-point ones (same bits in every run; for torch.use_deterministic_algorithms(True)).
 template <typename scalar_t>
 cudaError_t flow_warp_backward(const scalar_t* grad_output, const scalar_t* input, const coord_t<scalar_t>* flow,
                                const FlowWarpShape& shape, int padding, bool align_corners, bool deterministic,

@@ -1,16 +1,32 @@
 // CUDA gaussian_center_distance (CSFRNet Eq. 2 with the exp(m_k * delta) scale), deterministic:
 // no floating-point atomics.
 //
-// One thread per pixel, blocks of kThreads consecutive pixels of one image. Classes are handled in
-// chunks of kClassChunk whose squared distances live in registers; for each chunk the channels are
-// walked in tiles of kChannelTile: the block stages the chunk's centers and its pixels' embeddings
-// (coalesced along pixels) in shared memory, then every thread updates its kClassChunk distances.
-// The backward pass recomputes the distances (nothing is saved by the forward), keeps its pixels'
-// weights w = 2 grad scale e in shared memory and, per channel tile, (a) adds each pixel's embedding
-// gradient sum_k w_k (b - s_k)[c] (carried across class chunks in an fp32/fp64 buffer when there are
-// several) and (b) lets thread (class, channel) sum w (b - s)[c] over the tile's pixels into its
-// block's partial center sums. A block owns a slice of pixel tiles; its partial center and margin
-// sums are reduced over slices in a fixed order by a finalize kernel.
+// One thread per pixel, blocks of kThreads consecutive pixels of one image. Forward: classes are
+// handled in chunks of kClassChunk whose squared distances live in registers; for each chunk the
+// channels are walked in tiles of kChannelTile: the block stages the chunk's centers and its pixels'
+// embeddings (coalesced along pixels) in shared memory, then every thread updates its kClassChunk
+// distances. Backward (nothing saved by the forward): one pass per pixel tile (and per group of
+// kGroup = 32 channels; one group when C' <= 32) with the pixel's embedding and its gradient in
+// registers, looping over class chunks: distances, weights w = 2 grad scale e, the embedding
+// gradient sum_k w_k (b - s_k) accumulated in registers and written once; the block's partial
+// center sums sum_p w (b - s) (warp = classes, lane = channel, over the tile's pixels in shared
+// memory) and margin sums go to its own slot, and a finalize kernel adds the slots once, in a fixed
+// order. A block owns a slice of pixel tiles.
+//
+// Cost model at the GPU shapes of bench/bench_gaussian_center_distance.py (forward+backward; H200:
+// 4.8 TB/s HBM, 67 TFLOP/s fp32, 989 TFLOP/s dense bf16, ~3 us per dependent launch). The floor is
+// max(bytes / bandwidth, FLOPs / peak) of the benchmark's byte and FLOP counts; the prediction is
+// this design's, derived below. bench/report.py reads the `predicted H200` lines (the one place these
+// numbers live) into the "predicted" column of bench/RESULTS.md.
+// Forward: embeddings + phi, 2 FLOPs per (pixel, class, channel), at ~60% of its floor: 5.3 us
+// (cityscapes-C32: 75k pixels x 19 classes x 32 channels), 11.7 us (ade20k-C32: 33k x 150 x 32).
+// Backward: reads embeddings and grad_phi, writes the embedding gradient (25 MB / 28 MB: 5.2 / 5.9
+// us); 6 FLOPs per (pixel, class, channel) (distance, embedding gradient, center sum: 4.1 / 14.1 us
+// at 67 TFLOP/s); bound by shared-memory wavefronts of the center sums, 1 embedding + 4 broadcast
+// weight loads per 128 (pixel, class, channel) per warp: 1.8 M / 6.6 M wavefronts over 132 SMs at
+// 1.98 GHz = 6.9 / 25 us, at ~70% -> 10 / 36 us. Plus memset and finalize launches (4 x 3 us).
+// predicted H200 | gaussian_center_distance cityscapes-C32 B=8 fwd+bwd | 0.027 ms | center sums (floor 0.008 ms)
+// predicted H200 | gaussian_center_distance ade20k-C32 B=8 fwd+bwd | 0.060 ms | center sums (floor 0.021 ms)
 #include "cuda/common.cuh"
 #include "cuda/gaussian_center_distance.h"
 
@@ -25,6 +41,8 @@ constexpr int kChannelTile = 8;    // channels staged in shared memory at a time
 constexpr int kTileStride = kThreads + 1;  // padded rows: column reads hit distinct banks
 constexpr int kMarginParts = kThreads / kClassChunk;  // threads summing one class's margin terms
 constexpr int kPixelsPerPart = kThreads / kMarginParts;
+constexpr int kGroup = 32;  // channels of a backward thread's embedding and gradient registers (one per lane)
+constexpr int kClassesPerWarp = kClassChunk / (kThreads / 32);  // classes a warp sums the centers of
 static_assert(kClassChunk * kChannelTile == kThreads, "one (class, channel) pair per thread");
 
 __device__ inline float exp_acc(float x) { return expf(x); }
@@ -117,99 +135,162 @@ __global__ void __launch_bounds__(kThreads)
 
 // Backward of Eq. 2 with d2 = ||b - s||^2, t = d2 * scale, e = exp(-t):
 //   dphi/dd2 = scale * e,  dd2/db = 2 (b - s) = -dd2/ds,  dphi/dm = t * e * d(log scale)/dm.
-// partial_centers (B, slices, K, C') and partial_margins (B, slices, K) must be zeroed; grad_accum
-// (B, C', P) is used only when there are several class chunks.
+// One pass per pixel tile and channel group (one group when C' <= kGroup): a thread holds its pixel's
+// embedding and embedding gradient of the group's kGroup channels in registers and loops over the
+// classes in chunks of kClassChunk; per chunk it computes the squared distances (the other groups'
+// channels read from global memory), its weights w = 2 grad scale e, and adds sum_k w_k (b - s_k)
+// to its registers, which are written once per group. The block's partial center sums
+// sum_p w (b - s)[c] are reduced over the tile's pixels by warp (classes) x lane (channel) from
+// shared memory and added into the block's own slot (partial_centers (B, slices, K, C'), likewise
+// partial_margins (B, slices, K); both zeroed by the caller), which finalize_kernel adds once, in a
+// fixed order: no atomics, the same bits in every run.
+template <typename scalar_t, typename acc_t>
+__device__ inline void load_group(const scalar_t* image, int64_t channels, int64_t pixels, int64_t c0, int64_t p,
+                                  bool active, acc_t (&x)[kGroup]) {
+#pragma unroll
+  for (int i = 0; i < kGroup; ++i) {
+    x[i] = (active && c0 + i < channels) ? convert<acc_t>(image[(c0 + i) * pixels + p]) : acc_t(0);
+  }
+}
+
+// Dynamic shared memory of backward_kernel, in acc_t elements.
+constexpr int kBackwardSharedElements =
+    (kGroup + 2 * kClassChunk) * kTileStride + kClassChunk * kGroup + kClassChunk * kMarginParts;
+
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
     backward_kernel(const scalar_t* __restrict__ grad_phi, const scalar_t* __restrict__ embeddings,
                     const scalar_t* __restrict__ centers, const scalar_t* __restrict__ margins, acc_t delta,
                     int64_t channels, int64_t pixels, int64_t classes, int64_t tiles_per_slice,
-                    acc_t* __restrict__ grad_accum, scalar_t* __restrict__ grad_embeddings,
-                    acc_t* __restrict__ partial_centers, acc_t* __restrict__ partial_margins) {
-  __shared__ SharedTiles<acc_t> tiles;
-  __shared__ acc_t weights[kClassChunk][kTileStride];
-  __shared__ acc_t margin_terms[kClassChunk][kTileStride];
-  __shared__ acc_t margin_parts[kClassChunk][kMarginParts];
-  const int t = threadIdx.x;
+                    scalar_t* __restrict__ grad_embeddings, acc_t* __restrict__ partial_centers,
+                    acc_t* __restrict__ partial_margins) {
+  FASTSEG_DYNAMIC_SHARED(shared);
+  acc_t* tile_embeddings = reinterpret_cast<acc_t*>(shared);          // [kGroup][kTileStride]
+  acc_t* tile_weights = tile_embeddings + kGroup * kTileStride;       // [kClassChunk][kTileStride]
+  acc_t* margin_terms = tile_weights + kClassChunk * kTileStride;     // [kClassChunk][kTileStride]
+  acc_t* chunk_centers = margin_terms + kClassChunk * kTileStride;    // [kClassChunk][kGroup]
+  acc_t* margin_parts = chunk_centers + kClassChunk * kGroup;         // [kClassChunk][kMarginParts]
+  const int t = threadIdx.x, lane = t % 32, warp = t / 32;
   const int64_t b = blockIdx.y, slice = blockIdx.x, slices = gridDim.x;
   const int64_t slot = b * slices + slice;
   const scalar_t* image = embeddings + b * channels * pixels;
   const scalar_t* image_centers = centers + b * classes * channels;
+  const int64_t groups = (channels + kGroup - 1) / kGroup;
   const int64_t tiles_total = (pixels + kThreads - 1) / kThreads;
   const int64_t tile_end = min(tiles_total, (slice + 1) * tiles_per_slice);
-  // this thread's (class, channel) pair when summing over the tile's pixels
-  const int pair_class = t / kChannelTile, pair_channel = t % kChannelTile;
 
   for (int64_t tile = slice * tiles_per_slice; tile < tile_end; ++tile) {
     const int64_t p = tile * kThreads + t;
     const bool active = p < pixels;
-    for (int64_t k0 = 0; k0 < classes; k0 += kClassChunk) {
-      const bool first_chunk = k0 == 0, last_chunk = k0 + kClassChunk >= classes;
-      acc_t weight[kClassChunk];
-      chunk_distances(image, image_centers, channels, pixels, classes, k0, p, active, tiles, weight);
+    for (int64_t c0 = 0; c0 < channels; c0 += kGroup) {
+      acc_t x[kGroup], grad[kGroup];
+      load_group(image, channels, pixels, c0, p, active, x);
+      // no barrier needed: every read of tile_embeddings precedes the last chunk's closing barrier
 #pragma unroll
-      for (int kk = 0; kk < kClassChunk; ++kk) {
-        const int64_t k = k0 + kk;
-        acc_t margin_term = acc_t(0);
-        acc_t w = acc_t(0);
-        if (active && k < classes) {
-          const acc_t g = convert<acc_t>(grad_phi[(b * classes + k) * pixels + p]);
-          const acc_t scale = class_scale(margins, b * classes + k, delta);
-          const acc_t exponent = weight[kk] * scale;
-          const acc_t e = exp_acc(-exponent);
-          // e == 0 covers exponent == inf, where exponent * e would be inf * 0
-          margin_term = e > acc_t(0) ? g * exponent * e : acc_t(0);
-          w = acc_t(2) * g * scale * e;
-        }
-        weight[kk] = w;
-        weights[kk][t] = w;
-        margin_terms[kk][t] = margin_term;
+      for (int i = 0; i < kGroup; ++i) {
+        tile_embeddings[i * kTileStride + t] = x[i];
+        grad[i] = acc_t(0);
       }
-      __syncthreads();
-      {
-        // margin sums: kMarginParts threads per class, each over kPixelsPerPart pixels, then in order
-        const int kk = t / kMarginParts, part = t % kMarginParts;
-        acc_t sum = acc_t(0);
-        for (int q = part * kPixelsPerPart; q < (part + 1) * kPixelsPerPart; ++q) sum += margin_terms[kk][q];
-        margin_parts[kk][part] = sum;
-      }
-      __syncthreads();
-      if (t < kClassChunk && k0 + t < classes) {
-        acc_t sum = acc_t(0);
-        for (int part = 0; part < kMarginParts; ++part) sum += margin_parts[t][part];
-        partial_margins[slot * classes + k0 + t] += sum;
-      }
-      for (int64_t c0 = 0; c0 < channels; c0 += kChannelTile) {
-        __syncthreads();
-        stage_tiles(image, image_centers, channels, pixels, classes, k0, c0, p, active, tiles);
-        __syncthreads();
-        // (a) this pixel's embedding gradient for the tile's channels
+      for (int64_t k0 = 0; k0 < classes; k0 += kClassChunk) {
+        acc_t weight[kClassChunk];
 #pragma unroll
-        for (int cc = 0; cc < kChannelTile; ++cc) {
-          const int64_t c = c0 + cc;
-          if (!active || c >= channels) continue;
-          const acc_t x = tiles.embeddings[cc][t];
-          acc_t sum = acc_t(0);
+        for (int kk = 0; kk < kClassChunk; ++kk) weight[kk] = acc_t(0);
+        // squared distances over every group; this thread's own group last, so that its centers stay staged
+        for (int64_t step = 1; step <= groups; ++step) {
+          const int64_t h = (c0 / kGroup + step) % groups * kGroup;
+          __syncthreads();
+          for (int i = t; i < kClassChunk * kGroup; i += kThreads) {
+            const int64_t k = k0 + i / kGroup, c = h + i % kGroup;
+            const bool inside = k < classes && c < channels;
+            chunk_centers[i] = inside ? convert<acc_t>(image_centers[k * channels + c]) : acc_t(0);
+          }
+          __syncthreads();
+          acc_t y[kGroup];
+          if (h == c0) {
 #pragma unroll
-          for (int kk = 0; kk < kClassChunk; ++kk) sum += weight[kk] * (x - tiles.centers[cc][kk]);
-          const int64_t index = (b * channels + c) * pixels + p;
-          if (!first_chunk) sum += grad_accum[index];
-          if (last_chunk) {
-            grad_embeddings[index] = convert<scalar_t>(sum);
+            for (int i = 0; i < kGroup; ++i) y[i] = x[i];
           } else {
-            grad_accum[index] = sum;
+            load_group(image, channels, pixels, h, p, active, y);
+          }
+#pragma unroll
+          for (int kk = 0; kk < kClassChunk; ++kk) {
+            if (k0 + kk >= classes) break;
+#pragma unroll
+            for (int i = 0; i < kGroup; ++i) {
+              const acc_t diff = y[i] - chunk_centers[kk * kGroup + i];
+              weight[kk] += diff * diff;
+            }
           }
         }
-        // (b) this thread's (class, channel) pair summed over the tile's pixels
-        const int64_t k = k0 + pair_class, c = c0 + pair_channel;
-        if (k < classes && c < channels) {
-          const acc_t s = tiles.centers[pair_channel][pair_class];
+#pragma unroll
+        for (int kk = 0; kk < kClassChunk; ++kk) {
+          const int64_t k = k0 + kk;
+          acc_t margin_term = acc_t(0);
+          acc_t w = acc_t(0);
+          if (active && k < classes) {
+            const acc_t g = convert<acc_t>(grad_phi[(b * classes + k) * pixels + p]);
+            const acc_t scale = class_scale(margins, b * classes + k, delta);
+            const acc_t exponent = weight[kk] * scale;
+            const acc_t e = exp_acc(-exponent);
+            // e == 0 covers exponent == inf, where exponent * e would be inf * 0
+            margin_term = e > acc_t(0) ? g * exponent * e : acc_t(0);
+            w = acc_t(2) * g * scale * e;
+          }
+          weight[kk] = w;
+          tile_weights[kk * kTileStride + t] = w;
+          margin_terms[kk * kTileStride + t] = margin_term;
+        }
+        // this pixel's embedding gradient, in registers across the chunks
+#pragma unroll
+        for (int kk = 0; kk < kClassChunk; ++kk) {
+          if (k0 + kk >= classes) break;
+#pragma unroll
+          for (int i = 0; i < kGroup; ++i) grad[i] += weight[kk] * (x[i] - chunk_centers[kk * kGroup + i]);
+        }
+        __syncthreads();
+        if (c0 == 0) {
+          // margin sums: kMarginParts threads per class, each over kPixelsPerPart pixels, then in order
+          const int kk = t / kMarginParts, part = t % kMarginParts;
           acc_t sum = acc_t(0);
-          for (int q = 0; q < kThreads; ++q) sum += weights[pair_class][q] * (tiles.embeddings[pair_channel][q] - s);
-          partial_centers[(slot * classes + k) * channels + c] += sum;
+          for (int q = part * kPixelsPerPart; q < (part + 1) * kPixelsPerPart; ++q) {
+            sum += margin_terms[kk * kTileStride + q];
+          }
+          margin_parts[kk * kMarginParts + part] = sum;
+        }
+        // center sums: warp `warp` owns kClassesPerWarp classes of the chunk, lane the channel c0 + lane
+        {
+          acc_t sums[kClassesPerWarp], center[kClassesPerWarp];
+#pragma unroll
+          for (int j = 0; j < kClassesPerWarp; ++j) {
+            sums[j] = acc_t(0);
+            center[j] = chunk_centers[(warp * kClassesPerWarp + j) * kGroup + lane];
+          }
+          for (int q = 0; q < kThreads; ++q) {
+            const acc_t embedding = tile_embeddings[lane * kTileStride + q];
+#pragma unroll
+            for (int j = 0; j < kClassesPerWarp; ++j) {
+              sums[j] += tile_weights[(warp * kClassesPerWarp + j) * kTileStride + q] * (embedding - center[j]);
+            }
+          }
+#pragma unroll
+          for (int j = 0; j < kClassesPerWarp; ++j) {
+            const int64_t k = k0 + warp * kClassesPerWarp + j, c = c0 + lane;
+            if (k < classes && c < channels) partial_centers[(slot * classes + k) * channels + c] += sums[j];
+          }
+        }
+        __syncthreads();
+        if (c0 == 0 && t < kClassChunk && k0 + t < classes) {
+          acc_t sum = acc_t(0);
+          for (int part = 0; part < kMarginParts; ++part) sum += margin_parts[t * kMarginParts + part];
+          partial_margins[slot * classes + k0 + t] += sum;
         }
       }
-      __syncthreads();
+      if (active) {
+#pragma unroll
+        for (int i = 0; i < kGroup; ++i) {
+          if (c0 + i < channels) grad_embeddings[((b * channels) + c0 + i) * pixels + p] = convert<scalar_t>(grad[i]);
+        }
+      }
     }
   }
 }
@@ -237,13 +318,11 @@ __global__ void finalize_kernel(const acc_t* __restrict__ partial_centers, const
 }
 
 struct WorkspaceLayout {
-  size_t centers_elements, margins_elements, accum_elements;
+  size_t centers_elements, margins_elements;
 };
 
-WorkspaceLayout workspace_layout(int64_t batch, int64_t channels, int64_t pixels, int64_t classes, int64_t slices) {
-  const bool several_chunks = classes > kClassChunk;
-  return {size_t(batch * slices * classes * channels), size_t(batch * slices * classes),
-          several_chunks ? size_t(batch * channels * pixels) : size_t(0)};
+WorkspaceLayout workspace_layout(int64_t batch, int64_t channels, int64_t classes, int64_t slices) {
+  return {size_t(batch * slices * classes * channels), size_t(batch * slices * classes)};
 }
 
 }  // namespace
@@ -259,8 +338,8 @@ cudaError_t gaussian_center_distance_plan(int64_t batch, int64_t channels, int64
   const int64_t wanted = ceil_div(4 * int64_t(limits.sms), std::max<int64_t>(batch, 1));
   plan->tiles_per_slice = ceil_div(tiles, std::max<int64_t>(1, std::min(wanted, tiles)));
   plan->slices = ceil_div(tiles, plan->tiles_per_slice);
-  const WorkspaceLayout layout = workspace_layout(batch, channels, pixels, classes, plan->slices);
-  plan->workspace_bytes = acc_size * (layout.centers_elements + layout.margins_elements + layout.accum_elements);
+  const WorkspaceLayout layout = workspace_layout(batch, channels, classes, plan->slices);
+  plan->workspace_bytes = acc_size * (layout.centers_elements + layout.margins_elements);
   return cudaSuccess;
 }
 
@@ -290,18 +369,22 @@ cudaError_t gaussian_center_distance_backward(const scalar_t* grad_phi, const sc
     // phi is empty: the embedding gradient is zero (centers and margins are empty too)
     return cudaMemsetAsync(grad_embeddings, 0, sizeof(scalar_t) * batch * channels * pixels, stream);
   }
-  const WorkspaceLayout layout = workspace_layout(batch, channels, pixels, classes, plan.slices);
+  const WorkspaceLayout layout = workspace_layout(batch, channels, classes, plan.slices);
   acc_t* partial_centers = static_cast<acc_t*>(workspace);
   acc_t* partial_margins = partial_centers + layout.centers_elements;
-  acc_t* grad_accum = partial_margins + layout.margins_elements;
   cudaError_t error = cudaMemsetAsync(
       workspace, 0, sizeof(acc_t) * (layout.centers_elements + layout.margins_elements), stream);
   if (error != cudaSuccess) return error;
-  if (pixels > 0) {
+  if (pixels > 0 && channels > 0) {
+    auto kernel = backward_kernel<scalar_t, acc_t>;
+    const size_t shared_bytes = sizeof(acc_t) * kBackwardSharedElements;
+    if (shared_bytes > 48 * 1024) {
+      error = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared_bytes));
+      if (error != cudaSuccess) return error;
+    }
     const dim3 grid(static_cast<unsigned>(plan.slices), static_cast<unsigned>(batch));
-    launch(backward_kernel<scalar_t, acc_t>, grid, kThreads, 0, stream, grad_phi, embeddings, centers, margins,
-           delta_acc, channels, pixels, classes, plan.tiles_per_slice, grad_accum, grad_embeddings, partial_centers,
-           partial_margins);
+    launch(kernel, grid, kThreads, shared_bytes, stream, grad_phi, embeddings, centers, margins, delta_acc, channels,
+           pixels, classes, plan.tiles_per_slice, grad_embeddings, partial_centers, partial_margins);
   }
   const int64_t outputs = batch * classes * (channels + 1);
   const int blocks = static_cast<int>(std::min<int64_t>(ceil_div(outputs, 256), 65535));

@@ -9,6 +9,19 @@
 // tiles, and writes the Jaccard-gradient weights (in sorted order) and the row's loss (fixed-order
 // reduction). No host synchronisation at any row count.
 // Backward: grad_logits[n, permutation[n,j]] = grad_loss[n] * weights[n,j], one thread per element.
+//
+// Cost model at the GPU shapes of
+// bench/bench_lovasz.py (forward+backward; H200: 4.8 TB/s HBM, 67 TFLOP/s fp32,
+// 989 TFLOP/s dense bf16, ~3 us per dependent launch). The floor is max(bytes / bandwidth, FLOPs /
+// peak) of the benchmark's byte and FLOP counts; the prediction is this design's, derived below.
+// bench/report.py reads the `predicted H200` lines (the one place these numbers live) into the
+// "predicted" column of bench/RESULTS.md.
+// Per element: errors 10 B, iota 8 B, PyTorch's segmented radix sort ~5 passes x (read + write of a
+// 4 B key and an 8 B index) = 120 B, scan 18 B (gathers through the permutation hit L2), weights
+// 4 B, backward 16 B: ~176 B at ~60% of bandwidth, ~12 launches. Bound: the sort's traffic, which
+// the floor (one read of logits/labels/valid, one gradient write) does not count.
+// predicted H200 | lovasz_hinge 97x97 N=152 fwd+bwd | 0.123 ms | sort traffic (floor 0.010 ms)
+// predicted H200 | lovasz_hinge 769x769 N=38 fwd+bwd | 1.409 ms | sort traffic (floor 0.159 ms)
 #include "cuda/common.cuh"
 #include "cuda/lovasz_hinge.h"
 

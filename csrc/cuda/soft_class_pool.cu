@@ -11,6 +11,20 @@
 //   scale_grad_kernel     dS = dZ / mass (0 where mass == 0), r[k] = sum_c dS[k,c] Z[k,c].
 //   grad_probs_kernel     dP[k,j] = sum_c dS[k,c] F[c,j] (+ Z[k,c] dA[c,j]) - r[k].
 // The backward formulas are derived in fastseg/ops/soft_class_pool.py.
+//
+// Cost model at the GPU shapes of
+// bench/bench_soft_class_pool.py (forward+backward; H200: 4.8 TB/s HBM, 67 TFLOP/s fp32,
+// 989 TFLOP/s dense bf16, ~3 us per dependent launch). The floor is max(bytes / bandwidth, FLOPs /
+// peak) of the benchmark's byte and FLOP counts; the prediction is this design's, derived below.
+// bench/report.py reads the `predicted H200` lines (the one place these numbers live) into the
+// "predicted" column of bench/RESULTS.md.
+// FLOPs = the floor's (3 GEMMs for soft_class_pool, 6 for attentional_class_feature), on fp32 CUDA
+// cores with 6 shared loads per 8 FMAs: ~40% of 67 TFLOP/s at K=19, ~10% at K=150 (thin K tiles);
+// 5 / 8 launches. Bound: the hand GEMM (tensor cores via cuBLAS/tl.dot remain to do, issue 14).
+// predicted H200 | soft_class_pool cityscapes-C512 B=8 fwd+bwd | 0.179 ms | fp32 hand GEMM (floor 0.100 ms)
+// predicted H200 | soft_class_pool ade20k-C512 B=8 fwd+bwd | 2.269 ms | fp32 hand GEMM (floor 0.225 ms)
+// predicted H200 | attentional_class_feature cityscapes-C512 B=8 fwd+bwd | 0.352 ms | fp32 hand GEMM (floor 0.164 ms)
+// predicted H200 | attentional_class_feature ade20k-C512 B=8 fwd+bwd | 4.531 ms | fp32 hand GEMM (floor 0.451 ms)
 #include "cuda/common.cuh"
 #include "cuda/soft_class_pool.h"
 

@@ -1,6 +1,6 @@
 // CUDA registration of flow_warp: tensors in, raw pointers and the current stream out to
 // csrc/cuda/flow_warp.cu. Under torch.use_deterministic_algorithms(True) the backward takes the
-// kernels' deterministic (atomic-free) grad_input path.
+// kernels' deterministic (fixed-point) grad_input path.
 #include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
@@ -58,9 +58,9 @@ std::tuple<at::Tensor, at::Tensor> flow_warp_backward_cuda(const at::Tensor& gra
   const at::Tensor coords = flow.contiguous();
   at::Tensor grad_input = at::empty_like(in);
   at::Tensor grad_flow = at::empty_like(coords);
-  const size_t workspace_bytes = cuda::flow_warp_backward_workspace(shape, input.element_size());
-  at::Tensor workspace = at::empty({static_cast<int64_t>(workspace_bytes)}, input.options().dtype(at::kByte));
   const bool deterministic = at::globalContext().deterministicAlgorithms();
+  const size_t workspace_bytes = cuda::flow_warp_backward_workspace(shape, input.element_size(), deterministic);
+  at::Tensor workspace = at::empty({static_cast<int64_t>(workspace_bytes)}, input.options().dtype(at::kByte));
   const cudaStream_t stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "flow_warp_backward_cuda", [&] {
     using coord_type = cuda::coord_t<cuda_t<scalar_t>>;

@@ -42,14 +42,49 @@ def test_op_speedups_and_floor_fraction(tmp_path):
         _bench(group, "cpu", fused, bytes=byte_count, flops=flop_count),
     ], measured)
     run = report.load_run(path)
-    rows = [line for line in report.op_table(run) if line.startswith(f"| {group} | cpu ")]
+    rows = [line for line in report.op_table(run, {}) if line.startswith(f"| {group} | cpu ")]
     assert len(rows) == 1
     cells = [cell.strip() for cell in rows[0].split("|")[1:-1]]
-    assert cells[3] == f"{reference / fused:.2f}x"
+    assert cells[3] == "-"  # no prediction off an H200
+    assert cells[4] == f"{reference / fused:.2f}x"
     best = "reference" if reference < compiled else "reference-compiled"
-    assert cells[4] == f"{min(reference, compiled) / fused:.2f}x ({best})"
+    assert cells[5] == f"{min(reference, compiled) / fused:.2f}x ({best})"
     floor = max(byte_count / 1e10, flop_count / 1e11)
-    assert cells[5] == f"{100 * floor / fused:.1f}%"
+    assert cells[6] == f"{100 * floor / fused:.1f}%"
+
+
+def test_predicted_column_from_kernel_files_for_cuda_on_h200(tmp_path):
+    rng = random.Random(11)
+    group, other = "flow_warp decouple-104 fp32 B=8 fwd+bwd", "lovasz_hinge 97x97 N=152 fwd+bwd"
+    predicted, measured = rng.uniform(0.05, 5.0), rng.uniform(0.05, 5.0)
+    kernels = tmp_path / "cuda"
+    kernels.mkdir()
+    prediction = f"// predicted H200 | {group} | {predicted:.3f} ms | atomics (floor 0.093 ms)"
+    (kernels / "flow_warp.cu").write_text(f"// design prose\n{prediction}\n#include <x>\n")
+    predictions = report.load_predictions(kernels)
+    assert predictions == {group: pytest.approx(round(predicted, 3) / 1e3)}
+    benches = [_bench(group, "cuda", measured / 1e3), _bench(group, "reference", 2 * measured / 1e3),
+               _bench(other, "cuda", measured / 1e3)]
+    for device, shown in (("NVIDIA H200", True), ("NVIDIA H100 80GB HBM3", False)):
+        run = report.load_run(_write(tmp_path / "gpu.json", device, benches))
+        rows = {tuple(cell.strip() for cell in line.split("|")[1:3]): line.split("|")[4].strip()
+                for line in report.op_table(run, predictions)[2:]}
+        assert rows[group, "cuda"] == (report._ms(round(predicted, 3) / 1e3) if shown else "-")
+        assert rows[group, "reference"] == "-" and rows[other, "cuda"] == "-"
+    (kernels / "copy.cu").write_text(f"// predicted H200 | {group} | 1.000 ms | memory\n")
+    with pytest.raises(ValueError, match="second prediction"):
+        report.load_predictions(kernels)
+
+
+def test_every_cuda_kernel_file_predicts_its_gpu_benchmark_groups():
+    predictions = report.load_predictions()
+    for path in sorted(report.KERNELS.glob("*.cu")):
+        groups = [line for line in path.read_text().splitlines() if report.PREDICTION.match(line)]
+        assert groups, f"{path.name} has no `// predicted H200` line"
+    assert all(group.endswith("fwd+bwd") and ("B=8" in group or "lovasz" in group) for group in predictions)
+    assert all(0 < seconds < 1 for seconds in predictions.values())
+    # the lovász groups of bench/bench_lovasz.py at its GPU shapes
+    assert {"lovasz_hinge 97x97 N=152 fwd+bwd", "lovasz_hinge 769x769 N=38 fwd+bwd"} <= set(predictions)
 
 
 def test_datasheet_rates_win_over_measured_ones_on_known_gpus(tmp_path):
@@ -68,7 +103,7 @@ def test_targets_met_missed_and_gpu_pending(tmp_path):
         _bench(group, "reference", 0.050), _bench(group, "cpu", 0.020),  # 2.5x < 3x
         _bench(lovasz, "cpu", 0.004), _bench(lovasz, None, 0.040, name="test_lovasz_hinge_per_row_reference"),
     ])
-    text = report.render([report.load_run(path)])
+    text = report.render([report.load_run(path)], {})
     assert f"| {group}: cpu vs reference | cpu x2 threads | cpu.json | 2.50x | 3.0x | NO |" in text
     assert f"| {lovasz}: cpu vs per-row reference | cpu x2 threads | cpu.json | 10.00x | 5.0x | yes |" in text
     assert "GPU run pending" in text and "No GPU results yet" in text
@@ -110,6 +145,6 @@ def test_main_writes_the_report(tmp_path):
     output = tmp_path / "RESULTS.md"
     assert report.main(["--results", str(results), "--output", str(output)]) == 0
     text = output.read_text()
-    assert "| g | cpu | 5.00 | 2.00x | 2.00x (reference) | n/a |" in text
+    assert "| g | cpu | 5.00 | - | 2.00x | 2.00x (reference) | n/a |" in text
     assert "| b.json | NVIDIA H100 80GB HBM3 |" in text and "No GPU results yet" not in text
     assert report.main(["--results", str(tmp_path / "empty"), "--output", str(output)]) == 1

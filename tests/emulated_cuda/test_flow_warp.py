@@ -1,5 +1,6 @@
-"""flow_warp's CUDA kernels (forward; backward with atomic splat, or the deterministic per-plane splat;
-chunk sums; fp16/bf16 conversion) on the emulated-CUDA layer."""
+"""flow_warp's CUDA kernels (forward; backward with atomic splat, or the deterministic fixed-point
+splat with its plane norms and the in-order splat of non-finite planes; chunk sums; fp16/bf16
+conversion) on the emulated-CUDA layer."""
 from __future__ import annotations
 
 import pytest
@@ -8,6 +9,7 @@ import torch
 from fastseg.ops.flow_warp import flow_warp_reference
 
 from .compare import DTYPES, check_every_order, on_device
+from .extension import ORDERS, thread_order
 
 pytestmark = pytest.mark.emulated_cuda
 
@@ -85,3 +87,34 @@ def test_dtypes_and_non_contiguous(emulated, dtype, deterministic):
     flow = _flow(2, (7, 9), (8, 5), True, coord)
     _check(emulated, input, flow, "zeros", True, deterministic)
     _check(emulated, input, flow, "border", True, deterministic)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_deterministic_planes_with_inf_and_nan(emulated, dtype):
+    """Planes whose grad_output holds inf or NaN cannot be summed in fixed point: they are splatted in
+    pixel order with IEEE semantics (inf/NaN where the reference has them), the other planes as usual."""
+    input = torch.randn(2, 3, 6, 7).to(dtype)
+    flow = 0.3 * torch.randn(2, 2, 5, 8)  # samples inside the image: the inf and NaN reach grad_input
+    grad_output = torch.randn(2, 3, 5, 8).to(dtype)
+    grad_output[0, 1, 2, 3] = float("inf")
+    grad_output[1, 2, 4, 0] = float("nan")
+    reference_input = input.detach().double().requires_grad_()
+    output = flow_warp_reference(reference_input, flow.double(), "zeros", True)
+    (expected,) = torch.autograd.grad(output, reference_input, grad_output.double())
+    assert expected[0, 1].isinf().any() and expected[1, 2].isnan().any() and expected.isfinite().any()
+    input, flow, grad_output = on_device(emulated, input, flow, grad_output)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        results = []
+        for order in ORDERS:
+            with thread_order(order, seed=3):
+                (grad_input, _) = emulated.flow_warp_backward(grad_output, input, flow, "zeros", True)
+            atol, rtol = (1e-5, 1e-5) if dtype == torch.float32 else (1.6e-2, 1.6e-2)
+            torch.testing.assert_close(grad_input.double(), expected, atol=atol, rtol=rtol, equal_nan=True)
+            results.append(grad_input)
+        assert all(torch.equal(r.view(torch.int16 if dtype == torch.bfloat16 else torch.int32),
+                               results[0].view(torch.int16 if dtype == torch.bfloat16 else torch.int32))
+                   for r in results)
+    finally:
+        torch.use_deterministic_algorithms(previous)

@@ -1,5 +1,5 @@
-"""gaussian_center_distance's CUDA kernels (forward; backward over class chunks and pixel slices;
-finalize) on the emulated-CUDA layer."""
+"""gaussian_center_distance's CUDA kernels (forward; backward in one pass per pixel tile and channel
+group over class chunks, per-slice center sums; finalize) on the emulated-CUDA layer."""
 from __future__ import annotations
 
 import pytest
@@ -20,6 +20,7 @@ CASES = {
     "one-class": (2, 6, 7, 9, 1),
     "K150": (1, 3, 4, 5, 150),
     "many-pixels": (1, 2, 17, 40, 2),  # several 128-pixel tiles
+    "two-channel-groups": (2, 40, 6, 7, 18),  # backward registers hold 32 channels: two groups, two chunks
 }
 
 
