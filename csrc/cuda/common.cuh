@@ -49,6 +49,13 @@ __host__ __device__ __forceinline__ To convert(From x) {
   }
 }
 
+// False for NaN and +-Inf (x - x is NaN for both): the same test in device code and in the host
+// compiler's build of these sources (the emulated-CUDA layer), where CUDA's isfinite is not declared.
+template <typename T>
+__host__ __device__ __forceinline__ bool is_finite(T value) {
+  return value - value == T(0);
+}
+
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Number of SMs and opt-in shared memory per block of the current device.

@@ -39,7 +39,8 @@ struct Sample {
   acc_t weight[4];
   acc_t frac_y, frac_x, mask;
   bool inside[4];
-  bool any;
+  bool any;       // some neighbour is inside (the position is finite and within (-1, size))
+  bool poisoned;  // the position is not finite: NaN column, no gradient (the NaN rule of fastseg.ops)
 };
 
 // The sample of tap `tap`, offset group `og`, image b, output pixel p.
@@ -53,6 +54,7 @@ __device__ Sample<acc_t> load_sample(const scalar_t* offset, const scalar_t* mas
   const acc_t x = acc_t(wo * g.stride_w - g.pad_w + j * g.dil_w) + convert<acc_t>(offset[(2 * row + 1) * pixels + p]);
   Sample<acc_t> s;
   s.mask = mask ? convert<acc_t>(mask[row * pixels + p]) : acc_t(1);
+  s.poisoned = !is_finite(y) || !is_finite(x);
   s.any = y > acc_t(-1) && y < acc_t(g.height) && x > acc_t(-1) && x < acc_t(g.width);
   const acc_t y0f = s.any ? floor(y) : acc_t(0), x0f = s.any ? floor(x) : acc_t(0);
   const int64_t y0 = static_cast<int64_t>(y0f), x0 = static_cast<int64_t>(x0f);
@@ -102,7 +104,7 @@ __global__ void im2col_kernel(const scalar_t* __restrict__ input, const scalar_t
     for (int n = 0; n < 4; ++n) {
       if (s.inside[n]) value += s.weight[n] * convert<acc_t>(image[s.index[n]]);
     }
-    columns[index] = convert<scalar_t>(s.mask * value);
+    columns[index] = convert<scalar_t>(s.poisoned ? acc_t(NAN) : s.mask * value);
   }
 }
 
@@ -153,8 +155,8 @@ __global__ void offset_mask_grads_kernel(const scalar_t* __restrict__ input, con
       }
     }
     const int64_t row = b * g.offset_groups * taps + og * taps + tap;
-    grad_offset[(2 * row) * pixels + p] = convert<scalar_t>(s.mask * sum_y);
-    grad_offset[(2 * row + 1) * pixels + p] = convert<scalar_t>(s.mask * sum_x);
+    grad_offset[(2 * row) * pixels + p] = convert<scalar_t>(s.any ? s.mask * sum_y : acc_t(0));
+    grad_offset[(2 * row + 1) * pixels + p] = convert<scalar_t>(s.any ? s.mask * sum_x : acc_t(0));
     if (grad_mask) grad_mask[row * pixels + p] = convert<scalar_t>(sum_m);
   }
 }

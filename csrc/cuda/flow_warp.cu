@@ -113,8 +113,10 @@ __global__ void forward_kernel(const scalar_t* __restrict__ input, const acc_t* 
     const scalar_t* plane = input + (b * channels + c) * in_pixels;
     acc_t value = acc_t(0);
 #pragma unroll
-    for (int k = 0; k < 4; ++k) value += corners.weight[k] * convert<acc_t>(plane[corners.offset[k]]);  // Eq. 1
-    output[(b * channels + c) * s.out_pixels + p] = convert<scalar_t>(value);
+    for (int k = 0; k < 4; ++k) {  // Eq. 1; only corners inside the input are read (the NaN rule)
+      if (corners.inside[k]) value += corners.weight[k] * convert<acc_t>(plane[corners.offset[k]]);
+    }
+    output[(b * channels + c) * s.out_pixels + p] = convert<scalar_t>(corners.finite ? value : acc_t(NAN));
   }
 }
 
@@ -145,13 +147,12 @@ __global__ void backward_pixels_kernel(const scalar_t* __restrict__ grad_output,
     }
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
+      if (!corners.inside[k]) continue;  // a corner outside the input is neither read nor splatted
       const acc_t v = convert<acc_t>(input[plane + corners.offset[k]]);
       dx += corners.grad_x[k] * v * g;
       dy += corners.grad_y[k] * v * g;
-      if (kSplat == Splat::kAtomicFloat && corners.weight[k] != acc_t(0)) {
-        atomicAdd(grad_acc + plane + corners.offset[k], corners.weight[k] * g);
-      }
-      if (kSplat == Splat::kFixedPoint && fixed_point && corners.weight[k] != acc_t(0)) {
+      if (kSplat == Splat::kAtomicFloat) atomicAdd(grad_acc + plane + corners.offset[k], corners.weight[k] * g);
+      if (kSplat == Splat::kFixedPoint && fixed_point) {
         const long long units = llrint(corners.weight[k] * g * scale);
         atomicAdd(fixed + plane + corners.offset[k], static_cast<unsigned long long>(units));  // two's complement
       }
@@ -200,8 +201,8 @@ __global__ void splat_planes_kernel(const scalar_t* __restrict__ grad_output, co
     const acc_t g = convert<acc_t>(go[p]);
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
-      // a corner outside the image (weight 0, offset clamped) receives nothing, as in the atomic splat
-      if (corners.weight[k] != acc_t(0)) plane[corners.offset[k]] += corners.weight[k] * g;
+      // a corner outside the image receives nothing, as in the atomic splat (the NaN rule)
+      if (corners.inside[k]) plane[corners.offset[k]] += corners.weight[k] * g;
     }
   }
 }

@@ -125,7 +125,7 @@ __global__ void __launch_bounds__(kScanThreads)
     const acc_t grad = jaccard(gts, inclusive) - jaccard(gts, inclusive - step);
     if (j < pixels) {
       const acc_t error = sorted_errors[row + j];
-      const bool active = keep && error > acc_t(0);
+      const bool active = keep && !(error <= acc_t(0));  // a NaN error is active: NaN in, NaN loss out
       partial += active ? error * grad : acc_t(0);  // Eq. 8 with relu(errors)
       weights[row + j] = active ? (positive ? -grad : grad) : acc_t(0);
     }

@@ -51,6 +51,7 @@ at::Tensor deform_conv2d_cuda(const at::Tensor& input_, const at::Tensor& offset
                               at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
   const checks::DeformConvShape s =
       checks::deform_conv2d_shape(input_, offset_, weight_, mask_, stride, padding, dilation);
+  checks::deform_conv2d_bias(bias, s);
   const cuda::DeformGeometry g = cuda_geometry(s);
   const DeviceGuard guard(input_.device());
   const at::Tensor input = input_.contiguous(), offset = offset_.contiguous(), weight = weight_.contiguous();
