@@ -64,7 +64,9 @@ def check_size(actual: int, expected: int, what: str) -> None:
 def check_labels(labels: torch.Tensor, num_classes: int, ignore_index: int, name: str = "labels") -> None:
     """Every label in [0, num_classes) or equal to ignore_index.
 
-    This reads the labels (a device sync on CUDA), so it runs in eager mode only; under
+    On the CPU a bad label is a ValueError naming it. On a GPU reading the answer back would stall the
+    host once per call, so the check is a device-side assertion (torch._assert_async): a bad label
+    fails the next synchronising call with a CUDA error carrying this message. Eager mode only; under
     torch.compile the kernels skip out-of-range labels instead of reading out of bounds.
     """
     check_int(num_classes, "num_classes", 1)
@@ -72,6 +74,10 @@ def check_labels(labels: torch.Tensor, num_classes: int, ignore_index: int, name
     if torch.compiler.is_compiling() or labels.numel() == 0:
         return
     bad = ((labels < 0) | (labels >= num_classes)) & (labels != ignore_index)
+    if labels.device.type != "cpu":
+        torch._assert_async(~bad.any(), f"{name} holds a value outside [0, {num_classes}) and not "
+                                        f"ignore_index={ignore_index}")
+        return
     if bool(bad.any()):
         value = int(labels[bad][0])
         raise ValueError(
