@@ -101,10 +101,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         dataset = build_dataset_from_config(config, args.split)
     # Images of one size batch together; file datasets may mix sizes, so they go one at a time.
     batch_size = args.batch_size or (4 if data["dataset"] == "synthetic" else 1)
-    # Skipped samples are counted per process: with --skip-bad the samples are read in this process.
-    workers = 0 if args.skip_bad else args.workers
     cli.set_threads(args.threads)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=args.device.startswith("cuda"))
+    # the dataset's record of skipped samples is shared with the workers, so --skip-bad counts theirs too
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=args.workers,
+                        pin_memory=args.device.startswith("cuda"))
     section = config["evaluate"]
     progress = ProgressBar(len(dataset), label="image", unit="img")
     results = evaluate(

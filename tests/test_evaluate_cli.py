@@ -88,10 +88,13 @@ def write_folder_dataset(root: Path, corrupt: str) -> None:
     (root / "val" / "images" / corrupt).write_bytes(b"not a png")
 
 
-def test_corrupt_image_is_named_or_skipped_and_counted(tmp_path, capsys):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_corrupt_image_is_named_or_skipped_and_counted(tmp_path, capsys, workers):
+    """Counted also when a DataLoader worker skipped it (was: the main process's count, 0 with workers)."""
     write_checkpoint(tmp_path / "ck.pt")
     write_folder_dataset(tmp_path / "data", corrupt="b.png")
-    argv = ["--checkpoint", str(tmp_path / "ck.pt"), "--output", str(tmp_path / "r.json"), "--device", "cpu", "--workers", "0",
+    argv = ["--checkpoint", str(tmp_path / "ck.pt"), "--output", str(tmp_path / "r.json"), "--device", "cpu",
+            "--workers", str(workers),
             "--set", "data.dataset=folder", "--set", f"data.root={tmp_path / 'data'}", "--set", "data.val={split: val}"]  # fmt: skip
     assert main(argv) == 2
     assert "b.png" in capsys.readouterr().err and not (tmp_path / "r.json").exists()

@@ -288,6 +288,8 @@ class Trainer:
                 scalars = {f"loss_{name}" if name != "total" else "loss": mean_over_ranks(value / count).item()
                            for name, value in sums.items()} if count else {}  # fmt: skip
                 scalars.update(lr=lr, skipped=skipped)
+                if opts["skip_bad"]:  # unreadable training samples so far (replaced by the next readable one)
+                    scalars["bad_samples"] = getattr(self.train_set, "num_skipped", 0)
                 self._log(scalars)
                 shown = {"loss": scalars.get("loss", math.nan)}
                 sums, count, skipped = {}, 0, 0
@@ -334,6 +336,8 @@ class Trainer:
         scalars = {key: metrics[key] for key in ("mIoU", "aAcc", "mAcc")}
         scalars["seconds"] = time.perf_counter() - start
         scalars.update({f"IoU/{name}": iou for name, iou in zip(names, metrics["IoU"])})
+        if self.options["skip_bad"]:  # unreadable val samples so far (evaluated in place of the next readable one)
+            scalars["bad_samples"] = getattr(self.val_set, "num_skipped", 0)
         self._log(scalars, kind="val")
         if progress is not None:
             progress.close()

@@ -122,3 +122,36 @@ def test_orphaned_checkpoint_temp_files_are_removed_on_start(tmp_path, make_tiny
     orphan.write_bytes(b"\0" * 1024)
     Trainer(make_tiny_config("train.iterations=1"), tmp_path)
     assert not orphan.exists()
+
+
+def _write_folder_split(root, split: str, stems: list[str], corrupt: str) -> None:
+    """root/<split>/images/<stem>.png and masks (9 classes); image ``corrupt`` holds bytes that are no PNG."""
+    from PIL import Image
+
+    (root / split / "images").mkdir(parents=True)
+    (root / split / "masks").mkdir()
+    (root / "classes.txt").write_text("\n".join(f"class{k}" for k in range(9)) + "\n")
+    rng = torch.Generator().manual_seed(len(stems))
+    for stem in stems:
+        image = torch.randint(0, 256, (40, 48, 3), generator=rng, dtype=torch.uint8).numpy()
+        Image.fromarray(image).save(root / split / "images" / f"{stem}.png")
+        Image.fromarray(torch.randint(0, 9, (40, 48), generator=rng, dtype=torch.uint8).numpy()).save(
+            root / split / "masks" / f"{stem}.png")
+    (root / split / "images" / corrupt).write_bytes(b"not a png")
+
+
+def test_skipped_samples_are_counted_in_the_log_with_loader_workers(tmp_path, make_tiny_config):
+    """Was: --skip-bad skips were printed by the workers but never reached log.jsonl."""
+    data = tmp_path / "data"
+    _write_folder_split(data, "train", ["a", "b", "c", "d"], corrupt="b.png")
+    _write_folder_split(data, "val", ["e", "f"], corrupt="f.png")
+    config = make_tiny_config(
+        "data.dataset=folder", f"data.root={data}", "data.num_classes=9", "data.train={split: train}",
+        "data.val={split: val}", "train.workers=2", "train.skip_bad=true", "train.iterations=2",
+        "train.batch_size=2", "train.eval_interval=2",
+    )
+    Trainer(config, tmp_path / "run").train()
+    train_records = read_log(tmp_path / "run" / "log.jsonl", "train")
+    val_records = read_log(tmp_path / "run" / "log.jsonl", "val")
+    assert train_records[-1]["bad_samples"] == 1  # 2 steps of 2 = one epoch of 4: b.png read once, skipped
+    assert val_records[-1]["bad_samples"] == 1

@@ -101,8 +101,9 @@ class SegmentationDataset(Dataset, abc.ABC):
 
     Subclasses set ``classes``, ``palette`` and ``lookup`` (stored label value -> train id) and implement
     ``find_samples()`` returning ``(image_path, label_path)`` pairs. With ``skip_bad=True`` a sample whose
-    files are missing or corrupt is logged, counted in ``num_skipped`` (per process: each DataLoader worker
-    counts its own) and replaced by the next readable one; otherwise ``BadSampleError`` names the file.
+    files are missing or corrupt is logged, counted in ``num_skipped`` and replaced by the next readable one;
+    otherwise ``BadSampleError`` names the file. The record of skipped samples is one flag per sample in
+    shared memory, so the count read in the main process includes what DataLoader workers skipped.
     """
 
     classes: tuple[str, ...] = ()
@@ -117,10 +118,11 @@ class SegmentationDataset(Dataset, abc.ABC):
         self.split = split
         self.transforms = transforms
         self.skip_bad = skip_bad
-        self.skipped: set[int] = set()
         self.samples = sorted(self.find_samples())
         if not self.samples:
             raise FileNotFoundError(f"{type(self).__name__}: no samples for split {split!r} under {self.root}")
+        # (N,) bool: sample i was found unreadable; shared with the workers (each write is idempotent)
+        self.skipped = torch.zeros(len(self.samples), dtype=torch.bool).share_memory_()
 
     @property
     def num_classes(self) -> int:
@@ -128,8 +130,8 @@ class SegmentationDataset(Dataset, abc.ABC):
 
     @property
     def num_skipped(self) -> int:
-        """How many distinct samples were skipped as unreadable so far."""
-        return len(self.skipped)
+        """How many distinct samples were skipped as unreadable so far, by this process or its workers."""
+        return int(self.skipped.sum())
 
     @abc.abstractmethod
     def find_samples(self) -> list[tuple[Path, Path]]:
@@ -159,7 +161,7 @@ class SegmentationDataset(Dataset, abc.ABC):
             except BadSampleError as err:
                 if not self.skip_bad:
                     raise
-                self.skipped.add(current)
+                self.skipped[current] = True
                 LOGGER.warning("skipping sample %d: %s", current, err)
                 continue
             if self.transforms is not None:
