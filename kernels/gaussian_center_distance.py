@@ -74,8 +74,10 @@ def _weights(
     e = tl.exp(-exponent)
     g = tl.load(grad_phi + (b * K + offs_k[None, :]) * P + offs_p[:, None],
                 mask=mask_p[:, None] & mask_k[None, :], other=0.0).to(acc_dtype)
-    # e == 0 covers t == inf, where t * e would be inf * 0
-    return 2.0 * g * scale[None, :] * e, tl.where(e > 0, g * exponent * e, 0.0)
+    # e == 0 covers t == inf, where t * e would be inf * 0; lanes outside the tile get weight 0 (their
+    # scale is 0, and an infinite embedding makes their exponent inf * 0 = NaN)
+    inside = mask_p[:, None] & mask_k[None, :]
+    return tl.where(inside, 2.0 * g * scale[None, :] * e, 0.0), tl.where(inside & (e > 0), g * exponent * e, 0.0)
 
 
 @triton.jit
@@ -100,7 +102,7 @@ def _grad_embeddings_kernel(
         for c in range(0, C):
             x = tl.load(image + c * P + offs_p, mask=mask_p, other=0.0).to(acc_dtype)
             s = tl.load(centers + (b * K + offs_k) * C + c, mask=mask_k, other=0.0).to(acc_dtype)
-            row = tl.sum(weight * (x[:, None] - s[None, :]), axis=1)
+            row = tl.sum(tl.where(weight != 0, weight * (x[:, None] - s[None, :]), 0.0), axis=1)
             grad = tl.where(offs_c[:, None] == c, grad + row[None, :], grad)
     tl.store(grad_embeddings + (b * C + offs_c[:, None]) * P + offs_p[None, :],
              grad.to(grad_embeddings.dtype.element_ty), mask=(offs_c[:, None] < C) & mask_p[None, :])
@@ -132,7 +134,7 @@ def _class_partials_kernel(
         for c in range(0, C):
             x = tl.load(image + c * P + offs_p, mask=mask_p, other=0.0).to(acc_dtype)
             s = tl.load(centers + (b * K + offs_k) * C + c, mask=mask_k, other=0.0).to(acc_dtype)
-            column = tl.sum(weight * (x[:, None] - s[None, :]), axis=0)
+            column = tl.sum(tl.where(weight != 0, weight * (x[:, None] - s[None, :]), 0.0), axis=0)
             center_sums = tl.where(offs_c[None, :] == c, center_sums + column[:, None], center_sums)
     slot = b * tl.num_programs(0) + slice_id
     tl.store(partial_centers + (slot * K + offs_k[:, None]) * C + offs_c[None, :], center_sums,

@@ -89,14 +89,15 @@ void squared_distances(const acc_t* __restrict__ tile, const acc_t* __restrict__
 }
 
 // grad[q] += w[q] (x[q] - s) over a tile; returns sum_q w[q] (x[q] - s), summed in eight lanes so
-// that the loop vectorises.
+// that the loop vectorises. A zero weight contributes 0 even where x - s is infinite: a pair at
+// infinite distance (phi saturated at 1) sends no gradient (the NaN rule of fastseg.ops).
 template <typename acc_t>
 acc_t accumulate_gradient(const acc_t* __restrict__ w, const acc_t* __restrict__ x, acc_t s,
                           acc_t* __restrict__ grad) {
   acc_t lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   for (int64_t q = 0; q < kTile; q += 8) {
     for (int j = 0; j < 8; ++j) {
-      const acc_t v = w[q + j] * (x[q + j] - s);
+      const acc_t v = w[q + j] != acc_t(0) ? w[q + j] * (x[q + j] - s) : acc_t(0);
       grad[q + j] += v;
       lanes[j] += v;
     }

@@ -133,6 +133,13 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// w * (b - s), and 0 where w is 0: a pair at infinite distance (phi saturated at 1) sends no gradient,
+// where w * (b - s) would be 0 * Inf (the NaN rule of fastseg.ops).
+template <typename acc_t>
+__device__ __forceinline__ acc_t weighted(acc_t w, acc_t difference) {
+  return w != acc_t(0) ? w * difference : acc_t(0);
+}
+
 // Backward of Eq. 2 with d2 = ||b - s||^2, t = d2 * scale, e = exp(-t):
 //   dphi/dd2 = scale * e,  dd2/db = 2 (b - s) = -dd2/ds,  dphi/dm = t * e * d(log scale)/dm.
 // One pass per pixel tile and channel group (one group when C' <= kGroup): a thread holds its pixel's
@@ -245,7 +252,7 @@ __global__ void __launch_bounds__(kThreads)
         for (int kk = 0; kk < kClassChunk; ++kk) {
           if (k0 + kk >= classes) break;
 #pragma unroll
-          for (int i = 0; i < kGroup; ++i) grad[i] += weight[kk] * (x[i] - chunk_centers[kk * kGroup + i]);
+          for (int i = 0; i < kGroup; ++i) grad[i] += weighted(weight[kk], x[i] - chunk_centers[kk * kGroup + i]);
         }
         __syncthreads();
         if (c0 == 0) {
@@ -269,7 +276,7 @@ __global__ void __launch_bounds__(kThreads)
             const acc_t embedding = tile_embeddings[lane * kTileStride + q];
 #pragma unroll
             for (int j = 0; j < kClassesPerWarp; ++j) {
-              sums[j] += tile_weights[(warp * kClassesPerWarp + j) * kTileStride + q] * (embedding - center[j]);
+              sums[j] += weighted(tile_weights[(warp * kClassesPerWarp + j) * kTileStride + q], embedding - center[j]);
             }
           }
 #pragma unroll

@@ -14,7 +14,8 @@ Non-finite values (NaN, +-Inf), the same on every backend (tests/ops/test_nonfin
    itself or to its mask.
 3. Losses: a NaN logit or probability of a counted (not ignored) pixel makes the loss NaN, so the
    trainer's non-finite check sees it; an ignored pixel takes no part.
-4. gaussian_center_distance: an infinite distance gives its limit, phi = 1; a NaN gives NaN.
+4. gaussian_center_distance: an infinite distance gives its limit, phi = 1, and that (pixel, class) pair sends no
+   gradient (the limit of its derivative); a NaN gives NaN, in the output and the gradients.
 
 Bad arguments raise ``ValueError`` naming the argument, both in the Python front ends and in the
 raw ``torch.ops.fastseg`` ops, whose C++ checks (csrc/checks/) stand on their own.

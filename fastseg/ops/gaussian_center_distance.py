@@ -41,10 +41,14 @@ def gaussian_center_distance_reference(
     """
     acc = accumulate_dtype(embeddings.dtype)
     diff = embeddings.to(acc).unsqueeze(1) - centers.to(acc)[:, :, :, None, None]  # (B,K,C',H,W)
+    # A pair at infinite distance has phi = 1 exactly and sends no gradient (its limit; the NaN rule):
+    # its differences are zeroed on the differentiable path, so no 0 * Inf reaches the gradients.
+    saturated = torch.isinf(diff.detach().square().sum(dim=2))  # (B,K,H,W)
+    diff = torch.where(saturated.unsqueeze(2), 0.0, diff)
     squared_distance = diff.square().sum(dim=2)  # ||b_ij - s_k||^2, (B,K,H,W)
     log_scale = (margins.to(acc) * delta).clamp(max=log_scale_max(acc))
     scale = log_scale.exp()[:, :, None, None]  # exp(m_k * delta) in place of 1 / (2 m_k^2)
-    phi = 1 - torch.exp(-squared_distance * scale)  # Eq. 2
+    phi = torch.where(saturated, 1.0, 1 - torch.exp(-squared_distance * scale))  # Eq. 2
     return phi.to(embeddings.dtype)
 
 

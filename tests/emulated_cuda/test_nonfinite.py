@@ -87,3 +87,22 @@ def test_lovasz_hinge(emulated):
     valid = torch.ones_like(labels)
     valid[0, 7] = False  # an ignored NaN takes no part
     assert emulated.lovasz_hinge(*on_device(emulated, logits, labels, valid))[0][0].isfinite()
+
+
+def test_gaussian_center_distance(emulated):
+    """phi = 1 at infinite distance, and that pair sends no gradient; finite pairs keep theirs."""
+    embeddings = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    centers = torch.randn(2, 6, 3, dtype=torch.float64)
+    margins = 0.1 * torch.randn(2, 6, dtype=torch.float64)
+    embeddings[0, 1, 0, 0] = INF
+    centers[1, 4, 2] = -INF
+    leaves = [t.clone().requires_grad_() for t in (embeddings, centers, margins)]
+    expected = ops.gaussian_center_distance(*leaves, backend="reference")
+    grad_phi = torch.randn_like(expected)
+    expected.backward(grad_phi)
+    device = on_device(emulated, embeddings, centers, margins)
+    torch.testing.assert_close(emulated.gaussian_center_distance(*device, 10.0), expected.detach())
+    grads = emulated.gaussian_center_distance_backward(*on_device(emulated, grad_phi), *device, 10.0)
+    for name, got, leaf in zip(("embeddings", "centers", "margins"), grads, leaves):
+        assert leaf.grad.isfinite().all()
+        torch.testing.assert_close(got, leaf.grad, msg=name)

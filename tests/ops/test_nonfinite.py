@@ -39,8 +39,8 @@ def test_flow_warp_gradients_follow_the_rule(fused):
     grad = torch.randn(2, 3, 7, 9, dtype=torch.float64)
     results = []
     for name, where in (("reference", "cpu"), (backend, device)):
-        x = input.to(where).requires_grad_()
-        f = flow.to(where).requires_grad_()
+        x = input.to(where, copy=True).requires_grad_()  # a copy: the two runs must not share leaves
+        f = flow.to(where, copy=True).requires_grad_()
         out = ops.flow_warp(x, f, "border", True, backend=name)
         out.backward(torch.where(out.isnan(), 0.0, grad.to(where)))
         results.append((x.grad.cpu(), f.grad.cpu()))
@@ -78,7 +78,7 @@ def test_deform_conv2d_nan_offset_gives_nan_and_no_gradient_leak(fused):
     input, offset, weight, mask = _deform_case()
     results = []
     for name, where in (("reference", "cpu"), (backend, device)):
-        tensors = [t.to(where).requires_grad_() for t in (input, offset, weight, mask)]
+        tensors = [t.to(where, copy=True).requires_grad_() for t in (input, offset, weight, mask)]
         x, off, w, m = tensors
         out = ops.deform_conv2d(x, off, w, None, 1, 1, 1, m, backend=name)
         assert out[1, :, 2, 2].isnan().all(), "the output whose sample position is NaN"
@@ -99,7 +99,7 @@ def test_deform_conv2d_nan_mask_does_not_poison_other_pixels(fused):
     mask[1, 2, 2, 2] = NAN
     results = []
     for name, where in (("reference", "cpu"), (backend, device)):
-        x = input.to(where).requires_grad_()
+        x = input.to(where, copy=True).requires_grad_()  # a copy: the two runs must not share leaves
         out = ops.deform_conv2d(x, offset.to(where), weight.to(where), None, 1, 1, 1, mask.to(where), backend=name)
         out.backward(torch.where(out.isnan(), 0.0, torch.ones_like(out)))
         results.append(x.grad.cpu())
@@ -186,3 +186,26 @@ def test_gaussian_center_distance_forward_follows_the_rule(fused):
     torch.testing.assert_close(output, expected, equal_nan=True)
     assert expected[0, :, 0, 0].eq(1).all() and expected[1, 4].eq(1).sum() == 4 * 5 - 1  # but NaN at (2, 3)
     assert expected[1, :, 2, 3].isnan().all() and expected.isnan().sum() == 6
+
+
+def test_gaussian_center_distance_gradients_follow_the_rule(fused):
+    """Rule 4 in the backward: a pair at infinite distance sends no gradient (was: NaN margin gradients in the
+    reference, NaN at the infinite entries in C++ and along the infinite pixel's channels in Triton)."""
+    backend, device = fused
+    embeddings = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    centers = torch.randn(2, 6, 3, dtype=torch.float64)
+    margins = 0.1 * torch.randn(2, 6, dtype=torch.float64)
+    embeddings[0, 1, 0, 0] = INF
+    centers[1, 4, 2] = -INF
+    grad_phi = torch.randn(2, 6, 4, 5, dtype=torch.float64)
+    results = []
+    for name, where in (("reference", "cpu"), (backend, device)):
+        leaves = [t.to(where, copy=True).requires_grad_() for t in (embeddings, centers, margins)]
+        ops.gaussian_center_distance(*leaves, backend=name).backward(grad_phi.to(where))
+        results.append([leaf.grad.cpu() for leaf in leaves])
+    for expected, got, name in zip(*results, ("embeddings", "centers", "margins")):
+        assert expected.isfinite().all(), f"reference {name} gradient is not finite"
+        torch.testing.assert_close(got, expected, msg=name)
+    grad_embeddings, grad_centers, grad_margins = results[0]
+    assert grad_embeddings[0, :, 0, 0].eq(0).all() and grad_centers[1, 4].eq(0).all() and grad_margins[1, 4] == 0
+    assert grad_embeddings[0, :, 1, 1].ne(0).all(), "finite pairs keep their gradient"
