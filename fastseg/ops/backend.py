@@ -68,6 +68,8 @@ def resolve(device: torch.device, backend: str | None = None) -> str:
     global _warned_fallback
     name = _check_name(backend if backend is not None else get_backend())
     if name == "auto":
+        if device.type == "meta":  # shapes only: the reference's PyTorch ops propagate them
+            return "reference"
         if device.type == "cuda" and extension.has_cuda():
             return "cuda"
         if device.type == "cpu" and extension.available():

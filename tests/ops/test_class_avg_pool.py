@@ -160,7 +160,8 @@ def test_compile_inductor_cpu():
         (torch.randn(2, 3, 4, 5), torch.zeros(2, 4, 5), "labels must be an integer"),
         (torch.randn(3, 4, 5), torch.zeros(2, 4, 5, dtype=torch.long), "features must have 4 dimensions"),
         (torch.randn(2, 3, 4, 5), torch.zeros(2, 20, dtype=torch.long), "labels must have 3 dimensions"),
-        (torch.randn(2, 3, 4, 5), torch.zeros(2, 4, 5, dtype=torch.long, device="meta"), "labels is on meta"),
+        (torch.randn(2, 3, 4, 5), torch.zeros(2, 4, 5, dtype=torch.long, device="meta"),
+         "labels is on meta but features is on cpu"),
         (torch.randn(2, 0, 4, 5), torch.zeros(2, 4, 5, dtype=torch.long), "at least one channel"),
     ],
 )

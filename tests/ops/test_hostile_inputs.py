@@ -150,9 +150,10 @@ VALUE_ERRORS = {
         ops.lovasz_softmax, _lovasz_args(probs=torch.rand(0, 4, 3, 3), labels=torch.zeros(0, 3, 3).long(),
                                          per_image=True), "per_image"),
     "lovasz_softmax per_image='yes'": (ops.lovasz_softmax, _lovasz_args(per_image="yes"), "per_image"),
-    "meta input": (ops.flow_warp, _flow_args(input=torch.randn(1, 2, 4, 4, device="meta")), "input is on meta"),
-    "meta features": (ops.class_avg_pool, _pool_args(features=torch.randn(2, 3, 4, 4, device="meta")),
-                      "features is on meta"),
+    "meta input, cpu flow": (ops.flow_warp, _flow_args(input=torch.randn(1, 2, 4, 4, device="meta")),
+                             "flow is on cpu but input is on meta"),
+    "meta features, cpu labels": (ops.class_avg_pool, _pool_args(features=torch.randn(2, 3, 4, 4, device="meta")),
+                                  "labels is on cpu but features is on meta"),
     "stride=torch.tensor(1)": (ops.deform_conv2d, _deform_args(stride=torch.tensor(1)), "stride"),
     "stride=True": (ops.deform_conv2d, _deform_args(stride=True), "stride"),
     "stride=(1, 1, 1)": (ops.deform_conv2d, _deform_args(stride=(1, 1, 1)), "stride"),
@@ -186,3 +187,16 @@ def test_downsample_labels_follows_interpolate_for_upsampling_too():
     labels = torch.randint(0, 19, (1, 5, 7))
     expected = torch.nn.functional.interpolate(labels[:, None].float(), size=(12, 3), mode="nearest")[:, 0].long()
     assert torch.equal(ops.downsample_labels(labels, (12, 3)), expected)
+
+
+def test_meta_tensors_propagate_shapes():
+    """All-meta inputs run the reference, shapes only (what models.summary counts MACs with); was a
+    ValueError, before that an error from reading a meta tensor's values."""
+    meta = torch.device("meta")
+    centers, counts = ops.class_avg_pool(torch.randn(2, 3, 4, 4, device=meta),
+                                         torch.zeros(2, 4, 4, dtype=torch.long, device=meta), 5)
+    assert centers.shape == (2, 5, 3) and counts.shape == (2, 5) and centers.device == meta
+    assert ops.flow_warp(torch.randn(1, 2, 4, 4, device=meta), torch.randn(1, 2, 6, 6, device=meta)).shape == (1, 2, 6, 6)
+    output = ops.deform_conv2d(torch.randn(1, 2, 5, 5, device=meta), torch.randn(1, 18, 5, 5, device=meta),
+                               torch.randn(3, 2, 3, 3, device=meta), padding=1)
+    assert output.shape == (1, 3, 5, 5) and output.device == meta
