@@ -67,11 +67,6 @@ __device__ __forceinline__ acc_t fixed_point_scale(acc_t norm) {
 }
 
 template <typename acc_t>
-__device__ __forceinline__ bool is_finite_norm(acc_t norm) {
-  return norm < acc_t(INFINITY);  // false for inf and NaN
-}
-
-template <typename acc_t>
 struct Sampler {
   AxisMap<acc_t> x, y;
   Padding padding;
@@ -142,7 +137,7 @@ __global__ void backward_pixels_kernel(const scalar_t* __restrict__ grad_output,
     bool fixed_point = false;
     if (kSplat == Splat::kFixedPoint) {
       const acc_t norm = norms[b * channels + c];
-      fixed_point = is_finite_norm(norm);
+      fixed_point = is_finite(norm);
       scale = fixed_point_scale(norm);
     }
 #pragma unroll
@@ -192,7 +187,7 @@ __global__ void splat_planes_kernel(const scalar_t* __restrict__ grad_output, co
   const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x, b = blockIdx.y;
   if (c >= channels) return;
   const int64_t index = b * channels + c;
-  if (is_finite_norm(norms[index])) return;
+  if (is_finite(norms[index])) return;
   const scalar_t* go = grad_output + index * s.out_pixels;
   acc_t* plane = grad_acc + index * in_pixels;
   for (int64_t i = 0; i < in_pixels; ++i) plane[i] = acc_t(0);
@@ -233,7 +228,7 @@ __global__ void fixed_point_to_grad_kernel(const unsigned long long* __restrict_
                                            int64_t in_pixels, scalar_t* grad_input) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count; i += int64_t(gridDim.x) * blockDim.x) {
     const acc_t norm = norms[i / in_pixels];
-    const acc_t value = is_finite_norm(norm)
+    const acc_t value = is_finite(norm)
                             ? acc_t(static_cast<long long>(fixed[i])) / fixed_point_scale(norm)
                             : grad_acc[i];
     grad_input[i] = convert<scalar_t>(value);
