@@ -19,9 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fastseg.ops import backend as _backend
 from fastseg.ops.checks import check_float, check_same_device
-from fastseg.ops.library import OpPair, cpp_ops, register, triton_op
+from fastseg.ops.library import FusedOp, OpPair, first_output
 
 
 def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -83,22 +82,16 @@ def lovasz_hinge_vectorized(logits: Tensor, labels: Tensor, valid: Tensor | None
     return (F.relu(errors_sorted) * grad).sum(dim=1).to(logits.dtype)
 
 
-@triton_op("lovasz_hinge_triton")
 def _forward_triton(logits: Tensor, labels: Tensor, valid: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
     from fastseg.kernels import lovasz as kernels
 
     return kernels.forward(logits, labels, valid)
 
 
-@triton_op("lovasz_hinge_backward_triton")
 def _backward_triton(grad_loss: Tensor, permutation: Tensor, weights: Tensor) -> Tensor:
     from fastseg.kernels import lovasz as kernels
 
     return kernels.backward(grad_loss, permutation, weights)
-
-
-_TRITON = OpPair(_forward_triton, _backward_triton)
-_CPP = cpp_ops("lovasz_hinge", "lovasz_hinge_backward")
 
 
 def _fake_forward(logits, labels, valid):
@@ -125,16 +118,13 @@ def _autograd_backward(pair: OpPair):
     return backward
 
 
-register([_CPP, _TRITON], _fake_forward, _fake_backward, _setup_context, _autograd_backward)
+LOVASZ_HINGE = FusedOp("lovasz_hinge", lovasz_hinge_vectorized, _forward_triton, _backward_triton, _fake_forward,
+                       _fake_backward, _setup_context, _autograd_backward, fused_result=first_output)
 
 
 def lovasz_rows(logits: Tensor, labels: Tensor, valid: Tensor | None, backend: str | None) -> Tensor:
     """Per-row Lovász hinge on already validated inputs: labels and valid bool (N,P), same device."""
-    name = _backend.resolve(logits.device, backend)
-    if name == "reference":
-        return lovasz_hinge_vectorized(logits, labels, valid)
-    pair = _TRITON if name == "triton" else _CPP
-    return pair.forward(logits, labels, valid)[0]
+    return LOVASZ_HINGE(logits.device, backend, logits, labels, valid)
 
 
 def _check_mask(tensor: Tensor, name: str, like: Tensor) -> None:

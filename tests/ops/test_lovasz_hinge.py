@@ -8,7 +8,6 @@ loss values only.
 """
 from __future__ import annotations
 
-import importlib
 
 import pytest
 import torch
@@ -16,7 +15,7 @@ from torch.library import opcheck
 
 from fastseg import ops
 from fastseg.losses import LovaszHingeLoss
-from fastseg.ops.lovasz_hinge import lovasz_hinge_reference, lovasz_hinge_vectorized
+from fastseg.ops.lovasz_hinge import LOVASZ_HINGE, lovasz_hinge_reference, lovasz_hinge_vectorized
 
 
 def _tie_free_rows(rows, pixels, positive=0.3, valid=0.8, device="cpu", dtype=torch.float32):
@@ -138,16 +137,11 @@ def test_gradcheck(differentiable):
     assert torch.autograd.gradcheck(lambda x: ops.lovasz_hinge(x, labels, mask, backend=backend), (logits,))
 
 
-def _op_of(backend):
-    module = importlib.import_module("fastseg.ops.lovasz_hinge")
-    return (module._TRITON if backend == "triton" else module._CPP).forward
-
-
 def test_opcheck(fused):
     backend, device = fused
     logits, labels, mask = _tie_free_rows(3, 37, device=device)
-    opcheck(_op_of(backend), (logits.requires_grad_(), labels, mask))
-    opcheck(_op_of(backend), (logits, labels, None))
+    opcheck(LOVASZ_HINGE.pair(backend).forward, (logits.requires_grad_(), labels, mask))
+    opcheck(LOVASZ_HINGE.pair(backend).forward, (logits, labels, None))
 
 
 def test_compile_fullgraph_matches_eager(fused):
