@@ -41,7 +41,7 @@ def jaccard_gradient(gt_sorted: Tensor, valid_sorted: Tensor) -> Tensor:
     return torch.diff(jaccard, dim=-1, prepend=torch.zeros_like(jaccard[..., :1]))
 
 
-def lovasz_hinge_reference(logits: Tensor, labels: Tensor, valid: Tensor | None = None) -> Tensor:
+def lovasz_hinge_per_row(logits: Tensor, labels: Tensor, valid: Tensor | None = None) -> Tensor:
     """The readable per-row Lovász hinge: one sort per row, as in Berman et al.'s code.
 
     Shapes: logits (N,P) float, labels (N,P) 0/1, valid (N,P) bool or None -> losses (N,) in
@@ -65,11 +65,12 @@ def lovasz_hinge_reference(logits: Tensor, labels: Tensor, valid: Tensor | None 
     return torch.stack(losses).to(logits.dtype)
 
 
-def lovasz_hinge_vectorized(logits: Tensor, labels: Tensor, valid: Tensor | None = None) -> Tensor:
-    """The batched Lovász hinge in plain PyTorch: one sort of all rows, gather, cumsum.
+def lovasz_hinge_reference(logits: Tensor, labels: Tensor, valid: Tensor | None = None) -> Tensor:
+    """The batched Lovász hinge in plain PyTorch (the ``reference`` backend): one sort of all rows,
+    gather, cumsum.
 
     Invalid pixels get the key -inf, so they sort last and change no count. Same shapes as
-    :func:`lovasz_hinge_reference`.
+    :func:`lovasz_hinge_per_row`.
     """
     acc = accumulate_dtype(logits.dtype)
     labels = labels.to(torch.bool)
@@ -83,13 +84,13 @@ def lovasz_hinge_vectorized(logits: Tensor, labels: Tensor, valid: Tensor | None
 
 
 def _forward_triton(logits: Tensor, labels: Tensor, valid: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-    from fastseg.kernels import lovasz as kernels
+    from fastseg.kernels import lovasz_hinge as kernels
 
     return kernels.forward(logits, labels, valid)
 
 
 def _backward_triton(grad_loss: Tensor, permutation: Tensor, weights: Tensor) -> Tensor:
-    from fastseg.kernels import lovasz as kernels
+    from fastseg.kernels import lovasz_hinge as kernels
 
     return kernels.backward(grad_loss, permutation, weights)
 
@@ -118,7 +119,7 @@ def _autograd_backward(pair: OpPair):
     return backward
 
 
-LOVASZ_HINGE = FusedOp("lovasz_hinge", lovasz_hinge_vectorized, _forward_triton, _backward_triton, _fake_forward,
+LOVASZ_HINGE = FusedOp("lovasz_hinge", lovasz_hinge_reference, _forward_triton, _backward_triton, _fake_forward,
                        _fake_backward, _setup_context, _autograd_backward, fused_result=first_output)
 
 
