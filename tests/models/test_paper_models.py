@@ -38,7 +38,7 @@ def _build(name: str, **extra) -> torch.nn.Module:
 def test_paper_models_are_registered():
     paper_models = {"acfnet", "fenet", *(f"decouple_{h}" for h in ("fcn", "pspnet", "deeplabv3plus")),
                     *(f"csfrnet_{h}" for h in ("fcn", "pspnet", "nonlocal", "deeplabv3plus"))}
-    assert paper_models == {name for name in MODELS if not model_info(name).baseline}
+    assert paper_models <= {name for name in MODELS if not model_info(name).baseline}
 
 
 @pytest.mark.parametrize("name", MODELS)
