@@ -112,7 +112,7 @@ def _raw_and_reference(op: str, tensors: dict, others: dict):
     from fastseg.ops.deform_conv2d import deform_conv2d_reference
     from fastseg.ops.flow_warp import flow_warp_reference
     from fastseg.ops.gaussian_center_distance import gaussian_center_distance_reference
-    from fastseg.ops.lovasz_hinge import lovasz_hinge_vectorized
+    from fastseg.ops.lovasz_hinge import lovasz_hinge_reference
     from fastseg.ops.soft_class_pool import soft_class_pool_reference
 
     raw = torch.ops.fastseg
@@ -127,7 +127,7 @@ def _raw_and_reference(op: str, tensors: dict, others: dict):
                 lambda: flow_warp_reference(t["input"], t["flow"], o["padding_mode"], o["align_corners"]))
     if op == "lovasz_hinge":
         return (raw.lovasz_hinge(t["logits"], t["labels"], t["valid"])[0],
-                lambda: lovasz_hinge_vectorized(t["logits"], t["labels"], t["valid"]))
+                lambda: lovasz_hinge_reference(t["logits"], t["labels"], t["valid"]))
     if op == "class_avg_pool":
         return (raw.class_avg_pool(t["features"], t["labels"], o["num_classes"], o["ignore_index"]),
                 lambda: class_avg_pool_reference(t["features"], t["labels"], o["num_classes"], o["ignore_index"]))

@@ -13,7 +13,8 @@ Compilation and warm-up steps run outside the timing. ``extra_info`` holds the p
 step (see peak_memory.py), images per second, parameters, forward conv/linear FLOPs per image and,
 for the eager variants, the ``torch.ops.fastseg`` ops one step ran (none for ``reference``: checked).
 
-Shapes: the papers' Cityscapes crops (ACFNet and CSFRNet 769, DecoupleSegNet 832, FENet 1024),
+Models: those whose registry entry has a ``bench_crop``. Shapes: that crop, the paper's Cityscapes
+crop (ACFNet and CSFRNet 769, DecoupleSegNet 832, FENet 1024),
 batch 8, 19 classes on GPU; batch 2 at FASTSEG_BENCH_CPU_SIZE (128) px on CPU; a smoke run
 (--benchmark-disable) runs one step at 32 px of the ResNet-50 eager variants only.
 ``deeplabv3plus`` (the baseline the paper models extend) is benchmarked alongside.
@@ -34,20 +35,16 @@ import torch
 
 from conftest import DEVICE, ON_GPU, deadline_reason, device_name, synchronize
 from fastseg import ops
-from fastseg.models import build_model, list_models, summary
+from fastseg.models import build_model, list_models, model_info, summary
 from peak_memory import peak_memory
 
 NUM_CLASSES = 19
 IGNORE_INDEX = 255
-# Cityscapes crop of each paper's training setup (implementation details of the papers)
-CROPS = {
-    "csfrnet_deeplabv3plus": 769,
-    "decouple_deeplabv3plus": 832,
-    "acfnet": 769,
-    "fenet": 1024,
-    "deeplabv3plus": 769,
-}
-MODELS = tuple(CROPS)  # priority order: the models with GPU targets first, the baseline last
+# the registry's bench_crop: the Cityscapes crop of each paper's training setup; priority order: the
+# paper models first, the baselines they extend last
+MODELS = tuple(
+    sorted((m for m in list_models() if model_info(m).bench_crop), key=lambda m: (model_info(m).baseline, m))
+)
 BACKBONES = ("resnet50", "resnet101")
 MODES = ("train", "infer")
 VARIANTS = ("reference", "fused-compiled", "fused", "reference-compiled")
@@ -93,7 +90,7 @@ CASES = sorted(
 def _size(case: Case, smoke: bool) -> int:
     if smoke:
         return SMOKE_SIZE
-    return CROPS[case.model] if ON_GPU else CPU_SIZE
+    return model_info(case.model).bench_crop if ON_GPU else CPU_SIZE
 
 
 def _batch(size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,8 +103,6 @@ def _batch(size: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _skip_reason(case: Case, smoke: bool) -> str | None:
-    if case.model not in list_models():
-        return f"model {case.model!r} is not registered in fastseg.models yet"
     if smoke and case.compiled:
         return "smoke run: compiling a whole model takes minutes on a CPU (tests/models compile every paper model)"
     if smoke and case.backbone != BACKBONES[0]:

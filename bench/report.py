@@ -40,7 +40,8 @@ DATASHEETS = (
     ("A100", (1.555e12, 19.5e12, 312e12)),
 )
 # (device type, group prefix, fused implementation, baseline implementation, speed-up target);
-# the op targets are those of the op issues, the model ones those of issue 8.
+# OP_TARGETS: fused op vs its reference on one benchmark group; MODEL_TARGETS: a paper model's fused
+# training step vs its reference one (bench_models.py).
 OP_TARGETS = (
     ("cpu", "class_avg_pool cityscapes-C512", "cpu", "reference", 3.0),
     ("cpu", "gaussian_center_distance cityscapes-C32", "cpu", "reference", 3.0),

@@ -170,7 +170,7 @@ def backward(
     batch, channels, in_h, in_w = input.shape
     out_h, out_w = flow.shape[2:]
     grad_input = torch.zeros(input.shape, device=input.device, dtype=flow.dtype)
-    grad_flow = torch.zeros_like(flow)
+    grad_flow = torch.empty_like(flow)  # stored whole by the kernel (empty when it does not run)
     if batch * out_h * out_w:
         grid = (triton.cdiv(out_h * out_w, _BLOCK_P), batch)
         _backward_kernel[grid](

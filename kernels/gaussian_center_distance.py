@@ -201,8 +201,8 @@ def backward(
     pixel_blocks = triton.cdiv(pixels, block_p)
     slices = _slices(x.device, batch, pixel_blocks) if pixel_blocks else 1
     grad_embeddings = torch.empty_like(x)
-    partial_centers = torch.zeros(batch, slices, num_classes, channels, device=x.device, dtype=acc)
-    partial_margins = torch.zeros(batch, slices, num_classes, device=x.device, dtype=acc)
+    partial_centers = torch.empty(batch, slices, num_classes, channels, device=x.device, dtype=acc)
+    partial_margins = torch.empty(batch, slices, num_classes, device=x.device, dtype=acc)
     if grad_embeddings.numel():
         if num_classes:
             _grad_embeddings_kernel[(pixel_blocks, batch)](
@@ -217,6 +217,9 @@ def backward(
             triton.cdiv(pixel_blocks, slices),
             IS_FP64=is_fp64, BLOCK_P=block_p, BLOCK_K=block_k, BLOCK_C=block_c,
         )
+    else:  # no pixels: the kernel, which stores every partial, does not run
+        partial_centers.zero_()
+        partial_margins.zero_()
     grad_centers = -partial_centers.sum(dim=1)
     grad_margins = dlog_scale * partial_margins.sum(dim=1)
     return grad_embeddings, grad_centers.to(x.dtype), grad_margins.to(x.dtype)

@@ -140,13 +140,16 @@ def _pixel_reduce(probs: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tens
     pixels_per_split = triton.cdiv(triton.cdiv(pixels, splits), block_p) * block_p
     splits = triton.cdiv(pixels, pixels_per_split) if pixels else 1
     acc_dtype = _acc_dtype(probs.dtype)
-    partial_sums = torch.zeros(splits, batch, num_classes, channels, device=probs.device, dtype=acc_dtype)
-    partial_mass = torch.zeros(splits, batch, num_classes, device=probs.device, dtype=acc_dtype)
+    partial_sums = torch.empty(splits, batch, num_classes, channels, device=probs.device, dtype=acc_dtype)
+    partial_mass = torch.empty(splits, batch, num_classes, device=probs.device, dtype=acc_dtype)
     if pixels and channels:
         _pixel_reduce_kernel[(splits, column_programs, batch)](
             probs, values, partial_sums, partial_mass, num_classes, channels, pixels, pixels_per_split,
             IS_FP64=acc_dtype == torch.float64, BLOCK_K=block_k, BLOCK_C=block_c, BLOCK_P=block_p,
         )
+    else:  # the kernel, which stores every partial, does not run
+        partial_sums.zero_()
+        partial_mass.zero_()
     return partial_sums.sum(dim=0), partial_mass.sum(dim=0)
 
 

@@ -11,7 +11,7 @@
 // Backward: grad_logits[n, permutation[n,j]] = grad_loss[n] * weights[n,j], one thread per element.
 //
 // Cost model at the GPU shapes of
-// bench/bench_lovasz.py (forward+backward; H200: 4.8 TB/s HBM, 67 TFLOP/s fp32,
+// bench/bench_lovasz_hinge.py (forward+backward; H200: 4.8 TB/s HBM, 67 TFLOP/s fp32,
 // 989 TFLOP/s dense bf16, ~3 us per dependent launch). The floor is max(bytes / bandwidth, FLOPs /
 // peak) of the benchmark's byte and FLOP counts; the prediction is this design's, derived below.
 // bench/report.py reads the `predicted H200` lines (the one place these numbers live) into the

@@ -1,41 +1,31 @@
-// CUDA soft class-wise pooling (ACFNet Eq. 2) and attentional class feature (Eq. 3) on raw pointers.
-// Layouts, all contiguous: features, attended, grad_attended, grad_features (B,C,P); probs and
-// grad_probs (B,K,P); centers and grad_centers (B,K,C); mass (B,K) in the accumulation type.
+// CUDA soft class-wise pooling (ACFNet Eq. 2) and attentional class feature (Eq. 3): the kernels
+// around the products, on raw pointers; the products themselves are cuBLAS GEMMs in the glue.
+// Layouts, all contiguous: probs and grad_probs (B,K,P) seen as rows = B*K rows of P; centers,
+// grad_centers and scaled (B,K,C) as rows of C; mass and row_terms (B,K) in the accumulation type.
 #pragma once
 
 #include <cuda_runtime.h>
 
-#include <cstddef>
 #include <cstdint>
 
 #include "cuda/common.cuh"
 
 namespace fastseg::cuda {
 
-// How the reductions over pixels are split (slices per image, added in a fixed order) and the
-// bytes of workspace the caller must provide; one plan serves the forward and the backward.
-struct SoftClassPoolPlan {
-  int64_t splits = 1;
-  size_t workspace_bytes = 0;
-};
-
-cudaError_t soft_class_pool_plan(int64_t batch, int64_t channels, int64_t pixels, int64_t num_classes,
-                                 size_t element_size, SoftClassPoolPlan* plan);
-
-// centers and mass (Eq. 2), and attended (Eq. 3) when `attended` is not null.
+// mass = row sums of probs; centers (holding S = P F^T on entry) = S / mass in place (Eq. 2).
 template <typename scalar_t>
-cudaError_t soft_class_pool_forward(const scalar_t* features, const scalar_t* probs, int64_t batch, int64_t channels,
-                                    int64_t pixels, int64_t num_classes, const SoftClassPoolPlan& plan,
-                                    void* workspace, scalar_t* centers, acc_type<scalar_t>* mass, scalar_t* attended,
-                                    cudaStream_t stream);
+cudaError_t soft_class_pool_normalise(const scalar_t* probs, int64_t rows, int64_t pixels, int64_t channels,
+                                      scalar_t* centers, acc_type<scalar_t>* mass, cudaStream_t stream);
 
-// grad_features and grad_probs from grad_centers (soft_class_pool) or, when grad_centers is null,
-// from grad_attended (attentional_class_feature).
+// scaled = grad_centers / mass, row_terms = sum_c scaled * centers per row.
 template <typename scalar_t>
-cudaError_t soft_class_pool_backward(const scalar_t* grad_centers, const scalar_t* grad_attended,
-                                     const scalar_t* features, const scalar_t* probs, const scalar_t* centers,
-                                     const acc_type<scalar_t>* mass, int64_t batch, int64_t channels, int64_t pixels,
-                                     int64_t num_classes, const SoftClassPoolPlan& plan, void* workspace,
-                                     scalar_t* grad_features, scalar_t* grad_probs, cudaStream_t stream);
+cudaError_t soft_class_pool_scale_grad(const scalar_t* grad_centers, const scalar_t* centers,
+                                       const acc_type<scalar_t>* mass, int64_t rows, int64_t channels,
+                                       scalar_t* scaled, acc_type<scalar_t>* row_terms, cudaStream_t stream);
+
+// grad_probs (holding dS F (+ Z dA) on entry) -= row_terms per row, in place.
+template <typename scalar_t>
+cudaError_t soft_class_pool_subtract_rows(const acc_type<scalar_t>* row_terms, int64_t rows, int64_t pixels,
+                                          scalar_t* grad_probs, cudaStream_t stream);
 
 }  // namespace fastseg::cuda

@@ -1,8 +1,12 @@
-// CUDA registration of soft_class_pool and attentional_class_feature (ACFNet Eq. 2/3): tensors
-// in, raw pointers and the current stream out to csrc/cuda/soft_class_pool.cu.
+// CUDA registration of soft_class_pool and attentional_class_feature (ACFNet Eq. 2/3): the products
+// as cuBLAS batched GEMMs (at::bmm / baddbmm_: tensor cores for fp16/bf16, TF32 when
+// torch.backends.cuda.matmul.allow_tf32 allows it), the normalisation and the gradient scaling as
+// the kernels of csrc/cuda/soft_class_pool.cu around them, on the current stream.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
+#include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
 #include <tuple>
@@ -23,22 +27,9 @@ void check_saved(const at::Tensor& features, const at::Tensor& probs, const at::
                     " like features, got ", centers.scalar_type());
 }
 
-// `tensor` contiguous in the dtype of `like`; undefined stays undefined.
-at::Tensor contiguous_like(const at::Tensor& tensor, const at::Tensor& like) {
-  return tensor.defined() ? tensor.contiguous().to(like.scalar_type()) : at::Tensor();
-}
-
-// The plan and its workspace for these shapes.
-std::tuple<cuda::SoftClassPoolPlan, at::Tensor> plan_for(const at::Tensor& features, int64_t classes) {
-  cuda::SoftClassPoolPlan plan;
-  const int64_t pixels = features.size(2) * features.size(3);
-  TORCH_CHECK_VALUE(cuda::soft_class_pool_plan(features.size(0), features.size(1), pixels, classes,
-                                               features.element_size(), &plan) == cudaSuccess,
-                    "soft_class_pool: batch ", features.size(0), ", channels ", features.size(1), " or classes ",
-                    classes, " exceed the CUDA grid");
-  at::Tensor workspace =
-      at::empty({static_cast<int64_t>(plan.workspace_bytes)}, features.options().dtype(at::kByte));
-  return {plan, workspace};
+// (B, rows, H, W) contiguous as (B, rows, P) in the dtype of `like`.
+at::Tensor flat_like(const at::Tensor& tensor, const at::Tensor& like) {
+  return tensor.contiguous().to(like.scalar_type()).view({tensor.size(0), tensor.size(1), -1});
 }
 
 // centers, mass and (when `with_attended`) the attended feature.
@@ -46,23 +37,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& feature
                                                        bool with_attended) {
   checks::soft_class_pool_inputs(features, probs);
   const DeviceGuard guard(features.device());
-  const at::Tensor feats = features.contiguous();
-  const at::Tensor weights = probs.contiguous();
+  const at::Tensor feats = flat_like(features, features);  // F (B,C,P)
+  const at::Tensor weights = flat_like(probs, features);   // P (B,K,P)
   const int64_t batch = features.size(0), channels = features.size(1), classes = probs.size(1);
-  const int64_t pixels = features.size(2) * features.size(3);
-  at::Tensor centers = at::empty({batch, classes, channels}, features.options());
+  at::Tensor centers = at::bmm(weights, feats.transpose(1, 2));  // S = P F^T (B,K,C), Eq. 2's numerator
   at::Tensor mass = at::empty({batch, classes}, features.options().dtype(at::toOpMathType(features.scalar_type())));
-  at::Tensor attended = with_attended ? at::empty(features.sizes(), features.options()) : at::Tensor();
-  auto [plan, workspace] = plan_for(features, classes);
-  const cudaStream_t stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "soft_class_pool_cuda", [&] {
-    check_cuda(cuda::soft_class_pool_forward(cuda_ptr<scalar_t>(feats), cuda_ptr<scalar_t>(weights), batch, channels,
-                                             pixels, classes, plan, workspace.data_ptr(),
-                                             cuda_mutable_ptr<scalar_t>(centers),
-                                             mass.data_ptr<at::opmath_type<scalar_t>>(),
-                                             with_attended ? cuda_mutable_ptr<scalar_t>(attended) : nullptr, stream),
+    check_cuda(cuda::soft_class_pool_normalise(cuda_ptr<scalar_t>(weights), batch * classes, weights.size(2),
+                                               channels, cuda_mutable_ptr<scalar_t>(centers),
+                                               mass.mutable_data_ptr<at::opmath_type<scalar_t>>(), current_stream()),
                "soft_class_pool");
   });
+  // Eq. 3: A = Z^T P (B,C,P).
+  at::Tensor attended = with_attended ? at::bmm(centers.transpose(1, 2), weights).view(features.sizes()) : at::Tensor();
   return {attended, centers, mass};
 }
 
@@ -72,28 +59,35 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_centers, cons
                                             const at::Tensor& centers, const at::Tensor& mass) {
   check_saved(features, probs, centers, mass);
   const DeviceGuard guard(features.device());
-  const at::Tensor feats = features.contiguous();
-  const at::Tensor weights = probs.contiguous();
+  const at::Tensor feats = flat_like(features, features);
+  const at::Tensor weights = flat_like(probs, features);
   const at::Tensor z = centers.contiguous();
   const at::Tensor n = mass.contiguous();
-  const at::Tensor grad_z = contiguous_like(grad_centers, features);
-  const at::Tensor grad_a = contiguous_like(grad_attended, features);
+  const at::Tensor grad_a = grad_attended.defined() ? flat_like(grad_attended, features) : at::Tensor();
+  // dZ given, or dZ = P dA^T through Eq. 3.
+  const at::Tensor grad_z = grad_centers.defined() ? grad_centers.contiguous().to(features.scalar_type())
+                                                   : at::bmm(weights, grad_a.transpose(1, 2));
   const int64_t batch = features.size(0), channels = features.size(1), classes = probs.size(1);
-  const int64_t pixels = features.size(2) * features.size(3);
-  at::Tensor grad_features = at::empty(features.sizes(), features.options());
-  at::Tensor grad_probs = at::empty(probs.sizes(), probs.options());
-  auto [plan, workspace] = plan_for(features, classes);
+  const int64_t rows = batch * classes;
+  at::Tensor scaled = at::empty_like(z);  // dS = dZ / mass (B,K,C)
+  at::Tensor row_terms = at::empty({batch, classes}, n.options());
   const cudaStream_t stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "soft_class_pool_backward", [&] {
-    check_cuda(cuda::soft_class_pool_backward(
-                   grad_z.defined() ? cuda_ptr<scalar_t>(grad_z) : nullptr,
-                   grad_a.defined() ? cuda_ptr<scalar_t>(grad_a) : nullptr, cuda_ptr<scalar_t>(feats),
-                   cuda_ptr<scalar_t>(weights), cuda_ptr<scalar_t>(z), n.const_data_ptr<at::opmath_type<scalar_t>>(),
-                   batch, channels, pixels, classes, plan, workspace.data_ptr(),
-                   cuda_mutable_ptr<scalar_t>(grad_features), cuda_mutable_ptr<scalar_t>(grad_probs), stream),
+    check_cuda(cuda::soft_class_pool_scale_grad(cuda_ptr<scalar_t>(grad_z), cuda_ptr<scalar_t>(z),
+                                                n.const_data_ptr<at::opmath_type<scalar_t>>(), rows, channels,
+                                                cuda_mutable_ptr<scalar_t>(scaled),
+                                                row_terms.mutable_data_ptr<at::opmath_type<scalar_t>>(), stream),
                "soft_class_pool_backward");
   });
-  return {grad_features, grad_probs};
+  at::Tensor grad_features = at::bmm(scaled.transpose(1, 2), weights).view(features.sizes());  // dF = dS^T P
+  at::Tensor grad_probs = at::bmm(scaled, feats);                                                 // dS F
+  if (grad_a.defined()) grad_probs.baddbmm_(z, grad_a);                                           // + Z dA
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "soft_class_pool_backward", [&] {
+    check_cuda(cuda::soft_class_pool_subtract_rows(row_terms.const_data_ptr<at::opmath_type<scalar_t>>(), rows,
+                                                   weights.size(2), cuda_mutable_ptr<scalar_t>(grad_probs), stream),
+               "soft_class_pool_backward");
+  });
+  return {grad_features, grad_probs.view(probs.sizes())};
 }
 
 std::tuple<at::Tensor, at::Tensor> soft_class_pool_cuda(const at::Tensor& features, const at::Tensor& probs) {

@@ -1,7 +1,7 @@
 """Run configuration: YAML recipes with ``_base_`` inheritance, ``key=value`` overrides, saving.
 
 A config is a plain nested dict. A recipe file may name ``_base_: <file or list of files>``
-(relative to itself, or a packaged recipe name such as ``cityscapes/csfrnet_r50``); the bases are
+(relative to itself, or a packaged recipe name such as ``cityscapes/csfrnet_deeplabv3plus_r101``); the bases are
 merged first, in order, then the file's own keys on top (dicts merge recursively, everything else is
 replaced). Packaged recipes live in ``fastseg/configs/`` and are found by name without the ``.yaml``.
 
@@ -47,7 +47,7 @@ def parse_yaml(text: str) -> Any:
 
 
 def packaged_configs() -> list[str]:
-    """Names of the recipes shipped in the package (``default``, ``cityscapes/csfrnet_r50``, ...)."""
+    """Names of the recipes shipped in the package (``default``, ``cityscapes/csfrnet_deeplabv3plus_r101``, ...)."""
     return sorted(str(p.relative_to(CONFIG_DIR).with_suffix("")) for p in CONFIG_DIR.rglob("*.yaml"))
 
 

@@ -1,8 +1,9 @@
 """The training loop: SGD with the poly schedule, AMP, torch.compile, DDP, periodic evaluation, exact resume.
 
 A run is described by its config (see ``fastseg/configs/default.yaml``); the ``train`` section is
-:data:`TRAIN_DEFAULTS` updated by the config's own keys. ``batch_size`` is the global batch: each of W
-ranks takes ``batch_size / W`` samples per step, so a run's result does not depend on the GPU count.
+:data:`TRAIN_DEFAULTS` (``fastseg/configs/_base_/train.yaml``) updated by the config's own keys.
+``batch_size`` is the global batch: each of W ranks takes ``batch_size / W`` samples per step, so a run's
+result does not depend on the GPU count.
 
 Resume: the checkpoint holds the model, optimizer, LR schedule, AMP scaler, iteration and every rank's
 RNG states; the data order and each sample's augmentation are functions of (seed, step) (see
@@ -42,7 +43,7 @@ from fastseg.engine.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from fastseg.engine.config import save_config
+from fastseg.engine.config import load_config, save_config
 from fastseg.engine.distributed import DistributedContext, any_true, barrier, gather_objects, mean_over_ranks
 from fastseg.engine.evaluator import evaluate
 from fastseg.engine.inference import inference_options, predict_logits
@@ -52,31 +53,7 @@ from fastseg.engine.train_loader import build_eval_loader, build_train_loader, c
 from fastseg.engine.visualize import dataset_palette, denormalize, save_predictions
 from fastseg.models import convert_sync_batchnorm
 
-TRAIN_DEFAULTS: dict[str, Any] = {
-    "iterations": 1000,
-    "batch_size": 8,
-    "lr": 0.01,
-    "min_lr": 0.0,
-    "momentum": 0.9,
-    "weight_decay": 5e-4,
-    "poly_power": 0.9,
-    "warmup": 0,
-    "warmup_ratio": 0.1,
-    "workers": 2,
-    "eval_batch_size": 1,
-    "eval_interval": 0,
-    "checkpoint_interval": 0,
-    "log_interval": 10,
-    "amp": "none",
-    "compile": "auto",
-    "sync_bn": True,
-    "seed": 0,
-    "output_dir": None,
-    "skip_bad": False,
-    "max_bad_steps": 5,
-    "num_predictions": 4,
-    "tensorboard": True,
-}
+TRAIN_DEFAULTS: dict[str, Any] = load_config("_base_/train")["train"]  # every train option, its default
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 

@@ -10,18 +10,19 @@ public ports.
 """
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from functools import partial
 
 import torch
 from torch import Tensor, nn
 
 from fastseg.losses import CrossEntropyLoss, OhemCrossEntropyLoss
-from fastseg.models.backbones import build_backbone
+from fastseg.models.backbones import ResNet
+from fastseg.models.baselines import encoder_decoder
 from fastseg.models.heads import AuxiliaryHead, DeepLabV3Head, aspp_rates
 from fastseg.models.layers import ConvBNReLU, resize
 from fastseg.models.registry import register_model
-from fastseg.models.segmentor import EncoderDecoder
+from fastseg.models.segmentor import EncoderDecoder, build_on_baseline
 from fastseg.ops import attentional_class_feature, soft_class_pool
 
 ACF_MODES = ("sum", "concat", "center")
@@ -117,22 +118,32 @@ class ACFNet(EncoderDecoder):
 
     ``loss(outputs, targets)``: ``L = lambda_a l_a + lambda_c l_c + lambda_f l_f`` (Eq. 4) with
     lambda = (0.4, 0.6, 0.7) by default, returned as ``{"aux", "coarse", "out", "total"}``; each term
-    is the ``criterion`` (plain, class-balanced or online-bootstrapped cross-entropy).
+    is the same criterion: the plain cross-entropy, with ``class_balanced`` inverse-frequency class
+    weights (the paper's Sec. 3.2), or with ``ohem`` online bootstrapping (Sec. 4.4, "OB": pixels whose
+    true-class probability is below ``ohem_thresh``, at least ``ohem_min_kept``).
     """
 
     def __init__(
         self,
         backbone: nn.Module,
         decode_head: ACFHead,
-        auxiliary_head: AuxiliaryHead | None,
-        criterion: nn.Module,
+        auxiliary_head: AuxiliaryHead | None = None,
         aux_weight: float = 0.4,
         coarse_weight: float = 0.6,
         fine_weight: float = 0.7,
+        class_balanced: bool = False,
+        ohem: bool = False,
+        ohem_thresh: float = 0.7,
+        ohem_min_kept: int = 100000,
         ignore_index: int = 255,
     ) -> None:
         super().__init__(backbone, decode_head, auxiliary_head, aux_weight, ignore_index)
-        self.criterion = criterion
+        if class_balanced and ohem:
+            raise ValueError("choose one of class_balanced and ohem: online bootstrapping has no class weights")
+        if ohem:
+            self.criterion = OhemCrossEntropyLoss(ohem_thresh, ohem_min_kept, ignore_index)
+        else:
+            self.criterion = CrossEntropyLoss(ignore_index, class_balanced)
         self.coarse_weight = coarse_weight
         self.fine_weight = fine_weight
 
@@ -154,28 +165,15 @@ class ACFNet(EncoderDecoder):
         return losses
 
 
-@register_model("acfnet")
+@register_model(
+    "acfnet",
+    paper='Zhang et al., "ACFNet: Attentional Class Feature Network for Semantic Segmentation", ICCV 2019',
+    fused_ops=("attentional_class_feature", "attentional_class_feature_backward"),
+    bench_crop=769,
+    test_options={"backbone": "resnet18", "channels": 32, "acf_channels": 16, "aux_channels": 16},
+)
 def acfnet(
-    num_classes: int,
-    backbone: str = "resnet50",
-    output_stride: int = 8,
-    deep_stem: bool = False,
-    multi_grid: Sequence[int] | None = None,
-    pretrained: str | os.PathLike | Mapping[str, Tensor] | None = None,
-    channels: int = 512,
-    acf_channels: int = 512,
-    acf_mode: str = "sum",
-    aux: bool = True,
-    aux_channels: int = 256,
-    aux_weight: float = 0.4,
-    coarse_weight: float = 0.6,
-    fine_weight: float = 0.7,
-    class_balanced: bool = False,
-    ohem: bool = False,
-    ohem_thresh: float = 0.7,
-    ohem_min_kept: int = 100000,
-    ignore_index: int = 255,
-    dropout: float = 0.1,
+    num_classes: int, backbone: str = "resnet50", acf_channels: int = 512, acf_mode: str = "sum", **options
 ) -> ACFNet:
     """ACFNet on a dilated ResNet with ASPP (``channels`` = 512, the paper's widened ASPP).
 
@@ -186,16 +184,9 @@ def acfnet(
       class_balanced=False   inverse-frequency class weights in every CE term (the paper's Sec. 3.2);
       ohem=False, ohem_thresh=0.7, ohem_min_kept=100000   online bootstrapping (Sec. 4.4, "OB").
     """
-    if class_balanced and ohem:
-        raise ValueError("choose one of class_balanced and ohem: online bootstrapping has no class weights")
-    encoder = build_backbone(
-        backbone, pretrained, output_stride=output_stride, deep_stem=deep_stem, multi_grid=multi_grid
-    )
-    head = ACFHead(encoder.out_channels[3], channels, num_classes, aspp_rates(encoder.output_stride),
-                   acf_channels, acf_mode, dropout)
-    auxiliary = AuxiliaryHead(encoder.out_channels[2], num_classes, aux_channels, dropout) if aux else None
-    if ohem:
-        criterion = OhemCrossEntropyLoss(ohem_thresh, ohem_min_kept, ignore_index)
-    else:
-        criterion = CrossEntropyLoss(ignore_index, class_balanced)
-    return ACFNet(encoder, head, auxiliary, criterion, aux_weight, coarse_weight, fine_weight, ignore_index)
+
+    def head(encoder: ResNet, channels: int, classes: int, dropout: float) -> ACFHead:
+        rates = aspp_rates(encoder.output_stride)
+        return ACFHead(encoder.out_channels[3], channels, classes, rates, acf_channels, acf_mode, dropout)
+
+    return build_on_baseline(ACFNet, partial(encoder_decoder, head), num_classes, backbone, **options)

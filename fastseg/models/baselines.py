@@ -34,6 +34,9 @@ from fastseg.models.heads import (
 from fastseg.models.registry import register_model
 from fastseg.models.segmentor import EncoderDecoder
 
+# tiny options of the contract tests (tests/models/test_paper_models.py)
+TINY = {"backbone": "resnet18", "channels": 32, "aux_channels": 16}
+
 HeadFactory = Callable[[ResNet, int, int, float], DecodeHead]
 
 
@@ -64,7 +67,10 @@ def encoder_decoder(
     return EncoderDecoder(encoder, head, auxiliary, aux_weight=aux_weight, ignore_index=ignore_index)
 
 
-@register_model("fcn")
+@register_model(
+    "fcn", baseline=True, test_options=TINY,
+    paper='Long et al., "Fully Convolutional Networks for Semantic Segmentation", CVPR 2015',
+)
 def fcn(
     num_classes: int, backbone: str = "resnet50", num_convs: int = 2, concat_input: bool = False, **options
 ) -> EncoderDecoder:
@@ -76,7 +82,10 @@ def fcn(
     )
 
 
-@register_model("pspnet")
+@register_model(
+    "pspnet", baseline=True, test_options=TINY,
+    paper='Zhao et al., "Pyramid Scene Parsing Network", CVPR 2017',
+)
 def pspnet(num_classes: int, backbone: str = "resnet50", bottleneck_kernel: int = 3, **options) -> EncoderDecoder:
     """PSPNet: pyramid pooling (bins 1, 2, 3, 6) on C4, a ``bottleneck_kernel`` ConvBNReLU after it."""
     return encoder_decoder(
@@ -85,7 +94,10 @@ def pspnet(num_classes: int, backbone: str = "resnet50", bottleneck_kernel: int 
     )
 
 
-@register_model("deeplabv3")
+@register_model(
+    "deeplabv3", baseline=True, test_options=TINY,
+    paper='Chen et al., "Rethinking Atrous Convolution for Semantic Image Segmentation", arXiv 2017',
+)
 def deeplabv3(num_classes: int, backbone: str = "resnet50", **options) -> EncoderDecoder:
     """DeepLabv3: ASPP on C4 with rates (6, 12, 18) scaled to the output stride."""
     return encoder_decoder(
@@ -94,7 +106,10 @@ def deeplabv3(num_classes: int, backbone: str = "resnet50", **options) -> Encode
     )
 
 
-@register_model("deeplabv3plus")
+@register_model(
+    "deeplabv3plus", baseline=True, test_options=TINY, bench_crop=769,
+    paper='Chen et al., "Encoder-Decoder with Atrous Separable Convolution for Semantic Image Segmentation", ECCV 2018',
+)
 def deeplabv3plus(num_classes: int, backbone: str = "resnet50", separable: bool = True, **options) -> EncoderDecoder:
     """DeepLabv3+: ASPP on C4, decoder with the 48-channel stride-4 skip from C1; depthwise-separable
     ASPP and decoder (the DeepLabv3+ paper's, CSFRNet's Table 2); ``separable=False``: plain 3x3
@@ -108,7 +123,10 @@ def deeplabv3plus(num_classes: int, backbone: str = "resnet50", separable: bool 
     )
 
 
-@register_model("nonlocal")
+@register_model(
+    "nonlocal", baseline=True, test_options=TINY,
+    paper='Wang et al., "Non-local Neural Networks", CVPR 2018',
+)
 def nonlocal_net(num_classes: int, backbone: str = "resnet50", **options) -> EncoderDecoder:
     """Non-local network: an embedded-Gaussian non-local block between two 3x3 convs on C4."""
     return encoder_decoder(

@@ -17,18 +17,16 @@ decoder). Options: those of the baselines (see :mod:`fastseg.models.baselines`) 
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-
 from torch import Tensor, nn
 
 from fastseg.losses import ClassAwareConsistencyLoss, CrossEntropyLoss, OhemCrossEntropyLoss
 from fastseg.models.aam import AdaptiveFeatureAggregation
 from fastseg.models.baselines import deeplabv3plus, fcn, nonlocal_net, pspnet
 from fastseg.models.csflm import ConsistentSeparableFeatureLearning
-from fastseg.models.heads import DecodeHead, DeepLabV3PlusHead
+from fastseg.models.heads import DecodeHead
 from fastseg.models.layers import resize
 from fastseg.models.registry import register_model
-from fastseg.models.segmentor import EncoderDecoder
+from fastseg.models.segmentor import EncoderDecoder, build_on_baseline
 
 
 class CSFRNet(EncoderDecoder):
@@ -84,20 +82,12 @@ class CSFRNet(EncoderDecoder):
         self.cac_weight = cac_weight
         self.smooth_weight = smooth_weight
 
-    @classmethod
-    def from_baseline(cls, baseline: EncoderDecoder, **options) -> CSFRNet:
-        """CSFRNet on a built baseline's backbone, decode head and auxiliary head (modules shared)."""
-        return cls(
-            baseline.backbone, baseline.decode_head, baseline.auxiliary_head,
-            aux_weight=baseline.aux_weight, ignore_index=baseline.ignore_index, **options,
-        )
-
     def forward(self, images: Tensor) -> dict[str, Tensor] | Tensor:
         features = self.backbone(images)
         head = self.decode_head
-        context = self.context(features)  # A, also the original feature Y of AAM
+        context = head.context(features)  # A, also the original feature Y of AAM (DeepLabv3+: the ASPP output)
         embeddings, margins = self.csflm(context)  # B (the C-S features X), C
-        fused = self.decode(self.aggregation(embeddings, context), features)  # F
+        fused = head.decode(self.aggregation(embeddings, context), features)  # F (DeepLabv3+: through its decoder)
         out = head.classifier(head.dropout(fused))
         if not self.training:
             return resize(out, images.shape[-2:])
@@ -105,18 +95,6 @@ class CSFRNet(EncoderDecoder):
         if self.auxiliary_head is not None:
             outputs["aux"] = self.auxiliary_head(features)
         return outputs
-
-    def context(self, features: Sequence[Tensor]) -> Tensor:
-        """A: the head's context feature; for DeepLabv3+ its ASPP output (before the decoder)."""
-        if isinstance(self.decode_head, DeepLabV3PlusHead):
-            return self.decode_head.aspp(features[3])
-        return self.decode_head.forward_features(features)
-
-    def decode(self, fused: Tensor, features: Sequence[Tensor]) -> Tensor:
-        """F -> the classifier's input: DeepLabv3+'s decoder with the C1 skip; the identity otherwise."""
-        if isinstance(self.decode_head, DeepLabV3PlusHead):
-            return self.decode_head.decode(fused, features[0])
-        return fused
 
     def loss(self, outputs: dict[str, Tensor], targets: Tensor) -> dict[str, Tensor]:
         losses = {"out": self.segmentation_loss(outputs["out"], targets)}  # L_seg
@@ -129,37 +107,40 @@ class CSFRNet(EncoderDecoder):
         return losses
 
 
-CSFRNET_OPTIONS = (
-    "embedding_channels", "aam", "delta", "binary_loss", "cac_weight", "smooth_weight", "ohem", "ohem_thresh",
-    "ohem_min_kept",
+PAPER = 'He et al., "Consistent-Separable Feature Representation for Semantic Segmentation", AAAI 2021'
+FUSED_OPS = (
+    "class_avg_pool", "class_avg_pool_backward", "gaussian_center_distance", "gaussian_center_distance_backward",
+    "lovasz_hinge", "lovasz_hinge_backward", "deform_conv2d", "deform_conv2d_backward",
 )
+TINY = {"backbone": "resnet18", "channels": 32, "aux_channels": 16, "embedding_channels": 16}
 
-
-def csfrnet(baseline: Callable[..., EncoderDecoder], num_classes: int, backbone: str, **options) -> CSFRNet:
-    """Build ``baseline(num_classes, backbone, **baseline options)`` and put CSFLM + AAM on its head."""
-    own = {key: options.pop(key) for key in CSFRNET_OPTIONS if key in options}
-    return CSFRNet.from_baseline(baseline(num_classes, backbone, **options), **own)
-
-
-@register_model("csfrnet_fcn")
+@register_model(
+    "csfrnet_fcn", paper=PAPER, fused_ops=FUSED_OPS, test_options=TINY
+)
 def csfrnet_fcn(num_classes: int, backbone: str = "resnet50", **options) -> CSFRNet:
     """CSFRNet on FCN: CSFLM after the FCN head's convs."""
-    return csfrnet(fcn, num_classes, backbone, **options)
+    return build_on_baseline(CSFRNet, fcn, num_classes, backbone, **options)
 
 
-@register_model("csfrnet_pspnet")
+@register_model(
+    "csfrnet_pspnet", paper=PAPER, fused_ops=FUSED_OPS, test_options=TINY
+)
 def csfrnet_pspnet(num_classes: int, backbone: str = "resnet50", **options) -> CSFRNet:
     """CSFRNet on PSPNet: CSFLM after the PPM bottleneck."""
-    return csfrnet(pspnet, num_classes, backbone, **options)
+    return build_on_baseline(CSFRNet, pspnet, num_classes, backbone, **options)
 
 
-@register_model("csfrnet_nonlocal")
+@register_model(
+    "csfrnet_nonlocal", paper=PAPER, fused_ops=FUSED_OPS, test_options=TINY
+)
 def csfrnet_nonlocal(num_classes: int, backbone: str = "resnet50", **options) -> CSFRNet:
     """CSFRNet on the Non-local network: CSFLM after the non-local head."""
-    return csfrnet(nonlocal_net, num_classes, backbone, **options)
+    return build_on_baseline(CSFRNet, nonlocal_net, num_classes, backbone, **options)
 
 
-@register_model("csfrnet_deeplabv3plus")
+@register_model(
+    "csfrnet_deeplabv3plus", paper=PAPER, fused_ops=FUSED_OPS, test_options=TINY, bench_crop=769
+)
 def csfrnet_deeplabv3plus(num_classes: int, backbone: str = "resnet50", **options) -> CSFRNet:
     """CSFRNet on DeepLabv3+ (the paper's final model): CSFLM + AAM after ASPP (stride 8), then the decoder."""
-    return csfrnet(deeplabv3plus, num_classes, backbone, **options)
+    return build_on_baseline(CSFRNet, deeplabv3plus, num_classes, backbone, **options)

@@ -68,7 +68,7 @@ from fastseg.models.baselines import deeplabv3, fcn, pspnet
 from fastseg.models.heads import DecodeHead, FCNHead
 from fastseg.models.layers import ConvBNReLU, resize
 from fastseg.models.registry import ModelBuilder, register_model
-from fastseg.models.segmentor import EncoderDecoder
+from fastseg.models.segmentor import EncoderDecoder, build_on_baseline
 from fastseg.ops import FlowWarp
 
 
@@ -204,44 +204,41 @@ class DecoupleSegNet(EncoderDecoder):
         return losses
 
 
-DECOUPLE_OPTIONS = (
-    "fine_channels", "edge_channels", "relax_kernel", "edge_radius", "edge_thresh", "keep_ratio",
-    "body_weight", "edge_weight", "bce_weight", "ohem_weight",
-)
+PAPER = 'Li et al., "Improving Semantic Segmentation via Decoupled Body and Edge Supervision", ECCV 2020'
+FUSED_OPS = ("flow_warp", "flow_warp_backward")
+TINY = {"backbone": "resnet18", "channels": 32}
 
-
-def decoupled(
-    baseline: ModelBuilder, num_classes: int, backbone: str = "resnet50", channels: int = 256, aux: bool = False,
-    **options,
-) -> DecoupleSegNet:
+def decoupled(baseline: ModelBuilder, num_classes: int, backbone: str = "resnet50", **options) -> DecoupleSegNet:
     """The registered ``baseline`` builder's backbone and heads with the decoupled module on its context.
 
     ``channels`` defaults to 256 (the official ASPP width) and ``aux`` to False (Eq. 3 has no C3 loss);
-    ``options`` named in ``DECOUPLE_OPTIONS`` go to :class:`DecoupleSegNet`, the others to the baseline
-    (output_stride, deep_stem, multi_grid, pretrained, aux_channels, aux_weight, ignore_index, dropout).
+    the options of :class:`DecoupleSegNet` go to it, the others to the baseline (see :func:`build_on_baseline`).
     """
-    own = {key: options.pop(key) for key in DECOUPLE_OPTIONS if key in options}
-    base = baseline(num_classes, backbone, channels=channels, aux=aux, **options)
-    return DecoupleSegNet(
-        base.backbone, base.decode_head, base.auxiliary_head, base.aux_weight, base.ignore_index, **own
-    )
+    options = {"channels": 256, "aux": False, **options}
+    return build_on_baseline(DecoupleSegNet, baseline, num_classes, backbone, **options)
 
 
-@register_model("decouple_fcn")
+@register_model(
+    "decouple_fcn", paper=PAPER, fused_ops=FUSED_OPS, test_options=TINY
+)
 def decouple_fcn(num_classes: int, backbone: str = "resnet50", **options) -> DecoupleSegNet:
     """DecoupleSegNet on FCN: the module after the official FCN head, one 3x3 ConvBNReLU C4 -> 256
     (``num_convs=1``; the baseline's default is two)."""
     return decoupled(fcn, num_classes, backbone, **{"num_convs": 1, **options})
 
 
-@register_model("decouple_pspnet")
+@register_model(
+    "decouple_pspnet", paper=PAPER, fused_ops=FUSED_OPS, test_options=TINY
+)
 def decouple_pspnet(num_classes: int, backbone: str = "resnet50", **options) -> DecoupleSegNet:
     """DecoupleSegNet on PSPNet: the module after the PPM and the official 1x1 bottleneck
     (``bottleneck_kernel=1``; the baseline's default is 3x3)."""
     return decoupled(pspnet, num_classes, backbone, **{"bottleneck_kernel": 1, **options})
 
 
-@register_model("decouple_deeplabv3plus")
+@register_model(
+    "decouple_deeplabv3plus", paper=PAPER, fused_ops=FUSED_OPS, test_options=TINY, bench_crop=832
+)
 def decouple_deeplabv3plus(num_classes: int, backbone: str = "resnet50", **options) -> DecoupleSegNet:
     """DecoupleSegNet on DeepLabv3+ (Fig. 2(b)): the module after ASPP, in place of DeepLabv3+'s decoder."""
     return decoupled(deeplabv3, num_classes, backbone, **options)

@@ -13,18 +13,19 @@ ResNet-18/34 and 256 for ResNet-50/101, PPM bins (1, 2, 3, 6), OHEM threshold 0.
 """
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from functools import partial
 
 import torch
 from torch import Tensor, nn
 
 from fastseg.losses import CrossEntropyLoss, OhemCrossEntropyLoss
-from fastseg.models.backbones import BasicBlock, build_backbone
+from fastseg.models.backbones import BasicBlock, ResNet
+from fastseg.models.baselines import encoder_decoder
 from fastseg.models.heads import DecodeHead, FCNHead, PyramidPoolingModule
 from fastseg.models.layers import ConvBNReLU, resize
 from fastseg.models.registry import register_model
-from fastseg.models.segmentor import EncoderDecoder
+from fastseg.models.segmentor import EncoderDecoder, build_on_baseline
 
 FEM_KINDS = ("detail", "semantic")
 
@@ -111,7 +112,7 @@ class FENetHead(DecodeHead):
         )
         self.fuse = ConvBNReLU(4 * channels, channels, 3)
 
-    def forward_features(self, features: Sequence[Tensor]) -> Tensor:
+    def context(self, features: Sequence[Tensor]) -> Tensor:
         levels = [lateral(x) for lateral, x in zip(self.laterals, features)]
         levels.append(self.ppm_bottleneck(self.ppm(features[3])))
         for i, fem in enumerate(self.detail_flow, start=1):  # bottom-up: L_i enhanced by D_{i-1}
@@ -137,16 +138,27 @@ class FENet(EncoderDecoder):
         self,
         backbone: nn.Module,
         decode_head: FENetHead,
-        stage_heads: Mapping[str, FCNHead],
-        criterion: nn.Module,
-        aux_criterion: nn.Module,
+        auxiliary_head: None = None,
+        aux_stages: Sequence[int] = (3, 4),
+        aux_channels: int = 256,
         aux_weight: float = 1.0,
+        ohem_thresh: float = 0.7,
+        ohem_min_kept: int = 100000,
         ignore_index: int = 255,
     ) -> None:
+        if auxiliary_head is not None:
+            raise ValueError("FENet's auxiliary heads are per stage (aux_stages): build its baseline with aux=False")
+        stages = tuple(aux_stages)
+        if any(s not in (1, 2, 3, 4) for s in stages) or len(set(stages)) != len(stages):
+            raise ValueError(f"aux_stages must be distinct backbone stages in 1..4, got {stages}")
         super().__init__(backbone, decode_head, None, aux_weight, ignore_index)
-        self.stage_heads = nn.ModuleDict(stage_heads)
-        self.criterion = criterion
-        self.aux_criterion = aux_criterion
+        self.stage_heads = nn.ModuleDict({
+            f"aux{s}": FCNHead(backbone.out_channels[s - 1], aux_channels, self.num_classes, num_convs=1,
+                               concat_input=False, in_index=s - 1, dropout=decode_head.dropout.p)
+            for s in stages
+        })
+        self.criterion = CrossEntropyLoss(ignore_index)
+        self.aux_criterion = OhemCrossEntropyLoss(ohem_thresh, ohem_min_kept, ignore_index)
 
     def forward(self, images: Tensor) -> dict[str, Tensor] | Tensor:
         features = self.backbone(images)
@@ -163,26 +175,25 @@ class FENet(EncoderDecoder):
         return losses
 
 
-@register_model("fenet")
+@register_model(
+    "fenet",
+    paper='"Boosting Semantic Segmentation via Feature Enhancement" (FENet), ICLR 2022 submission',
+    bench_crop=1024,
+    # Auxiliary heads on stages 1-2 (strides 4, 8): the stride-32 head of the paper's default (3, 4)
+    # cannot fit the 16-pixel label cells of the contract tests' overfit batch; tests/models/test_fenet.py
+    # covers them.
+    test_options={"backbone": "resnet18", "channels": 16, "aux_channels": 16, "aux_stages": (1, 2)},
+)
 def fenet(
     num_classes: int,
     backbone: str = "resnet50",
     output_stride: int = 32,
-    deep_stem: bool = False,
-    multi_grid: Sequence[int] | None = None,
-    stem_channels: int = 64,
-    dilations: Sequence[int] | None = None,
-    pretrained: str | os.PathLike | Mapping[str, Tensor] | None = None,
     channels: int | None = None,
     extractor_kernel: int = 9,
     aux: bool = True,
     aux_stages: Sequence[int] = (3, 4),
-    aux_channels: int = 256,
     aux_weight: float = 1.0,
-    ohem_thresh: float = 0.7,
-    ohem_min_kept: int = 100000,
-    ignore_index: int = 255,
-    dropout: float = 0.1,
+    **options,
 ) -> FENet:
     """FENet on a stride-32 ResNet-18/34/50/101.
 
@@ -200,22 +211,12 @@ def fenet(
       ohem_thresh=0.7, ohem_min_kept=100000   the auxiliary terms' online hard example mining.
     The principal loss is the plain cross-entropy.
     """
-    stages = tuple(aux_stages) if aux else ()
-    if any(s not in (1, 2, 3, 4) for s in stages) or len(set(stages)) != len(stages):
-        raise ValueError(f"aux_stages must be distinct backbone stages in 1..4, got {tuple(aux_stages)}")
-    encoder = build_backbone(
-        backbone, pretrained, output_stride=output_stride, deep_stem=deep_stem, multi_grid=multi_grid,
-        stem_channels=stem_channels, dilations=dilations,
-    )
-    if channels is None:
-        channels = 128 if encoder.depth < 50 else 256
-    head = FENetHead(encoder.out_channels, channels, num_classes, kernel_size=extractor_kernel, dropout=dropout)
-    stage_heads = {
-        f"aux{s}": FCNHead(encoder.out_channels[s - 1], aux_channels, num_classes, num_convs=1,
-                           concat_input=False, in_index=s - 1, dropout=dropout)
-        for s in stages
-    }
-    return FENet(
-        encoder, head, stage_heads, CrossEntropyLoss(ignore_index),
-        OhemCrossEntropyLoss(ohem_thresh, ohem_min_kept, ignore_index), aux_weight, ignore_index,
+
+    def head(encoder: ResNet, width: int | None, classes: int, dropout: float) -> FENetHead:
+        width = width if width is not None else (128 if encoder.depth < 50 else 256)
+        return FENetHead(encoder.out_channels, width, classes, kernel_size=extractor_kernel, dropout=dropout)
+
+    return build_on_baseline(
+        FENet, partial(encoder_decoder, head), num_classes, backbone, output_stride=output_stride,
+        channels=channels, aux=False, aux_stages=aux_stages if aux else (), aux_weight=aux_weight, **options,
     )

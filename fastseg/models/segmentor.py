@@ -1,5 +1,9 @@
-"""EncoderDecoder: backbone -> decode head (+ auxiliary head), with the training loss."""
+"""EncoderDecoder: backbone -> decode head (+ auxiliary head), with the training loss; the one way a
+paper model is built on a baseline (:meth:`EncoderDecoder.from_baseline`, :func:`build_on_baseline`)."""
 from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -38,6 +42,21 @@ class EncoderDecoder(nn.Module):
         self.ignore_index = ignore_index
         self.num_classes = decode_head.num_classes
 
+    @classmethod
+    def from_baseline(cls, baseline: EncoderDecoder, **options):
+        """``cls`` on a built baseline's backbone, decode head, auxiliary head, aux_weight and ignore_index
+        (modules shared); ``options``: the other arguments of ``cls.__init__``."""
+        return cls(
+            baseline.backbone, baseline.decode_head, baseline.auxiliary_head,
+            aux_weight=baseline.aux_weight, ignore_index=baseline.ignore_index, **options,
+        )
+
+    @classmethod
+    def own_options(cls) -> tuple[str, ...]:
+        """The ``__init__`` arguments of ``cls`` beyond EncoderDecoder's: what :meth:`from_baseline` takes."""
+        shared = inspect.signature(EncoderDecoder.__init__).parameters
+        return tuple(name for name in inspect.signature(cls.__init__).parameters if name not in shared)
+
     def forward(self, images: Tensor) -> dict[str, Tensor] | Tensor:
         features = self.backbone(images)
         out = self.decode_head(features)
@@ -58,3 +77,16 @@ class EncoderDecoder(nn.Module):
             losses["aux"] = self.aux_weight * self.cross_entropy(outputs["aux"], targets)
         losses["total"] = sum(losses.values())
         return losses
+
+
+def build_on_baseline(
+    cls: type[EncoderDecoder], baseline: Callable[..., EncoderDecoder], num_classes: int, backbone: str, **options
+) -> EncoderDecoder:
+    """The paper-model builder: ``cls.from_baseline(baseline(num_classes, backbone, **rest), **own)``.
+
+    ``own``: the ``options`` named in ``cls.own_options()`` (the paper module's and its losses'); ``rest``:
+    the others (the backbone's, the heads', aux_weight, ignore_index; see :mod:`fastseg.models.baselines`).
+    ``baseline`` is a registered baseline builder or ``partial(encoder_decoder, make_head)`` for a new head.
+    """
+    own = {key: options.pop(key) for key in cls.own_options() if key in options}
+    return cls.from_baseline(baseline(num_classes, backbone, **options), **own)

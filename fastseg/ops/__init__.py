@@ -30,7 +30,7 @@ from fastseg.ops.gaussian_center_distance import (
     gaussian_center_distance,
     gaussian_center_distance_reference,
 )
-from fastseg.ops.lovasz_hinge import lovasz_hinge, lovasz_hinge_reference, lovasz_hinge_vectorized
+from fastseg.ops.lovasz_hinge import lovasz_hinge, lovasz_hinge_per_row, lovasz_hinge_reference
 from fastseg.ops.lovasz_softmax import lovasz_softmax, lovasz_softmax_reference
 from fastseg.ops.recording import FusedOpRecorder
 from fastseg.ops.soft_class_pool import (
@@ -66,8 +66,8 @@ __all__ = [
     "gaussian_center_distance_reference",
     "get_backend",
     "lovasz_hinge",
+    "lovasz_hinge_per_row",
     "lovasz_hinge_reference",
-    "lovasz_hinge_vectorized",
     "lovasz_softmax",
     "lovasz_softmax_reference",
     "normalized_flow_to_pixels",

@@ -10,9 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastseg.ops import backend as _backend
 from fastseg.ops.checks import check_float, check_int, check_integer, check_labels, check_same_device, check_size
-from fastseg.ops.library import OpPair, cpp_ops, register, triton_op
+from fastseg.ops.library import FusedOp, OpPair
 
 
 def class_avg_pool_reference(
@@ -37,22 +36,16 @@ def class_avg_pool_reference(
     return centers, counts[:, :num_classes]
 
 
-@triton_op("class_avg_pool_triton")
 def _forward_triton(features: Tensor, labels: Tensor, num_classes: int, ignore_index: int) -> tuple[Tensor, Tensor]:
     from fastseg.kernels import class_avg_pool as kernels
 
     return kernels.forward(features, labels, num_classes)
 
 
-@triton_op("class_avg_pool_backward_triton")
 def _backward_triton(grad_centers: Tensor, labels: Tensor, counts: Tensor, ignore_index: int) -> Tensor:
     from fastseg.kernels import class_avg_pool as kernels
 
     return kernels.backward(grad_centers, labels, counts)
-
-
-_TRITON = OpPair(_forward_triton, _backward_triton)
-_CPP = cpp_ops("class_avg_pool", "class_avg_pool_backward")
 
 
 def _fake_forward(features, labels, num_classes, ignore_index):
@@ -81,7 +74,8 @@ def _autograd_backward(pair: OpPair):
     return backward
 
 
-register([_CPP, _TRITON], _fake_forward, _fake_backward, _setup_context, _autograd_backward)
+CLASS_AVG_POOL = FusedOp("class_avg_pool", class_avg_pool_reference, _forward_triton, _backward_triton,
+                         _fake_forward, _fake_backward, _setup_context, _autograd_backward)
 
 
 def class_avg_pool(
@@ -116,11 +110,7 @@ def class_avg_pool(
     if 0 <= ignore_index < num_classes:  # every backend treats labels outside [0, K) as no class
         labels = labels.masked_fill(labels == ignore_index, -1)
         ignore_index = -1
-    name = _backend.resolve(features.device, backend)
-    if name == "reference":
-        return class_avg_pool_reference(features, labels, num_classes, ignore_index)
-    pair = _TRITON if name == "triton" else _CPP
-    return pair.forward(features, labels, num_classes, ignore_index)
+    return CLASS_AVG_POOL(features.device, backend, features, labels, num_classes, ignore_index)
 
 
 def _nearest_indices(in_size: int, out_size: int, device: torch.device) -> Tensor:

@@ -19,9 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
-from fastseg.ops import backend as _backend
 from fastseg.ops.checks import check_float, check_same_device
-from fastseg.ops.library import OpPair, cpp_ops, register, triton_op
+from fastseg.ops.library import FusedOp, OpPair
 
 
 def output_size(height: int, width: int, kernel: tuple[int, int], stride, padding, dilation) -> tuple[int, int]:
@@ -96,7 +95,6 @@ def deform_conv2d_reference(
     return out
 
 
-@triton_op("deform_conv2d_triton")
 def _forward_triton(
     input: Tensor, offset: Tensor, weight: Tensor, mask: Tensor | None, bias: Tensor | None,
     stride: list[int], padding: list[int], dilation: list[int],
@@ -106,7 +104,6 @@ def _forward_triton(
     return kernels.forward(input, offset, weight, mask, bias, stride, padding, dilation)
 
 
-@triton_op("deform_conv2d_backward_triton")
 def _backward_triton(
     grad_output: Tensor, input: Tensor, offset: Tensor, weight: Tensor, mask: Tensor | None,
     stride: list[int], padding: list[int], dilation: list[int],
@@ -114,10 +111,6 @@ def _backward_triton(
     from fastseg.kernels import deform_conv2d as kernels
 
     return kernels.backward(grad_output, input, offset, weight, mask, stride, padding, dilation)
-
-
-_TRITON = OpPair(_forward_triton, _backward_triton)
-_CPP = cpp_ops("deform_conv2d", "deform_conv2d_backward")
 
 
 def _fake_forward(input, offset, weight, mask, bias, stride, padding, dilation):
@@ -149,7 +142,13 @@ def _autograd_backward(pair: OpPair):
     return backward
 
 
-register([_CPP, _TRITON], _fake_forward, _fake_backward, _setup_context, _autograd_backward)
+def _fused_arguments(input, offset, weight, bias, stride, padding, dilation, mask):
+    """The fused ops' argument order (mask before bias, lists for the schema's int[2])."""
+    return input, offset, weight, mask, bias, list(stride), list(padding), list(dilation)
+
+
+DEFORM_CONV2D = FusedOp("deform_conv2d", deform_conv2d_reference, _forward_triton, _backward_triton, _fake_forward,
+                        _fake_backward, _setup_context, _autograd_backward, fused_arguments=_fused_arguments)
 
 
 def _check_pair(value, name: str, minimum: int) -> tuple[int, int]:
@@ -238,11 +237,7 @@ def deform_conv2d(
         (B, C_out, Ho, Wo), differentiable w.r.t. input, offset, weight, bias and mask.
     """
     stride, padding, dilation = _validate(input, offset, weight, bias, stride, padding, dilation, mask)
-    name = _backend.resolve(input.device, backend)
-    if name == "reference":
-        return deform_conv2d_reference(input, offset, weight, bias, stride, padding, dilation, mask)
-    pair = _TRITON if name == "triton" else _CPP
-    return pair.forward(input, offset, weight, mask, bias, list(stride), list(padding), list(dilation))
+    return DEFORM_CONV2D(input.device, backend, input, offset, weight, bias, stride, padding, dilation, mask)
 
 
 class DeformConv2d(nn.Module):

@@ -19,9 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastseg.ops import backend as _backend
 from fastseg.ops.checks import check_bool, check_float, check_int, check_same_device, check_size
-from fastseg.ops.library import OpPair, cpp_ops, register, triton_op
+from fastseg.ops.library import FusedOp, OpPair
 
 PADDING_MODES = ("zeros", "border")
 
@@ -96,24 +95,18 @@ def normalized_flow_to_pixels(flow: Tensor, input_size: tuple[int, int], align_c
     return flow * scale
 
 
-@triton_op("flow_warp_triton")
 def _forward_triton(input: Tensor, flow: Tensor, padding_mode: str, align_corners: bool) -> Tensor:
     from fastseg.kernels import flow_warp as kernels
 
     return kernels.forward(input, flow, padding_mode, align_corners)
 
 
-@triton_op("flow_warp_backward_triton")
 def _backward_triton(
     grad_output: Tensor, input: Tensor, flow: Tensor, padding_mode: str, align_corners: bool
 ) -> tuple[Tensor, Tensor]:
     from fastseg.kernels import flow_warp as kernels
 
     return kernels.backward(grad_output, input, flow, padding_mode, align_corners)
-
-
-_TRITON = OpPair(_forward_triton, _backward_triton)
-_CPP = cpp_ops("flow_warp", "flow_warp_backward")
 
 
 def _fake_forward(input, flow, padding_mode, align_corners):
@@ -141,7 +134,14 @@ def _autograd_backward(pair: OpPair):
     return backward
 
 
-register([_CPP, _TRITON], _fake_forward, _fake_backward, _setup_context, _autograd_backward)
+def _fused_arguments(input, flow, padding_mode, align_corners):
+    """The fused kernels take the flow in their coordinate dtype: fp64 for fp64 input, else fp32."""
+    coordinates = flow.to(torch.float64 if input.dtype == torch.float64 else torch.float32)
+    return input, coordinates, padding_mode, align_corners
+
+
+FLOW_WARP = FusedOp("flow_warp", flow_warp_reference, _forward_triton, _backward_triton, _fake_forward,
+                    _fake_backward, _setup_context, _autograd_backward, fused_arguments=_fused_arguments)
 
 
 def flow_warp(
@@ -171,12 +171,7 @@ def flow_warp(
     if padding_mode not in PADDING_MODES:
         raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
     check_bool(align_corners, "align_corners")
-    name = _backend.resolve(input.device, backend)
-    if name == "reference":
-        return flow_warp_reference(input, flow, padding_mode, align_corners)
-    coordinates = flow.to(torch.float64 if input.dtype == torch.float64 else torch.float32)
-    pair = _TRITON if name == "triton" else _CPP
-    return pair.forward(input, coordinates, padding_mode, align_corners)
+    return FLOW_WARP(input.device, backend, input, flow, padding_mode, align_corners)
 
 
 class FlowWarp(nn.Module):

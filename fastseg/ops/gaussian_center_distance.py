@@ -16,9 +16,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from fastseg.ops import backend as _backend
 from fastseg.ops.checks import check_float, check_same_device, check_size
-from fastseg.ops.library import OpPair, cpp_ops, register, triton_op
+from fastseg.ops.library import FusedOp, OpPair
 
 
 def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -52,24 +51,18 @@ def gaussian_center_distance_reference(
     return phi.to(embeddings.dtype)
 
 
-@triton_op("gaussian_center_distance_triton")
 def _forward_triton(embeddings: Tensor, centers: Tensor, margins: Tensor, delta: float) -> Tensor:
     from fastseg.kernels import gaussian_center_distance as kernels
 
     return kernels.forward(embeddings, centers, margins, delta)
 
 
-@triton_op("gaussian_center_distance_backward_triton")
 def _backward_triton(
     grad_phi: Tensor, embeddings: Tensor, centers: Tensor, margins: Tensor, delta: float
 ) -> tuple[Tensor, Tensor, Tensor]:
     from fastseg.kernels import gaussian_center_distance as kernels
 
     return kernels.backward(grad_phi, embeddings, centers, margins, delta)
-
-
-_TRITON = OpPair(_forward_triton, _backward_triton)
-_CPP = cpp_ops("gaussian_center_distance", "gaussian_center_distance_backward")
 
 
 def _fake_forward(embeddings, centers, margins, delta):
@@ -103,7 +96,9 @@ def _autograd_backward(pair: OpPair):
     return backward
 
 
-register([_CPP, _TRITON], _fake_forward, _fake_backward, _setup_context, _autograd_backward)
+GAUSSIAN_CENTER_DISTANCE = FusedOp("gaussian_center_distance", gaussian_center_distance_reference, _forward_triton,
+                                   _backward_triton, _fake_forward, _fake_backward, _setup_context,
+                                   _autograd_backward)
 
 
 def gaussian_center_distance(
@@ -135,11 +130,7 @@ def gaussian_center_distance(
     centers = centers.to(embeddings.dtype)
     margins = margins.to(embeddings.dtype)
     delta = float(delta)
-    name = _backend.resolve(embeddings.device, backend)
-    if name == "reference":
-        return gaussian_center_distance_reference(embeddings, centers, margins, delta)
-    pair = _TRITON if name == "triton" else _CPP
-    return pair.forward(embeddings, centers, margins, delta)
+    return GAUSSIAN_CENTER_DISTANCE(embeddings.device, backend, embeddings, centers, margins, delta)
 
 
 class GaussianCenterDistance(nn.Module):

@@ -19,9 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fastseg.ops import backend as _backend
 from fastseg.ops.checks import check_float, check_same_device
-from fastseg.ops.library import OpPair, cpp_ops, register, triton_op
+from fastseg.ops.library import FusedOp, OpPair, first_output
 
 
 def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -42,7 +41,7 @@ def jaccard_gradient(gt_sorted: Tensor, valid_sorted: Tensor) -> Tensor:
     return torch.diff(jaccard, dim=-1, prepend=torch.zeros_like(jaccard[..., :1]))
 
 
-def lovasz_hinge_reference(logits: Tensor, labels: Tensor, valid: Tensor | None = None) -> Tensor:
+def lovasz_hinge_per_row(logits: Tensor, labels: Tensor, valid: Tensor | None = None) -> Tensor:
     """The readable per-row Lovász hinge: one sort per row, as in Berman et al.'s code.
 
     Shapes: logits (N,P) float, labels (N,P) 0/1, valid (N,P) bool or None -> losses (N,) in
@@ -66,11 +65,12 @@ def lovasz_hinge_reference(logits: Tensor, labels: Tensor, valid: Tensor | None 
     return torch.stack(losses).to(logits.dtype)
 
 
-def lovasz_hinge_vectorized(logits: Tensor, labels: Tensor, valid: Tensor | None = None) -> Tensor:
-    """The batched Lovász hinge in plain PyTorch: one sort of all rows, gather, cumsum.
+def lovasz_hinge_reference(logits: Tensor, labels: Tensor, valid: Tensor | None = None) -> Tensor:
+    """The batched Lovász hinge in plain PyTorch (the ``reference`` backend): one sort of all rows,
+    gather, cumsum.
 
     Invalid pixels get the key -inf, so they sort last and change no count. Same shapes as
-    :func:`lovasz_hinge_reference`.
+    :func:`lovasz_hinge_per_row`.
     """
     acc = accumulate_dtype(logits.dtype)
     labels = labels.to(torch.bool)
@@ -83,22 +83,16 @@ def lovasz_hinge_vectorized(logits: Tensor, labels: Tensor, valid: Tensor | None
     return (F.relu(errors_sorted) * grad).sum(dim=1).to(logits.dtype)
 
 
-@triton_op("lovasz_hinge_triton")
 def _forward_triton(logits: Tensor, labels: Tensor, valid: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-    from fastseg.kernels import lovasz as kernels
+    from fastseg.kernels import lovasz_hinge as kernels
 
     return kernels.forward(logits, labels, valid)
 
 
-@triton_op("lovasz_hinge_backward_triton")
 def _backward_triton(grad_loss: Tensor, permutation: Tensor, weights: Tensor) -> Tensor:
-    from fastseg.kernels import lovasz as kernels
+    from fastseg.kernels import lovasz_hinge as kernels
 
     return kernels.backward(grad_loss, permutation, weights)
-
-
-_TRITON = OpPair(_forward_triton, _backward_triton)
-_CPP = cpp_ops("lovasz_hinge", "lovasz_hinge_backward")
 
 
 def _fake_forward(logits, labels, valid):
@@ -125,16 +119,13 @@ def _autograd_backward(pair: OpPair):
     return backward
 
 
-register([_CPP, _TRITON], _fake_forward, _fake_backward, _setup_context, _autograd_backward)
+LOVASZ_HINGE = FusedOp("lovasz_hinge", lovasz_hinge_reference, _forward_triton, _backward_triton, _fake_forward,
+                       _fake_backward, _setup_context, _autograd_backward, fused_result=first_output)
 
 
 def lovasz_rows(logits: Tensor, labels: Tensor, valid: Tensor | None, backend: str | None) -> Tensor:
     """Per-row Lovász hinge on already validated inputs: labels and valid bool (N,P), same device."""
-    name = _backend.resolve(logits.device, backend)
-    if name == "reference":
-        return lovasz_hinge_vectorized(logits, labels, valid)
-    pair = _TRITON if name == "triton" else _CPP
-    return pair.forward(logits, labels, valid)[0]
+    return LOVASZ_HINGE(logits.device, backend, logits, labels, valid)
 
 
 def _check_mask(tensor: Tensor, name: str, like: Tensor) -> None:

@@ -20,9 +20,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from fastseg.ops import backend as _backend
 from fastseg.ops.checks import check_float, check_same_device, check_size
-from fastseg.ops.library import OpPair, cpp_ops, register, triton_op
+from fastseg.ops.library import FusedOp, OpPair, first_output
 
 
 def soft_class_pool_reference(features: Tensor, probs: Tensor) -> Tensor:
@@ -41,14 +40,12 @@ def attentional_class_feature_reference(features: Tensor, probs: Tensor) -> Tens
     return attended.reshape(features.shape)
 
 
-@triton_op("soft_class_pool_triton")
 def _pool_triton(features: Tensor, probs: Tensor) -> tuple[Tensor, Tensor]:
     from fastseg.kernels import soft_class_pool as kernels
 
     return kernels.pool(features, probs)
 
 
-@triton_op("soft_class_pool_backward_triton")
 def _pool_backward_triton(
     grad_centers: Tensor, features: Tensor, probs: Tensor, centers: Tensor, mass: Tensor
 ) -> tuple[Tensor, Tensor]:
@@ -57,26 +54,18 @@ def _pool_backward_triton(
     return kernels.backward(grad_centers, None, features, probs, centers, mass)
 
 
-@triton_op("attentional_class_feature_triton")
 def _attend_triton(features: Tensor, probs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     from fastseg.kernels import soft_class_pool as kernels
 
     return kernels.attend(features, probs)
 
 
-@triton_op("attentional_class_feature_backward_triton")
 def _attend_backward_triton(
     grad_attended: Tensor, features: Tensor, probs: Tensor, centers: Tensor, mass: Tensor
 ) -> tuple[Tensor, Tensor]:
     from fastseg.kernels import soft_class_pool as kernels
 
     return kernels.backward(None, grad_attended, features, probs, centers, mass)
-
-
-_POOL_TRITON = OpPair(_pool_triton, _pool_backward_triton)
-_ATTEND_TRITON = OpPair(_attend_triton, _attend_backward_triton)
-_POOL_CPP = cpp_ops("soft_class_pool", "soft_class_pool_backward")
-_ATTEND_CPP = cpp_ops("attentional_class_feature", "attentional_class_feature_backward")
 
 
 def _fake_pool(features, probs):
@@ -114,8 +103,11 @@ def _autograd_backward(pair: OpPair):
     return backward
 
 
-register([_POOL_CPP, _POOL_TRITON], _fake_pool, _fake_backward, _setup_pool, _autograd_backward)
-register([_ATTEND_CPP, _ATTEND_TRITON], _fake_attend, _fake_backward, _setup_attend, _autograd_backward)
+SOFT_CLASS_POOL = FusedOp("soft_class_pool", soft_class_pool_reference, _pool_triton, _pool_backward_triton,
+                          _fake_pool, _fake_backward, _setup_pool, _autograd_backward, fused_result=first_output)
+ATTENTIONAL_CLASS_FEATURE = FusedOp(
+    "attentional_class_feature", attentional_class_feature_reference, _attend_triton, _attend_backward_triton,
+    _fake_attend, _fake_backward, _setup_attend, _autograd_backward, fused_result=first_output)
 
 
 def _check_inputs(features: Tensor, probs: Tensor) -> None:
@@ -147,11 +139,7 @@ def soft_class_pool(features: Tensor, probs: Tensor, *, backend: str | None = No
         probabilities are all exactly 0. Differentiable w.r.t. features and probs.
     """
     _check_inputs(features, probs)
-    name = _backend.resolve(features.device, backend)
-    if name == "reference":
-        return soft_class_pool_reference(features, probs)
-    pair = _POOL_TRITON if name == "triton" else _POOL_CPP
-    return pair.forward(features, probs)[0]
+    return SOFT_CLASS_POOL(features.device, backend, features, probs)
 
 
 def attentional_class_feature(features: Tensor, probs: Tensor, *, backend: str | None = None) -> Tensor:
@@ -169,11 +157,7 @@ def attentional_class_feature(features: Tensor, probs: Tensor, *, backend: str |
         (B, C, H, W) contiguous, in the dtype of ``features``. Differentiable w.r.t. features and probs.
     """
     _check_inputs(features, probs)
-    name = _backend.resolve(features.device, backend)
-    if name == "reference":
-        return attentional_class_feature_reference(features, probs)
-    pair = _ATTEND_TRITON if name == "triton" else _ATTEND_CPP
-    return pair.forward(features, probs)[0]
+    return ATTENTIONAL_CLASS_FEATURE(features.device, backend, features, probs)
 
 
 class SoftClassPool(nn.Module):

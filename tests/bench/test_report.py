@@ -83,7 +83,7 @@ def test_every_cuda_kernel_file_predicts_its_gpu_benchmark_groups():
         assert groups, f"{path.name} has no `// predicted H200` line"
     assert all(group.endswith("fwd+bwd") and ("B=8" in group or "lovasz" in group) for group in predictions)
     assert all(0 < seconds < 1 for seconds in predictions.values())
-    # the lovász groups of bench/bench_lovasz.py at its GPU shapes
+    # the lovász groups of bench/bench_lovasz_hinge.py at its GPU shapes
     assert {"lovasz_hinge 97x97 N=152 fwd+bwd", "lovasz_hinge 769x769 N=38 fwd+bwd"} <= set(predictions)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastseg.ops.lovasz_hinge import lovasz_hinge_reference
+from fastseg.ops.lovasz_hinge import lovasz_hinge_per_row
 
 from .compare import DTYPES, check_every_order, on_device
 
@@ -37,7 +37,7 @@ def _tie_free_rows(rows, pixels, positive, valid, dtype):
 
 def _check(emulated, logits, labels, valid):
     reference_logits = logits.detach().double().requires_grad_()
-    losses = lovasz_hinge_reference(reference_logits, labels, valid)
+    losses = lovasz_hinge_per_row(reference_logits, labels, valid)
     grad_loss = torch.randn_like(losses).to(logits.dtype)
     (grad_logits,) = torch.autograd.grad(losses, reference_logits, grad_loss.double())
 

@@ -1,5 +1,6 @@
-"""soft_class_pool's and attentional_class_feature's CUDA kernels (pixel-slice GEMM, centers, class
-expansion, gradient scaling, probability gradients) on the emulated-CUDA layer."""
+"""soft_class_pool's and attentional_class_feature's CUDA path on the emulated-CUDA layer: the glue's
+batched GEMMs (at::bmm, here on the CPU) with the kernels around them (mass and normalisation,
+gradient scaling, row-term subtraction)."""
 from __future__ import annotations
 
 import pytest

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import fastseg.losses.cac as cac
 from fastseg.losses import ClassAwareConsistencyLoss, class_aware_consistency_loss
-from fastseg.ops import extension, lovasz_hinge_reference
+from fastseg.ops import extension, lovasz_hinge_per_row
 
 IGNORE = 255
 
@@ -38,7 +38,7 @@ def _reference(embeddings, margins, labels, delta=10.0, binary_loss="lovasz"):
             phi = 1 - torch.exp(-squared_distance * torch.exp(margin * delta))  # Eq. 2
             if binary_loss == "lovasz":
                 scores = (2 * (1 - phi) - 1)[valid]
-                cac_terms.append(lovasz_hinge_reference(scores[None], own[valid][None])[0])
+                cac_terms.append(lovasz_hinge_per_row(scores[None], own[valid][None])[0])
             else:
                 d, y = phi[valid], own[valid]
                 log_d, log_1md = torch.log(d).clamp(min=-100), torch.log(1 - d).clamp(min=-100)

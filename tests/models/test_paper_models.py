@@ -1,8 +1,8 @@
 """What every paper model must do: train/eval outputs, weighted finite losses, the fused ops it is
 built on, a short overfit, and torch.compile(fullgraph=True) forward + backward equal to eager.
 
-Each paper model registers one entry in PAPER_MODELS: tiny build options (so that the tests run in
-seconds on a CPU) and the ``torch.ops.fastseg`` ops a training step must call.
+Every registered model is tested: its registry entry (``model_info``) gives the tiny build options
+(so that the tests run in seconds on a CPU) and the ``torch.ops.fastseg`` ops a training step must call.
 """
 from __future__ import annotations
 
@@ -11,33 +11,13 @@ import multiprocessing
 import pytest
 import torch
 
-from fastseg.models import build_model, list_models
+from fastseg.models import build_model, list_models, model_info
 from fastseg.ops import FusedOpRecorder
 
 NUM_CLASSES = 5
 SIZE = 64
 
-PAPER_MODELS: dict[str, tuple[dict, set[str]]] = {
-    "acfnet": (
-        {"backbone": "resnet18", "channels": 32, "acf_channels": 16, "aux_channels": 16},
-        {"attentional_class_feature", "attentional_class_feature_backward"},
-    ),
-    # Auxiliary heads on stages 1-2 (strides 4, 8): the stride-32 head of the paper's default (3, 4)
-    # cannot fit the 16-pixel label cells of the overfit batch; tests/models/test_fenet.py covers them.
-    "fenet": ({"backbone": "resnet18", "channels": 16, "aux_channels": 16, "aux_stages": (1, 2)}, set()),
-    "decouple_fcn": ({"backbone": "resnet18", "channels": 32}, {"flow_warp", "flow_warp_backward"}),
-    "decouple_pspnet": ({"backbone": "resnet18", "channels": 32}, {"flow_warp", "flow_warp_backward"}),
-    "decouple_deeplabv3plus": ({"backbone": "resnet18", "channels": 32}, {"flow_warp", "flow_warp_backward"}),
-    **{
-        name: (
-            {"backbone": "resnet18", "channels": 32, "aux_channels": 16, "embedding_channels": 16},
-            {"class_avg_pool", "class_avg_pool_backward", "gaussian_center_distance",
-             "gaussian_center_distance_backward", "lovasz_hinge", "lovasz_hinge_backward",
-             "deform_conv2d", "deform_conv2d_backward"},
-        )
-        for name in ("csfrnet_fcn", "csfrnet_pspnet", "csfrnet_nonlocal", "csfrnet_deeplabv3plus")
-    },
-}
+MODELS = list_models()  # every registered model, baselines included
 
 
 def _batch(batch: int = 2, size: int = SIZE, cell: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,15 +34,25 @@ def _batch(batch: int = 2, size: int = SIZE, cell: int = 16) -> tuple[torch.Tens
 
 
 def _build(name: str, **extra) -> torch.nn.Module:
-    options, _ = PAPER_MODELS[name]
-    return build_model(name, NUM_CLASSES, **{**options, **extra})
+    return build_model(name, NUM_CLASSES, **{**model_info(name).test_options, **extra})
 
 
 def test_paper_models_are_registered():
-    assert set(PAPER_MODELS) <= set(list_models())
+    paper_models = {"acfnet", "fenet", *(f"decouple_{h}" for h in ("fcn", "pspnet", "deeplabv3plus")),
+                    *(f"csfrnet_{h}" for h in ("fcn", "pspnet", "nonlocal", "deeplabv3plus"))}
+    assert paper_models <= {name for name in MODELS if not model_info(name).baseline}
 
 
-@pytest.mark.parametrize("name", sorted(PAPER_MODELS))
+@pytest.mark.parametrize("name", MODELS)
+def test_every_registered_model_is_covered(name):
+    """The contract tests below run every registered model; its entry must say how (a tiny build)."""
+    info = model_info(name)
+    assert info.paper, f"{name}: register_model(..., paper=...) is missing"
+    assert info.test_options.get("backbone") in ("resnet18", "resnet34"), \
+        f"{name}: register_model(..., test_options=...) must build a tiny model (resnet18/34)"
+
+
+@pytest.mark.parametrize("name", MODELS)
 def test_outputs_losses_and_gradients(name):
     model = _build(name)
     images, labels = _batch()
@@ -86,18 +76,18 @@ def test_outputs_losses_and_gradients(name):
     assert logits.shape == (1, NUM_CLASSES, 72, 56)
 
 
-@pytest.mark.parametrize("name", sorted(PAPER_MODELS))
+@pytest.mark.parametrize("name", MODELS)
 def test_training_step_calls_the_fused_ops(name):
     model = _build(name)
     images, labels = _batch()
     with FusedOpRecorder() as recorder:
         model.loss(model(images), labels)["total"].backward()
-    expected = PAPER_MODELS[name][1]
+    expected = model_info(name).fused_ops
     print(f"{name}: fastseg ops called: {sorted(recorder.called)}")
     assert expected <= recorder.called
 
 
-@pytest.mark.parametrize("name", sorted(PAPER_MODELS))
+@pytest.mark.parametrize("name", MODELS)
 def test_short_overfit_lowers_the_total_loss(name, fit_one_batch):
     model = _build(name, dropout=0.0)
     images, labels = _batch()
@@ -131,7 +121,7 @@ def _compiled_matches_eager(name: str, backend: str, dtype: torch.dtype = torch.
             )
 
 
-@pytest.mark.parametrize("name", sorted(PAPER_MODELS))
+@pytest.mark.parametrize("name", MODELS)
 def test_compile_fullgraph_matches_eager(name):
     torch._dynamo.reset()
     _compiled_matches_eager(name, "aot_eager")

@@ -1,7 +1,6 @@
 """class_avg_pool and downsample_labels: every fused backend against the PyTorch reference."""
 from __future__ import annotations
 
-import importlib
 
 import pytest
 import torch
@@ -9,7 +8,7 @@ import torch.nn.functional as F
 from torch.library import opcheck
 
 from fastseg import ops
-from fastseg.ops.class_avg_pool import class_avg_pool_reference
+from fastseg.ops.class_avg_pool import CLASS_AVG_POOL, class_avg_pool_reference
 
 IGNORE = 255
 
@@ -106,16 +105,11 @@ def test_gradcheck(differentiable):
     assert torch.autograd.gradcheck(lambda x: ops.class_avg_pool(x, labels, 4, IGNORE, backend=backend)[0], (features,))
 
 
-def _op_of(backend):
-    module = importlib.import_module("fastseg.ops.class_avg_pool")
-    return (module._TRITON if backend == "triton" else module._CPP).forward
-
-
 def test_opcheck(fused):
     backend, device = fused
     features = torch.randn(2, 5, 6, 7, device=device, requires_grad=True)
     labels = _labels(2, 6, 7, 4, device)
-    opcheck(_op_of(backend), (features, labels, 4, IGNORE))
+    opcheck(CLASS_AVG_POOL.pair(backend).forward, (features, labels, 4, IGNORE))
 
 
 def test_compile_fullgraph_matches_eager(fused):
@@ -179,9 +173,9 @@ def test_kernels_never_read_outside_for_bad_labels(fused):
     labels[0, 0, :3] = torch.tensor([-7, 3, 10**9])
     if backend == "cpu":
         with pytest.raises(ValueError, match="outside"):
-            _op_of(backend)(features, labels, 3, IGNORE)
+            CLASS_AVG_POOL.pair(backend).forward(features, labels, 3, IGNORE)
         return
-    centers, counts = _op_of(backend)(features, labels, 3, IGNORE)
+    centers, counts = CLASS_AVG_POOL.pair(backend).forward(features, labels, 3, IGNORE)
     expected, expected_counts = class_avg_pool_reference(features, labels, 3, IGNORE)
     torch.testing.assert_close(counts, expected_counts)
     torch.testing.assert_close(centers, expected)

@@ -3,7 +3,6 @@ torchvision.ops.deform_conv2d itself (where torchvision is installed)."""
 from __future__ import annotations
 
 import functools
-import importlib
 import math
 
 import pytest
@@ -12,7 +11,7 @@ import torch.nn.functional as F
 from torch.library import opcheck
 
 from fastseg import ops
-from fastseg.ops.deform_conv2d import deform_conv2d_reference, output_size
+from fastseg.ops.deform_conv2d import DEFORM_CONV2D, deform_conv2d_reference, output_size
 
 
 def _inputs(batch, channels, size, out_channels, kernel=3, stride=1, padding=1, dilation=1, groups=1,
@@ -219,17 +218,12 @@ def test_gradcheck(differentiable):
     assert torch.autograd.gradcheck(fn, tensors, fast_mode=True)
 
 
-def _op_of(backend):
-    module = importlib.import_module("fastseg.ops.deform_conv2d")
-    return (module._TRITON if backend == "triton" else module._CPP).forward
-
-
 @pytest.mark.parametrize("with_mask", [True, False])
 def test_opcheck(fused, with_mask):
     backend, device = fused
     args = _inputs(2, 4, 4, 2, kernel=2, offset_groups=2, with_mask=with_mask, device=device, dtype=torch.float32)
     tensors = [args[k].requires_grad_() if args[k] is not None else None for k in ("input", "offset", "weight", "mask", "bias")]
-    opcheck(_op_of(backend), (*tensors, [1, 1], [1, 1], [1, 1]))
+    opcheck(DEFORM_CONV2D.pair(backend).forward, (*tensors, [1, 1], [1, 1], [1, 1]))
 
 
 def test_compile_fullgraph_matches_eager(fused):

@@ -1,7 +1,6 @@
 """flow_warp: every fused backend against the grid_sample reference, values and gradients."""
 from __future__ import annotations
 
-import importlib
 
 import pytest
 import torch
@@ -9,7 +8,7 @@ import torch.nn.functional as F
 from torch.library import opcheck
 
 from fastseg import ops
-from fastseg.ops.flow_warp import flow_warp_reference
+from fastseg.ops.flow_warp import FLOW_WARP, flow_warp_reference
 
 PADDINGS = ("zeros", "border")
 
@@ -165,17 +164,12 @@ def test_gradcheck(differentiable, padding, align):
     )
 
 
-def _op_of(backend):
-    module = importlib.import_module("fastseg.ops.flow_warp")
-    return (module._TRITON if backend == "triton" else module._CPP).forward
-
-
 @pytest.mark.parametrize("padding, align", [("zeros", True), ("border", False)], ids=["zeros-align", "border-no-align"])
 def test_opcheck(fused, padding, align):
     backend, device = fused
     input = torch.randn(2, 3, 5, 6, device=device, requires_grad=True)
     flow = _flow(2, (5, 6), (4, 7), align, reach=0.3).to(device).requires_grad_()
-    opcheck(_op_of(backend), (input, flow, padding, align))
+    opcheck(FLOW_WARP.pair(backend).forward, (input, flow, padding, align))
 
 
 def test_compile_fullgraph_matches_eager(fused):

@@ -1,14 +1,13 @@
 """gaussian_center_distance (CSFRNet Eq. 2): every fused backend against the PyTorch reference."""
 from __future__ import annotations
 
-import importlib
 
 import pytest
 import torch
 from torch.library import opcheck
 
 from fastseg import ops
-from fastseg.ops.gaussian_center_distance import gaussian_center_distance_reference
+from fastseg.ops.gaussian_center_distance import GAUSSIAN_CENTER_DISTANCE, gaussian_center_distance_reference
 
 DELTA = 10.0
 
@@ -142,15 +141,10 @@ def test_gradcheck(differentiable):
     )
 
 
-def _op_of(backend):
-    module = importlib.import_module("fastseg.ops.gaussian_center_distance")
-    return (module._TRITON if backend == "triton" else module._CPP).forward
-
-
 def test_opcheck(fused):
     backend, device = fused
     inputs = [t.to(device).requires_grad_() for t in _inputs(1, 3, 4, 5, 3)]
-    opcheck(_op_of(backend), (*inputs, DELTA))
+    opcheck(GAUSSIAN_CENTER_DISTANCE.pair(backend).forward, (*inputs, DELTA))
 
 
 def test_compile_fullgraph_matches_eager(fused):

@@ -1,4 +1,4 @@
-"""lovasz_hinge: every fused backend and the vectorised reference against the per-row reference.
+"""lovasz_hinge: every fused backend and the (vectorised) reference against the per-row loop.
 
 Ties: the Lovász extension is well defined, so the loss does not depend on how equal errors are
 ordered, but its gradient does (two tied pixels with different labels swap their Jaccard-gradient
@@ -8,7 +8,6 @@ loss values only.
 """
 from __future__ import annotations
 
-import importlib
 
 import pytest
 import torch
@@ -16,7 +15,7 @@ from torch.library import opcheck
 
 from fastseg import ops
 from fastseg.losses import LovaszHingeLoss
-from fastseg.ops.lovasz_hinge import lovasz_hinge_reference, lovasz_hinge_vectorized
+from fastseg.ops.lovasz_hinge import LOVASZ_HINGE, lovasz_hinge_per_row, lovasz_hinge_reference
 
 
 def _tie_free_rows(rows, pixels, positive=0.3, valid=0.8, device="cpu", dtype=torch.float32):
@@ -50,7 +49,7 @@ def _compare(backend, device, logits, labels, valid, dtype=torch.float32, atol=1
     x = logits.to(device=device, dtype=dtype).requires_grad_()
     expected_x = logits.detach().double().requires_grad_()
     losses = ops.lovasz_hinge(x, labels.to(device), None if valid is None else valid.to(device), backend=backend)
-    expected = lovasz_hinge_reference(expected_x, labels, valid)
+    expected = lovasz_hinge_per_row(expected_x, labels, valid)
     assert losses.dtype == dtype and losses.shape == (logits.shape[0],)
     torch.testing.assert_close(losses.double().cpu(), expected, atol=atol, rtol=rtol)
     if grads:
@@ -74,7 +73,7 @@ def test_vectorized_reference_matches_per_row(case):
     rows, pixels, positive, valid = CASES[case]
     logits, labels, mask = _tie_free_rows(rows, pixels, positive, valid, dtype=torch.float64)
     _compare("reference", torch.device("cpu"), logits, labels, mask, dtype=torch.float64, atol=1e-12, rtol=1e-12)
-    torch.testing.assert_close(lovasz_hinge_vectorized(logits, labels, mask), lovasz_hinge_reference(logits, labels, mask))
+    torch.testing.assert_close(lovasz_hinge_reference(logits, labels, mask), lovasz_hinge_per_row(logits, labels, mask))
 
 
 def test_ties_give_the_reference_loss(fused):
@@ -115,7 +114,7 @@ def test_integer_labels_and_non_contiguous_logits(fused):
     int_labels = labels.to(torch.int64)
     int_labels[~mask] = 255  # outside {0, 1} is allowed where not valid
     losses = ops.lovasz_hinge(strided.to(device), int_labels.to(device), mask.to(device), backend=backend)
-    torch.testing.assert_close(losses.cpu(), lovasz_hinge_reference(logits, labels, mask))
+    torch.testing.assert_close(losses.cpu(), lovasz_hinge_per_row(logits, labels, mask))
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
@@ -138,16 +137,11 @@ def test_gradcheck(differentiable):
     assert torch.autograd.gradcheck(lambda x: ops.lovasz_hinge(x, labels, mask, backend=backend), (logits,))
 
 
-def _op_of(backend):
-    module = importlib.import_module("fastseg.ops.lovasz_hinge")
-    return (module._TRITON if backend == "triton" else module._CPP).forward
-
-
 def test_opcheck(fused):
     backend, device = fused
     logits, labels, mask = _tie_free_rows(3, 37, device=device)
-    opcheck(_op_of(backend), (logits.requires_grad_(), labels, mask))
-    opcheck(_op_of(backend), (logits, labels, None))
+    opcheck(LOVASZ_HINGE.pair(backend).forward, (logits.requires_grad_(), labels, mask))
+    opcheck(LOVASZ_HINGE.pair(backend).forward, (logits, labels, None))
 
 
 def test_compile_fullgraph_matches_eager(fused):
@@ -169,7 +163,7 @@ def test_compile_fullgraph_matches_eager(fused):
 
 def test_module_reduces_rows():
     logits, labels, mask = _tie_free_rows(3, 20)
-    losses = lovasz_hinge_reference(logits, labels, mask)
+    losses = lovasz_hinge_per_row(logits, labels, mask)
     torch.testing.assert_close(LovaszHingeLoss()(logits, labels, mask), losses.mean())
     torch.testing.assert_close(LovaszHingeLoss("sum")(logits, labels, mask), losses.sum())
     torch.testing.assert_close(LovaszHingeLoss("none")(logits, labels, mask), losses)

@@ -1,14 +1,18 @@
 """soft_class_pool and attentional_class_feature: every fused backend against the PyTorch reference."""
 from __future__ import annotations
 
-import importlib
 
 import pytest
 import torch
 from torch.library import opcheck
 
 from fastseg import ops
-from fastseg.ops.soft_class_pool import attentional_class_feature_reference, soft_class_pool_reference
+from fastseg.ops.soft_class_pool import (
+    ATTENTIONAL_CLASS_FEATURE,
+    SOFT_CLASS_POOL,
+    attentional_class_feature_reference,
+    soft_class_pool_reference,
+)
 
 FUNCTIONS = {
     "soft_class_pool": (ops.soft_class_pool, soft_class_pool_reference),
@@ -125,14 +129,8 @@ def test_gradcheck(differentiable, function):
 
 
 def _op_of(backend, function):
-    module = importlib.import_module("fastseg.ops.soft_class_pool")
-    pairs = {
-        ("triton", "soft_class_pool"): module._POOL_TRITON,
-        ("triton", "attentional_class_feature"): module._ATTEND_TRITON,
-        ("cpp", "soft_class_pool"): module._POOL_CPP,
-        ("cpp", "attentional_class_feature"): module._ATTEND_CPP,
-    }
-    return pairs["triton" if backend == "triton" else "cpp", function].forward
+    declaration = {"soft_class_pool": SOFT_CLASS_POOL, "attentional_class_feature": ATTENTIONAL_CLASS_FEATURE}
+    return declaration[function].pair(backend).forward
 
 
 @pytest.mark.parametrize("function", FUNCTIONS)

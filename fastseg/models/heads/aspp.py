@@ -55,5 +55,5 @@ class DeepLabV3Head(DecodeHead):
         super().__init__(channels, num_classes, dropout)
         self.aspp = ASPP(in_channels, channels, rates)
 
-    def forward_features(self, features: Sequence[Tensor]) -> Tensor:
+    def context(self, features: Sequence[Tensor]) -> Tensor:
         return self.aspp(features[3])

@@ -38,10 +38,11 @@ class DeepLabV3PlusHead(DecodeHead):
         conv = SeparableConvBNReLU if separable else partial(ConvBNReLU, kernel_size=3)
         self.decoder = nn.Sequential(conv(channels + skip_channels, channels), conv(channels, channels))
 
-    def forward_features(self, features: Sequence[Tensor]) -> Tensor:
-        return self.decode(self.aspp(features[3]), features[0])
+    def context(self, features: Sequence[Tensor]) -> Tensor:
+        """ASPP(C4): (B, channels, h, w)."""
+        return self.aspp(features[3])
 
-    def decode(self, context: Tensor, c1: Tensor) -> Tensor:
-        """ASPP output (B, channels, h, w) and C1 (B, c1_channels, H/4, W/4) -> (B, channels, H/4, W/4)."""
-        context = resize(context, c1.shape[-2:])
-        return self.decoder(torch.cat([context, self.skip(c1)], dim=1))
+    def decode(self, context: Tensor, features: Sequence[Tensor]) -> Tensor:
+        """ASPP output (B, channels, h, w), C1 = features[0] (B, c1_channels, H/4, W/4) -> (B, channels, H/4, W/4)."""
+        c1 = features[0]
+        return self.decoder(torch.cat([resize(context, c1.shape[-2:]), self.skip(c1)], dim=1))

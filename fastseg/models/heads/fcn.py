@@ -35,7 +35,7 @@ class FCNHead(DecodeHead):
         )
         self.fuse = ConvBNReLU(in_channels + channels, channels, 3) if concat_input else None
 
-    def forward_features(self, features: Sequence[Tensor]) -> Tensor:
+    def context(self, features: Sequence[Tensor]) -> Tensor:
         x = features[self.in_index]
         out = self.convs(x)
         if self.fuse is not None:

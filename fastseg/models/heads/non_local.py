@@ -53,7 +53,7 @@ class NonLocalHead(DecodeHead):
         self.post = ConvBNReLU(channels, channels, 3)
         self.fuse = ConvBNReLU(in_channels + channels, channels, 3)
 
-    def forward_features(self, features: Sequence[Tensor]) -> Tensor:
+    def context(self, features: Sequence[Tensor]) -> Tensor:
         x = features[3]
         out = self.post(self.non_local(self.reduce(x)))
         return self.fuse(torch.cat([x, out], dim=1))

@@ -45,5 +45,5 @@ class PSPHead(DecodeHead):
         self.ppm = PyramidPoolingModule(in_channels, channels, bins)
         self.bottleneck = ConvBNReLU(self.ppm.out_channels, channels, bottleneck_kernel)
 
-    def forward_features(self, features: Sequence[Tensor]) -> Tensor:
+    def context(self, features: Sequence[Tensor]) -> Tensor:
         return self.bottleneck(self.ppm(features[3]))

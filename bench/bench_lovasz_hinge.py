@@ -26,7 +26,7 @@ SHAPES = {
 
 @functools.lru_cache(maxsize=None)
 def _compiled_reference():
-    return torch.compile(ops.lovasz_hinge_vectorized)
+    return torch.compile(ops.lovasz_hinge_reference)
 
 
 def _rows(rows, pixels):
@@ -65,4 +65,4 @@ def test_lovasz_hinge(benchmark, implementation, shape):
 def test_lovasz_hinge_per_row_reference(benchmark, shape):
     if shape == "193x193":
         pytest.skip("the per-row reference takes seconds per step on CPU beyond 97x97")
-    _bench(benchmark, ops.lovasz_hinge_reference, shape)
+    _bench(benchmark, ops.lovasz_hinge_per_row, shape)
