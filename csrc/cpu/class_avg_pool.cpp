@@ -24,9 +24,9 @@ namespace {
 constexpr int64_t kLanes = 4;  // independent partial sums per class in the forward scatter-add
 
 // slots[b * P + p] = labels[b, p] if it is in [0, K) and not ignore_index (which may lie in
-// [0, K)), else K. With `strict`, a label outside
-// [0, K) other than ignore_index raises a ValueError.
-std::vector<int32_t> label_slots(const at::Tensor& labels, int64_t num_classes, int64_t ignore_index, bool strict) {
+// [0, K)), else K: a label outside [0, K) counts nowhere, as on every backend (fastseg.ops
+// validates labels once, in check_labels, before the op runs).
+std::vector<int32_t> label_slots(const at::Tensor& labels, int64_t num_classes, int64_t ignore_index) {
   const int64_t total = labels.numel();
   const int64_t* label = labels.const_data_ptr<int64_t>();
   std::vector<int32_t> slots(total);
@@ -34,8 +34,6 @@ std::vector<int32_t> label_slots(const at::Tensor& labels, int64_t num_classes, 
     for (int64_t i = begin; i < end; ++i) {
       const int64_t value = label[i];
       const bool valid = value >= 0 && value < num_classes && value != ignore_index;
-      TORCH_CHECK_VALUE(valid || !strict || value == ignore_index, "labels holds ", value, ", outside [0, ",
-                        num_classes, ") and not ignore_index=", ignore_index);
       slots[i] = static_cast<int32_t>(valid ? value : num_classes);
     }
   });
@@ -48,7 +46,7 @@ std::tuple<at::Tensor, at::Tensor> class_avg_pool_cpu(const at::Tensor& features
   const int64_t batch = features.size(0), channels = features.size(1);
   const int64_t pixels = features.size(2) * features.size(3), bins = num_classes + 1;
   const at::Tensor feats = features.contiguous();
-  const std::vector<int32_t> slots = label_slots(labels.contiguous(), num_classes, ignore_index, /*strict=*/true);
+  const std::vector<int32_t> slots = label_slots(labels.contiguous(), num_classes, ignore_index);
 
   at::Tensor counts = at::zeros({batch, num_classes}, labels.options());
   int64_t* count = counts.data_ptr<int64_t>();
@@ -95,7 +93,7 @@ at::Tensor class_avg_pool_backward_cpu(const at::Tensor& grad_centers, const at:
   checks::class_avg_pool_backward_inputs(grad_centers, labels, counts);
   const int64_t batch = grad_centers.size(0), num_classes = grad_centers.size(1), channels = grad_centers.size(2);
   const int64_t height = labels.size(1), width = labels.size(2), pixels = height * width;
-  const std::vector<int32_t> slots = label_slots(labels.contiguous(), num_classes, ignore_index, /*strict=*/false);
+  const std::vector<int32_t> slots = label_slots(labels.contiguous(), num_classes, ignore_index);
   const at::Tensor grad = grad_centers.contiguous();
   const at::Tensor count = counts.contiguous();
   at::Tensor grad_features = at::empty({batch, channels, height, width}, grad_centers.options());
