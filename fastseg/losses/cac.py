@@ -84,9 +84,10 @@ def class_aware_consistency_loss(
             scores.reshape(-1, pixels), own_class.reshape(-1, pixels), valid.reshape(-1, pixels)
         ).view(batch, num_classes)
     else:
+        # Binary cross-entropy towards d = 0 (own class) and d = 1 (others), logs clamped at -100 as
+        # F.binary_cross_entropy does (which CUDA autocast refuses); fp32 (fp64 for fp64 embeddings).
         distance = at_least_float32(distance)
-        with torch.autocast(distance.device.type, enabled=False):  # CUDA autocast refuses binary_cross_entropy
-            bce = F.binary_cross_entropy(distance, (~own_class).to(distance.dtype), reduction="none")
+        bce = -torch.where(own_class, torch.log1p(-distance), torch.log(distance)).clamp(min=-100)
         rows = (bce * valid).sum(2) / valid.sum(2).clamp(min=1)
     loss_cac = present_class_mean(rows, present)  # Eq. 4
 

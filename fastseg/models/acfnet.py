@@ -59,7 +59,6 @@ class AttentionalClassFeatureModule(nn.Module):
 
     def forward(self, feature: Tensor, probs: Tensor) -> Tensor:
         reduced = self.reduce(feature)
-        probs = probs.to(reduced.dtype)  # autocast runs the softmax in fp32; the ops need one dtype
         if self.mode == "sum":
             attended = attentional_class_feature(reduced, probs)  # Eq. 2 then Eq. 3, fused
         else:

@@ -18,7 +18,10 @@ Non-finite values (NaN, +-Inf), the same on every backend (tests/ops/test_nonfin
    gradient (the limit of its derivative); a NaN gives NaN, in the output and the gradients.
 
 Bad arguments raise ``ValueError`` naming the argument, both in the Python front ends and in the
-raw ``torch.ops.fastseg`` ops, whose C++ checks (csrc/checks/) stand on their own.
+raw ``torch.ops.fastseg`` ops, whose C++ checks (csrc/checks/) stand on their own. Label values
+are checked once, in the front end (``checks.check_labels``); the kernels of every backend count a
+label outside [0, K) nowhere. Under ``torch.autocast`` each op casts its inputs by the policy its
+``FusedOp`` declares (docs/ops.md, "Mixed precision").
 """
 from fastseg.ops.backend import BACKENDS, get_backend, set_backend, use_backend
 from fastseg.ops.class_avg_pool import ClassAvgPool, class_avg_pool, class_avg_pool_reference, downsample_labels

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from fastseg.ops.library import autocast_dtype
+
 
 def _check_tensor(tensor: torch.Tensor, name: str) -> None:
     """A tensor (meta tensors too: they run the reference, shapes only, e.g. for models.summary)."""
@@ -51,6 +53,18 @@ def check_same_device(**tensors: torch.Tensor) -> None:
     for name, tensor in items[1:]:
         if tensor.device != first.device:
             raise ValueError(f"{name} is on {tensor.device} but {first_name} is on {first.device}")
+
+
+def check_same_dtype(autocast: str | None, **tensors: torch.Tensor) -> None:
+    """All tensors in the first one's dtype, unless the op's autocast policy ``autocast`` is about to cast
+    them to one dtype (``torch.autocast`` enabled on their device)."""
+    items = list(tensors.items())
+    first_name, first = items[0]
+    if autocast_dtype(autocast, first.device.type) is not None:
+        return
+    for name, tensor in items[1:]:
+        if tensor.dtype != first.dtype:
+            raise ValueError(f"{name} has dtype {tensor.dtype} but {first_name} has {first.dtype}")
 
 
 def check_size(actual: int, expected: int, what: str) -> None:

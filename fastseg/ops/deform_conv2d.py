@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
-from fastseg.ops.checks import check_float, check_same_device
+from fastseg.ops.checks import check_float, check_same_device, check_same_dtype
 from fastseg.ops.library import FusedOp, OpPair
 
 
@@ -148,7 +148,8 @@ def _fused_arguments(input, offset, weight, bias, stride, padding, dilation, mas
 
 
 DEFORM_CONV2D = FusedOp("deform_conv2d", deform_conv2d_reference, _forward_triton, _backward_triton, _fake_forward,
-                        _fake_backward, _setup_context, _autograd_backward, fused_arguments=_fused_arguments)
+                        _fake_backward, _setup_context, _autograd_backward, fused_arguments=_fused_arguments,
+                        autocast="lower")
 
 
 def _check_pair(value, name: str, minimum: int) -> tuple[int, int]:
@@ -172,9 +173,7 @@ def _validate(input, offset, weight, bias, stride, padding, dilation, mask):
         check_float(mask, "mask", 4)
         tensors["mask"] = mask
     check_same_device(**tensors)
-    for name, tensor in tensors.items():
-        if tensor.dtype != input.dtype:
-            raise ValueError(f"{name} has dtype {tensor.dtype} but input has {input.dtype}")
+    check_same_dtype(DEFORM_CONV2D.autocast, **tensors)
     stride = _check_pair(stride, "stride", 1)
     padding = _check_pair(padding, "padding", 0)
     dilation = _check_pair(dilation, "dilation", 1)

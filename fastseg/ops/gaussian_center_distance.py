@@ -98,7 +98,7 @@ def _autograd_backward(pair: OpPair):
 
 GAUSSIAN_CENTER_DISTANCE = FusedOp("gaussian_center_distance", gaussian_center_distance_reference, _forward_triton,
                                    _backward_triton, _fake_forward, _fake_backward, _setup_context,
-                                   _autograd_backward)
+                                   _autograd_backward, autocast="fp32")
 
 
 def gaussian_center_distance(
@@ -114,7 +114,8 @@ def gaussian_center_distance(
         backend: one of ``fastseg.ops.BACKENDS``; None uses the process default.
 
     Returns:
-        phi (B, K, H, W) in the dtype of ``embeddings``; centers and margins are cast to it first.
+        phi (B, K, H, W) in the dtype of ``embeddings`` (float32 under autocast); centers and margins
+        are cast to it first.
         Differentiable w.r.t. embeddings, centers and margins.
     """
     check_float(embeddings, "embeddings", 4)
@@ -127,8 +128,9 @@ def gaussian_center_distance(
     check_size(margins.shape[1], centers.shape[1], "margins classes (K)")
     if not isinstance(delta, (int, float)) or not math.isfinite(delta):
         raise ValueError(f"delta must be a finite number, got {delta!r}")
-    centers = centers.to(embeddings.dtype)
-    margins = margins.to(embeddings.dtype)
+    dtype = GAUSSIAN_CENTER_DISTANCE.run_dtype(embeddings)  # fp32 under autocast
+    centers = centers.to(dtype)
+    margins = margins.to(dtype)
     delta = float(delta)
     return GAUSSIAN_CENTER_DISTANCE(embeddings.device, backend, embeddings, centers, margins, delta)
 

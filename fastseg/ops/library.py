@@ -5,7 +5,10 @@ csrc/ops.cpp, CPU and CUDA kernels registered by the extension) and as a Triton 
 (``fastseg::<name>_triton`` and ``<name>_backward_triton``, defined here from two Python functions).
 Both get the same fake kernel and the same autograd formula, so ``torch.compile`` and
 ``torch.library.opcheck`` treat every backend alike; the ``reference`` backend runs the op's
-plain-PyTorch ``*_reference`` function. See docs/ops.md for the contract and how to add an op.
+plain-PyTorch ``*_reference`` function. Under ``torch.autocast`` an op with an autocast policy casts its
+floating inputs once, the same way on every backend (registered on the Autocast dispatch keys of the C++
+and Triton ops, applied in Python for the reference), so models never cast by hand. See docs/ops.md
+for the contract and how to add an op.
 """
 from __future__ import annotations
 
@@ -22,6 +25,45 @@ class OpPair(NamedTuple):
 
     forward: Callable
     backward: Callable
+
+
+AUTOCAST_POLICIES = ("lower", "fp32", None)
+"""``"lower"``: cast to autocast's dtype (bf16/fp16), as for matmul and conv; ``"fp32"``: cast to float32,
+as for losses; ``None``: no autocast rule, the op runs in its inputs' dtypes."""
+
+_AUTOCAST_DEVICE_TYPES = ("cpu", "cuda")
+_AUTOCAST_LIBRARY = torch.library.Library("fastseg", "IMPL")
+
+
+def autocast_dtype(policy: str | None, device_type: str) -> torch.dtype | None:
+    """The dtype ``policy`` casts floating inputs on ``device_type`` to; None when autocast is off there."""
+    if policy is None or not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.float32 if policy == "fp32" else torch.get_autocast_dtype(device_type)
+
+
+def _castable(value, device_type: str) -> bool:
+    """A floating tensor on ``device_type`` other than float64: what autocast casts."""
+    return isinstance(value, torch.Tensor) and value.is_floating_point() and value.device.type == device_type \
+        and value.dtype != torch.float64
+
+
+def _cast(value, device_type: str, dtype: torch.dtype):
+    return value.to(dtype) if _castable(value, device_type) else value
+
+
+def _register_autocast(op: torch._ops.OpOverload, policy: str) -> None:
+    """Autocast kernels of ``op`` on every autocast device type: cast by ``policy``, then run ``op``."""
+    for device_type in _AUTOCAST_DEVICE_TYPES:
+        key = "Autocast" + torch._C._dispatch_key_for_device(device_type)
+        excluded = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, key))
+
+        def kernel(_keyset, *arguments, device_type=device_type, excluded=excluded):
+            dtype = autocast_dtype(policy, device_type)
+            with torch._C._ExcludeDispatchKeyGuard(excluded):
+                return op(*(_cast(a, device_type, dtype) for a in arguments) if dtype else arguments)
+
+        _AUTOCAST_LIBRARY.impl(op, kernel, key, with_keyset=True)
 
 
 def _unchanged(*arguments):
@@ -53,6 +95,7 @@ class FusedOp:
         fused_arguments: the fused forward op's arguments from the front end's (default: the same).
         fused_result: the front end's result from the fused forward's outputs (default: the same),
             e.g. without the tensors the forward saves for the backward.
+        autocast: one of :data:`AUTOCAST_POLICIES`, what ``torch.autocast`` does to the op's inputs.
     """
 
     def __init__(
@@ -67,8 +110,12 @@ class FusedOp:
         backward: Callable[[OpPair], Callable],
         fused_arguments: Callable[..., tuple] = _unchanged,
         fused_result: Callable = _same,
+        autocast: str | None = None,
     ) -> None:
+        if autocast not in AUTOCAST_POLICIES:
+            raise ValueError(f"autocast must be one of {AUTOCAST_POLICIES}, got {autocast!r}")
         self.name = name
+        self.autocast = autocast
         self.reference = reference
         self.fused_arguments = fused_arguments
         self.fused_result = fused_result
@@ -86,6 +133,13 @@ class FusedOp:
             torch.library.register_fake(pair.forward)(fake_forward)
             torch.library.register_fake(pair.backward)(fake_backward)
             torch.library.register_autograd(pair.forward, backward(pair), setup_context=setup_context)
+            if autocast is not None:
+                _register_autocast(getattr(pair.forward, "_opoverload", pair.forward), autocast)
+
+    def run_dtype(self, tensor: torch.Tensor) -> torch.dtype:
+        """The dtype ``tensor`` has when the op runs: autocast's cast of it by the op's policy, else its own."""
+        dtype = autocast_dtype(self.autocast, tensor.device.type)
+        return dtype if dtype is not None and _castable(tensor, tensor.device.type) else tensor.dtype
 
     def pair(self, backend: str) -> OpPair:
         """The forward and backward ops of a fused backend: "triton", or "cpu"/"cuda" (the C++ ops)."""
@@ -99,5 +153,9 @@ class FusedOp:
         """Run the op on validated ``arguments`` with the backend resolved for ``device``."""
         name = _backend.resolve(device, backend)
         if name == "reference":
-            return self.reference(*arguments)
+            dtype = autocast_dtype(self.autocast, device.type)
+            if dtype is None:
+                return self.reference(*arguments)
+            with torch.autocast(device.type, enabled=False):  # as the fused ops' Autocast kernels
+                return self.reference(*(_cast(a, device.type, dtype) for a in arguments))
         return self.fused_result(self.pair(name).forward(*self.fused_arguments(*arguments)))

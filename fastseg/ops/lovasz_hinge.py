@@ -120,7 +120,8 @@ def _autograd_backward(pair: OpPair):
 
 
 LOVASZ_HINGE = FusedOp("lovasz_hinge", lovasz_hinge_reference, _forward_triton, _backward_triton, _fake_forward,
-                       _fake_backward, _setup_context, _autograd_backward, fused_result=first_output)
+                       _fake_backward, _setup_context, _autograd_backward, fused_result=first_output,
+                       autocast="fp32")
 
 
 def lovasz_rows(logits: Tensor, labels: Tensor, valid: Tensor | None, backend: str | None) -> Tensor:

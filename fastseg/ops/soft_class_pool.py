@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from fastseg.ops.checks import check_float, check_same_device, check_size
+from fastseg.ops.checks import check_float, check_same_device, check_same_dtype, check_size
 from fastseg.ops.library import FusedOp, OpPair, first_output
 
 
@@ -104,10 +104,12 @@ def _autograd_backward(pair: OpPair):
 
 
 SOFT_CLASS_POOL = FusedOp("soft_class_pool", soft_class_pool_reference, _pool_triton, _pool_backward_triton,
-                          _fake_pool, _fake_backward, _setup_pool, _autograd_backward, fused_result=first_output)
+                          _fake_pool, _fake_backward, _setup_pool, _autograd_backward, fused_result=first_output,
+                          autocast="lower")
 ATTENTIONAL_CLASS_FEATURE = FusedOp(
     "attentional_class_feature", attentional_class_feature_reference, _attend_triton, _attend_backward_triton,
-    _fake_attend, _fake_backward, _setup_attend, _autograd_backward, fused_result=first_output)
+    _fake_attend, _fake_backward, _setup_attend, _autograd_backward, fused_result=first_output,
+    autocast="lower")
 
 
 def _check_inputs(features: Tensor, probs: Tensor) -> None:
@@ -120,8 +122,7 @@ def _check_inputs(features: Tensor, probs: Tensor) -> None:
             f"probs spatial size {tuple(probs.shape[2:])} differs from features {tuple(features.shape[2:])}; "
             "resize the probabilities first"
         )
-    if probs.dtype != features.dtype:
-        raise ValueError(f"probs dtype {probs.dtype} differs from features dtype {features.dtype}")
+    check_same_dtype(SOFT_CLASS_POOL.autocast, features=features, probs=probs)
     if probs.shape[1] == 0:
         raise ValueError("probs must have at least one class, got shape " + str(tuple(probs.shape)))
 

@@ -171,7 +171,7 @@ def test_compile_fullgraph_matches_eager(fused, function):
         (torch.randn(3, 4, 5), torch.rand(2, 6, 4, 5), "features must have 4 dimensions"),
         (torch.randn(2, 3, 4, 5), torch.rand(2, 20, 4), "probs must have 4 dimensions"),
         (torch.randn(2, 3, 4, 5), torch.rand(2, 6, 4, 5, device="meta"), "probs is on meta"),
-        (torch.randn(2, 3, 4, 5), torch.rand(2, 6, 4, 5, dtype=torch.float64), "probs dtype"),
+        (torch.randn(2, 3, 4, 5), torch.rand(2, 6, 4, 5, dtype=torch.float64), "probs has dtype"),
         (torch.randn(2, 3, 4, 5), torch.rand(2, 0, 4, 5), "probs must have at least one class"),
     ],
 )
