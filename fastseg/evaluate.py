@@ -21,56 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from torch.utils.data import DataLoader
 
 from fastseg.engine import cli
-from fastseg.engine.builders import build_dataset_from_config, build_model_from_config
-from fastseg.engine.config import apply_overrides, load_config, validate_config
+from fastseg.engine.builders import build_dataset_from_config
 from fastseg.engine.evaluator import evaluate, format_table
 from fastseg.engine.inference import inference_options
 from fastseg.engine.logging import ProgressBar
 
 PROG = "python -m fastseg.evaluate"
-
-
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """The checkpoint, config and device arguments shared by evaluate and predict."""
-    parser.add_argument("--checkpoint", required=True, help="a checkpoint written by fastseg.train")
-    parser.add_argument("--config", help="a recipe name or YAML file to use instead of the checkpoint's config")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-
-
-def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags that override the config's ``evaluate`` section (see ``fastseg.engine.inference``)."""
-    parser.add_argument("--mode", choices=("whole", "slide"), help="whole image or sliding window")
-    parser.add_argument("--crop-size", type=int, nargs=2, metavar=("H", "W"), help="sliding-window size")
-    parser.add_argument("--stride", type=int, nargs=2, metavar=("H", "W"), help="sliding-window stride")
-    parser.add_argument("--scales", type=float, nargs="+", help="test scales, e.g. 0.75 1.0 1.25")
-    parser.add_argument("--flip", action="store_true", default=None, help="also average the mirrored image")
-
-
-def load_run(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
-    """The model (weights from ``--checkpoint``, on ``--device``, in eval mode) and the resolved config
-    (checkpoint's or ``--config``, then ``--set``, then the inference flags into ``evaluate``)."""
-    checkpoint = cli.read_checkpoint(args.checkpoint)
-    config = load_config(args.config) if args.config else checkpoint["config"]
-    config = apply_overrides(config, args.overrides)
-    section = config.setdefault("evaluate", {})
-    for key in ("mode", "crop_size", "stride", "scales", "flip"):
-        if getattr(args, key, None) is not None:
-            value = getattr(args, key)
-            section[key] = list(value) if isinstance(value, (list, tuple)) else value
-    validate_config(config)
-    with cli.config_errors():
-        # The checkpoint holds every weight: do not load the backbone's ImageNet weights again.
-        model_options = config["model"].get("options") or {}
-        model = build_model_from_config({**config, "model": {**config["model"], "options": {**model_options, "pretrained": None}}})
-        try:
-            model.load_state_dict(checkpoint["model"])
-        except RuntimeError as error:
-            raise cli.UsageError(f"the weights of {args.checkpoint} do not fit the config's model: {error}") from error
-    return model.to(args.device).eval(), config
 
 
 def default_output(checkpoint: str | Path, split: str) -> Path:
@@ -91,7 +50,7 @@ def json_safe(value: Any) -> Any:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    model, config = load_run(args)
+    model, config = cli.load_run(args)
     data = config["data"]
     if args.split not in data:
         raise cli.UsageError(f"the config's data section has no {args.split!r} split; it has {sorted(data)}")
@@ -131,8 +90,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.make_parser(PROG, __doc__)
-    add_run_arguments(parser)
-    add_inference_arguments(parser)
+    cli.add_run_arguments(parser)
+    cli.add_inference_arguments(parser)
     parser.add_argument("--split", default="val", help="a split of the config's data section")
     parser.add_argument("--boundary", action="store_true",
                         help="also the boundary F-score at 0.0005, 0.001875, 0.00375 and 0.005 of the image "

@@ -29,7 +29,6 @@ from fastseg.engine import cli
 from fastseg.engine.inference import inference_options, predict_logits
 from fastseg.engine.logging import ProgressBar
 from fastseg.engine.visualize import PALETTES, get_palette, save_predictions
-from fastseg.evaluate import add_inference_arguments, add_run_arguments, load_run
 
 PROG = "python -m fastseg.predict"
 
@@ -69,7 +68,7 @@ def run(args: argparse.Namespace) -> tuple[int, int]:
     """Predict every input; returns (images written, inputs skipped as unreadable)."""
     paths = input_images(Path(args.input))
     cli.set_threads(args.threads)
-    model, config = load_run(args)
+    model, config = cli.load_run(args)
     data = config["data"]
     num_classes = data["num_classes"]
     check_palette_fits(args.palette, data["dataset"], num_classes)
@@ -103,8 +102,8 @@ def run(args: argparse.Namespace) -> tuple[int, int]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.make_parser(PROG, __doc__)
-    add_run_arguments(parser)
-    add_inference_arguments(parser)
+    cli.add_run_arguments(parser)
+    cli.add_inference_arguments(parser)
     parser.add_argument("--input", required=True, help="an image file or a folder of images")
     parser.add_argument("--output", required=True, help="folder for the <stem>_{mask,overlay,labels}.png files")
     parser.add_argument("--palette", default="dataset", choices=("dataset", *PALETTES),

@@ -1,6 +1,6 @@
 """What the three command lines (``fastseg.train``, ``fastseg.evaluate``, ``fastseg.predict``) share:
-the argument parser (``--set`` overrides, ``--debug``, ``--threads``), the CPU threads, and how errors
-reach the user.
+the argument parser (``--set`` overrides, ``--debug``, ``--threads``), the CPU threads, how errors
+reach the user, and (evaluate, predict) the checkpoint/inference arguments and the run they name.
 
 A user mistake (a missing file, a bad override, a config value of the wrong type, a file that is not a
 checkpoint, an unreadable image) is one line on stderr, ``<prog>: error: <message>``, and exit status 2.
@@ -16,10 +16,12 @@ from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
 import torch
+from torch import nn
 
 from fastseg.data import BadSampleError
+from fastseg.engine.builders import build_model_from_config
 from fastseg.engine.checkpoint import load_checkpoint
-from fastseg.engine.config import ConfigError
+from fastseg.engine.config import ConfigError, apply_overrides, load_config, validate_config
 
 USAGE_EXIT_CODE = 2
 
@@ -129,3 +131,41 @@ def run_main(prog: str, args: argparse.Namespace, main: Callable[[argparse.Names
         return USAGE_EXIT_CODE
     return 0
 
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The checkpoint, config and device arguments shared by evaluate and predict."""
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint written by fastseg.train")
+    parser.add_argument("--config", help="a recipe name or YAML file to use instead of the checkpoint's config")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags that override the config's ``evaluate`` section (see ``fastseg.engine.inference``)."""
+    parser.add_argument("--mode", choices=("whole", "slide"), help="whole image or sliding window")
+    parser.add_argument("--crop-size", type=int, nargs=2, metavar=("H", "W"), help="sliding-window size")
+    parser.add_argument("--stride", type=int, nargs=2, metavar=("H", "W"), help="sliding-window stride")
+    parser.add_argument("--scales", type=float, nargs="+", help="test scales, e.g. 0.75 1.0 1.25")
+    parser.add_argument("--flip", action="store_true", default=None, help="also average the mirrored image")
+
+
+def load_run(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
+    """The model (weights from ``--checkpoint``, on ``--device``, in eval mode) and the resolved config
+    (checkpoint's or ``--config``, then ``--set``, then the inference flags into ``evaluate``)."""
+    checkpoint = read_checkpoint(args.checkpoint)
+    config = load_config(args.config) if args.config else checkpoint["config"]
+    config = apply_overrides(config, args.overrides)
+    section = config.setdefault("evaluate", {})
+    for key in ("mode", "crop_size", "stride", "scales", "flip"):
+        if getattr(args, key, None) is not None:
+            value = getattr(args, key)
+            section[key] = list(value) if isinstance(value, (list, tuple)) else value
+    validate_config(config)
+    with config_errors():
+        # The checkpoint holds every weight: do not load the backbone's ImageNet weights again.
+        model_options = config["model"].get("options") or {}
+        model = build_model_from_config({**config, "model": {**config["model"], "options": {**model_options, "pretrained": None}}})
+        try:
+            model.load_state_dict(checkpoint["model"])
+        except RuntimeError as error:
+            raise UsageError(f"the weights of {args.checkpoint} do not fit the config's model: {error}") from error
+    return model.to(args.device).eval(), config
