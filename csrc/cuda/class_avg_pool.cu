@@ -14,12 +14,15 @@
 // peak) of the benchmark's byte and FLOP counts; the prediction is this design's, derived below.
 // bench/report.py reads the `predicted H200` lines (the one place these numbers live) into the
 // "predicted" column of bench/RESULTS.md.
-// Design traffic = the floor's bytes (labels re-read per channel block hit L2); 3 launches. Bound:
-// memory latency, 8 loads in flight per warp: ~70% of bandwidth at K=19, ~40% at K=150 where the
-// shared accumulators (K x 32 per warp) allow 2 blocks per SM. C=32 is launch-bound.
-// predicted H200 | class_avg_pool cityscapes-C512 B=8 fwd+bwd | 0.101 ms | memory (floor 0.064 ms)
-// predicted H200 | class_avg_pool cityscapes-C32 B=8 fwd+bwd | 0.015 ms | memory (floor 0.004 ms)
-// predicted H200 | class_avg_pool ade20k-C512 B=8 fwd+bwd | 0.079 ms | memory (floor 0.028 ms)
+// Design traffic = the floor's bytes (labels re-read per channel block hit L2); 3 launches (~9 us).
+// Bandwidth needs ~22 KB in flight per SM (4.8 TB/s x ~600 ns / 132 SMs). Each lane issues its 32
+// tile loads before storing any: 4 KB in flight per warp. K=150 (ADE20K): the shared accumulators
+// (K x 32 fp32 per warp, 23 KB) fit 9 warps per SM: 37 KB in flight; K=19: 32 warps per SM. Both
+// are bandwidth-bound: ~85% of it (it was 8 loads per lane: ~70% at K=19, ~40% at K=150).
+// C=32 is launch-bound.
+// predicted H200 | class_avg_pool cityscapes-C512 B=8 fwd+bwd | 0.084 ms | memory (floor 0.064 ms)
+// predicted H200 | class_avg_pool cityscapes-C32 B=8 fwd+bwd | 0.015 ms | launches (floor 0.004 ms)
+// predicted H200 | class_avg_pool ade20k-C512 B=8 fwd+bwd | 0.042 ms | memory (floor 0.028 ms)
 #include "cuda/class_avg_pool.h"
 #include "cuda/common.cuh"
 
@@ -69,11 +72,15 @@ __global__ void partial_sums_kernel(const scalar_t* __restrict__ features, const
     const bool inside = p < end;
     const int64_t label = inside ? labels[b * pixels + p] : -1;
     label_of[lane] = (label >= 0 && label < num_classes) ? static_cast<int>(label) : -1;
-#pragma unroll 8
+    // All 32 loads of the lane in flight before the first shared store (32 x 4 B x 32 lanes per warp).
+    acc_t column[kLanes];
+#pragma unroll
     for (int r = 0; r < kLanes; ++r) {
       const int64_t c = c0 + r;
-      tile[r * kTileStride + lane] = (inside && c < channels) ? convert<acc_t>(image[c * pixels + p]) : acc_t(0);
+      column[r] = (inside && c < channels) ? convert<acc_t>(image[c * pixels + p]) : acc_t(0);
     }
+#pragma unroll
+    for (int r = 0; r < kLanes; ++r) tile[r * kTileStride + lane] = column[r];
     __syncwarp();
     for (int q = 0; q < kLanes; ++q) {
       const int k = label_of[q];
