@@ -62,7 +62,12 @@ def test_predicted_column_from_kernel_files_for_cuda_on_h200(tmp_path):
     prediction = f"// predicted H200 | {group} | {predicted:.3f} ms | atomics (floor 0.093 ms)"
     (kernels / "flow_warp.cu").write_text(f"// design prose\n{prediction}\n#include <x>\n")
     predictions = report.load_predictions(kernels)
-    assert predictions == {group: pytest.approx(round(predicted, 3) / 1e3)}
+    assert set(predictions) == {group}
+    assert predictions[group].seconds == pytest.approx(round(predicted, 3) / 1e3)
+    assert predictions[group].floor == pytest.approx(0.093e-3) and predictions[group].bound.startswith("atomics")
+    share = f"{100 * 0.093 / round(predicted, 3):.0f}%"
+    assert f"| {group} | {round(predicted, 3):.3f} | 0.093 | {share} | atomics |" \
+        in report.render([], predictions)
     benches = [_bench(group, "cuda", measured / 1e3), _bench(group, "reference", 2 * measured / 1e3),
                _bench(other, "cuda", measured / 1e3)]
     for device, shown in (("NVIDIA H200", True), ("NVIDIA H100 80GB HBM3", False)):
@@ -82,7 +87,7 @@ def test_every_cuda_kernel_file_predicts_its_gpu_benchmark_groups():
         groups = [line for line in path.read_text().splitlines() if report.PREDICTION.match(line)]
         assert groups, f"{path.name} has no `// predicted H200` line"
     assert all(group.endswith("fwd+bwd") and ("B=8" in group or "lovasz" in group) for group in predictions)
-    assert all(0 < seconds < 1 for seconds in predictions.values())
+    assert all(0 < p.seconds < 1 and p.floor is not None and 0 < p.floor <= p.seconds for p in predictions.values())
     # the lovász groups of bench/bench_lovasz_hinge.py at its GPU shapes
     assert {"lovasz_hinge 97x97 N=152 fwd+bwd", "lovasz_hinge 769x769 N=38 fwd+bwd"} <= set(predictions)
 
@@ -142,9 +147,11 @@ def test_main_writes_the_report(tmp_path):
     results.mkdir()
     _write(results / "a.json", "cpu x2 threads", [_bench("g", "reference", 0.01), _bench("g", "cpu", 0.005)])
     _write(results / "b.json", "NVIDIA H100 80GB HBM3", [])  # a GPU stage whose cases were all skipped
+    (results / "default-run.json").write_text('{"iterations": 600}')  # not a pytest-benchmark file
     output = tmp_path / "RESULTS.md"
     assert report.main(["--results", str(results), "--output", str(output)]) == 0
     text = output.read_text()
+    assert "default-run.json" not in text and "## Predicted H200 times" in text
     assert "| g | cpu | 5.00 | - | 2.00x | 2.00x (reference) | n/a |" in text
     assert "| b.json | NVIDIA H100 80GB HBM3 |" in text and "No GPU results yet" not in text
     assert report.main(["--results", str(tmp_path / "empty"), "--output", str(output)]) == 1
