@@ -37,7 +37,7 @@ _AUTOCAST_LIBRARY = torch.library.Library("fastseg", "IMPL")
 
 def autocast_dtype(policy: str | None, device_type: str) -> torch.dtype | None:
     """The dtype ``policy`` casts floating inputs on ``device_type`` to; None when autocast is off there."""
-    if policy is None or not torch.is_autocast_enabled(device_type):
+    if policy is None or not torch.amp.is_autocast_available(device_type) or not torch.is_autocast_enabled(device_type):
         return None
     return torch.float32 if policy == "fp32" else torch.get_autocast_dtype(device_type)
 
