@@ -1,6 +1,7 @@
 // CUDA registration of deform_conv2d (CSFRNet Eq. 6): the batch is processed in chunks whose
-// sampled columns fit a workspace budget; sampling (im2col/col2im, offset and mask gradients) runs
-// in csrc/cuda/deform_conv2d.cu, the GEMMs in cuBLAS through at::matmul (fp32 accumulation).
+// sampled columns fit a workspace budget; sampling (im2col, and one backward pass for the input,
+// offset and mask gradients) runs in csrc/cuda/deform_conv2d.cu, the GEMMs in cuBLAS through
+// at::matmul (fp32 accumulation).
 // The input gradient is scattered with atomics, so the backward raises under
 // torch.use_deterministic_algorithms(True) (a warning with warn_only=True).
 #include <ATen/Context.h>
@@ -110,14 +111,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_co
       const at::Tensor grad_out = grad_output.narrow(0, b0, nb).view({nb, s.groups, group_out, s.pixels});
       grad_kernels.add_(at::matmul(grad_out, columns.transpose(2, 3)).sum(0, false, acc_type));
       const at::Tensor grad_columns = at::matmul(kernels_t, grad_out).contiguous();
-      check_cuda(cuda::deform_col2im(cuda_ptr<scalar_t>(grad_columns), cuda_ptr<scalar_t>(offset),
-                                     optional_ptr<scalar_t>(mask), g, b0, nb, grad_input_acc.data_ptr<acc_t>(), stream),
-                 "deform_conv2d col2im");
-      check_cuda(cuda::deform_offset_mask_grads(
+      check_cuda(cuda::deform_columns_backward(
                      cuda_ptr<scalar_t>(input), cuda_ptr<scalar_t>(grad_columns), cuda_ptr<scalar_t>(offset),
-                     optional_ptr<scalar_t>(mask), g, b0, nb, cuda_mutable_ptr<scalar_t>(grad_offset),
+                     optional_ptr<scalar_t>(mask), g, b0, nb, grad_input_acc.data_ptr<acc_t>(),
+                     cuda_mutable_ptr<scalar_t>(grad_offset),
                      mask.has_value() ? cuda_mutable_ptr<scalar_t>(grad_mask) : nullptr, stream),
-                 "deform_conv2d offset/mask gradients");
+                 "deform_conv2d columns backward");
     }
   });
   at::Tensor grad_input = grad_input_acc.to(input.scalar_type());
