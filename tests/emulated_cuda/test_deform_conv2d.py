@@ -1,6 +1,6 @@
 """deform_conv2d's CUDA kernels (im2col; one backward pass for grad_input with atomic adds and the
-offset and mask gradients, each sample computed once per offset group) on the emulated-CUDA
-layer."""
+offset and mask gradients, each sample computed once per offset group) and its glue (GEMMs into the
+output, bias as the GEMM's C operand) on the emulated-CUDA layer."""
 from __future__ import annotations
 
 import math
@@ -80,4 +80,12 @@ def test_matches_reference(emulated, case):
 def test_dtypes_and_non_contiguous(emulated, dtype):
     tensors, geometry = _inputs(*CASES["plain"][:-1], True, dtype=dtype)
     tensors["input"] = tensors["input"].transpose(2, 3).contiguous().transpose(2, 3)  # not contiguous
+    _check(emulated, tensors, geometry)
+
+
+@pytest.mark.parametrize("case", ["plain", "groups2-offset-groups4"])
+def test_without_bias(emulated, case):
+    """No bias: the forward GEMM is a plain batched product into the output."""
+    tensors, geometry = _inputs(*CASES[case], dtype=torch.float32)
+    tensors["bias"] = None
     _check(emulated, tensors, geometry)
