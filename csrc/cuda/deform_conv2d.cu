@@ -3,20 +3,40 @@
 // contributing zero, and is zero when y <= -1, y >= H, x <= -1 or x >= W. All arithmetic in acc_t
 // (fp32 for fp16/bf16/fp32, fp64 for fp64); int64 indexing throughout.
 //
-// Cost model at the GPU shapes of
-// bench/bench_deform_conv2d.py (forward+backward; H200: 4.8 TB/s HBM, 67 TFLOP/s fp32,
-// 989 TFLOP/s dense bf16, ~3 us per dependent launch). The floor is max(bytes / bandwidth, FLOPs /
-// peak) of the benchmark's byte and FLOP counts; the prediction is this design's, derived below.
-// bench/report.py reads the `predicted H200` lines (the one place these numbers live) into the
-// "predicted" column of bench/RESULTS.md.
-// GEMM FLOPs = the floor's (forward + 2 backward GEMMs): fp32 SGEMM (no TF32) at ~70% of 67 TFLOP/s,
-// bf16 on tensor cores at ~60% of 989 TFLOP/s; plus 3 sampling passes (im2col forward and backward,
-// col2im) over C x 9 x pixels column elements at ~200 instructions each (8 int64 divisions) on
-// 33 T instructions/s, and 4 column-buffer passes of traffic; ~10 launches.
-// predicted H200 | deform_conv2d csfrnet-C512 fp32 B=8 97x97 fwd+bwd | 30.136 ms | fp32 GEMM (floor 15.903 ms)
-// predicted H200 | deform_conv2d csfrnet-C512 bf16 B=8 97x97 fwd+bwd | 8.635 ms | im2col index math (floor 1.077 ms)
-// predicted H200 | deform_conv2d csfrnet-C32 fp32 B=8 97x97 fwd+bwd | 0.580 ms | launches, im2col (floor 0.062 ms)
-// predicted H200 | deform_conv2d csfrnet-C32 bf16 B=8 97x97 fwd+bwd | 0.463 ms | launches, im2col (floor 0.008 ms)
+// Design: one thread per sample (image, offset group, tap, output pixel) computes the bilinear
+// neighbours, weights and mask once (the only integer divisions, per sample) and loops over the
+// channels of the offset group with pointer strides: im2col writes the column of each channel
+// (coalesced over pixels); the backward kernel reads each grad column once, scatters it to grad_input
+// (4 fp32 atomics) and sums the offset and mask gradients in registers. The GEMMs are cuBLAS through
+// the glue (csrc/cuda_glue/deform_conv2d.cpp): straight into the output, the bias as the C operand.
+//
+// Cost model at the GPU shapes of bench/bench_deform_conv2d.py (B=8, 97x97 -> P=9409 pixels per
+// image, 3x3 taps, modulated, forward+backward; H200: 4.8 TB/s HBM, taken at 85% = 4.1 TB/s;
+// 67 TFLOP/s fp32, 989 TFLOP/s dense bf16; 33 T lane-instructions/s; ~3 us per launch). The floor is
+// max(bytes / bandwidth, FLOPs / peak) of the benchmark's byte and FLOP counts; bench/report.py reads
+// the `predicted H200` lines (the one place these numbers live) into the "predicted" column of
+// bench/RESULTS.md. With E = B*C*9*P column elements (C512: 347 M; C32: 21.7 M) and
+// F = 2*B*P*C*C*9 FLOPs per GEMM (C512: 355 GFLOP):
+//   im2col (twice: forward, and again in the backward): write E columns + read input/offset/mask,
+//     ~15 instructions per element: C512 0.380 ms fp32, 0.190 ms bf16 (HBM-bound).
+//   3 GEMMs (output, grad columns, grad weight as per-image products summed in fp32): each
+//     max(F / rate, columns / HBM); rate = cuBLAS SGEMM at 70% of 67 TFLOP/s with TF32 off
+//     (PyTorch's default; with torch.backends.cuda.matmul.allow_tf32 = True cuBLAS runs TF32 on its
+//     own, ~300 TFLOP/s, and the fp32 C512 prediction drops to ~5.6 ms), bf16 at 60% of 989 TFLOP/s:
+//     C512 7.6 ms each fp32, 0.61 ms each bf16. The bias costs one broadcast write of the output
+//     (ATen's baddbmm copies C into the output, then the GEMM reads it with beta = 1).
+//   backward sampling: read E grad columns + input, 4*E fp32 atomics at ~2.5 T/s (an assumption:
+//     uncontended, mostly coalesced RED in L2), ~30 instructions per element: C512 0.94 ms fp32,
+//     0.75 ms bf16.
+//   small passes (zeroed fp32 grad_input, its cast, grad_bias): ~0.11-0.15 ms; launches, 3 us each:
+//     3 per forward chunk, 6 per backward chunk, 5 more (the 1 GiB column workspace gives C512
+//     2 + 3 chunks in fp32, 1 + 2 in bf16; C32 1 + 1): 29 / 20 / 14 launches.
+// Bound: fp32 by the SGEMMs (1.55x floor); bf16 by the GEMMs at 60% of peak plus the column passes
+// and atomics, which the floor does not count (3.0x); C32 by launches and column passes.
+// predicted H200 | deform_conv2d csfrnet-C512 fp32 B=8 97x97 fwd+bwd | 24.691 ms | fp32 SGEMM, TF32 off (floor 15.903 ms)
+// predicted H200 | deform_conv2d csfrnet-C512 bf16 B=8 97x97 fwd+bwd | 3.179 ms | bf16 GEMMs, column passes, atomics (floor 1.077 ms)
+// predicted H200 | deform_conv2d csfrnet-C32 fp32 B=8 97x97 fwd+bwd | 0.254 ms | launches, column passes, atomics (floor 0.062 ms)
+// predicted H200 | deform_conv2d csfrnet-C32 bf16 B=8 97x97 fwd+bwd | 0.163 ms | launches, column passes, atomics (floor 0.008 ms)
 #include "cuda/common.cuh"
 #include "cuda/deform_conv2d.h"
 
