@@ -109,7 +109,8 @@ struct GroupStart {
 
 __device__ GroupStart group_start(const DeformGeometry& g, const SampleRow& r, int64_t p) {
   const int64_t taps = g.kh * g.kw, c0 = r.og * (g.channels / g.offset_groups);
-  return {(r.b * g.channels + c0) * g.height * g.width, ((r.local_b * g.channels + c0) * taps + r.tap) * g.out_h * g.out_w + p};
+  return {(r.b * g.channels + c0) * g.height * g.width,
+          ((r.local_b * g.channels + c0) * taps + r.tap) * g.out_h * g.out_w + p};
 }
 
 // Grid of the sample kernels: x over output pixels (one thread each), y over sample rows (strided

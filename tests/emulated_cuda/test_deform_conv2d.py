@@ -51,8 +51,8 @@ def _check(emulated, tensors, geometry):
     dtype = tensors["input"].dtype
     names = [k for k, v in tensors.items() if v is not None]
     reference = {k: v.detach().double().requires_grad_() for k, v in tensors.items() if v is not None}
-    output = deform_conv2d_reference(reference["input"], reference["offset"], reference["weight"], reference.get("bias"),
-                                     *geometry, reference.get("mask"))
+    output = deform_conv2d_reference(reference["input"], reference["offset"], reference["weight"],
+                                     reference.get("bias"), *geometry, reference.get("mask"))
     grad_output = torch.randn_like(output).to(dtype)
     grads = dict(zip(names, torch.autograd.grad(output, [reference[k] for k in names], grad_output.double())))
     order = ["input", "offset", "weight", "mask", "bias"]
