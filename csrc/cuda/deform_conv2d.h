@@ -21,17 +21,14 @@ template <typename scalar_t>
 cudaError_t deform_im2col(const scalar_t* input, const scalar_t* offset, const scalar_t* mask,
                           const DeformGeometry& g, int64_t b0, int64_t nb, scalar_t* columns, cudaStream_t stream);
 
-// grad_input[b, c] += bilinear weight * mask * grad_columns (atomics: not deterministic).
-// acc_t is float for float/__half/__nv_bfloat16 and double for double.
-template <typename scalar_t, typename acc_t>
-cudaError_t deform_col2im(const scalar_t* grad_columns, const scalar_t* offset, const scalar_t* mask,
-                          const DeformGeometry& g, int64_t b0, int64_t nb, acc_t* grad_input, cudaStream_t stream);
-
+// One pass over grad_columns for the images [b0, b0 + nb): grad_input[b, c] += bilinear weight * mask *
+// grad_columns (atomics: not deterministic), and, written in place (no atomics),
 // grad_offset = mask * sum_c grad_columns * d(sample)/d(y, x) and grad_mask = sum_c grad_columns * sample
-// for the images [b0, b0 + nb), written in place (no atomics). grad_mask is null when mask is.
-template <typename scalar_t>
-cudaError_t deform_offset_mask_grads(const scalar_t* input, const scalar_t* grad_columns, const scalar_t* offset,
-                                     const scalar_t* mask, const DeformGeometry& g, int64_t b0, int64_t nb,
-                                     scalar_t* grad_offset, scalar_t* grad_mask, cudaStream_t stream);
+// (null when mask is). acc_t is float for float/__half/__nv_bfloat16 and double for double.
+template <typename scalar_t, typename acc_t>
+cudaError_t deform_columns_backward(const scalar_t* input, const scalar_t* grad_columns, const scalar_t* offset,
+                                    const scalar_t* mask, const DeformGeometry& g, int64_t b0, int64_t nb,
+                                    acc_t* grad_input, scalar_t* grad_offset, scalar_t* grad_mask,
+                                    cudaStream_t stream);
 
 }  // namespace fastseg::cuda

@@ -1,11 +1,17 @@
 // CUDA registration of deform_conv2d (CSFRNet Eq. 6): the batch is processed in chunks whose
-// sampled columns fit a workspace budget; sampling (im2col/col2im, offset and mask gradients) runs
-// in csrc/cuda/deform_conv2d.cu, the GEMMs in cuBLAS through at::matmul (fp32 accumulation).
+// sampled columns fit a workspace budget; sampling (im2col, and one backward pass for the input,
+// offset and mask gradients) runs in csrc/cuda/deform_conv2d.cu, the GEMMs in cuBLAS through ATen's
+// bmm/baddbmm (fp32 accumulation; tensor cores for fp16/bf16, TF32 when
+// torch.backends.cuda.matmul.allow_tf32 allows it). The forward GEMM writes straight into the output
+// with the bias as its C operand (beta = 1), the weight broadcast over the chunk's images by a
+// stride-0 view (no copies); the column buffers, in the input dtype, are allocated once per call.
 // The input gradient is scattered with atomics, so the backward raises under
 // torch.use_deterministic_algorithms(True) (a warning with warn_only=True).
 #include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
+#include <ATen/ops/baddbmm.h>
+#include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/matmul.h>
@@ -46,6 +52,19 @@ const cuda_t<scalar_t>* optional_ptr(const std::optional<at::Tensor>& tensor) {
   return tensor.has_value() ? cuda_ptr<scalar_t>(*tensor) : nullptr;
 }
 
+// out[n] = kernels @ columns[n] (+ bias broadcast over pixels), n over the chunk's images: one
+// cuBLAS strided-batched GEMM into `out` (a view), kernels (rows, K) broadcast by a stride-0 view.
+void batched_product(const at::Tensor& out, const at::Tensor& kernels, const at::Tensor& columns,
+                     const std::optional<at::Tensor>& bias) {
+  at::Tensor target = out;  // the *_out functions take a non-const reference
+  const at::Tensor broadcast = kernels.expand({columns.size(0), kernels.size(0), kernels.size(1)});
+  if (bias.has_value()) {
+    at::baddbmm_out(target, bias->view({1, -1, 1}), broadcast, columns);
+  } else {
+    at::bmm_out(target, broadcast, columns);
+  }
+}
+
 at::Tensor deform_conv2d_cuda(const at::Tensor& input_, const at::Tensor& offset_, const at::Tensor& weight_,
                               const std::optional<at::Tensor>& mask_, const std::optional<at::Tensor>& bias,
                               at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
@@ -60,18 +79,23 @@ at::Tensor deform_conv2d_cuda(const at::Tensor& input_, const at::Tensor& offset
   at::Tensor output = at::empty({s.batch, s.out_channels, s.out_h, s.out_w}, input.options());
   const at::Tensor kernels = weight.view({s.groups, group_out, group_rows});
   const int64_t chunk = chunk_size(s, input.element_size());
+  at::Tensor column_buffer = at::empty({chunk, s.groups, group_rows, s.pixels}, input.options());
   const cudaStream_t stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "deform_conv2d_cuda", [&] {
     for (int64_t b0 = 0; b0 < s.batch; b0 += chunk) {
       const int64_t nb = std::min(chunk, s.batch - b0);
-      at::Tensor columns = at::empty({nb, s.groups, group_rows, s.pixels}, input.options());
+      at::Tensor columns = column_buffer.narrow(0, 0, nb);
       check_cuda(cuda::deform_im2col(cuda_ptr<scalar_t>(input), cuda_ptr<scalar_t>(offset), optional_ptr<scalar_t>(mask),
                                      g, b0, nb, cuda_mutable_ptr<scalar_t>(columns), stream),
                  "deform_conv2d im2col");
-      output.narrow(0, b0, nb).view({nb, s.groups, group_out, s.pixels}).copy_(at::matmul(kernels, columns));
+      const at::Tensor out = output.narrow(0, b0, nb).view({nb, s.groups, group_out, s.pixels});
+      for (int64_t group = 0; group < s.groups; ++group) {
+        const std::optional<at::Tensor> group_bias =
+            bias.has_value() ? std::optional<at::Tensor>(bias->narrow(0, group * group_out, group_out)) : std::nullopt;
+        batched_product(out.select(1, group), kernels[group], columns.select(1, group), group_bias);
+      }
     }
   });
-  if (bias.has_value()) output.add_(bias->view({1, -1, 1, 1}));
   return output;
 }
 
@@ -96,28 +120,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_co
   at::Tensor grad_mask = mask.has_value() ? at::empty_like(*mask) : at::empty({0}, input.options());
   at::Tensor grad_kernels = at::zeros({s.groups, group_out, group_rows}, input.options().dtype(acc_type));
   const at::Tensor kernels = weight.view({s.groups, group_out, group_rows});
-  const at::Tensor kernels_t = kernels.transpose(1, 2);
   const int64_t chunk = chunk_size(s, 2 * input.element_size());
+  at::Tensor column_buffer = at::empty({chunk, s.groups, group_rows, s.pixels}, input.options());
+  at::Tensor grad_column_buffer = at::empty_like(column_buffer);
   const cudaStream_t stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "deform_conv2d_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     for (int64_t b0 = 0; b0 < s.batch; b0 += chunk) {
       const int64_t nb = std::min(chunk, s.batch - b0);
-      at::Tensor columns = at::empty({nb, s.groups, group_rows, s.pixels}, input.options());
+      at::Tensor columns = column_buffer.narrow(0, 0, nb);
+      at::Tensor grad_columns = grad_column_buffer.narrow(0, 0, nb);
       check_cuda(cuda::deform_im2col(cuda_ptr<scalar_t>(input), cuda_ptr<scalar_t>(offset), optional_ptr<scalar_t>(mask),
                                      g, b0, nb, cuda_mutable_ptr<scalar_t>(columns), stream),
                  "deform_conv2d im2col");
       const at::Tensor grad_out = grad_output.narrow(0, b0, nb).view({nb, s.groups, group_out, s.pixels});
       grad_kernels.add_(at::matmul(grad_out, columns.transpose(2, 3)).sum(0, false, acc_type));
-      const at::Tensor grad_columns = at::matmul(kernels_t, grad_out).contiguous();
-      check_cuda(cuda::deform_col2im(cuda_ptr<scalar_t>(grad_columns), cuda_ptr<scalar_t>(offset),
-                                     optional_ptr<scalar_t>(mask), g, b0, nb, grad_input_acc.data_ptr<acc_t>(), stream),
-                 "deform_conv2d col2im");
-      check_cuda(cuda::deform_offset_mask_grads(
+      for (int64_t group = 0; group < s.groups; ++group) {
+        batched_product(grad_columns.select(1, group), kernels[group].t(), grad_out.select(1, group), std::nullopt);
+      }
+      check_cuda(cuda::deform_columns_backward(
                      cuda_ptr<scalar_t>(input), cuda_ptr<scalar_t>(grad_columns), cuda_ptr<scalar_t>(offset),
-                     optional_ptr<scalar_t>(mask), g, b0, nb, cuda_mutable_ptr<scalar_t>(grad_offset),
+                     optional_ptr<scalar_t>(mask), g, b0, nb, grad_input_acc.data_ptr<acc_t>(),
+                     cuda_mutable_ptr<scalar_t>(grad_offset),
                      mask.has_value() ? cuda_mutable_ptr<scalar_t>(grad_mask) : nullptr, stream),
-                 "deform_conv2d offset/mask gradients");
+                 "deform_conv2d columns backward");
     }
   });
   at::Tensor grad_input = grad_input_acc.to(input.scalar_type());

@@ -1,5 +1,6 @@
-"""deform_conv2d's CUDA kernels (im2col; backward col2im with atomic adds; offset and mask
-gradients) on the emulated-CUDA layer."""
+"""deform_conv2d's CUDA kernels (im2col; one backward pass for grad_input with atomic adds and the
+offset and mask gradients, each sample computed once per offset group) and its glue (GEMMs into the
+output, bias as the GEMM's C operand) on the emulated-CUDA layer."""
 from __future__ import annotations
 
 import math
@@ -20,6 +21,8 @@ CASES = {
     "stride2-pad0": (2, 3, (9, 8), 5, (3, 3), 2, 0, 1, 1, 1, True),
     "dilation2-batch1": (1, 4, (9, 9), 4, (3, 3), 1, 2, 2, 1, 1, True),
     "groups2-offset-groups2-rect": (2, 4, (6, 9), 6, (2, 3), 1, (1, 0), (2, 1), 2, 2, True),
+    "groups2-offset-groups4": (2, 8, (5, 6), 4, (3, 3), 1, 1, 1, 2, 4, True),
+    "groups4-offset-groups1": (3, 8, (6, 5), 8, (3, 3), 1, 1, 1, 4, 1, False),
     "one-pixel": (2, 3, (1, 1), 2, (1, 1), 1, 0, 1, 1, 1, True),
 }
 
@@ -48,8 +51,8 @@ def _check(emulated, tensors, geometry):
     dtype = tensors["input"].dtype
     names = [k for k, v in tensors.items() if v is not None]
     reference = {k: v.detach().double().requires_grad_() for k, v in tensors.items() if v is not None}
-    output = deform_conv2d_reference(reference["input"], reference["offset"], reference["weight"], reference["bias"],
-                                     *geometry, reference.get("mask"))
+    output = deform_conv2d_reference(reference["input"], reference["offset"], reference["weight"],
+                                     reference.get("bias"), *geometry, reference.get("mask"))
     grad_output = torch.randn_like(output).to(dtype)
     grads = dict(zip(names, torch.autograd.grad(output, [reference[k] for k in names], grad_output.double())))
     order = ["input", "offset", "weight", "mask", "bias"]
@@ -77,4 +80,12 @@ def test_matches_reference(emulated, case):
 def test_dtypes_and_non_contiguous(emulated, dtype):
     tensors, geometry = _inputs(*CASES["plain"][:-1], True, dtype=dtype)
     tensors["input"] = tensors["input"].transpose(2, 3).contiguous().transpose(2, 3)  # not contiguous
+    _check(emulated, tensors, geometry)
+
+
+@pytest.mark.parametrize("case", ["plain", "groups2-offset-groups4"])
+def test_without_bias(emulated, case):
+    """No bias: the forward GEMM is a plain batched product into the output."""
+    tensors, geometry = _inputs(*CASES[case], dtype=torch.float32)
+    tensors["bias"] = None
     _check(emulated, tensors, geometry)
