@@ -323,12 +323,12 @@ def _dtypes(dtype: torch.dtype, device: torch.device) -> dict:
     return dict(ACC=acc, DOT=acc, PRECISION="tf32" if tf32 else "ieee")
 
 
-def _blocks(segment: int, group_out: int) -> dict:
-    """Tile sizes: 64 pixels, up to 256 output channels (all of a group's at the benchmark's 32 and 256), up to 32
-    input channels of one segment; 8 warps once the fp32 accumulator passes 64 registers per thread at 4."""
+def _blocks(segment: int, group_out: int, block_m: int = 64, max_k: int = 32) -> dict:
+    """Tile sizes: block_m pixels, up to 256 output channels (all of a group's at the benchmark's 32 and 256), up to
+    max_k input channels of one segment; 8 warps once the fp32 accumulator passes 64 registers per thread at 4."""
     block_n = min(256, max(16, triton.next_power_of_2(group_out)))
-    block_k = min(32, max(16, triton.next_power_of_2(segment)))
-    return dict(BLOCK_M=64, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=8 if block_n >= 128 else 4)
+    block_k = min(max_k, max(16, triton.next_power_of_2(segment)))
+    return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=8 if block_n >= 128 else 4)
 
 
 def _transposed_weight(weight: torch.Tensor) -> torch.Tensor:
@@ -397,10 +397,12 @@ def backward(grad_output, input, offset, weight, mask, stride, padding, dilation
         grad_output, input, offset, mask_arg, weight_t, grad_input, grad_offset, grad_mask if has_mask else grad_offset,
         **geo, HAS_MASK=has_mask, **dtypes, **blocks,
     )
+    # grad_out is re-read once per K chunk: 64 channels per chunk halve that traffic (cost model above)
+    blocks = _blocks(geo["segment"], geo["group_out"], block_m=32, max_k=64)
     column_programs = groups * geo["taps"] * (geo["group_channels"] // geo["segment"]) * triton.cdiv(
         geo["segment"], blocks["BLOCK_K"])
     n_programs = triton.cdiv(geo["group_out"], blocks["BLOCK_N"])
-    items = batch * l_tiles
+    items = batch * triton.cdiv(geo["L"], blocks["BLOCK_M"])
     splits = _num_splits(input.device, n_programs * column_programs, items)
     items_per_split = triton.cdiv(items, splits)
     splits = triton.cdiv(items, items_per_split)

@@ -157,9 +157,10 @@ RANDOM_CASES = {
     "batch33": (33, 4, 7, 5, 3, 1, 1, 1, 1, 2, True),
     # offset groups straddling conv groups (4 channels per group, 6 per offset group)
     "groups3-offset-groups2": (1, 12, 5, 6, 3, 1, 1, 1, 3, 2, True),
-    # Triton tiles: 81 pixels = a full and a partial tile of 64; 40 channels of one segment = a full and a partial
-    # chunk of 32 (tap-major K); 272 output channels = a full and a partial block of 256
-    "two-pixel-tiles-two-channel-chunks": (1, 40, 9, 6, 3, 1, 1, 1, 1, 1, True),
+    # Triton tiles: 81 pixels = a full and a partial tile of 64 (3 tiles of 32 in the weight gradient); 72 channels
+    # of one segment = 3 chunks of 32 (2 of 64 in the weight gradient), the last partial; 272 output channels = a
+    # full and a partial block of 256
+    "pixel-tiles-channel-chunks": (1, 72, 9, 6, 3, 1, 1, 1, 1, 1, True),
     "two-output-channel-blocks": (1, 4, 4, 272, 2, 1, 0, 1, 1, 1, True),
 }
 CPP_ONLY_CASES = {"batch33"}  # large batch: the C++ backend only, to keep the interpreter's time short
