@@ -2,14 +2,15 @@
 
 Implicit GEMM, transposed so that the output pixels sit on the lanes: out^T (C_out x pixels) =
 W (C_out x taps*C_in/g) @ columns (taps*C_in/g x pixels). A forward program owns (pixel tile, group
-[, block of 256 output channels], image) and walks the K axis in chunks of (tap, BLOCK_K channels):
-each chunk of bilinear samples is gathered once, straight into a (channels x pixels) tile, and
-multiplied into the accumulator of every output channel of the program; the bias is added in the
-epilogue and the output stored once. The sampling coordinates, corner weights and mask of a (pixel,
-tap) are computed once per offset-group segment (gcd(C_in/groups, C_in/offset_groups) channels, inside
-which the conv group and the offset group are constant) and reused by the segment's channels. The
-whole column block (64 pixels x 4608 bf16 at the benchmark = 590 KB) does not fit in an SM (228 KB),
-so the K chunks, not the output-channel blocks, form the outer loop.
+[, block of 512 bf16/fp16, 256 fp32 or 128 fp64 output channels], image) and walks the K axis in
+chunks of (tap, BLOCK_K channels): each chunk of bilinear samples is gathered once, straight into a
+(channels x pixels) tile, and multiplied into the accumulator of every output channel of the
+program; the bias is added in the epilogue and the output stored once. The sampling coordinates,
+corner weights and mask of a (pixel, tap) are computed once per offset-group segment
+(gcd(C_in/groups, C_in/offset_groups) channels, inside which the conv group and the offset group are
+constant) and reused by the segment's channels. The whole column block (64 pixels x 4608 bf16 at
+the benchmark = 590 KB) does not fit in an SM (228 KB), so the K chunks, not the output-channel
+blocks, form the outer loop.
 
 Backward: the data kernel owns (pixel tile, image) and walks (tap, offset group): it builds each
 grad_columns chunk = W^T chunk @ grad_out tile, scatters it into grad_input (atomics: pixels share
@@ -23,29 +24,35 @@ Dots: fp16/bf16 operands with fp32 accumulation; fp32 in TF32 when
 torch.backends.cuda.matmul.allow_tf32 is True, else "ieee"; fp64 in fp64 ("ieee", DMMA on sm_80+).
 Under the interpreter (CPU tensors) fp16/bf16 products run in fp32 and fp32 in "ieee".
 
-Cost model, H200 (4.8 TB/s HBM, 989 TFLOP/s dense bf16, 495 TF32, 67 fp32), bench/bench_deform_conv2d.py:
-B=8, 97x97 -> L=9409 pixels/image, P=75272 pixels, 3x3 kernel, modulated, padding 1.
+Cost model, H200 (4.8 TB/s HBM, 989 TFLOP/s dense bf16, 495 TF32, 67 fp32; 132 SMs at 1.98 GHz), at the
+shapes of bench/bench_deform_conv2d.py: B=8, 97x97 -> P = 75272 output pixels, 3x3 kernel, modulated.
+Assumed, to be measured: ~10 TB/s from L2 to the SMs; ~100 G sector atomics/s in L2; a gather sample
+costs 4 loads (32 lanes/clk/SM) + ~12 ALU ops; Triton overlaps the gather with the MMAs only partly
+(no warp specialisation), so a kernel is predicted as max(MMA, L2 traffic) + gather + atomics.
   csfrnet-C512 (512 -> 512, K = 9*512 = 4608):
-    FLOPs: one GEMM = 2*P*512*4608 = 355 GFLOP; fwd 1 GEMM, bwd 2 (grad_columns, grad_weight).
-    bytes (bf16): input 77 MB + output 77 MB + offset/mask 4 MB + weight 5 MB = 163 MB per pass
-      -> 0.034 ms: the op is compute bound (intensity ~2200 FLOP/B).
-    floor fwd: bf16 0.36 ms, TF32 0.72 ms, fp32 "ieee" 5.3 ms; fwd+bwd: 1.08 / 2.15 / 15.9 ms.
-    gather: 347 M (pixel, tap, channel) samples per pass, 4 loads + ~12 ALU each, pixels on lanes so a
-      warp's loads hit a few rows of one channel plane (L1): ~0.2 ms of LSU/ALU time per pass, which
-      Triton overlaps only partly with the MMAs (no warp specialisation).
-    weight re-read from L2 per pixel tile: 1176 tiles x 4.7 MB = 5.5 GB per pass at ~10 TB/s of L2 =
-      ~0.55 ms, overlapped with the MMAs (the dominant non-MMA traffic; BLOCK_M=128 would halve it at
-      twice the registers).
-    grad_input scatter: 4 fp32 atomics per sample = 1.4 G atomics; at ~2 atomics/clk per L2 slice
-      (96 slices, 1.98 GHz) ~3.6 ms: this, not the GEMMs, bounds the backward.
-    prediction bf16: fwd 0.36 + 0.25 (gather not hidden) = 0.6 ms (60% of floor); bwd data 0.36 + 0.3
-      + 3.6 (atomics) = 4.3 ms; bwd weight 0.36 x 2 (group_out 512 = two 256-channel blocks, gather
-      twice) + 0.3 = 1.0 ms; fwd+bwd ~5.9 ms vs floor 1.08 ms: bound by the col2im atomics.
-    prediction fp32 (TF32): fwd 0.72 + 0.25 = 1.0 ms; fwd+bwd ~7 ms (floor 2.15 ms), same bound.
-  csfrnet-C32 (32 -> 32, K = 288): 1.4 GFLOP per GEMM (1.4 us bf16); bytes bf16 14 MB per pass (3 us);
-    gather 22 M samples (~15 us), scatter 87 M atomics (~0.23 ms): latency and atomics bound;
-    prediction fwd ~20 us, fwd+bwd ~0.3 ms.
-Nothing here has run on a GPU yet: the predictions stand until measured.
+    FLOPs: one GEMM = 2*P*512*4608 = 355 GFLOP; forward 1 GEMM, backward 2 (grad_columns, grad_weight).
+    HBM bytes (bf16): input 77 MB + output 77 MB + offset/mask 4 MB + weight 5 MB = 163 MB per pass = 0.034 ms,
+      plus 385 MB for the fp32 grad_input buffer (zeroing, atomics' final values, conversion) = 0.08 ms:
+      compute bound (~2000 FLOP/B).
+    floor: forward bf16 0.36 ms, TF32 0.72 ms, fp32 "ieee" 5.3 ms; forward+backward 1.08 / 2.15 / 15.9 ms.
+    gather pass: 347 M (pixel, tap, channel) samples = 0.17 ms LSU + 0.12 ms ALU, ~0.2 ms.
+    forward: W (4.7 MB) streamed from L2 by each of the 1176 pixel tiles = 5.5 GB = 0.55 ms; one gather pass
+      in bf16 (512 output channels per program). Predicted bf16 0.55 + 0.2 = 0.75 ms (48% of the floor,
+      bound by the weight stream: BLOCK_M=128 halves it at twice the accumulator). fp32: the stream doubles
+      (11 GB = 1.1 ms) and so do the gather passes (256 channels per program): TF32 1.5 ms (48%).
+    backward data: per (tap, 32-channel chunk) the W^T chunk and the 512 x 64 grad_out tile come again from L2:
+      N*K*P*2 B*(1/64 + 1/32) = 16.6 GB = 1.7 ms; one gather pass 0.2 ms; grad_input scatter 1.39 G fp32
+      atomics, pixels on the lanes so a warp's 32 land in ~4 sectors: 0.17 G sector atomics = 1.7 ms.
+      Predicted ~3.6 ms (floor 0.36): bound by L2 traffic and the atomics; fp32 (TF32) 3.3 + 0.2 + 1.7 = 5.2 ms.
+    backward weight: grad_out (77 MB) streamed once per 64-channel K chunk: 72 x 77 MB = 5.5 GB = 0.55 ms; one
+      gather pass (bf16). Predicted 0.75 ms (48%); fp32 (TF32) 1.1 + two gather passes = 1.5 ms.
+    forward+backward predicted bf16 ~5.1 ms vs floor 1.08 ms (21%); TF32 ~8.2 ms vs 2.15 ms (26%). The
+      backward data kernel is the gap: a real fix keeps the grad_out tile on chip across the K chunks
+      (or materialises grad_columns per image with a tensor-core GEMM) and scatters without atomics.
+  csfrnet-C32 (32 -> 32, K = 288): 1.4 GFLOP per GEMM (1.4 us bf16); 14 MB per pass in bf16 (3 us);
+    22 M samples (~13 us per gather pass), 87 M atomics (~0.1 ms): latency and atomics bound.
+    Predicted forward ~20 us, forward+backward ~0.15 ms.
+Nothing here has run on a GPU: the predictions stand until measured.
 """
 from __future__ import annotations
 
@@ -323,12 +330,21 @@ def _dtypes(dtype: torch.dtype, device: torch.device) -> dict:
     return dict(ACC=acc, DOT=acc, PRECISION="tf32" if tf32 else "ieee")
 
 
-def _blocks(segment: int, group_out: int, block_m: int = 64, max_k: int = 32) -> dict:
-    """Tile sizes: block_m pixels, up to 256 output channels (all of a group's at the benchmark's 32 and 256), up to
-    max_k input channels of one segment; 8 warps once the fp32 accumulator passes 64 registers per thread at 4."""
-    block_n = min(256, max(16, triton.next_power_of_2(group_out)))
-    block_k = min(max_k, max(16, triton.next_power_of_2(segment)))
-    return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=8 if block_n >= 128 else 4)
+def _tiles(block_m: int, block_n: int, block_k: int, accumulator: int) -> dict:
+    """Launch constants; as many warps (4..16) as keep the fp32 accumulator of `accumulator` elements at 64
+    registers per thread."""
+    return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=min(16, max(4, accumulator // 2048)))
+
+
+def _pow2_block(count: int, most: int) -> int:
+    """Block size along an axis of `count` elements: a power of two in [16, most], all of them when they fit."""
+    return min(most, max(16, triton.next_power_of_2(count)))
+
+
+def _output_block(group_out: int, dot: tl.dtype) -> int:
+    """Output channels of one program: the whole group when it fits, each K row of the pipelined operand tile
+    kept at 1 KB (512 bf16/fp16, 256 fp32, 128 fp64 channels) so that 3 stages of 32-64 rows fit in shared memory."""
+    return _pow2_block(group_out, 8192 // dot.primitive_bitwidth)
 
 
 def _transposed_weight(weight: torch.Tensor) -> torch.Tensor:
@@ -345,12 +361,14 @@ def forward(input, offset, weight, mask, bias, stride, padding, dilation) -> tor
     batch = input.shape[0]
     groups = geo["C"] // geo["group_channels"]
     output = torch.empty(batch, geo["C_out"], offset.shape[2], offset.shape[3], device=input.device, dtype=input.dtype)
-    blocks = _blocks(geo["segment"], geo["group_out"])
-    grid = (triton.cdiv(geo["L"], blocks["BLOCK_M"]), groups * triton.cdiv(geo["group_out"], blocks["BLOCK_N"]), batch)
+    dtypes = _dtypes(input.dtype, input.device)
+    block_n = _output_block(geo["group_out"], dtypes["DOT"])
+    blocks = _tiles(64, block_n, _pow2_block(geo["segment"], 32), accumulator=block_n * 64)
+    grid = (triton.cdiv(geo["L"], blocks["BLOCK_M"]), groups * triton.cdiv(geo["group_out"], block_n), batch)
     weight_t = _transposed_weight(weight)
     _forward_kernel[grid](
         input, offset, mask if mask is not None else offset, weight_t, bias if bias is not None else weight_t, output,
-        **geo, HAS_MASK=mask is not None, HAS_BIAS=bias is not None, **_dtypes(input.dtype, input.device), **blocks,
+        **geo, HAS_MASK=mask is not None, HAS_BIAS=bias is not None, **dtypes, **blocks,
     )
     return output
 
@@ -384,7 +402,8 @@ def backward(grad_output, input, offset, weight, mask, stride, padding, dilation
     groups = geo["C"] // geo["group_channels"]
     dtypes = _dtypes(input.dtype, input.device)
     acc_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
-    blocks = _blocks(geo["segment"], geo["group_out"])
+    # grad_columns: output channels are the reduction, 64 at a time; the accumulator is 32 x 64
+    blocks = _tiles(64, _pow2_block(geo["group_out"], 64), _pow2_block(geo["segment"], 32), accumulator=32 * 64)
     weight_t = _transposed_weight(weight)
     grad_input = torch.zeros(input.shape, device=input.device, dtype=acc_dtype)
     # every element of grad_offset / grad_mask is stored exactly once by the data kernel
@@ -398,7 +417,8 @@ def backward(grad_output, input, offset, weight, mask, stride, padding, dilation
         **geo, HAS_MASK=has_mask, **dtypes, **blocks,
     )
     # grad_out is re-read once per K chunk: 64 channels per chunk halve that traffic (cost model above)
-    blocks = _blocks(geo["segment"], geo["group_out"], block_m=32, max_k=64)
+    block_n, block_k = _output_block(geo["group_out"], dtypes["DOT"]), _pow2_block(geo["segment"], 64)
+    blocks = _tiles(32, block_n, block_k, accumulator=block_n * block_k)
     column_programs = groups * geo["taps"] * (geo["group_channels"] // geo["segment"]) * triton.cdiv(
         geo["segment"], blocks["BLOCK_K"])
     n_programs = triton.cdiv(geo["group_out"], blocks["BLOCK_N"])
@@ -411,7 +431,8 @@ def backward(grad_output, input, offset, weight, mask, stride, padding, dilation
         grad_output, input, offset, mask_arg, partial_weight, batch, **geo, items_per_split=items_per_split,
         HAS_MASK=has_mask, **dtypes, **blocks,
     )
-    grad_weight = partial_weight.sum(dim=0).view(weight.shape[0], *weight.shape[2:], weight.shape[1]).permute(0, 3, 1, 2)
+    # (C_out, taps, C_in/groups) -> (C_out, C_in/groups, kh, kw)
+    grad_weight = partial_weight.sum(dim=0).view(weight.shape[0], *weight.shape[2:], -1).permute(0, 3, 1, 2)
     grad_bias = grad_output.sum(dim=(0, 2, 3), dtype=acc_dtype)
     dtype = input.dtype
     return (grad_input.to(dtype), grad_offset.to(dtype), grad_weight.to(dtype).contiguous(), grad_mask.to(dtype),

@@ -159,7 +159,7 @@ RANDOM_CASES = {
     "groups3-offset-groups2": (1, 12, 5, 6, 3, 1, 1, 1, 3, 2, True),
     # Triton tiles: 81 pixels = a full and a partial tile of 64 (3 tiles of 32 in the weight gradient); 72 channels
     # of one segment = 3 chunks of 32 (2 of 64 in the weight gradient), the last partial; 272 output channels = a
-    # full and a partial block of 256
+    # full and a partial block of 256 in fp32 (5 reduction chunks of 64 in grad_columns)
     "pixel-tiles-channel-chunks": (1, 72, 9, 6, 3, 1, 1, 1, 1, 1, True),
     "two-output-channel-blocks": (1, 4, 4, 272, 2, 1, 0, 1, 1, 1, True),
 }
