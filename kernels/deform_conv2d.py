@@ -46,12 +46,18 @@ costs 4 loads (32 lanes/clk/SM) + ~12 ALU ops; Triton overlaps the gather with t
       Predicted ~3.6 ms (floor 0.36): bound by L2 traffic and the atomics; fp32 (TF32) 3.3 + 0.2 + 1.7 = 5.2 ms.
     backward weight: grad_out (77 MB) streamed once per 64-channel K chunk: 72 x 77 MB = 5.5 GB = 0.55 ms; one
       gather pass (bf16). Predicted 0.75 ms (48%); fp32 (TF32) 1.1 + two gather passes = 1.5 ms.
-    forward+backward predicted bf16 ~5.1 ms vs floor 1.08 ms (21%); TF32 ~8.2 ms vs 2.15 ms (26%). The
+    fp32 with allow_tf32 False (PyTorch's default, so the benchmark's fp32 rows): the dots run as FMAs on the
+      CUDA cores, assumed at ~50% of 67 TFLOP/s: ~10.6 ms per GEMM, which hides the streams and the gather.
+    forward+backward predicted bf16 ~5.1 ms vs floor 1.08 ms (21%); TF32 ~8.2 ms vs 2.15 ms (26%); fp32
+      "ieee" ~34 ms vs 15.9 ms (47%; the 3 GEMMs + the data kernel's 1.7 ms of atomics). The
       backward data kernel is the gap: a real fix keeps the grad_out tile on chip across the K chunks
       (or materialises grad_columns per image with a tensor-core GEMM) and scatters without atomics.
   csfrnet-C32 (32 -> 32, K = 288): 1.4 GFLOP per GEMM (1.4 us bf16); 14 MB per pass in bf16 (3 us);
     22 M samples (~13 us per gather pass), 87 M atomics (~0.1 ms): latency and atomics bound.
     Predicted forward ~20 us, forward+backward ~0.15 ms.
+  predicted H200 triton | deform_conv2d csfrnet-C512 fp32 B=8 97x97 fwd+bwd | 34 ms | fp32 FMA dots (floor 15.9 ms)
+  predicted H200 triton | deform_conv2d csfrnet-C512 bf16 B=8 97x97 fwd+bwd | 5.1 ms | L2, atomics (floor 1.08 ms)
+  predicted H200 triton | deform_conv2d csfrnet-C32 bf16 B=8 97x97 fwd+bwd | 0.15 ms | atomics, latency (floor 0.008 ms)
 Nothing here has run on a GPU: the predictions stand until measured.
 """
 from __future__ import annotations
