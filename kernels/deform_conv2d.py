@@ -1,17 +1,64 @@
 """Triton kernels of deformable convolution v1/v2 (CSFRNet Eq. 6), torchvision's semantics.
 
-Implicit GEMM: a program owns (block of output pixels, block of output channels, image) and, for
-every kernel tap and block of input channels, gathers the bilinear samples into a (pixels x
-channels) tile that feeds ``tl.dot`` with the matching weight tile; nothing is materialised.
-The input channels are walked in segments of gcd(C_in/groups, C_in/offset_groups) channels, inside
-which the conv group and the offset group are constant, so each sample position is computed once
-per (tap, segment) and reused by the segment's channels.
+Implicit GEMM, transposed so that the output pixels sit on the lanes: out^T (C_out x pixels) =
+W (C_out x taps*C_in/g) @ columns (taps*C_in/g x pixels). A forward program owns (pixel tile, group
+[, block of 512 bf16/fp16, 256 fp32 or 128 fp64 output channels], image) and walks the K axis in
+chunks of (tap, BLOCK_K channels): each chunk of bilinear samples is gathered once, straight into a
+(channels x pixels) tile, and multiplied into the accumulator of every output channel of the
+program; the bias is added in the epilogue and the output stored once. The sampling coordinates,
+corner weights and mask of a (pixel, tap) are computed once per offset-group segment
+(gcd(C_in/groups, C_in/offset_groups) channels, inside which the conv group and the offset group are
+constant) and reused by the segment's channels. The whole column block (64 pixels x 4608 bf16 at
+the benchmark = 590 KB) does not fit in an SM (228 KB), so the K chunks, not the output-channel
+blocks, form the outer loop.
 
-Backward: one kernel rebuilds grad_columns = grad_out @ W tile by tile and scatters them into
-grad_input (atomics) and reduces them against the sampling derivative into grad_offset/grad_mask
-(atomics, since several channel blocks share an offset group); a second kernel computes grad_weight
-= grad_out^T @ sampled tiles with deterministic per-split partial sums. Because of the atomics the
-backward refuses to run under torch.use_deterministic_algorithms(True).
+Backward: the data kernel owns (pixel tile, image) and walks (tap, offset group): it builds each
+grad_columns chunk = W^T chunk @ grad_out tile, scatters it into grad_input (atomics: pixels share
+input positions) and reduces it against the sampling derivative into grad_offset/grad_mask, which it
+stores once (no atomics: the program covers every channel of the offset group). The weight kernel
+owns (output-channel block, K chunk, split of the (image, pixel tile) items) and accumulates
+grad_out @ columns^T, gathering each chunk once per program; splits are summed deterministically.
+Because of the grad_input atomics the backward refuses torch.use_deterministic_algorithms(True).
+
+Dots: fp16/bf16 operands with fp32 accumulation; fp32 in TF32 when
+torch.backends.cuda.matmul.allow_tf32 is True, else "ieee"; fp64 in fp64 ("ieee", DMMA on sm_80+).
+Under the interpreter (CPU tensors) fp16/bf16 products run in fp32 and fp32 in "ieee".
+
+Cost model, H200 (4.8 TB/s HBM, 989 TFLOP/s dense bf16, 495 TF32, 67 fp32; 132 SMs at 1.98 GHz), at the
+shapes of bench/bench_deform_conv2d.py: B=8, 97x97 -> P = 75272 output pixels, 3x3 kernel, modulated.
+Assumed, to be measured: ~10 TB/s from L2 to the SMs; ~100 G sector atomics/s in L2; a gather sample
+costs 4 loads (32 lanes/clk/SM) + ~12 ALU ops; Triton overlaps the gather with the MMAs only partly
+(no warp specialisation), so a kernel is predicted as max(MMA, L2 traffic) + gather + atomics.
+  csfrnet-C512 (512 -> 512, K = 9*512 = 4608):
+    FLOPs: one GEMM = 2*P*512*4608 = 355 GFLOP; forward 1 GEMM, backward 2 (grad_columns, grad_weight).
+    HBM bytes (bf16): input 77 MB + output 77 MB + offset/mask 4 MB + weight 5 MB = 163 MB per pass = 0.034 ms,
+      plus 385 MB for the fp32 grad_input buffer (zeroing, atomics' final values, conversion) = 0.08 ms:
+      compute bound (~2000 FLOP/B).
+    floor: forward bf16 0.36 ms, TF32 0.72 ms, fp32 "ieee" 5.3 ms; forward+backward 1.08 / 2.15 / 15.9 ms.
+    gather pass: 347 M (pixel, tap, channel) samples = 0.17 ms LSU + 0.12 ms ALU, ~0.2 ms.
+    forward: W (4.7 MB) streamed from L2 by each of the 1176 pixel tiles = 5.5 GB = 0.55 ms; one gather pass
+      in bf16 (512 output channels per program). Predicted bf16 0.55 + 0.2 = 0.75 ms (48% of the floor,
+      bound by the weight stream: BLOCK_M=128 halves it at twice the accumulator). fp32: the stream doubles
+      (11 GB = 1.1 ms) and so do the gather passes (256 channels per program): TF32 1.5 ms (48%).
+    backward data: per (tap, 32-channel chunk) the W^T chunk and the 512 x 64 grad_out tile come again from L2:
+      N*K*P*2 B*(1/64 + 1/32) = 16.6 GB = 1.7 ms; one gather pass 0.2 ms; grad_input scatter 1.39 G fp32
+      atomics, pixels on the lanes so a warp's 32 land in ~4 sectors: 0.17 G sector atomics = 1.7 ms.
+      Predicted ~3.6 ms (floor 0.36): bound by L2 traffic and the atomics; fp32 (TF32) 3.3 + 0.2 + 1.7 = 5.2 ms.
+    backward weight: grad_out (77 MB) streamed once per 64-channel K chunk: 72 x 77 MB = 5.5 GB = 0.55 ms; one
+      gather pass (bf16). Predicted 0.75 ms (48%); fp32 (TF32) 1.1 + two gather passes = 1.5 ms.
+    fp32 with allow_tf32 False (PyTorch's default, so the benchmark's fp32 rows): the dots run as FMAs on the
+      CUDA cores, assumed at ~50% of 67 TFLOP/s: ~10.6 ms per GEMM, which hides the streams and the gather.
+    forward+backward predicted bf16 ~5.1 ms vs floor 1.08 ms (21%); TF32 ~8.2 ms vs 2.15 ms (26%); fp32
+      "ieee" ~34 ms vs 15.9 ms (47%; the 3 GEMMs + the data kernel's 1.7 ms of atomics). The
+      backward data kernel is the gap: a real fix keeps the grad_out tile on chip across the K chunks
+      (or materialises grad_columns per image with a tensor-core GEMM) and scatters without atomics.
+  csfrnet-C32 (32 -> 32, K = 288): 1.4 GFLOP per GEMM (1.4 us bf16); 14 MB per pass in bf16 (3 us);
+    22 M samples (~13 us per gather pass), 87 M atomics (~0.1 ms): latency and atomics bound.
+    Predicted forward ~20 us, forward+backward ~0.15 ms.
+  predicted H200 triton | deform_conv2d csfrnet-C512 fp32 B=8 97x97 fwd+bwd | 34 ms | fp32 FMA dots (floor 15.9 ms)
+  predicted H200 triton | deform_conv2d csfrnet-C512 bf16 B=8 97x97 fwd+bwd | 5.1 ms | L2, atomics (floor 1.08 ms)
+  predicted H200 triton | deform_conv2d csfrnet-C32 bf16 B=8 97x97 fwd+bwd | 0.15 ms | atomics, latency (floor 0.008 ms)
+Nothing here has run on a GPU: the predictions stand until measured.
 """
 from __future__ import annotations
 
@@ -60,16 +107,17 @@ def _corners(y, x, H, W):
 
 @triton.jit
 def _neighbour(image, y0, x0, dy: tl.constexpr, dx: tl.constexpr, H, W, mask_c):
-    """Values of neighbour (y0 + dy, x0 + dx) for the tile's channels: (BM, BK), zero outside the image."""
+    """Values of neighbour (y0 + dy, x0 + dx) for the chunk's channels: (BK, BM), pixels on the lanes, zero outside
+    the image; image (BK,) points at each channel plane."""
     r = y0 + dy
     c = x0 + dx
     ok = (r >= 0) & (r < H) & (c >= 0) & (c < W)
-    return tl.load(image[None, :] + (r * W + c)[:, None], mask=ok[:, None] & mask_c[None, :], other=0.0)
+    return tl.load(image[:, None] + (r * W + c)[None, :], mask=mask_c[:, None] & ok[None, :], other=0.0)
 
 
 @triton.jit
 def _gather(input, channel_base, y0, x0, H, W, mask_c, ACC: tl.constexpr):
-    """The four neighbours (BM, BK) in the accumulation dtype; channel_base (BK,) points at each channel plane."""
+    """The four neighbours (BK, BM) in the accumulation dtype; channel_base (BK,) is each channel plane's offset."""
     image = input + channel_base
     v00 = _neighbour(image, y0, x0, 0, 0, H, W, mask_c).to(ACC)
     v01 = _neighbour(image, y0, x0, 0, 1, H, W, mask_c).to(ACC)
@@ -80,44 +128,50 @@ def _gather(input, channel_base, y0, x0, H, W, mask_c, ACC: tl.constexpr):
 
 @triton.jit
 def _bilinear(v00, v01, v10, v11, fy, fx):
-    wy = fy[:, None]
-    wx = fx[:, None]
+    """Bilinear interpolation (BK, BM) of the four neighbours at fractions fy, fx (BM,)."""
+    wy = fy[None, :]
+    wx = fx[None, :]
     return (1 - wy) * ((1 - wx) * v00 + wx * v01) + wy * ((1 - wx) * v10 + wx * v11)
 
 
 @triton.jit
-def _column_tile(v00, v01, v10, v11, fy, fx, m, finite):
-    """Modulated bilinear samples (BM, BK); NaN where the sample position is not finite."""
-    return tl.where(finite[:, None], _bilinear(v00, v01, v10, v11, fy, fx) * m[:, None], float("nan"))
+def _column_chunk(input, channel_base, y0, x0, fy, fx, m, finite, H, W, mask_c, ACC: tl.constexpr):
+    """Modulated bilinear samples (BK channels, BM pixels) of one tap: a chunk of the column block; NaN where the
+    sample position is not finite."""
+    v00, v01, v10, v11 = _gather(input, channel_base, y0, x0, H, W, mask_c, ACC)
+    value = _bilinear(v00, v01, v10, v11, fy, fx) * m[None, :]
+    return tl.where(finite[None, :], value, float("nan"))
 
 
 @triton.jit
 def _scatter_corner(grad_input, channel_base, y0, x0, fy, fx, grad, H, W, mask_c, DY: tl.constexpr, DX: tl.constexpr):
-    """grad_input[neighbour (y0 + DY, x0 + DX)] += its bilinear weight * grad, for a (BM, BK) tile (atomics)."""
+    """grad_input[neighbour (y0 + DY, x0 + DX)] += its bilinear weight * grad, for a (BK, BM) chunk (atomics)."""
     r = y0 + DY
     c = x0 + DX
     weight = (fy * DY + (1 - fy) * (1 - DY)) * (fx * DX + (1 - fx) * (1 - DX))
     ok = (r >= 0) & (r < H) & (c >= 0) & (c < W)
-    tl.atomic_add(grad_input + channel_base[None, :] + (r * W + c)[:, None], grad * weight[:, None],
-                  mask=ok[:, None] & mask_c[None, :])
+    tl.atomic_add(grad_input + channel_base[:, None] + (r * W + c)[None, :], grad * weight[None, :],
+                  mask=mask_c[:, None] & ok[None, :])
 
 
 @triton.jit
 def _forward_kernel(
-    input, offset, mask, weight, bias, output,
+    input, offset, mask, weight_t, bias, output,
     C, H, W, L, W_out, C_out, kw, taps, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     offset_groups, group_channels, group_out, offset_group_channels, segment,
     HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    """out^T (BN channels, BM pixels) of one image and group: sum over (tap, channel chunk) of
+    W (BN, BK) @ columns (BK, BM), each chunk gathered once; weight_t is (C_out, taps, C_in/groups)."""
     n_blocks = tl.cdiv(group_out, BLOCK_N)
     group = tl.program_id(1) // n_blocks
     offs_n = (tl.program_id(1) % n_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < group_out
     b = tl.program_id(2).to(tl.int64)
     offs_l = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_l = offs_l < L
-    mask_n = offs_n < group_out
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=ACC)
+    acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=ACC)
     for tap in range(taps):
         for s0 in range(0, group_channels, segment):
             c_start = group * group_channels + s0
@@ -129,83 +183,83 @@ def _forward_kernel(
                 offs_k = k0 + tl.arange(0, BLOCK_K)
                 mask_c = offs_k < segment
                 channel_base = ((b * C + c_start + offs_k) * H).to(tl.int64) * W
-                v00, v01, v10, v11 = _gather(input, channel_base, y0, x0, H, W, mask_c, ACC)
-                tile = _column_tile(v00, v01, v10, v11, fy, fx, m, finite)
-                local_c = s0 + offs_k
-                w_tile = tl.load(weight + ((group * group_out + offs_n[None, :]) * group_channels + local_c[:, None]) * taps
-                                 + tap, mask=mask_c[:, None] & mask_n[None, :], other=0.0)
-                acc += tl.dot(tile.to(DOT), w_tile.to(DOT), input_precision=PRECISION, out_dtype=ACC)
+                columns = _column_chunk(input, channel_base, y0, x0, fy, fx, m, finite, H, W, mask_c, ACC)
+                w_tile = tl.load(weight_t + ((group * group_out + offs_n[:, None]) * taps + tap) * group_channels
+                                 + s0 + offs_k[None, :], mask=mask_n[:, None] & mask_c[None, :], other=0.0)
+                acc = tl.dot(w_tile.to(DOT), columns.to(DOT), acc, input_precision=PRECISION, out_dtype=ACC)
     if HAS_BIAS:
-        acc += tl.load(bias + group * group_out + offs_n, mask=mask_n, other=0.0).to(ACC)[None, :]
-    out = output + (b * C_out + group * group_out + offs_n[None, :]).to(tl.int64) * L + offs_l[:, None]
-    tl.store(out, acc.to(output.dtype.element_ty), mask=mask_l[:, None] & mask_n[None, :])
+        acc += tl.load(bias + group * group_out + offs_n, mask=mask_n, other=0.0).to(ACC)[:, None]
+    out = output + (b * C_out + group * group_out + offs_n[:, None]).to(tl.int64) * L + offs_l[None, :]
+    tl.store(out, acc.to(output.dtype.element_ty), mask=mask_n[:, None] & mask_l[None, :])
 
 
 @triton.jit
-def _backward_tile(group_channels, segment, taps, BLOCK_K: tl.constexpr):
-    """Program id 1 of a backward kernel -> (first channel k0 in the segment, segment start s0, tap, group)."""
-    k_blocks = tl.cdiv(segment, BLOCK_K)
-    segments = group_channels // segment
-    pid = tl.program_id(1)
-    k0 = (pid % k_blocks) * BLOCK_K
-    s0 = ((pid // k_blocks) % segments) * segment
-    tap = (pid // (k_blocks * segments)) % taps
-    group = pid // (k_blocks * segments * taps)
-    return k0, s0, tap, group
+def _grad_columns(grad_output, weight_t, b, group, tap, local_c, mask_c, offs_l, mask_l, L, C_out, taps,
+                  group_channels, group_out, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """grad_columns chunk (BK channels, BM pixels) of one tap = W^T (BK, group_out) @ grad_out (group_out, BM)."""
+    grad_col = tl.zeros([BLOCK_K, BLOCK_M], dtype=ACC)
+    for n0 in range(0, group_out, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < group_out
+        w_tile = tl.load(weight_t + ((group * group_out + offs_n[None, :]) * taps + tap) * group_channels
+                         + local_c[:, None], mask=mask_c[:, None] & mask_n[None, :], other=0.0)
+        g_tile = tl.load(grad_output + (b * C_out + group * group_out + offs_n[:, None]).to(tl.int64) * L
+                         + offs_l[None, :], mask=mask_n[:, None] & mask_l[None, :], other=0.0)
+        grad_col = tl.dot(w_tile.to(DOT), g_tile.to(DOT), grad_col, input_precision=PRECISION, out_dtype=ACC)
+    return grad_col
 
 
 @triton.jit
 def _backward_data_kernel(
-    grad_output, input, offset, mask, weight, grad_input, grad_offset, grad_mask,
+    grad_output, input, offset, mask, weight_t, grad_input, grad_offset, grad_mask,
     C, H, W, L, W_out, C_out, kw, taps, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     offset_groups, group_channels, group_out, offset_group_channels, segment,
     HAS_MASK: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """grad_columns tile (BM pixels, BK channels of one segment, one tap) -> grad_input, grad_offset, grad_mask."""
-    k0, s0, tap, group = _backward_tile(group_channels, segment, taps, BLOCK_K)
-    b = tl.program_id(2).to(tl.int64)
+    """One pixel tile of one image: for every (tap, offset group) the grad_columns chunks of the group's channels
+    -> grad_input (atomics), and grad_offset / grad_mask of the (pixels, tap, offset group), stored once."""
+    b = tl.program_id(1).to(tl.int64)
     offs_l = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_l = offs_l < L
-    offs_k = k0 + tl.arange(0, BLOCK_K)
-    mask_c = offs_k < segment
-    local_c = s0 + offs_k
-    c_start = group * group_channels + s0
-    og = c_start // offset_group_channels
-
-    grad_col = tl.zeros([BLOCK_M, BLOCK_K], dtype=ACC)
-    for n0 in range(0, group_out, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < group_out
-        g_tile = tl.load(grad_output + (b * C_out + group * group_out + offs_n[None, :]).to(tl.int64) * L + offs_l[:, None],
-                         mask=mask_l[:, None] & mask_n[None, :], other=0.0)
-        w_tile = tl.load(weight + ((group * group_out + offs_n[:, None]) * group_channels + local_c[None, :]) * taps + tap,
-                         mask=mask_n[:, None] & mask_c[None, :], other=0.0)
-        grad_col += tl.dot(g_tile.to(DOT), w_tile.to(DOT), input_precision=PRECISION, out_dtype=ACC)
-
-    y, x, m = _sample_position(offset, mask, b, og, tap, offs_l, mask_l, L, W_out, kw, stride_h, stride_w,
-                               pad_h, pad_w, dil_h, dil_w, taps, offset_groups, HAS_MASK, ACC)
-    y0, x0, fy, fx, inside, finite = _corners(y, x, H, W)
-    channel_base = ((b * C + c_start + offs_k) * H).to(tl.int64) * W
-    # grad_input: col2im scatter of mask * bilinear weight * grad_columns
-    scaled = grad_col * m[:, None]
-    _scatter_corner(grad_input, channel_base, y0, x0, fy, fx, scaled, H, W, mask_c, 0, 0)
-    _scatter_corner(grad_input, channel_base, y0, x0, fy, fx, scaled, H, W, mask_c, 0, 1)
-    _scatter_corner(grad_input, channel_base, y0, x0, fy, fx, scaled, H, W, mask_c, 1, 0)
-    _scatter_corner(grad_input, channel_base, y0, x0, fy, fx, scaled, H, W, mask_c, 1, 1)
-    # grad_offset / grad_mask: the sampling derivative, summed over this block's channels
-    v00, v01, v10, v11 = _gather(input, channel_base, y0, x0, H, W, mask_c, ACC)
-    value = _bilinear(v00, v01, v10, v11, fy, fx)
-    d_y = (1 - fx)[:, None] * (v10 - v00) + fx[:, None] * (v11 - v01)
-    d_x = (1 - fy)[:, None] * (v01 - v00) + fy[:, None] * (v11 - v10)
-    row = (b * offset_groups + og) * taps + tap
-    # a sample with no neighbour inside has zero offset gradient, whatever its mask (as the reference)
-    tl.atomic_add(grad_offset + (2 * row) * L + offs_l, tl.where(inside, m * tl.sum(grad_col * d_y, axis=1), 0.0),
-                  mask=mask_l)
-    tl.atomic_add(grad_offset + (2 * row + 1) * L + offs_l, tl.where(inside, m * tl.sum(grad_col * d_x, axis=1), 0.0),
-                  mask=mask_l)
-    if HAS_MASK:
-        tl.atomic_add(grad_mask + row * L + offs_l, tl.sum(grad_col * value, axis=1), mask=mask_l)
+    for tap in range(taps):
+        for og in range(offset_groups):
+            y, x, m = _sample_position(offset, mask, b, og, tap, offs_l, mask_l, L, W_out, kw, stride_h, stride_w,
+                                       pad_h, pad_w, dil_h, dil_w, taps, offset_groups, HAS_MASK, ACC)
+            y0, x0, fy, fx, inside, finite = _corners(y, x, H, W)
+            grad_y = tl.zeros([BLOCK_M], dtype=ACC)
+            grad_x = tl.zeros([BLOCK_M], dtype=ACC)
+            grad_m = tl.zeros([BLOCK_M], dtype=ACC)
+            for c_start in range(og * offset_group_channels, (og + 1) * offset_group_channels, segment):
+                group = c_start // group_channels
+                for k0 in range(0, segment, BLOCK_K):
+                    offs_k = k0 + tl.arange(0, BLOCK_K)
+                    mask_c = offs_k < segment
+                    grad_col = _grad_columns(grad_output, weight_t, b, group, tap,
+                                             c_start - group * group_channels + offs_k, mask_c, offs_l, mask_l, L,
+                                             C_out, taps, group_channels, group_out, ACC, DOT, PRECISION,
+                                             BLOCK_M, BLOCK_N, BLOCK_K)
+                    channel_base = ((b * C + c_start + offs_k) * H).to(tl.int64) * W
+                    # grad_input: col2im scatter of mask * bilinear weight * grad_columns
+                    scaled = grad_col * m[None, :]
+                    _scatter_corner(grad_input, channel_base, y0, x0, fy, fx, scaled, H, W, mask_c, 0, 0)
+                    _scatter_corner(grad_input, channel_base, y0, x0, fy, fx, scaled, H, W, mask_c, 0, 1)
+                    _scatter_corner(grad_input, channel_base, y0, x0, fy, fx, scaled, H, W, mask_c, 1, 0)
+                    _scatter_corner(grad_input, channel_base, y0, x0, fy, fx, scaled, H, W, mask_c, 1, 1)
+                    # grad_offset / grad_mask: the sampling derivative, summed over the offset group's channels
+                    v00, v01, v10, v11 = _gather(input, channel_base, y0, x0, H, W, mask_c, ACC)
+                    d_y = (1 - fx)[None, :] * (v10 - v00) + fx[None, :] * (v11 - v01)
+                    d_x = (1 - fy)[None, :] * (v01 - v00) + fy[None, :] * (v11 - v10)
+                    grad_y += tl.sum(grad_col * d_y, axis=0)
+                    grad_x += tl.sum(grad_col * d_x, axis=0)
+                    grad_m += tl.sum(grad_col * _bilinear(v00, v01, v10, v11, fy, fx), axis=0)
+            row = (b * offset_groups + og) * taps + tap
+            # a sample with no neighbour inside has zero offset gradient, whatever its mask (as the reference)
+            tl.store(grad_offset + (2 * row) * L + offs_l, tl.where(inside, m * grad_y, 0.0), mask=mask_l)
+            tl.store(grad_offset + (2 * row + 1) * L + offs_l, tl.where(inside, m * grad_x, 0.0), mask=mask_l)
+            if HAS_MASK:
+                tl.store(grad_mask + row * L + offs_l, grad_m, mask=mask_l)
 
 
 @triton.jit
@@ -216,8 +270,15 @@ def _backward_weight_kernel(
     HAS_MASK: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """partial_weight[split, n, c*taps + tap] = sum over this split's (image, pixel block) of grad_out^T @ samples."""
-    k0, s0, tap, group = _backward_tile(group_channels, segment, taps, BLOCK_K)
+    """partial_weight[split, n, tap, c] = sum over this split's (image, pixel tile) items of
+    grad_out (BN, BM) @ columns^T (BM, BK), each columns chunk gathered once per item."""
+    k_blocks = tl.cdiv(segment, BLOCK_K)
+    segments = group_channels // segment
+    pid = tl.program_id(1)
+    k0 = (pid % k_blocks) * BLOCK_K
+    s0 = ((pid // k_blocks) % segments) * segment
+    tap = (pid // (k_blocks * segments)) % taps
+    group = pid // (k_blocks * segments * taps)
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < group_out
     split = tl.program_id(2)
@@ -237,14 +298,12 @@ def _backward_weight_kernel(
                                    pad_h, pad_w, dil_h, dil_w, taps, offset_groups, HAS_MASK, ACC)
         y0, x0, fy, fx, inside, finite = _corners(y, x, H, W)
         channel_base = ((b * C + c_start + offs_k) * H).to(tl.int64) * W
-        v00, v01, v10, v11 = _gather(input, channel_base, y0, x0, H, W, mask_c, ACC)
-        tile = _column_tile(v00, v01, v10, v11, fy, fx, m, finite)
-        g_tile = tl.load(grad_output + (b * C_out + group * group_out + offs_n[:, None]).to(tl.int64) * L + offs_l[None, :],
-                         mask=mask_n[:, None] & mask_l[None, :], other=0.0)
-        acc += tl.dot(g_tile.to(DOT), tile.to(DOT), input_precision=PRECISION, out_dtype=ACC)
-    local_c = s0 + offs_k
-    out = partial_weight + (split * C_out + group * group_out + offs_n[:, None]) * (group_channels * taps) \
-        + local_c[None, :] * taps + tap
+        columns = _column_chunk(input, channel_base, y0, x0, fy, fx, m, finite, H, W, mask_c, ACC)
+        g_tile = tl.load(grad_output + (b * C_out + group * group_out + offs_n[:, None]).to(tl.int64) * L
+                         + offs_l[None, :], mask=mask_n[:, None] & mask_l[None, :], other=0.0)
+        acc = tl.dot(g_tile.to(DOT), tl.trans(columns.to(DOT)), acc, input_precision=PRECISION, out_dtype=ACC)
+    out = partial_weight + ((split * C_out + group * group_out + offs_n[:, None]) * taps + tap) * group_channels \
+        + s0 + offs_k[None, :]
     tl.store(out, acc, mask=mask_n[:, None] & mask_c[None, :])
 
 
@@ -266,33 +325,56 @@ def _geometry(input, offset, weight, stride, padding, dilation) -> dict:
 
 
 def _dtypes(dtype: torch.dtype, device: torch.device) -> dict:
-    """Accumulation dtype, and the dtype of the dot operands (native fp16/bf16 on GPU, else fp32/fp64)."""
+    """Accumulation dtype, dtype of the dot operands and dot precision: on a GPU native fp16/bf16 operands, fp32 in
+    TF32 when torch.backends.cuda.matmul.allow_tf32 allows it, fp64 in fp64; the interpreter multiplies in ACC."""
     acc = tl.float64 if dtype == torch.float64 else tl.float32
-    if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16):
+    if device.type != "cuda":
+        return dict(ACC=acc, DOT=acc, PRECISION="ieee")
+    if dtype in (torch.float16, torch.bfloat16):
         return dict(ACC=acc, DOT=tl.float16 if dtype == torch.float16 else tl.bfloat16, PRECISION=None)
-    return dict(ACC=acc, DOT=acc, PRECISION="ieee")
+    tf32 = dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
+    return dict(ACC=acc, DOT=acc, PRECISION="tf32" if tf32 else "ieee")
 
 
-def _blocks(segment: int, group_out: int) -> dict:
-    block_k = min(32, max(16, triton.next_power_of_2(segment)))
-    block_n = min(64, max(16, triton.next_power_of_2(group_out)))
-    return dict(BLOCK_M=64, BLOCK_N=block_n, BLOCK_K=block_k)
+def _tiles(block_m: int, block_n: int, block_k: int, accumulator: int) -> dict:
+    """Launch constants; as many warps (4..16) as keep the fp32 accumulator of `accumulator` elements at 64
+    registers per thread."""
+    return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=min(16, max(4, accumulator // 2048)))
+
+
+def _pow2_block(count: int, most: int) -> int:
+    """Block size along an axis of `count` elements: a power of two in [16, most], all of them when they fit."""
+    return min(most, max(16, triton.next_power_of_2(count)))
+
+
+def _output_block(group_out: int, dot: tl.dtype) -> int:
+    """Output channels of one program: the whole group when it fits, each K row of the pipelined operand tile
+    kept at 1 KB (512 bf16/fp16, 256 fp32, 128 fp64 channels) so that 3 stages of 32-64 rows fit in shared memory."""
+    return _pow2_block(group_out, 8192 // dot.primitive_bitwidth)
+
+
+def _transposed_weight(weight: torch.Tensor) -> torch.Tensor:
+    """(C_out, C_in/groups, kh, kw) -> (C_out, kh*kw, C_in/groups): the K axis tap-major, channels contiguous."""
+    return weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1, weight.shape[1]).contiguous()
 
 
 def forward(input, offset, weight, mask, bias, stride, padding, dilation) -> torch.Tensor:
     """(B, C_out, Ho, Wo); see fastseg.ops.deform_conv2d for the shapes."""
-    input, offset, weight = input.contiguous(), offset.contiguous(), weight.contiguous()
+    input, offset = input.contiguous(), offset.contiguous()
     mask = mask.contiguous() if mask is not None else None
     bias = bias.contiguous() if bias is not None else None  # the kernel indexes it densely
     geo = _geometry(input, offset, weight, stride, padding, dilation)
     batch = input.shape[0]
     groups = geo["C"] // geo["group_channels"]
     output = torch.empty(batch, geo["C_out"], offset.shape[2], offset.shape[3], device=input.device, dtype=input.dtype)
-    blocks = _blocks(geo["segment"], geo["group_out"])
-    grid = (triton.cdiv(geo["L"], blocks["BLOCK_M"]), groups * triton.cdiv(geo["group_out"], blocks["BLOCK_N"]), batch)
+    dtypes = _dtypes(input.dtype, input.device)
+    block_n = _output_block(geo["group_out"], dtypes["DOT"])
+    blocks = _tiles(64, block_n, _pow2_block(geo["segment"], 32), accumulator=block_n * 64)
+    grid = (triton.cdiv(geo["L"], blocks["BLOCK_M"]), groups * triton.cdiv(geo["group_out"], block_n), batch)
+    weight_t = _transposed_weight(weight)
     _forward_kernel[grid](
-        input, offset, mask if mask is not None else offset, weight, bias if bias is not None else weight, output,
-        **geo, HAS_MASK=mask is not None, HAS_BIAS=bias is not None, **_dtypes(input.dtype, input.device), **blocks,
+        input, offset, mask if mask is not None else offset, weight_t, bias if bias is not None else weight_t, output,
+        **geo, HAS_MASK=mask is not None, HAS_BIAS=bias is not None, **dtypes, **blocks,
     )
     return output
 
@@ -308,7 +390,7 @@ def _refuse_nondeterminism() -> None:
 
 
 def _num_splits(device: torch.device, programs: int, items: int) -> int:
-    """(image, pixel block) slices of the weight-gradient reduction: about four programs per SM on a GPU."""
+    """(image, pixel tile) slices of the weight-gradient reduction: about four programs per SM on a GPU."""
     if device.type != "cuda":
         return 1
     sms = torch.cuda.get_device_properties(device).multi_processor_count
@@ -319,37 +401,45 @@ def backward(grad_output, input, offset, weight, mask, stride, padding, dilation
     """(grad_input, grad_offset, grad_weight, grad_mask or an empty tensor, grad_bias)."""
     _refuse_nondeterminism()
     grad_output = grad_output.contiguous()
-    input, offset, weight = input.contiguous(), offset.contiguous(), weight.contiguous()
+    input, offset = input.contiguous(), offset.contiguous()
     mask = mask.contiguous() if mask is not None else None
     geo = _geometry(input, offset, weight, stride, padding, dilation)
     batch = input.shape[0]
     groups = geo["C"] // geo["group_channels"]
     dtypes = _dtypes(input.dtype, input.device)
     acc_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
-    blocks = _blocks(geo["segment"], geo["group_out"])
-    column_programs = groups * geo["taps"] * (geo["group_channels"] // geo["segment"]) * triton.cdiv(
-        geo["segment"], blocks["BLOCK_K"])
+    # grad_columns: output channels are the reduction, 64 at a time; the accumulator is 32 x 64
+    blocks = _tiles(64, _pow2_block(geo["group_out"], 64), _pow2_block(geo["segment"], 32), accumulator=32 * 64)
+    weight_t = _transposed_weight(weight)
     grad_input = torch.zeros(input.shape, device=input.device, dtype=acc_dtype)
-    grad_offset = torch.zeros(offset.shape, device=input.device, dtype=acc_dtype)
-    grad_mask = torch.zeros(mask.shape if mask is not None else (0,), device=input.device, dtype=acc_dtype)
+    # every element of grad_offset / grad_mask is stored exactly once by the data kernel
+    grad_offset = torch.empty(offset.shape, device=input.device, dtype=acc_dtype)
+    grad_mask = torch.empty(mask.shape if mask is not None else (0,), device=input.device, dtype=acc_dtype)
     has_mask = mask is not None
     mask_arg = mask if has_mask else offset
-    _backward_data_kernel[(triton.cdiv(geo["L"], blocks["BLOCK_M"]), column_programs, batch)](
-        grad_output, input, offset, mask_arg, weight, grad_input, grad_offset, grad_mask if has_mask else grad_offset,
+    l_tiles = triton.cdiv(geo["L"], blocks["BLOCK_M"])
+    _backward_data_kernel[(l_tiles, batch)](
+        grad_output, input, offset, mask_arg, weight_t, grad_input, grad_offset, grad_mask if has_mask else grad_offset,
         **geo, HAS_MASK=has_mask, **dtypes, **blocks,
     )
-    items = batch * triton.cdiv(geo["L"], blocks["BLOCK_M"])
+    # grad_out is re-read once per K chunk: 64 channels per chunk halve that traffic (cost model above)
+    block_n, block_k = _output_block(geo["group_out"], dtypes["DOT"]), _pow2_block(geo["segment"], 64)
+    blocks = _tiles(32, block_n, block_k, accumulator=block_n * block_k)
+    column_programs = groups * geo["taps"] * (geo["group_channels"] // geo["segment"]) * triton.cdiv(
+        geo["segment"], blocks["BLOCK_K"])
     n_programs = triton.cdiv(geo["group_out"], blocks["BLOCK_N"])
+    items = batch * triton.cdiv(geo["L"], blocks["BLOCK_M"])
     splits = _num_splits(input.device, n_programs * column_programs, items)
     items_per_split = triton.cdiv(items, splits)
     splits = triton.cdiv(items, items_per_split)
-    partial_weight = torch.empty(splits, *weight.shape, device=input.device, dtype=acc_dtype)
+    partial_weight = torch.empty(splits, *weight_t.shape, device=input.device, dtype=acc_dtype)
     _backward_weight_kernel[(n_programs, column_programs, splits)](
         grad_output, input, offset, mask_arg, partial_weight, batch, **geo, items_per_split=items_per_split,
         HAS_MASK=has_mask, **dtypes, **blocks,
     )
-    grad_weight = partial_weight.sum(dim=0)
+    # (C_out, taps, C_in/groups) -> (C_out, C_in/groups, kh, kw)
+    grad_weight = partial_weight.sum(dim=0).view(weight.shape[0], *weight.shape[2:], -1).permute(0, 3, 1, 2)
     grad_bias = grad_output.sum(dim=(0, 2, 3), dtype=acc_dtype)
     dtype = input.dtype
-    return (grad_input.to(dtype), grad_offset.to(dtype), grad_weight.to(dtype), grad_mask.to(dtype),
+    return (grad_input.to(dtype), grad_offset.to(dtype), grad_weight.to(dtype).contiguous(), grad_mask.to(dtype),
             grad_bias.to(dtype))

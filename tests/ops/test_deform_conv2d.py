@@ -2,6 +2,7 @@
 torchvision.ops.deform_conv2d itself (where torchvision is installed)."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 
@@ -154,6 +155,13 @@ RANDOM_CASES = {
     "groups2-offset-groups4-stride2": (1, 8, 7, 4, 3, 2, 1, 1, 2, 4, True),
     "offset-groups3-dilation": (1, 6, 7, 4, (3, 2), 1, (2, 1), (2, 1), 1, 3, True),
     "batch33": (33, 4, 7, 5, 3, 1, 1, 1, 1, 2, True),
+    # offset groups straddling conv groups (4 channels per group, 6 per offset group)
+    "groups3-offset-groups2": (1, 12, 5, 6, 3, 1, 1, 1, 3, 2, True),
+    # Triton tiles: 81 pixels = a full and a partial tile of 64 (3 tiles of 32 in the weight gradient); 72 channels
+    # of one segment = 3 chunks of 32 (2 of 64 in the weight gradient), the last partial; 272 output channels = a
+    # full and a partial block of 256 in fp32 (5 reduction chunks of 64 in grad_columns)
+    "pixel-tiles-channel-chunks": (1, 72, 9, 6, 3, 1, 1, 1, 1, 1, True),
+    "two-output-channel-blocks": (1, 4, 4, 272, 2, 1, 0, 1, 1, 1, True),
 }
 CPP_ONLY_CASES = {"batch33"}  # large batch: the C++ backend only, to keep the interpreter's time short
 
@@ -202,6 +210,45 @@ def test_low_precision(fused):
         # the samples and products are rounded to dtype (8 or 11 bits); sums accumulate in fp32
         tolerance = 3e-2 if dtype == torch.bfloat16 else 5e-3
         _compare(rounded, backend, device, dtype=dtype, atol=tolerance, rtol=tolerance)
+
+
+@contextlib.contextmanager
+def _allow_tf32(value: bool):
+    """torch.backends.cuda.matmul.allow_tf32 set to ``value`` inside, restored after (monkeypatch cannot: the
+    attribute lives behind the module's __getattr__)."""
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = value
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("allow_tf32", [True, False])
+def test_triton_dot_precision_follows_allow_tf32(allow_tf32):
+    """The Triton dots on a GPU: fp32 in TF32 only when PyTorch allows it, native fp16/bf16 operands with fp32
+    accumulation, fp64 in fp64; the interpreter multiplies in fp32/fp64 "ieee"."""
+    kernels = pytest.importorskip("fastseg.kernels.deform_conv2d", reason="triton is not installed")
+    tl = pytest.importorskip("triton.language", reason="triton is not installed")
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    with _allow_tf32(allow_tf32):
+        float32 = kernels._dtypes(torch.float32, cuda)
+    assert float32 == dict(ACC=tl.float32, DOT=tl.float32, PRECISION="tf32" if allow_tf32 else "ieee")
+    assert kernels._dtypes(torch.bfloat16, cuda) == dict(ACC=tl.float32, DOT=tl.bfloat16, PRECISION=None)
+    assert kernels._dtypes(torch.float16, cuda) == dict(ACC=tl.float32, DOT=tl.float16, PRECISION=None)
+    assert kernels._dtypes(torch.float64, cuda) == dict(ACC=tl.float64, DOT=tl.float64, PRECISION="ieee")
+    assert kernels._dtypes(torch.float16, cpu) == dict(ACC=tl.float32, DOT=tl.float32, PRECISION="ieee")
+
+
+def test_tf32_matches_reference(fused):
+    backend, device = fused
+    if device.type != "cuda":
+        pytest.skip("TF32 exists on a GPU only")
+    args = _inputs(2, 8, 6, 8, offset_groups=2)
+    # TF32 keeps 10 mantissa bits of each product's operands (relative 2^-11); 72 products per output
+    with _allow_tf32(True):
+        _compare(args, backend, device, dtype=torch.float32, atol=1e-2, rtol=1e-2)
 
 
 def test_gradcheck(differentiable):
