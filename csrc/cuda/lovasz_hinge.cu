@@ -34,6 +34,7 @@ constexpr int kScanThreads = 512;
 constexpr int kWarps = kScanThreads / 32;
 constexpr int kElementwiseThreads = 256;
 constexpr int64_t kMaxBlocks = 65535LL * 8;
+constexpr int64_t kMaxGridY = 65535;
 constexpr long long kPositive = 1LL << 32;  // one positive in the packed counts; one negative is 1
 constexpr unsigned kFullWarp = 0xffffffffu;
 
@@ -123,27 +124,28 @@ __global__ void __launch_bounds__(kScanThreads)
     carry += tile_total;
     // Eq. 9: g_j = J(counts through j) - J(counts before j)
     const acc_t grad = jaccard(gts, inclusive) - jaccard(gts, inclusive - step);
-    if (j < pixels) {
+    if (inside) {  // j < pixels; the sort's permutation visits every pixel of the row once
       const acc_t error = sorted_errors[row + j];
       const bool active = keep && !(error <= acc_t(0));  // a NaN error is active: NaN in, NaN loss out
       partial += active ? error * grad : acc_t(0);  // Eq. 8 with relu(errors)
-      weights[row + j] = active ? (positive ? -grad : grad) : acc_t(0);
+      weights[row + index] = active ? (positive ? -grad : grad) : acc_t(0);  // pixel order
     }
   }
   const acc_t loss = block_sum(partial);
   if (threadIdx.x == 0) losses[blockIdx.x] = convert<scalar_t>(loss);
 }
 
+// grad_logits[n,p] = grad_loss[n] * weights[n,p]; rows on grid.y, pixels on grid.x (no division).
 template <typename scalar_t, typename acc_t>
-__global__ void scatter_kernel(const scalar_t* __restrict__ grad_loss, const int64_t* __restrict__ permutation,
-                               const acc_t* __restrict__ weights, int64_t rows, int64_t pixels,
-                               scalar_t* __restrict__ grad_logits) {
-  const int64_t total = rows * pixels;
+__global__ void scale_kernel(const scalar_t* __restrict__ grad_loss, const acc_t* __restrict__ weights, int64_t rows,
+                             int64_t pixels, scalar_t* __restrict__ grad_logits) {
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += stride) {
-    const int64_t n = i / pixels, index = permutation[i];
-    if (index < 0 || index >= pixels) continue;
-    grad_logits[n * pixels + index] = convert<scalar_t>(convert<acc_t>(grad_loss[n]) * weights[i]);
+  for (int64_t n = blockIdx.y; n < rows; n += gridDim.y) {
+    const acc_t scale = convert<acc_t>(grad_loss[n]);
+    const int64_t row = n * pixels;
+    for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < pixels; p += stride) {
+      grad_logits[row + p] = convert<scalar_t>(scale * weights[row + p]);
+    }
   }
 }
 
@@ -169,14 +171,12 @@ cudaError_t lovasz_hinge_scan(const acc_type<scalar_t>* sorted_errors, const int
 }
 
 template <typename scalar_t>
-cudaError_t lovasz_hinge_backward(const scalar_t* grad_loss, const int64_t* permutation,
-                                  const acc_type<scalar_t>* weights, int64_t rows, int64_t pixels,
-                                  scalar_t* grad_logits, cudaStream_t stream) {
+cudaError_t lovasz_hinge_backward(const scalar_t* grad_loss, const acc_type<scalar_t>* weights, int64_t rows,
+                                  int64_t pixels, scalar_t* grad_logits, cudaStream_t stream) {
   if (rows * pixels == 0) return cudaSuccess;
-  cudaError_t error = cudaMemsetAsync(grad_logits, 0, rows * pixels * sizeof(scalar_t), stream);
-  if (error != cudaSuccess) return error;
-  launch(scatter_kernel<scalar_t, acc_type<scalar_t>>, blocks_for(rows * pixels), kElementwiseThreads, 0, stream,
-         grad_loss, permutation, weights, rows, pixels, grad_logits);
+  const dim3 grid(blocks_for(pixels), static_cast<unsigned>(std::min<int64_t>(rows, kMaxGridY)));
+  launch(scale_kernel<scalar_t, acc_type<scalar_t>>, grid, kElementwiseThreads, 0, stream, grad_loss, weights, rows,
+         pixels, grad_logits);
   return cudaGetLastError();
 }
 
@@ -185,8 +185,7 @@ cudaError_t lovasz_hinge_backward(const scalar_t* grad_loss, const int64_t* perm
                                               acc_type<T>*, cudaStream_t);                                      \
   template cudaError_t lovasz_hinge_scan<T>(const acc_type<T>*, const int64_t*, const bool*, const bool*,       \
                                             int64_t, int64_t, T*, acc_type<T>*, cudaStream_t);                  \
-  template cudaError_t lovasz_hinge_backward<T>(const T*, const int64_t*, const acc_type<T>*, int64_t, int64_t, \
-                                                T*, cudaStream_t);
+  template cudaError_t lovasz_hinge_backward<T>(const T*, const acc_type<T>*, int64_t, int64_t, T*, cudaStream_t);
 FASTSEG_FOR_FLOATING_TYPES(FASTSEG_INSTANTIATE)
 #undef FASTSEG_INSTANTIATE
 
