@@ -6,22 +6,27 @@
 // scan_kernel (one block per row) counts the row's positives, then walks the sorted row in tiles of
 // kScanThreads: it gathers label and validity through the permutation, scans the packed counts
 // (positives << 32 | negatives) with a warp-shuffle block scan carrying the running total across
-// tiles, and writes the Jaccard-gradient weights (in sorted order) and the row's loss (fixed-order
-// reduction). No host synchronisation at any row count.
-// Backward: grad_logits[n, permutation[n,j]] = grad_loss[n] * weights[n,j], one thread per element.
+// tiles, and writes the row's loss (fixed-order reduction) and the Jaccard-gradient weights in pixel
+// order, weights[n, permutation[n,j]], so that nothing of the sort outlives the forward. No host
+// synchronisation at any row count.
+// Backward: grad_logits[n,p] = grad_loss[n] * weights[n,p], a streaming multiply (scale_kernel).
 //
 // Cost model at the GPU shapes of
-// bench/bench_lovasz_hinge.py (forward+backward; H200: 4.8 TB/s HBM, 67 TFLOP/s fp32,
+// bench/bench_lovasz_hinge.py (forward+backward; H200: 4.8 TB/s HBM, 50 MB L2, 67 TFLOP/s fp32,
 // 989 TFLOP/s dense bf16, ~3 us per dependent launch). The floor is max(bytes / bandwidth, FLOPs /
 // peak) of the benchmark's byte and FLOP counts; the prediction is this design's, derived below.
 // bench/report.py reads the `predicted H200` lines (the one place these numbers live) into the
 // "predicted" column of bench/RESULTS.md.
 // Per element: errors 10 B, iota 8 B, PyTorch's segmented radix sort ~5 passes x (read + write of a
 // 4 B key and an 8 B index) = 120 B, scan 18 B (gathers through the permutation hit L2), weights
-// 4 B, backward 16 B: ~176 B at ~60% of bandwidth, ~12 launches. Bound: the sort's traffic, which
-// the floor (one read of logits/labels/valid, one gradient write) does not count.
-// predicted H200 | lovasz_hinge 97x97 N=152 fwd+bwd | 0.123 ms | sort traffic (floor 0.010 ms)
-// predicted H200 | lovasz_hinge 769x769 N=38 fwd+bwd | 1.409 ms | sort traffic (floor 0.159 ms)
+// 4 B, backward 8 B (read weights, write grad_logits): ~168 B at ~60% of bandwidth, ~11 launches.
+// The weights are scattered within each row, all rows' scans at once: at 97x97 the 5.7 MB of
+// weights stay in L2 and each 32 B sector leaves it whole (4 B/element); at 769x769 the 90 MB do
+// not fit, about half the 4 B writes miss and write back a partial sector, ~18 B/element (+14 B).
+// Bound: the sort's traffic, which the floor (the benchmark's 18 B/element: logits, labels, valid,
+// weights written and read, grad_logits) does not count.
+// predicted H200 | lovasz_hinge 97x97 N=152 fwd+bwd | 0.116 ms | sort traffic (floor 0.005 ms)
+// predicted H200 | lovasz_hinge 769x769 N=38 fwd+bwd | 1.453 ms | sort traffic (floor 0.084 ms)
 #include "cuda/common.cuh"
 #include "cuda/lovasz_hinge.h"
 
