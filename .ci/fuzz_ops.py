@@ -150,8 +150,8 @@ def _raw_backward(op: str, t: dict, o: dict, saved):
         return raw.flow_warp_backward(torch.randn_like(saved), t["input"], t["flow"], o["padding_mode"],
                                       o["align_corners"])
     if op == "lovasz_hinge":
-        _, permutation, weights = saved
-        return raw.lovasz_hinge_backward(torch.randn(permutation.shape[0]), permutation, weights)
+        _, weights = saved
+        return raw.lovasz_hinge_backward(torch.randn(weights.shape[0]), weights)
     if op == "class_avg_pool":
         centers, counts = saved
         return raw.class_avg_pool_backward(torch.randn_like(centers), t["labels"], counts, o["ignore_index"])

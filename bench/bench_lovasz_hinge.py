@@ -46,9 +46,9 @@ def _bench(benchmark, forward, shape):
         logits.grad = None
         forward(logits, labels, valid).backward(grad)
 
-    # forward reads logits, labels, valid and writes the permutation and weights; backward reads
-    # those two and writes grad_logits (the sort's own passes come on top)
-    bytes_moved = rows * pixels * (logits.element_size() * 2 + 2 + 2 * (8 + 4))
+    # forward reads logits, labels, valid and writes the float32 weights (in pixel order); backward
+    # reads them and writes grad_logits (the sort's own passes come on top)
+    bytes_moved = rows * pixels * (logits.element_size() * 2 + 2 + 2 * 4)
     run_benchmark(benchmark, step, group=f"lovasz_hinge {shape} N={rows} fwd+bwd", bytes_moved=bytes_moved)
 
 

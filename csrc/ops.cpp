@@ -20,9 +20,9 @@ TORCH_LIBRARY(fastseg, m) {
   m.def("soft_class_pool_backward(Tensor grad_centers, Tensor features, Tensor probs, Tensor centers, Tensor mass) -> (Tensor, Tensor)");
   m.def("attentional_class_feature(Tensor features, Tensor probs) -> (Tensor, Tensor, Tensor)");
   m.def("attentional_class_feature_backward(Tensor grad_attended, Tensor features, Tensor probs, Tensor centers, Tensor mass) -> (Tensor, Tensor)");
-  // Berman et al. 2018 Eq. 8-9 (Lovász hinge, CSFRNet Eq. 4): per-row losses, sort permutation, gradient weights.
-  m.def("lovasz_hinge(Tensor logits, Tensor labels, Tensor? valid) -> (Tensor, Tensor, Tensor)");
-  m.def("lovasz_hinge_backward(Tensor grad_loss, Tensor permutation, Tensor weights) -> Tensor");
+  // Berman et al. 2018 Eq. 8-9 (Lovász hinge, CSFRNet Eq. 4): per-row losses, gradient weights in pixel order.
+  m.def("lovasz_hinge(Tensor logits, Tensor labels, Tensor? valid) -> (Tensor, Tensor)");
+  m.def("lovasz_hinge_backward(Tensor grad_loss, Tensor weights) -> Tensor");
   // DecoupleSegNet Eq. 1: bilinear feature warping by a flow field (grid_sample semantics, flow in input pixels).
   m.def("flow_warp(Tensor input, Tensor flow, str padding_mode, bool align_corners) -> Tensor");
   m.def("flow_warp_backward(Tensor grad_output, Tensor input, Tensor flow, str padding_mode, bool align_corners) -> (Tensor, Tensor)");

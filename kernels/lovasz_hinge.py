@@ -1,11 +1,11 @@
 """Triton kernels of the Lovász hinge (Berman et al. 2018 Eq. 8-9), any row length.
 
 Forward: the host computes the hinge errors (-inf for invalid pixels, so they sort last) and sorts
-every row with torch.sort. One program per row then counts the row's positives, and walks the
-sorted row in chunks: it gathers labels and validity through the permutation, scans them with
-tl.cumsum while carrying the running counts across chunks, and writes the Jaccard-gradient
-weights d loss / d logits[permutation[j]] and the row's loss. Backward scatters
-grad_loss[n] * weights through the permutation.
+every row with torch.sort (stable, so ties keep pixel order as in the reference). One program per
+row then counts the row's positives, and walks the sorted row in chunks: it gathers labels and
+validity through the permutation, scans them with tl.cumsum while carrying the running counts
+across chunks, and writes the row's loss and the Jaccard-gradient weights d loss / d logits[p] in
+pixel order (at p = permutation[j]). Backward is the streaming multiply grad_loss[n] * weights[n, p].
 """
 from __future__ import annotations
 
@@ -60,28 +60,26 @@ def _scan_kernel(
         grad = _jaccard(gts, pos, neg) - _jaccard(gts, pos - y, neg - n_step)
         active = ((error > 0) | (error != error)) & (v != 0)  # a NaN error is active: NaN in, NaN loss out
         total += tl.where(active, error, 0) * grad  # Eq. 8 with relu(errors); invalid errors are -inf
-        tl.store(weights + row + offs, tl.where(active, tl.where(y != 0, -grad, grad), 0), mask=mask)
+        tl.store(weights + row + index, tl.where(active, tl.where(y != 0, -grad, grad), 0), mask=mask)  # pixel order
         pos_carry += tl.sum(y, axis=0)
         neg_carry += tl.sum(n_step, axis=0)
     tl.store(loss + tl.program_id(0), tl.sum(total, axis=0))
 
 
 @triton.jit
-def _scatter_kernel(grad_loss, permutation, weights, grad_logits, P, BLOCK: tl.constexpr):
+def _scale_kernel(grad_loss, weights, grad_logits, P, BLOCK: tl.constexpr):
     n = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < P
-    index = tl.load(permutation + n * P + offs, mask=mask, other=0)
     w = tl.load(weights + n * P + offs, mask=mask, other=0.0)
     g = tl.load(grad_loss + n).to(w.dtype)
-    inside = mask & (index >= 0) & (index < P)
-    tl.store(grad_logits + n * P + index, (g * w).to(grad_logits.dtype.element_ty), mask=inside)
+    tl.store(grad_logits + n * P + offs, (g * w).to(grad_logits.dtype.element_ty), mask=mask)
 
 
 def forward(
     logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(losses (N,) in logits' dtype, permutation (N,P) int64, weights (N,P) float32/float64)."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(losses (N,) in logits' dtype, weights (N,P) float32/float64 in pixel order)."""
     rows, pixels = logits.shape
     acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
     labels = labels.contiguous()
@@ -89,7 +87,7 @@ def forward(
     if valid is not None:
         valid = valid.contiguous()
         errors = errors.masked_fill(~valid, float("-inf"))
-    errors_sorted, permutation = torch.sort(errors, dim=1, descending=True)
+    errors_sorted, permutation = torch.sort(errors, dim=1, descending=True, stable=True)
     loss = torch.zeros(rows, device=logits.device, dtype=acc)
     weights = torch.empty(rows, pixels, device=logits.device, dtype=acc)
     if rows and pixels:
@@ -98,15 +96,15 @@ def forward(
             errors_sorted, permutation, labels_u8, valid.view(torch.uint8) if valid is not None else labels_u8,
             loss, weights, pixels, HAS_VALID=valid is not None, IS_FP64=acc == torch.float64, BLOCK=_BLOCK,
         )
-    return loss.to(logits.dtype), permutation, weights
+    return loss.to(logits.dtype), weights
 
 
-def backward(grad_loss: torch.Tensor, permutation: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """grad_logits (N,P): grad_logits[n, permutation[n, j]] = grad_loss[n] * weights[n, j]."""
-    rows, pixels = permutation.shape
-    grad_logits = torch.zeros(rows, pixels, device=grad_loss.device, dtype=grad_loss.dtype)
+def backward(grad_loss: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """grad_logits (N,P) in grad_loss' dtype: grad_logits[n, p] = grad_loss[n] * weights[n, p]."""
+    rows, pixels = weights.shape
+    grad_logits = torch.empty(rows, pixels, device=grad_loss.device, dtype=grad_loss.dtype)
     if rows and pixels:
-        _scatter_kernel[(rows, triton.cdiv(pixels, _BLOCK))](
-            grad_loss.contiguous(), permutation.contiguous(), weights.contiguous(), grad_logits, pixels, BLOCK=_BLOCK,
+        _scale_kernel[(rows, triton.cdiv(pixels, _BLOCK))](
+            grad_loss.contiguous(), weights.contiguous(), grad_logits, pixels, BLOCK=_BLOCK,
         )
     return grad_logits

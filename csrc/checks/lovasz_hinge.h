@@ -28,17 +28,15 @@ inline void lovasz_hinge_inputs(const at::Tensor& logits, const at::Tensor& labe
   if (valid.has_value()) lovasz_mask(*valid, logits, "valid");
 }
 
-inline void lovasz_hinge_backward_inputs(const at::Tensor& grad_loss, const at::Tensor& permutation,
-                                         const at::Tensor& weights) {
+inline void lovasz_hinge_backward_inputs(const at::Tensor& grad_loss, const at::Tensor& weights) {
   TORCH_CHECK_VALUE(grad_loss.dim() == 1, "grad_loss must be (N,), got ", grad_loss.sizes());
+  TORCH_CHECK_VALUE(at::isFloatingType(grad_loss.scalar_type()), "grad_loss must be floating point");
   const int64_t rows = grad_loss.size(0);
-  TORCH_CHECK_VALUE(permutation.dim() == 2 && permutation.size(0) == rows && permutation.scalar_type() == at::kLong,
-                    "permutation must be int64 (N,P) with N=", rows, ", got ", permutation.sizes());
   const at::ScalarType acc_dtype = lovasz_accumulate_type(grad_loss.scalar_type());
-  TORCH_CHECK_VALUE(weights.sizes() == permutation.sizes() && weights.scalar_type() == acc_dtype,
-                    "weights must be ", acc_dtype, " of the permutation's shape");
-  TORCH_CHECK_VALUE(permutation.device() == grad_loss.device() && weights.device() == grad_loss.device(),
-                    "permutation and weights must be on ", grad_loss.device());
+  TORCH_CHECK_VALUE(weights.dim() == 2 && weights.size(0) == rows && weights.scalar_type() == acc_dtype,
+                    "weights must be ", acc_dtype, " (N,P) with N=", rows, ", got ", weights.scalar_type(), " ",
+                    weights.sizes());
+  TORCH_CHECK_VALUE(weights.device() == grad_loss.device(), "weights must be on ", grad_loss.device());
 }
 
 }  // namespace fastseg::checks

@@ -1,17 +1,15 @@
 // CPU kernels of the Lovász hinge (Berman et al. 2018 Eq. 8-9; CSFRNet Eq. 4). Rows run in
 // parallel; each row sorts its valid pixels once by decreasing hinge error and scans them once for
-// the Jaccard gradient, the loss and the per-position gradient weights. Backward scatters those
-// weights through the saved permutation, without sorting again.
+// the Jaccard gradient, the loss and the gradient weights, which it stores in pixel order (through
+// the sort's permutation). Backward is a streaming multiply of those weights, without sorting again.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <type_traits>
@@ -77,16 +75,19 @@ void sort_descending(RowBuffers<acc_t>& buffers) {
   }
 }
 
-// One row of `pixels`: writes its permutation (valid pixels by decreasing error, then the invalid
-// ones) and weights d loss / d logits[permutation[j]] (0 for invalid), returns its loss.
+// One row of `pixels`: writes its weights[p] = d loss / d logits[p] in pixel order (0 for invalid
+// pixels), returns its loss.
 template <typename scalar_t, typename acc_t>
 acc_t lovasz_row(const scalar_t* logits, const bool* labels, const bool* valid, int64_t pixels,
-                 RowBuffers<acc_t>& buffers, int64_t* permutation, acc_t* weights) {
+                 RowBuffers<acc_t>& buffers, acc_t* weights) {
   std::vector<SortItem<acc_t>>& items = buffers.items;
   items.clear();
   int64_t positives = 0;
   for (int64_t p = 0; p < pixels; ++p) {
-    if (valid != nullptr && !valid[p]) continue;
+    if (valid != nullptr && !valid[p]) {
+      weights[p] = acc_t(0);
+      continue;
+    }
     const acc_t sign = labels[p] ? acc_t(1) : acc_t(-1);
     items.push_back({acc_t(1) - static_cast<acc_t>(logits[p]) * sign, p});
     positives += labels[p];
@@ -99,7 +100,8 @@ acc_t lovasz_row(const scalar_t* logits, const bool* labels, const bool* valid, 
   acc_t previous = acc_t(0), loss = acc_t(0);
   const int64_t count = static_cast<int64_t>(items.size());
   for (int64_t j = 0; j < count; ++j) {
-    const bool positive = labels[items[j].index];
+    const int64_t p = items[j].index;
+    const bool positive = labels[p];
     pos += positive;
     neg += !positive;
     const acc_t jaccard = acc_t(1) - (gts - acc_t(pos)) / (gts + acc_t(neg));
@@ -108,20 +110,13 @@ acc_t lovasz_row(const scalar_t* logits, const bool* labels, const bool* valid, 
     const acc_t error = items[j].error;
     const bool active = !(error <= acc_t(0));  // a NaN error is active: NaN in, NaN loss out
     loss += active ? error * grad : acc_t(0);  // Eq. 8 with relu(errors)
-    permutation[j] = items[j].index;
-    weights[j] = active ? (positive ? -grad : grad) : acc_t(0);
-  }
-  int64_t j = count;
-  for (int64_t p = 0; valid != nullptr && p < pixels; ++p) {
-    if (valid[p]) continue;
-    permutation[j] = p;
-    weights[j++] = acc_t(0);
+    weights[p] = active ? (positive ? -grad : grad) : acc_t(0);  // the sort's permutation: pixel order
   }
   return loss;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> lovasz_hinge_cpu(const at::Tensor& logits, const at::Tensor& labels,
-                                                                const std::optional<at::Tensor>& valid) {
+std::tuple<at::Tensor, at::Tensor> lovasz_hinge_cpu(const at::Tensor& logits, const at::Tensor& labels,
+                                                    const std::optional<at::Tensor>& valid) {
   checks::lovasz_hinge_inputs(logits, labels, valid);
   const int64_t rows = logits.size(0), pixels = logits.size(1);
   const at::Tensor x = logits.contiguous();
@@ -129,7 +124,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lovasz_hinge_cpu(const at::Tensor
   const at::Tensor mask = valid.has_value() ? valid->contiguous() : at::Tensor();
   const at::ScalarType acc_dtype = checks::lovasz_accumulate_type(logits.scalar_type());
   at::Tensor loss = at::empty({rows}, logits.options());
-  at::Tensor permutation = at::empty({rows, pixels}, logits.options().dtype(at::kLong));
   at::Tensor weights = at::empty({rows, pixels}, logits.options().dtype(acc_dtype));
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "lovasz_hinge_cpu", [&] {
@@ -138,55 +132,41 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lovasz_hinge_cpu(const at::Tensor
     const bool* gt = y.const_data_ptr<bool>();
     const bool* keep = mask.defined() ? mask.const_data_ptr<bool>() : nullptr;
     scalar_t* out = loss.data_ptr<scalar_t>();
-    int64_t* perm = permutation.data_ptr<int64_t>();
     acc_t* weight = weights.data_ptr<acc_t>();
     at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
       RowBuffers<acc_t> buffers;
       buffers.items.reserve(pixels);
       for (int64_t n = begin; n < end; ++n) {
         const int64_t offset = n * pixels;
-        out[n] = static_cast<scalar_t>(lovasz_row<scalar_t, acc_t>(in + offset, gt + offset,
-                                                                   keep ? keep + offset : nullptr, pixels, buffers,
-                                                                   perm + offset, weight + offset));
+        out[n] = static_cast<scalar_t>(lovasz_row<scalar_t, acc_t>(
+            in + offset, gt + offset, keep ? keep + offset : nullptr, pixels, buffers, weight + offset));
       }
     });
   });
-  return {loss, permutation, weights};
+  return {loss, weights};
 }
 
-at::Tensor lovasz_hinge_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& permutation,
-                                     const at::Tensor& weights) {
-  checks::lovasz_hinge_backward_inputs(grad_loss, permutation, weights);
-  const int64_t rows = grad_loss.size(0);
-  const int64_t pixels = permutation.size(1);
-  const at::Tensor perm = permutation.contiguous();
+// grad_logits[n,p] = grad_loss[n] * weights[n,p]: a streaming multiply, in the accumulation type.
+at::Tensor lovasz_hinge_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& weights) {
+  checks::lovasz_hinge_backward_inputs(grad_loss, weights);
+  const int64_t rows = weights.size(0), pixels = weights.size(1);
+  const at::Tensor grad = grad_loss.contiguous();
   const at::Tensor weight = weights.contiguous();
-  at::Tensor grad_logits = at::zeros({rows, pixels}, grad_loss.options());
-  std::atomic<bool> out_of_range{false};
+  at::Tensor grad_logits = at::empty({rows, pixels}, grad_loss.options());
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_loss.scalar_type(), "lovasz_hinge_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const at::Tensor grad = grad_loss.contiguous();
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
-    const int64_t* index = perm.const_data_ptr<int64_t>();
     const acc_t* w = weight.const_data_ptr<acc_t>();
     scalar_t* out = grad_logits.data_ptr<scalar_t>();
     at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
       for (int64_t n = begin; n < end; ++n) {
         const acc_t scale = static_cast<acc_t>(g[n]);
         const int64_t offset = n * pixels;
-        for (int64_t j = 0; j < pixels; ++j) {
-          const int64_t p = index[offset + j];
-          if (p < 0 || p >= pixels) {
-            out_of_range = true;
-            continue;
-          }
-          out[offset + p] = static_cast<scalar_t>(scale * w[offset + j]);
-        }
+        for (int64_t p = 0; p < pixels; ++p) out[offset + p] = static_cast<scalar_t>(scale * w[offset + p]);
       }
     });
   });
-  TORCH_CHECK_VALUE(!out_of_range, "permutation holds indices outside [0, ", pixels, ")");
   return grad_logits;
 }
 

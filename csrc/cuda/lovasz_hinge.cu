@@ -6,22 +6,27 @@
 // scan_kernel (one block per row) counts the row's positives, then walks the sorted row in tiles of
 // kScanThreads: it gathers label and validity through the permutation, scans the packed counts
 // (positives << 32 | negatives) with a warp-shuffle block scan carrying the running total across
-// tiles, and writes the Jaccard-gradient weights (in sorted order) and the row's loss (fixed-order
-// reduction). No host synchronisation at any row count.
-// Backward: grad_logits[n, permutation[n,j]] = grad_loss[n] * weights[n,j], one thread per element.
+// tiles, and writes the row's loss (fixed-order reduction) and the Jaccard-gradient weights in pixel
+// order, weights[n, permutation[n,j]], so that nothing of the sort outlives the forward. No host
+// synchronisation at any row count.
+// Backward: grad_logits[n,p] = grad_loss[n] * weights[n,p], a streaming multiply (scale_kernel).
 //
 // Cost model at the GPU shapes of
-// bench/bench_lovasz_hinge.py (forward+backward; H200: 4.8 TB/s HBM, 67 TFLOP/s fp32,
+// bench/bench_lovasz_hinge.py (forward+backward; H200: 4.8 TB/s HBM, 50 MB L2, 67 TFLOP/s fp32,
 // 989 TFLOP/s dense bf16, ~3 us per dependent launch). The floor is max(bytes / bandwidth, FLOPs /
 // peak) of the benchmark's byte and FLOP counts; the prediction is this design's, derived below.
 // bench/report.py reads the `predicted H200` lines (the one place these numbers live) into the
 // "predicted" column of bench/RESULTS.md.
 // Per element: errors 10 B, iota 8 B, PyTorch's segmented radix sort ~5 passes x (read + write of a
 // 4 B key and an 8 B index) = 120 B, scan 18 B (gathers through the permutation hit L2), weights
-// 4 B, backward 16 B: ~176 B at ~60% of bandwidth, ~12 launches. Bound: the sort's traffic, which
-// the floor (one read of logits/labels/valid, one gradient write) does not count.
-// predicted H200 | lovasz_hinge 97x97 N=152 fwd+bwd | 0.123 ms | sort traffic (floor 0.010 ms)
-// predicted H200 | lovasz_hinge 769x769 N=38 fwd+bwd | 1.409 ms | sort traffic (floor 0.159 ms)
+// 4 B, backward 8 B (read weights, write grad_logits): ~168 B at ~60% of bandwidth, ~11 launches.
+// The weights are scattered within each row, all rows' scans at once: at 97x97 the 5.7 MB of
+// weights stay in L2 and each 32 B sector leaves it whole (4 B/element); at 769x769 the 90 MB do
+// not fit, about half the 4 B writes miss and write back a partial sector, ~18 B/element (+14 B).
+// Bound: the sort's traffic, which the floor (the benchmark's 18 B/element: logits, labels, valid,
+// weights written and read, grad_logits) does not count.
+// predicted H200 | lovasz_hinge 97x97 N=152 fwd+bwd | 0.116 ms | sort traffic (floor 0.005 ms)
+// predicted H200 | lovasz_hinge 769x769 N=38 fwd+bwd | 1.453 ms | sort traffic (floor 0.084 ms)
 #include "cuda/common.cuh"
 #include "cuda/lovasz_hinge.h"
 
@@ -34,6 +39,7 @@ constexpr int kScanThreads = 512;
 constexpr int kWarps = kScanThreads / 32;
 constexpr int kElementwiseThreads = 256;
 constexpr int64_t kMaxBlocks = 65535LL * 8;
+constexpr int64_t kMaxGridY = 65535;
 constexpr long long kPositive = 1LL << 32;  // one positive in the packed counts; one negative is 1
 constexpr unsigned kFullWarp = 0xffffffffu;
 
@@ -123,27 +129,28 @@ __global__ void __launch_bounds__(kScanThreads)
     carry += tile_total;
     // Eq. 9: g_j = J(counts through j) - J(counts before j)
     const acc_t grad = jaccard(gts, inclusive) - jaccard(gts, inclusive - step);
-    if (j < pixels) {
+    if (inside) {  // j < pixels; the sort's permutation visits every pixel of the row once
       const acc_t error = sorted_errors[row + j];
       const bool active = keep && !(error <= acc_t(0));  // a NaN error is active: NaN in, NaN loss out
       partial += active ? error * grad : acc_t(0);  // Eq. 8 with relu(errors)
-      weights[row + j] = active ? (positive ? -grad : grad) : acc_t(0);
+      weights[row + index] = active ? (positive ? -grad : grad) : acc_t(0);  // pixel order
     }
   }
   const acc_t loss = block_sum(partial);
   if (threadIdx.x == 0) losses[blockIdx.x] = convert<scalar_t>(loss);
 }
 
+// grad_logits[n,p] = grad_loss[n] * weights[n,p]; rows on grid.y, pixels on grid.x (no division).
 template <typename scalar_t, typename acc_t>
-__global__ void scatter_kernel(const scalar_t* __restrict__ grad_loss, const int64_t* __restrict__ permutation,
-                               const acc_t* __restrict__ weights, int64_t rows, int64_t pixels,
-                               scalar_t* __restrict__ grad_logits) {
-  const int64_t total = rows * pixels;
+__global__ void scale_kernel(const scalar_t* __restrict__ grad_loss, const acc_t* __restrict__ weights, int64_t rows,
+                             int64_t pixels, scalar_t* __restrict__ grad_logits) {
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += stride) {
-    const int64_t n = i / pixels, index = permutation[i];
-    if (index < 0 || index >= pixels) continue;
-    grad_logits[n * pixels + index] = convert<scalar_t>(convert<acc_t>(grad_loss[n]) * weights[i]);
+  for (int64_t n = blockIdx.y; n < rows; n += gridDim.y) {
+    const acc_t scale = convert<acc_t>(grad_loss[n]);
+    const int64_t row = n * pixels;
+    for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < pixels; p += stride) {
+      grad_logits[row + p] = convert<scalar_t>(scale * weights[row + p]);
+    }
   }
 }
 
@@ -169,14 +176,12 @@ cudaError_t lovasz_hinge_scan(const acc_type<scalar_t>* sorted_errors, const int
 }
 
 template <typename scalar_t>
-cudaError_t lovasz_hinge_backward(const scalar_t* grad_loss, const int64_t* permutation,
-                                  const acc_type<scalar_t>* weights, int64_t rows, int64_t pixels,
-                                  scalar_t* grad_logits, cudaStream_t stream) {
+cudaError_t lovasz_hinge_backward(const scalar_t* grad_loss, const acc_type<scalar_t>* weights, int64_t rows,
+                                  int64_t pixels, scalar_t* grad_logits, cudaStream_t stream) {
   if (rows * pixels == 0) return cudaSuccess;
-  cudaError_t error = cudaMemsetAsync(grad_logits, 0, rows * pixels * sizeof(scalar_t), stream);
-  if (error != cudaSuccess) return error;
-  launch(scatter_kernel<scalar_t, acc_type<scalar_t>>, blocks_for(rows * pixels), kElementwiseThreads, 0, stream,
-         grad_loss, permutation, weights, rows, pixels, grad_logits);
+  const dim3 grid(blocks_for(pixels), static_cast<unsigned>(std::min<int64_t>(rows, kMaxGridY)));
+  launch(scale_kernel<scalar_t, acc_type<scalar_t>>, grid, kElementwiseThreads, 0, stream, grad_loss, weights, rows,
+         pixels, grad_logits);
   return cudaGetLastError();
 }
 
@@ -185,8 +190,7 @@ cudaError_t lovasz_hinge_backward(const scalar_t* grad_loss, const int64_t* perm
                                               acc_type<T>*, cudaStream_t);                                      \
   template cudaError_t lovasz_hinge_scan<T>(const acc_type<T>*, const int64_t*, const bool*, const bool*,       \
                                             int64_t, int64_t, T*, acc_type<T>*, cudaStream_t);                  \
-  template cudaError_t lovasz_hinge_backward<T>(const T*, const int64_t*, const acc_type<T>*, int64_t, int64_t, \
-                                                T*, cudaStream_t);
+  template cudaError_t lovasz_hinge_backward<T>(const T*, const acc_type<T>*, int64_t, int64_t, T*, cudaStream_t);
 FASTSEG_FOR_FLOATING_TYPES(FASTSEG_INSTANTIATE)
 #undef FASTSEG_INSTANTIATE
 

@@ -20,16 +20,16 @@ cudaError_t lovasz_hinge_errors(const scalar_t* logits, const bool* labels, cons
                                 int64_t pixels, acc_type<scalar_t>* errors, cudaStream_t stream);
 
 // One block per row scans the row sorted by decreasing error (sorted_errors[n,j] =
-// errors[n, permutation[n,j]]): losses and weights[n,j] = d losses[n] / d logits[n, permutation[n,j]].
+// errors[n, permutation[n,j]], permutation[n] a permutation of [0, P)): losses and, in pixel order,
+// weights[n,p] = d losses[n] / d logits[n,p] (written at p = permutation[n,j]).
 template <typename scalar_t>
 cudaError_t lovasz_hinge_scan(const acc_type<scalar_t>* sorted_errors, const int64_t* permutation, const bool* labels,
                               const bool* valid, int64_t rows, int64_t pixels, scalar_t* losses,
                               acc_type<scalar_t>* weights, cudaStream_t stream);
 
-// grad_logits[n, permutation[n,j]] = grad_loss[n] * weights[n,j]; indices outside [0, P) are skipped.
+// grad_logits[n,p] = grad_loss[n] * weights[n,p], a streaming multiply.
 template <typename scalar_t>
-cudaError_t lovasz_hinge_backward(const scalar_t* grad_loss, const int64_t* permutation,
-                                  const acc_type<scalar_t>* weights, int64_t rows, int64_t pixels,
-                                  scalar_t* grad_logits, cudaStream_t stream);
+cudaError_t lovasz_hinge_backward(const scalar_t* grad_loss, const acc_type<scalar_t>* weights, int64_t rows,
+                                  int64_t pixels, scalar_t* grad_logits, cudaStream_t stream);
 
 }  // namespace fastseg::cuda

@@ -17,8 +17,8 @@
 namespace fastseg::glue {
 namespace {
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> lovasz_hinge_cuda(const at::Tensor& logits, const at::Tensor& labels,
-                                                                 const std::optional<at::Tensor>& valid) {
+std::tuple<at::Tensor, at::Tensor> lovasz_hinge_cuda(const at::Tensor& logits, const at::Tensor& labels,
+                                                     const std::optional<at::Tensor>& valid) {
   checks::lovasz_hinge_inputs(logits, labels, valid);
   TORCH_CHECK_VALUE(logits.size(1) < (int64_t(1) << 31), "rows of 2**31 pixels or more are not supported");
   const DeviceGuard guard(logits.device());
@@ -48,24 +48,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lovasz_hinge_cuda(const at::Tenso
                                        cuda_mutable_ptr<scalar_t>(losses), weights.mutable_data_ptr<acc_t>(), stream),
                "lovasz_hinge scan");
   });
-  return {losses, permutation, weights};
+  return {losses, weights};
 }
 
-at::Tensor lovasz_hinge_backward_cuda(const at::Tensor& grad_loss, const at::Tensor& permutation,
-                                      const at::Tensor& weights) {
-  checks::lovasz_hinge_backward_inputs(grad_loss, permutation, weights);
-  const int64_t rows = grad_loss.size(0);
+at::Tensor lovasz_hinge_backward_cuda(const at::Tensor& grad_loss, const at::Tensor& weights) {
+  checks::lovasz_hinge_backward_inputs(grad_loss, weights);
   const DeviceGuard guard(grad_loss.device());
-  const int64_t pixels = permutation.size(1);
+  const int64_t rows = weights.size(0), pixels = weights.size(1);
   const at::Tensor grad = grad_loss.contiguous();
-  const at::Tensor perm = permutation.contiguous();
   const at::Tensor weight = weights.contiguous();
   at::Tensor grad_logits = at::empty({rows, pixels}, grad_loss.options());
   const cudaStream_t stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "lovasz_hinge_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    check_cuda(cuda::lovasz_hinge_backward(cuda_ptr<scalar_t>(grad), perm.const_data_ptr<int64_t>(),
-                                           weight.const_data_ptr<acc_t>(), rows, pixels,
+    check_cuda(cuda::lovasz_hinge_backward(cuda_ptr<scalar_t>(grad), weight.const_data_ptr<acc_t>(), rows, pixels,
                                            cuda_mutable_ptr<scalar_t>(grad_logits), stream),
                "lovasz_hinge_backward");
   });

@@ -4,11 +4,12 @@ Berman et al. 2018, "The Lovász-Softmax loss", Eq. 8-9, with the hinge errors o
 2015; CSFRNet Eq. 4 uses it as the binary loss of the class-aware consistency loss.
 
 Per row, over its valid pixels only: signs ``s = 2y - 1``, errors ``e = 1 - logits * s`` sorted
-in decreasing order (permutation ``pi``); ``J_j = 1 - (gts - cumsum(y_pi)_j) / (gts +
-cumsum(1 - y_pi)_j)`` is the Jaccard loss of the first j sorted pixels, ``g_j = J_j - J_{j-1}``
-(``J_0 = 0``) its Lovász gradient, and ``loss = sum_j relu(e_pi_j) g_j``. Hence
-``d loss / d logits_pi_j = -s_pi_j g_j [e_pi_j > 0]``: the fused ops return these weights in
-sorted order with the permutation, and backward scatters them without sorting again.
+in decreasing order (permutation ``pi``, stable: tied errors keep pixel order on every backend);
+``J_j = 1 - (gts - cumsum(y_pi)_j) / (gts + cumsum(1 - y_pi)_j)`` is the Jaccard loss of the first
+j sorted pixels, ``g_j = J_j - J_{j-1}`` (``J_0 = 0``) its Lovász gradient, and ``loss = sum_j
+relu(e_pi_j) g_j``. Hence ``d loss / d logits_pi_j = -s_pi_j g_j [e_pi_j > 0]``: the fused forward
+ops store these weights in pixel order (``weights[n, pi_j] = ...``, (N,P), float32 or float64), so
+backward is the streaming multiply ``grad_loss[:, None] * weights``, without sorting or gathering.
 A row without valid pixels has loss 0 and zero gradient.
 """
 from __future__ import annotations
@@ -76,45 +77,44 @@ def lovasz_hinge_reference(logits: Tensor, labels: Tensor, valid: Tensor | None 
     labels = labels.to(torch.bool)
     valid = valid if valid is not None else torch.ones_like(labels)
     errors = 1 - logits.to(acc) * (2 * labels.to(acc) - 1)
-    errors_sorted, order = errors.masked_fill(~valid, float("-inf")).sort(dim=1, descending=True)
+    errors_sorted, order = errors.masked_fill(~valid, float("-inf")).sort(dim=1, descending=True, stable=True)
     valid_sorted = valid.gather(1, order)
     gt_sorted = labels.gather(1, order) & valid_sorted
     grad = jaccard_gradient(gt_sorted.to(acc), valid_sorted.to(acc))
     return (F.relu(errors_sorted) * grad).sum(dim=1).to(logits.dtype)
 
 
-def _forward_triton(logits: Tensor, labels: Tensor, valid: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+def _forward_triton(logits: Tensor, labels: Tensor, valid: Optional[Tensor]) -> tuple[Tensor, Tensor]:
     from fastseg.kernels import lovasz_hinge as kernels
 
     return kernels.forward(logits, labels, valid)
 
 
-def _backward_triton(grad_loss: Tensor, permutation: Tensor, weights: Tensor) -> Tensor:
+def _backward_triton(grad_loss: Tensor, weights: Tensor) -> Tensor:
     from fastseg.kernels import lovasz_hinge as kernels
 
-    return kernels.backward(grad_loss, permutation, weights)
+    return kernels.backward(grad_loss, weights)
 
 
 def _fake_forward(logits, labels, valid):
     rows, pixels = logits.shape
-    permutation = logits.new_empty(rows, pixels, dtype=torch.int64)
     weights = logits.new_empty(rows, pixels, dtype=accumulate_dtype(logits.dtype))
-    return logits.new_empty(rows), permutation, weights
+    return logits.new_empty(rows), weights
 
 
-def _fake_backward(grad_loss, permutation, weights):
-    return grad_loss.new_empty(permutation.shape)
+def _fake_backward(grad_loss, weights):
+    return grad_loss.new_empty(weights.shape)
 
 
 def _setup_context(ctx, inputs, output):
-    _, permutation, weights = output
-    ctx.save_for_backward(permutation, weights)
+    _, weights = output
+    ctx.save_for_backward(weights)
 
 
 def _autograd_backward(pair: OpPair):
-    def backward(ctx, grad_loss, grad_permutation, grad_weights):
-        permutation, weights = ctx.saved_tensors
-        return pair.backward(grad_loss.contiguous(), permutation, weights), None, None
+    def backward(ctx, grad_loss, grad_weights):
+        (weights,) = ctx.saved_tensors
+        return pair.backward(grad_loss.contiguous(), weights), None, None
 
     return backward
 

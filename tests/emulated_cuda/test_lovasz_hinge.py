@@ -1,15 +1,16 @@
-"""lovasz_hinge's CUDA kernels (errors, block scan + gradient weights around PyTorch's sort, backward
-scatter) on the emulated-CUDA layer.
+"""lovasz_hinge's CUDA kernels (errors, block scan + gradient weights in pixel order around PyTorch's
+sort, backward streaming multiply) on the emulated-CUDA layer.
 
-Gradients are compared on tie-free rows: with equal errors every order of the tied pixels is a valid
-subgradient (see tests/ops/test_lovasz_hinge.py).
+Gradients are compared with the per-row loop on tie-free rows: with equal errors every order of the
+tied pixels is a valid subgradient (see tests/ops/test_lovasz_hinge.py). The glue's stable sort keeps
+tied pixels in pixel order, as lovasz_hinge_reference does, so on tied rows the gradients match that one.
 """
 from __future__ import annotations
 
 import pytest
 import torch
 
-from fastseg.ops.lovasz_hinge import lovasz_hinge_per_row
+from fastseg.ops.lovasz_hinge import lovasz_hinge_per_row, lovasz_hinge_reference
 
 from .compare import DTYPES, check_every_order, on_device
 
@@ -35,17 +36,17 @@ def _tie_free_rows(rows, pixels, positive, valid, dtype):
             return logits, labels, torch.rand(rows, pixels) < valid
 
 
-def _check(emulated, logits, labels, valid):
+def _check(emulated, logits, labels, valid, reference=lovasz_hinge_per_row):
     reference_logits = logits.detach().double().requires_grad_()
-    losses = lovasz_hinge_per_row(reference_logits, labels, valid)
+    losses = reference(reference_logits, labels, valid)
     grad_loss = torch.randn_like(losses).to(logits.dtype)
     (grad_logits,) = torch.autograd.grad(losses, reference_logits, grad_loss.double())
 
     logits, labels, valid, grad_loss = on_device(emulated, logits, labels, valid, grad_loss)
 
     def run():
-        got_losses, permutation, weights = emulated.lovasz_hinge(logits, labels, valid)
-        return got_losses, emulated.lovasz_hinge_backward(grad_loss, permutation, weights)
+        got_losses, weights = emulated.lovasz_hinge(logits, labels, valid)
+        return got_losses, emulated.lovasz_hinge_backward(grad_loss, weights)
 
     check_every_order(run, (losses, grad_logits), logits.dtype)
 
@@ -65,3 +66,12 @@ def test_all_invalid_row_no_mask_and_non_contiguous(emulated):
     _check(emulated, logits, labels, valid)
     _check(emulated, logits, labels, None)
     _check(emulated, logits.t().contiguous().t(), labels, valid)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_ties_match_the_vectorised_reference(emulated, dtype):
+    """Rows with many equal errors (7 logit values, some errors exactly 0) over three scan tiles."""
+    logits = (torch.randint(-3, 4, (3, 1100)) / 2).to(dtype)
+    labels, valid = torch.rand(3, 1100) < 0.4, torch.rand(3, 1100) < 0.8
+    _check(emulated, logits, labels, valid, reference=lovasz_hinge_reference)
+    _check(emulated, logits, labels, None, reference=lovasz_hinge_reference)

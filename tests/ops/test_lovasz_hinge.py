@@ -2,9 +2,9 @@
 
 Ties: the Lovász extension is well defined, so the loss does not depend on how equal errors are
 ordered, but its gradient does (two tied pixels with different labels swap their Jaccard-gradient
-weights, and every order is a valid subgradient). So gradients are compared on tie-free rows
-(errors built from distinct dyadic numbers, exact in float32), and rows with many ties compare
-loss values only.
+weights, and every order is a valid subgradient). The per-row loop is compared on tie-free rows
+(errors built from distinct dyadic numbers, exact in float32); every fused backend and the vectorised
+reference sort stably (ties in pixel order), so on rows with many ties their gradients must agree.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from torch.library import opcheck
 
 from fastseg import ops
 from fastseg.losses import LovaszHingeLoss
+from fastseg.ops import extension
 from fastseg.ops.lovasz_hinge import LOVASZ_HINGE, lovasz_hinge_per_row, lovasz_hinge_reference
 
 
@@ -84,6 +85,75 @@ def test_ties_give_the_reference_loss(fused):
     mask = torch.rand(6, 400) < 0.85
     _compare(backend, device, logits, labels, mask, grads=False)
     _compare("reference", torch.device("cpu"), logits, labels, mask, grads=False)
+
+
+def _tied_rows(rows, pixels, dtype, device):
+    """logits on 7 values in [-1.5, 1.5] (many equal errors per row, some exactly 0), labels, 20% invalid."""
+    logits = torch.randint(-3, 4, (rows, pixels)).to(dtype) / 2
+    labels = torch.rand(rows, pixels) < 0.4
+    mask = torch.rand(rows, pixels) < 0.8
+    return logits.to(device), labels.to(device), mask.to(device)
+
+
+def _reference_gradient(logits, labels, valid, grad_loss):
+    x = logits.detach().clone().requires_grad_()
+    return torch.autograd.grad(lovasz_hinge_reference(x, labels, valid), x, grad_loss)[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
+def test_gradients_with_ties_match_the_reference(fused, dtype):
+    """Tied rows with invalid pixels: the fused gradient is torch.autograd's on lovasz_hinge_reference."""
+    backend, device = fused
+    logits, labels, mask = _tied_rows(5, 700, dtype, device)
+    grad_loss = torch.randn(5, device=device).to(dtype)
+    flipped = _reference_gradient(logits.flip(1), labels.flip(1), mask.flip(1), grad_loss).flip(1)
+    assert not torch.equal(flipped, _reference_gradient(logits, labels, mask, grad_loss)), "rows are tie-sensitive"
+    for valid in (mask, None):
+        x = logits.clone().requires_grad_()
+        (grad,) = torch.autograd.grad(ops.lovasz_hinge(x, labels, valid, backend=backend), x, grad_loss)
+        assert grad.dtype == dtype and (valid is None or torch.all(grad[~valid] == 0))
+        torch.testing.assert_close(grad, _reference_gradient(logits, labels, valid, grad_loss))
+
+
+def _rounded(values, dtype, backend, device):
+    """float32 values in dtype as the backend rounds them: the Triton interpreter truncates float32 to
+    bfloat16 (cast_impl in triton/runtime/interpreter.py); compiled kernels round to nearest even."""
+    if dtype == torch.bfloat16 and backend == "triton" and device.type == "cpu":
+        return (values.view(torch.int32) & -65536).view(torch.float32).to(dtype)
+    return values.to(dtype)
+
+
+def test_forward_weights_are_the_gradient_in_pixel_order(fused):
+    """The raw ops: weights[n, p] = d losses[n] / d logits[n, p]; backward is grad_loss[:, None] * weights."""
+    backend, device = fused
+    logits, labels, mask = _tied_rows(4, 1500, torch.float32, device)
+    pair = LOVASZ_HINGE.pair(backend)
+    losses, weights = pair.forward(logits, labels, mask)
+    assert weights.dtype == torch.float32 and weights.shape == logits.shape
+    torch.testing.assert_close(losses, lovasz_hinge_reference(logits, labels, mask))
+    torch.testing.assert_close(weights, _reference_gradient(logits, labels, mask, torch.ones(4, device=device)))
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        grad_loss = torch.randn(4, device=device).to(dtype)
+        grad = pair.backward(grad_loss, weights)
+        assert grad.dtype == dtype
+        expected = _rounded(grad_loss.float()[:, None] * weights, dtype, backend, device)
+        torch.testing.assert_close(grad, expected, atol=0, rtol=0)
+
+
+@pytest.mark.skipif(not extension.available(), reason="the C++ extension is not built")
+@pytest.mark.parametrize(
+    "grad_loss, weights, message",
+    [
+        (torch.randn(2, 1), torch.randn(2, 5), "grad_loss must be"),
+        (torch.randn(2), torch.randn(3, 5), "weights must be"),
+        (torch.randn(2), torch.randn(2, 5, dtype=torch.float64), "weights must be"),
+        (torch.randn(2), torch.randn(10), "weights must be"),
+        (torch.ones(2, dtype=torch.int64), torch.randn(2, 5), "grad_loss must be floating"),
+    ],
+)
+def test_raw_backward_checks_its_arguments(grad_loss, weights, message):
+    with pytest.raises(ValueError, match=message):
+        torch.ops.fastseg.lovasz_hinge_backward(grad_loss, weights)
 
 
 def test_rows_without_valid_pixels_give_zero_loss_and_gradient(fused):
