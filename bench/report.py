@@ -56,8 +56,11 @@ MODEL_TARGETS = (
 )
 VARIANTS = ("reference", "fused", "fused-compiled", "reference-compiled")
 KERNELS = pathlib.Path(__file__).resolve().parent.parent / "csrc" / "cuda"
-# A kernel file's prediction for the `cuda` implementation of one benchmark group on an H200.
-PREDICTION = re.compile(r"^// predicted H200 \| (?P<group>[^|]+?) \| (?P<ms>[0-9.]+) ms \| (?P<bound>.+)$")
+TRITON_KERNELS = pathlib.Path(__file__).resolve().parent.parent / "kernels"
+# A kernel file's prediction for one implementation of one benchmark group on an H200: `// predicted H200 |`
+# lines in csrc/cuda/*.cu (the `cuda` implementation), `predicted H200 triton |` lines in kernels/*.py.
+PREDICTION = re.compile(r"^(// |\s*)predicted H200(?P<triton> triton)? \| (?P<group>[^|]+?) \| (?P<ms>[0-9.]+) ms "
+                        r"\| (?P<bound>.+)$")
 FLOOR = re.compile(r"\(floor (?P<ms>[0-9.]+) ms\)")
 
 
@@ -153,37 +156,42 @@ def floor_seconds(bench: dict, rates: tuple[float, float, float] | None) -> floa
     return max(extra["bytes"] / bandwidth, extra.get("flops", 0) / peak)
 
 
-def load_predictions(kernels: pathlib.Path = KERNELS) -> dict[str, Prediction]:
-    """Benchmark group -> predicted time of the cuda implementation on an H200, from the kernel files."""
-    predictions: dict[str, Prediction] = {}
-    for path in sorted(kernels.glob("*.cu")):
+def load_predictions(kernels: pathlib.Path = KERNELS,
+                     triton_kernels: pathlib.Path = TRITON_KERNELS) -> dict[tuple[str, str], Prediction]:
+    """(benchmark group, implementation) -> predicted time on an H200, from the kernel files."""
+    predictions: dict[tuple[str, str], Prediction] = {}
+    for path in sorted(kernels.glob("*.cu")) + sorted(triton_kernels.glob("*.py")):
         for line in path.read_text().splitlines():
             match = PREDICTION.match(line)
-            if match:
-                if match["group"] in predictions:
-                    raise ValueError(f"{path.name}: a second prediction for {match['group']!r}")
-                floor = FLOOR.search(match["bound"])
-                predictions[match["group"]] = Prediction(float(match["ms"]) / 1e3, match["bound"],
-                                                         float(floor["ms"]) / 1e3 if floor else None)
+            if not match or (path.suffix == ".cu") == bool(match["triton"]):
+                continue
+            key = (match["group"], "triton" if match["triton"] else "cuda")
+            if key in predictions:
+                raise ValueError(f"{path.name}: a second prediction for {key[0]!r} ({key[1]})")
+            floor = FLOOR.search(match["bound"])
+            predictions[key] = Prediction(float(match["ms"]) / 1e3, match["bound"],
+                                          float(floor["ms"]) / 1e3 if floor else None)
     return predictions
 
 
-def prediction_table(predictions: dict[str, Prediction]) -> list[str]:
+def prediction_table(predictions: dict[tuple[str, str], Prediction]) -> list[str]:
     """Every prediction with its floor: what the GPU run will be compared with."""
-    lines = ["| group | predicted H200 (ms) | floor (ms) | predicted % of floor | bound |", "|---|---|---|---|---|"]
-    for group, p in sorted(predictions.items()):
+    lines = ["| group | implementation | predicted H200 (ms) | floor (ms) | predicted % of floor | bound |",
+             "|---|---|---|---|---|---|"]
+    for (group, name), p in sorted(predictions.items()):
         floor, share = ("-", "-") if p.floor is None else (f"{p.floor * 1e3:.3f}", f"{100 * p.floor / p.seconds:.0f}%")
-        lines.append(f"| {group} | {p.seconds * 1e3:.3f} | {floor} | {share} | {FLOOR.sub('', p.bound).strip()} |")
+        lines.append(f"| {group} | {name} | {p.seconds * 1e3:.3f} | {floor} | {share} | "
+                     f"{FLOOR.sub('', p.bound).strip()} |")
     return lines
 
 
-def _predicted(run: Run, group: str, name: str, predictions: dict[str, float]) -> str:
-    """The predicted time where it applies (cuda implementation, run on an H200), else '-'."""
-    prediction = predictions.get(group) if name == "cuda" and "H200" in run.device else None
+def _predicted(run: Run, group: str, name: str, predictions: dict[tuple[str, str], Prediction]) -> str:
+    """The predicted time where it applies (a predicted implementation, run on an H200), else '-'."""
+    prediction = predictions.get((group, name)) if "H200" in run.device else None
     return "-" if prediction is None else _ms(prediction.seconds)
 
 
-def op_table(run: Run, predictions: dict[str, Prediction]) -> list[str]:
+def op_table(run: Run, predictions: dict[tuple[str, str], Prediction]) -> list[str]:
     lines = ["| group | implementation | median (ms) | predicted H200 (ms) | vs reference | vs best peer "
              "| % of floor |",
              "|---|---|---|---|---|---|---|"]
@@ -271,7 +279,7 @@ def target_rows(runs: list[Run]) -> list[str]:
     return lines
 
 
-def render(runs: list[Run], predictions: dict[str, Prediction]) -> str:
+def render(runs: list[Run], predictions: dict[tuple[str, str], Prediction]) -> str:
     out = ["# Benchmark results", "",
            "Generated by `python bench/report.py` from `bench/results/*.json` (pytest-benchmark files); "
            "do not edit by hand. Times are medians of the timed rounds; speed-ups are ratios of medians.", ""]
@@ -281,8 +289,8 @@ def render(runs: list[Run], predictions: dict[str, Prediction]) -> str:
     out += ["## Targets", ""] + target_rows(runs) + [""]
     if predictions:
         out += ["## Predicted H200 times", "",
-                "The cost models at the top of csrc/cuda/*.cu (`// predicted H200 |` lines): the CUDA implementation's "
-                "forward+backward at the GPU benchmark shapes, its floor max(bytes/bandwidth, FLOPs/peak) and what "
+                "The cost models at the top of csrc/cuda/*.cu and kernels/*.py (`predicted H200` lines): an "
+                "implementation's forward+backward at the GPU benchmark shapes, its floor max(bytes/bandwidth, FLOPs/peak) and what "
                 "bounds the design. Predictions until an H200 run measures them (the `predicted H200` column of its "
                 "op table).", ""] + prediction_table(predictions) + [""]
     out += ["## Runs", "", "| file | device | versions | date (UTC) | commit | floor from |",
@@ -293,8 +301,8 @@ def render(runs: list[Run], predictions: dict[str, Prediction]) -> str:
         if ops:
             out += ["", f"## Ops: {run.name} ({run.device})", "",
                     "Forward+backward of each op. `vs best peer`: the fastest of the non-fastseg implementations "
-                    "in the group. `predicted H200`: the CUDA kernel's predicted time (cost model at the top of "
-                    "its csrc/cuda file), for runs on an H200. `% of floor`: max(bytes/bandwidth, FLOPs/peak) / "
+                    "in the group. `predicted H200`: the implementation's predicted time (cost model at the top of "
+                    "its kernel file), for runs on an H200. `% of floor`: max(bytes/bandwidth, FLOPs/peak) / "
                     "median time.",
                     ""]
             out += op_table(run, predictions)

@@ -61,13 +61,19 @@ def test_predicted_column_from_kernel_files_for_cuda_on_h200(tmp_path):
     kernels.mkdir()
     prediction = f"// predicted H200 | {group} | {predicted:.3f} ms | atomics (floor 0.093 ms)"
     (kernels / "flow_warp.cu").write_text(f"// design prose\n{prediction}\n#include <x>\n")
-    predictions = report.load_predictions(kernels)
-    assert set(predictions) == {group}
-    assert predictions[group].seconds == pytest.approx(round(predicted, 3) / 1e3)
-    assert predictions[group].floor == pytest.approx(0.093e-3) and predictions[group].bound.startswith("atomics")
+    triton = tmp_path / "kernels"
+    triton.mkdir()
+    (triton / "flow_warp.py").write_text(f'"""Cost model.\n  predicted H200 triton | {group} | 0.500 ms | memory\n"""\n')
+    predictions = report.load_predictions(kernels, triton)
+    assert set(predictions) == {(group, "cuda"), (group, "triton")}
+    cuda = predictions[group, "cuda"]
+    assert cuda.seconds == pytest.approx(round(predicted, 3) / 1e3)
+    assert cuda.floor == pytest.approx(0.093e-3) and cuda.bound.startswith("atomics")
+    assert predictions[group, "triton"].seconds == pytest.approx(0.5e-3) and predictions[group, "triton"].floor is None
     share = f"{100 * 0.093 / round(predicted, 3):.0f}%"
-    assert f"| {group} | {round(predicted, 3):.3f} | 0.093 | {share} | atomics |" \
-        in report.render([], predictions)
+    text = report.render([], predictions)
+    assert f"| {group} | cuda | {round(predicted, 3):.3f} | 0.093 | {share} | atomics |" in text
+    assert f"| {group} | triton | 0.500 | - | - | memory |" in text
     benches = [_bench(group, "cuda", measured / 1e3), _bench(group, "reference", 2 * measured / 1e3),
                _bench(other, "cuda", measured / 1e3)]
     for device, shown in (("NVIDIA H200", True), ("NVIDIA H100 80GB HBM3", False)):
@@ -78,7 +84,7 @@ def test_predicted_column_from_kernel_files_for_cuda_on_h200(tmp_path):
         assert rows[group, "reference"] == "-" and rows[other, "cuda"] == "-"
     (kernels / "copy.cu").write_text(f"// predicted H200 | {group} | 1.000 ms | memory\n")
     with pytest.raises(ValueError, match="second prediction"):
-        report.load_predictions(kernels)
+        report.load_predictions(kernels, triton)
 
 
 def test_every_cuda_kernel_file_predicts_its_gpu_benchmark_groups():
@@ -86,10 +92,11 @@ def test_every_cuda_kernel_file_predicts_its_gpu_benchmark_groups():
     for path in sorted(report.KERNELS.glob("*.cu")):
         groups = [line for line in path.read_text().splitlines() if report.PREDICTION.match(line)]
         assert groups, f"{path.name} has no `// predicted H200` line"
-    assert all(group.endswith("fwd+bwd") and ("B=8" in group or "lovasz" in group) for group in predictions)
+    assert all(group.endswith("fwd+bwd") and ("B=8" in group or "lovasz" in group) for group, _ in predictions)
     assert all(0 < p.seconds < 1 and p.floor is not None and 0 < p.floor <= p.seconds for p in predictions.values())
     # the lovász groups of bench/bench_lovasz_hinge.py at its GPU shapes
-    assert {"lovasz_hinge 97x97 N=152 fwd+bwd", "lovasz_hinge 769x769 N=38 fwd+bwd"} <= set(predictions)
+    assert {("lovasz_hinge 97x97 N=152 fwd+bwd", "cuda"), ("lovasz_hinge 769x769 N=38 fwd+bwd", "cuda")} <= set(predictions)
+    assert ("deform_conv2d csfrnet-C512 bf16 B=8 97x97 fwd+bwd", "triton") in predictions
 
 
 def test_datasheet_rates_win_over_measured_ones_on_known_gpus(tmp_path):
