@@ -9,13 +9,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_setup(*, hide_torch=False, **env):
-    """Runs `setup.py --name` (no compiling) in a subprocess; returns (exit code, stderr)."""
+def run_setup(*arguments, hide_torch=False, **env):
+    """Runs `setup.py --name` (or `setup.py *arguments`) in a subprocess without a terminal, so that
+    setup.py's notices go to stderr; returns (exit code, stderr)."""
     prelude = "import sys; sys.modules['torch'] = None; " if hide_torch else ""
-    code = prelude + "import runpy, sys; sys.argv = ['setup.py', '--name']; runpy.run_path('setup.py', run_name='__main__')"
+    argv = ["setup.py", *(arguments or ["--name"])]
+    code = prelude + f"import runpy, sys; sys.argv = {argv!r}; runpy.run_path('setup.py', run_name='__main__')"
     environment = {**os.environ, **env}
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=environment, capture_output=True, text=True,
-                            timeout=120)
+                            timeout=120, start_new_session=True)
     return result.returncode, result.stderr
 
 
@@ -49,3 +51,14 @@ def test_forced_cuda_without_a_toolkit_names_what_it_tried():
         assert "has no CUDA" in stderr
     else:
         assert "$CUDA_HOME: /nonexistent/cuda" in stderr
+
+
+def test_a_build_says_what_it_compiles_and_how_long_it_took_here():
+    # `build_ext --help` reads the extension's sources (as a build does) and stops before compiling.
+    code, stderr = run_setup("build_ext", "--help", FASTSEG_CUDA="0", MAX_JOBS="3")
+    cpp_files = 1 + len(list((ROOT / "csrc" / "cpu").glob("*.cpp")))
+    assert code == 0
+    assert f"fastseg: compiling the kernels ({cpp_files} C++ files, 3 parallel jobs)" in stderr
+    assert "took" in stderr and "-v" in stderr
+    code, stderr = run_setup()  # pip's metadata steps compile nothing and say nothing
+    assert code == 0 and "compiling" not in stderr
