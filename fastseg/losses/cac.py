@@ -84,10 +84,12 @@ def class_aware_consistency_loss(
             scores.reshape(-1, pixels), own_class.reshape(-1, pixels), valid.reshape(-1, pixels)
         ).view(batch, num_classes)
     else:
-        # Binary cross-entropy towards d = 0 (own class) and d = 1 (others), logs clamped at -100 as
-        # F.binary_cross_entropy does (which CUDA autocast refuses); fp32 (fp64 for fp64 embeddings).
+        # Targets d = 0 (own class) and d = 1 (others); fp32 (fp64 for fp64 embeddings). PyTorch's own
+        # BCE keeps its gradient finite at d = 0 and 1 (a log-based rewrite gives 0 * inf = NaN there);
+        # CUDA autocast refuses binary_cross_entropy in any dtype, hence autocast off around it.
         distance = at_least_float32(distance)
-        bce = -torch.where(own_class, torch.log1p(-distance), torch.log(distance)).clamp(min=-100)
+        with torch.autocast(distance.device.type, enabled=False):
+            bce = F.binary_cross_entropy(distance, (~own_class).to(distance.dtype), reduction="none")
         rows = (bce * valid).sum(2) / valid.sum(2).clamp(min=1)
     loss_cac = present_class_mean(rows, present)  # Eq. 4
 

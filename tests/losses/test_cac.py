@@ -76,6 +76,23 @@ def test_near_zero_when_embeddings_sit_on_well_separated_centers():
     assert class_aware_consistency_loss(noisy, margins, labels, classes)[0] > 1e-3
 
 
+def test_bce_gradients_stay_finite_when_distances_saturate():
+    # Embeddings on well-separated centers: phi is exactly 0 for the own class and exactly 1 for the
+    # others, the ends of binary_cross_entropy's domain, where a log of the unselected target must
+    # not turn the gradient into NaN (0 * inf).
+    classes, size = 4, (8, 8)
+    labels = torch.randint(0, classes, (2, *size))
+    centers = 10 * torch.eye(classes, dtype=torch.float64)
+    embeddings = centers[labels].permute(0, 3, 1, 2).contiguous()
+    embeddings = (embeddings + 1e-3 * torch.randn_like(embeddings)).requires_grad_()
+    margins = torch.full((2, 1, *size), 0.5, dtype=torch.float64, requires_grad=True)
+    loss_cac, _ = class_aware_consistency_loss(embeddings, margins, labels, classes, binary_loss="bce")
+    expected_cac, _ = _reference(embeddings, margins, labels, binary_loss="bce")
+    torch.testing.assert_close(loss_cac, expected_cac)
+    grads = torch.autograd.grad(loss_cac, (embeddings, margins))
+    assert all(torch.isfinite(grad).all() for grad in grads)
+
+
 def test_invariant_to_class_id_permutation_and_absent_classes():
     embeddings, margins, labels = _inputs(classes=5, present=5)
     permutation = torch.randperm(5)
