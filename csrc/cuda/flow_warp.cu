@@ -56,9 +56,17 @@ using flow_warp::PixelCorners;
 
 constexpr int kThreads = 256;
 constexpr int64_t kChannelsPerThread = 32;
-
-// How backward_pixels_kernel splats grad_output into grad_input.
-enum class Splat { kAtomicFloat, kFixedPoint };
+// The default backward's tiles: kTileWidth x kTileHeight output pixels, one per thread, a warp per row.
+constexpr int kTileWidth = 32;
+constexpr int kTileHeight = kThreads / kTileWidth;
+constexpr int kWarps = kThreads / 32;
+// A tile splats through shared memory when its input box has at most kMaxBoxElements pixels (its
+// flush then issues at most the direct splat's 4 global atomics per pixel and channel, all
+// coalesced); the accumulator holds kAccumulatorElements (16 KB fp32, 32 KB fp64): at least 4
+// channels per pass.
+constexpr int kMaxBoxElements = 4 * kThreads;
+constexpr int kAccumulatorElements = 4096;
+constexpr int kNoCorner = 0x7fffffff;  // min() identity of the box reduction
 
 // Fixed-point units per unit of gradient for a plane whose |grad_output| sums to `norm` (finite).
 template <typename acc_t>
@@ -72,10 +80,16 @@ struct Sampler {
   Padding padding;
   int64_t out_width, out_pixels;
 
+  // Corners of output pixel (px, py) of image b.
+  __device__ __forceinline__ PixelCorners<acc_t> corners_at(const acc_t* flow, int64_t b, int64_t px,
+                                                            int64_t py) const {
+    const acc_t* f = flow + b * 2 * out_pixels + py * out_width + px;
+    return flow_warp::pixel_corners(x, y, px, py, f[0], f[out_pixels], padding);
+  }
+
   // Corners of output pixel p of image b.
   __device__ __forceinline__ PixelCorners<acc_t> corners(const acc_t* flow, int64_t b, int64_t p) const {
-    const acc_t* f = flow + b * 2 * out_pixels + p;
-    return flow_warp::pixel_corners(x, y, p % out_width, p / out_width, f[0], f[out_pixels], padding);
+    return corners_at(flow, b, p % out_width, p / out_width);
   }
 };
 
@@ -115,15 +129,150 @@ __global__ void forward_kernel(const scalar_t* __restrict__ input, const acc_t* 
   }
 }
 
-// Partial grad_flow of one chunk of channels into partial[(chunk * B + b) * 2 * Po + {0, Po} + p],
-// and the bilinear splat of grad_output: kAtomicFloat into grad_acc, kFixedPoint into `fixed` for
-// the planes of finite norm.
-template <typename scalar_t, typename acc_t, Splat kSplat>
-__global__ void backward_pixels_kernel(const scalar_t* __restrict__ grad_output, const scalar_t* __restrict__ input,
-                                       const acc_t* __restrict__ flow, Sampler<acc_t> s, int64_t channels,
-                                       int64_t in_pixels, acc_t* __restrict__ grad_acc,
-                                       const acc_t* __restrict__ norms, unsigned long long* __restrict__ fixed,
-                                       acc_t* __restrict__ partial) {
+// One channel of one output pixel's backward (Eq. 1 differentiated): adds the pixel's grad_flow
+// terms to dx, dy and calls splat(k, weight_k * g) for each corner k inside the input (a corner
+// outside is neither read nor splatted).
+template <typename scalar_t, typename acc_t, typename Splat>
+__device__ __forceinline__ void backward_channel(const PixelCorners<acc_t>& corners,
+                                                 const scalar_t* __restrict__ input_plane, acc_t g, acc_t& dx,
+                                                 acc_t& dy, const Splat& splat) {
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    if (!corners.inside[k]) continue;
+    const acc_t v = convert<acc_t>(input_plane[corners.offset[k]]);
+    dx += corners.grad_x[k] * v * g;
+    dy += corners.grad_y[k] * v * g;
+    splat(k, corners.weight[k] * g);
+  }
+}
+
+// The chunk's partial grad_flow of output pixel p into partial[(chunk * B + b) * 2 * Po + {0, Po} + p].
+template <typename acc_t>
+__device__ __forceinline__ void store_partial(acc_t* __restrict__ partial, int64_t chunk, int64_t b, int64_t p,
+                                              int64_t out_pixels, acc_t dx, acc_t dy) {
+  acc_t* out = partial + (chunk * gridDim.z + b) * 2 * out_pixels + p;
+  out[0] = dx;
+  out[out_pixels] = dy;
+}
+
+// Inclusive input box [x0, x0 + width) x [y0, y0 + height) of the corners a tile touches; empty
+// (width 0) when none is inside.
+struct Box {
+  int x0, y0, width, height;
+};
+
+__device__ __forceinline__ int warp_min(int value) {
+#pragma unroll
+  for (int lanes = 16; lanes > 0; lanes /= 2) value = min(value, __shfl_xor_sync(0xffffffffu, value, lanes));
+  return value;
+}
+
+// The block's box: min and max (as min of the negation) of the inside corners' columns and rows,
+// reduced in each warp, then across the warps through shared memory. Every thread gets the box.
+template <typename acc_t>
+__device__ Box tile_box(const PixelCorners<acc_t>& corners, int64_t in_width) {
+  __shared__ int warp_bounds[kWarps][4];
+  int bounds[4] = {kNoCorner, kNoCorner, kNoCorner, kNoCorner};  // x0, y0, -x1, -y1
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    if (!corners.inside[k]) continue;
+    const int column = static_cast<int>(corners.offset[k] % in_width), row = static_cast<int>(corners.offset[k] / in_width);
+    bounds[0] = min(bounds[0], column);
+    bounds[1] = min(bounds[1], row);
+    bounds[2] = min(bounds[2], -column);
+    bounds[3] = min(bounds[3], -row);
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i) bounds[i] = warp_min(bounds[i]);
+  if (threadIdx.x % 32 == 0) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) warp_bounds[threadIdx.x / 32][i] = bounds[i];
+  }
+  __syncthreads();
+  for (int warp = 0; warp < kWarps; ++warp) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) bounds[i] = min(bounds[i], warp_bounds[warp][i]);
+  }
+  if (bounds[0] == kNoCorner) return {0, 0, 0, 0};
+  return {bounds[0], bounds[1], -bounds[2] - bounds[0] + 1, -bounds[3] - bounds[1] + 1};
+}
+
+// Default backward: a block owns a kTileWidth x kTileHeight tile of output pixels of image b and a
+// chunk of channels. Its partial grad_flow as backward_fixed_point_kernel's. grad_input (grad_acc):
+// when the tile's input box fits (at most kMaxBoxElements), the corners are splatted into a shared
+// accumulator holding as many channels' boxes as fit, then every (box pixel, channel) is added to
+// grad_acc with one global atomic, consecutive threads on consecutive columns; otherwise (large or
+// wild flow, no corner inside) each corner is added to grad_acc directly.
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    backward_tiles_kernel(const scalar_t* __restrict__ grad_output, const scalar_t* __restrict__ input,
+                          const acc_t* __restrict__ flow, Sampler<acc_t> s, int64_t out_height, int64_t tiles_x,
+                          int64_t channels, int64_t in_width, int64_t in_pixels, acc_t* __restrict__ grad_acc,
+                          acc_t* __restrict__ partial) {
+  __shared__ acc_t accumulator[kAccumulatorElements];
+  const int64_t b = blockIdx.z, chunk = blockIdx.y, c0 = chunk * kChannelsPerThread;
+  const int64_t c1 = min(c0 + kChannelsPerThread, channels);
+  const int64_t px = (blockIdx.x % tiles_x) * kTileWidth + threadIdx.x % kTileWidth;
+  const int64_t py = (blockIdx.x / tiles_x) * kTileHeight + threadIdx.x / kTileWidth;
+  const bool valid = px < s.out_width && py < out_height;  // tiles cut by the image border
+  const int64_t p = py * s.out_width + px;
+  PixelCorners<acc_t> corners = {};  // no corner inside for a thread beyond the border
+  if (valid) corners = s.corners_at(flow, b, px, py);
+  const Box box = tile_box(corners, in_width);
+  const int64_t box_elements = int64_t(box.width) * box.height;
+  acc_t dx = acc_t(0), dy = acc_t(0);
+  if (box_elements == 0 || box_elements > kMaxBoxElements) {
+    for (int64_t c = c0; valid && c < c1; ++c) {
+      const int64_t plane = (b * channels + c) * in_pixels;
+      const acc_t g = convert<acc_t>(grad_output[(b * channels + c) * s.out_pixels + p]);
+      backward_channel(corners, input + plane, g, dx, dy,
+                       [&](int k, acc_t value) { atomicAdd(grad_acc + plane + corners.offset[k], value); });
+    }
+  } else {
+    int local[4];  // corner offsets in the box
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const int column = static_cast<int>(corners.offset[k] % in_width), row = static_cast<int>(corners.offset[k] / in_width);
+      local[k] = (row - box.y0) * box.width + column - box.x0;  // used for inside corners only
+    }
+    const int box_size = static_cast<int>(box_elements);
+    const int64_t per_pass = kAccumulatorElements / box_size;
+    for (int64_t pass = c0; pass < c1; pass += per_pass) {
+      const int pass_channels = static_cast<int>(min(per_pass, c1 - pass));
+      const int count = pass_channels * box_size;
+      for (int i = threadIdx.x; i < count; i += kThreads) accumulator[i] = acc_t(0);
+      __syncthreads();
+      for (int j = 0; valid && j < pass_channels; ++j) {
+        const int64_t c = pass + j;
+        const acc_t g = convert<acc_t>(grad_output[(b * channels + c) * s.out_pixels + p]);
+        acc_t* box_plane = accumulator + j * box_size;
+        backward_channel(corners, input + (b * channels + c) * in_pixels, g, dx, dy,
+                         [&](int k, acc_t value) { atomicAdd(box_plane + local[k], value); });
+      }
+      __syncthreads();
+      for (int i = threadIdx.x; i < count; i += kThreads) {
+        const acc_t value = accumulator[i];
+        // An element no corner reached holds +0 (sums starting at +0 are never -0), and adding +0
+        // to grad_acc (never -0 either) changes nothing: skipped.
+        if (value == acc_t(0)) continue;
+        const int j = i / box_size, in_box = i - j * box_size;
+        const int row = in_box / box.width, column = in_box - row * box.width;
+        atomicAdd(grad_acc + (b * channels + pass + j) * in_pixels + int64_t(box.y0 + row) * in_width + box.x0 + column,
+                  value);
+      }
+      __syncthreads();  // the flush has read the accumulator before the next pass zeroes it
+    }
+  }
+  if (valid) store_partial(partial, chunk, b, p, s.out_pixels, dx, dy);
+}
+
+// Deterministic backward: one thread per (image, output pixel, chunk of channels); its partial
+// grad_flow, and the fixed-point splat of grad_output into `fixed` for the planes of finite norm.
+template <typename scalar_t, typename acc_t>
+__global__ void backward_fixed_point_kernel(const scalar_t* __restrict__ grad_output, const scalar_t* __restrict__ input,
+                                            const acc_t* __restrict__ flow, Sampler<acc_t> s, int64_t channels,
+                                            int64_t in_pixels, const acc_t* __restrict__ norms,
+                                            unsigned long long* __restrict__ fixed, acc_t* __restrict__ partial) {
   const int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   const int64_t b = blockIdx.z, chunk = blockIdx.y, c0 = chunk * kChannelsPerThread;
   if (p >= s.out_pixels) return;
@@ -133,29 +282,16 @@ __global__ void backward_pixels_kernel(const scalar_t* __restrict__ grad_output,
   for (int64_t c = c0; c < c1; ++c) {
     const int64_t plane = (b * channels + c) * in_pixels;
     const acc_t g = convert<acc_t>(grad_output[(b * channels + c) * s.out_pixels + p]);
-    acc_t scale = acc_t(0);
-    bool fixed_point = false;
-    if (kSplat == Splat::kFixedPoint) {
-      const acc_t norm = norms[b * channels + c];
-      fixed_point = is_finite(norm);
-      scale = fixed_point_scale(norm);
-    }
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      if (!corners.inside[k]) continue;  // a corner outside the input is neither read nor splatted
-      const acc_t v = convert<acc_t>(input[plane + corners.offset[k]]);
-      dx += corners.grad_x[k] * v * g;
-      dy += corners.grad_y[k] * v * g;
-      if (kSplat == Splat::kAtomicFloat) atomicAdd(grad_acc + plane + corners.offset[k], corners.weight[k] * g);
-      if (kSplat == Splat::kFixedPoint && fixed_point) {
-        const long long units = llrint(corners.weight[k] * g * scale);
-        atomicAdd(fixed + plane + corners.offset[k], static_cast<unsigned long long>(units));  // two's complement
-      }
-    }
+    const acc_t norm = norms[b * channels + c];
+    const bool fixed_point = is_finite(norm);
+    const acc_t scale = fixed_point_scale(norm);
+    backward_channel(corners, input + plane, g, dx, dy, [&](int k, acc_t value) {
+      if (!fixed_point) return;
+      const long long units = llrint(value * scale);
+      atomicAdd(fixed + plane + corners.offset[k], static_cast<unsigned long long>(units));  // two's complement
+    });
   }
-  acc_t* out = partial + (chunk * gridDim.z + b) * 2 * s.out_pixels + p;
-  out[0] = dx;
-  out[s.out_pixels] = dy;
+  store_partial(partial, chunk, b, p, s.out_pixels, dx, dy);
 }
 
 // norms[plane] = sum over the plane's output pixels of |grad_output|, in a fixed order (one block per plane).
@@ -311,14 +447,16 @@ cudaError_t flow_warp_backward(const scalar_t* grad_output, const scalar_t* inpu
       if (error != cudaSuccess) return error;
       launch(plane_norms_kernel<scalar_t, acc_t>, static_cast<unsigned>(planes), kThreads, 0, stream, grad_output,
              out_pixels, norms);
-      launch(backward_pixels_kernel<scalar_t, acc_t, Splat::kFixedPoint>, grid, kThreads, 0, stream, grad_output,
-             input, flow, sampler, shape.channels, in_pixels, grad_acc, norms, fixed, partial);
+      launch(backward_fixed_point_kernel<scalar_t, acc_t>, grid, kThreads, 0, stream, grad_output, input, flow,
+             sampler, shape.channels, in_pixels, norms, fixed, partial);
       const dim3 plane_grid(static_cast<unsigned>(ceil_div(shape.channels, 64)), static_cast<unsigned>(shape.batch));
       launch(splat_planes_kernel<scalar_t, acc_t>, plane_grid, 64, 0, stream, grad_output, flow, sampler,
              shape.channels, in_pixels, norms, grad_acc);
     } else {
-      launch(backward_pixels_kernel<scalar_t, acc_t, Splat::kAtomicFloat>, grid, kThreads, 0, stream, grad_output,
-             input, flow, sampler, shape.channels, in_pixels, grad_acc, norms, fixed, partial);
+      const int64_t tiles_x = ceil_div(shape.out_width, kTileWidth);
+      const dim3 tiles(static_cast<unsigned>(tiles_x * ceil_div(shape.out_height, kTileHeight)), grid.y, grid.z);
+      launch(backward_tiles_kernel<scalar_t, acc_t>, tiles, kThreads, 0, stream, grad_output, input, flow, sampler,
+             shape.out_height, tiles_x, shape.channels, shape.in_width, in_pixels, grad_acc, partial);
     }
     launch(sum_chunks_kernel<acc_t>, stride_blocks(flow_count), kThreads, 0, stream, partial, grid.y, flow_count,
            grad_flow);
