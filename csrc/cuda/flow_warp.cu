@@ -3,43 +3,73 @@
 // Forward: one thread per (image, output pixel, chunk of channels) computes the pixel's corners
 // once (csrc/flow_warp_sampling.h) and gathers its channels; consecutive threads are consecutive
 // pixels, so grad/outputs are coalesced and the corner reads mostly so.
-// Backward: the same threads walk their chunk of channels once. grad_flow is a sum over channels:
-// each chunk writes its partial sum to its own slot and a second kernel adds the slots in order,
-// so grad_flow is deterministic without atomics. grad_input is a bilinear splat: by default an
-// atomicAdd per (corner, channel) into an fp32 (fp64) accumulator; contention is limited to
-// output pixels sharing an input corner, since every channel is a separate address. With
-// deterministic=true the same threads add fixed-point int64 values instead: a first kernel sums
-// |grad_output| over each (image, channel) plane in a fixed order, and a contribution w * g is
-// added as llrint(w * g * 2^61 / that sum). A plane's total stays below 2^61 in magnitude (the
-// weights of an output pixel sum to at most 1) plus the roundings, and integer addition is
-// associative, so the sum has the same bits in any order; each contribution keeps acc_t's relative
-// precision (better than float atomics, which round every partial sum). A last kernel divides by
-// the scale. Planes whose sum is not finite (inf/NaN in grad_output) are splatted instead by one
-// thread per plane in pixel order, with IEEE semantics.
+// Backward: grad_flow is a sum over channels: each chunk of channels writes its partial sum to its
+// own slot and a second kernel adds the slots in order, so grad_flow is deterministic without
+// atomics. grad_input is a bilinear splat. By default (backward_tiles_kernel) a block owns a 32x8
+// tile of output pixels (a warp per row) and a chunk of 32 channels; it reduces the bounding box of
+// its pixels' inside corners (warp shuffles, then across the 8 warps) and, when the box has at most
+// 1024 pixels (4 per tile pixel: the flush then never issues more global atomics than the direct
+// splat), splats weight * grad into a shared fp32 (fp64) accumulator with shared-memory atomics,
+// as many channels' boxes per pass as fit in 4096 elements (16 KB fp32, 32 KB fp64; >= 4 channels),
+// then flushes the box with one global atomicAdd per (box pixel, channel), consecutive threads on
+// consecutive columns, skipping elements that are exactly +0 (nothing reached them; adding +0
+// changes nothing). A tile whose box is larger (large or wild flow) or empty adds each corner to
+// grad_input with its own global atomic, as before. Only the order of the additions differs
+// between the two paths. With deterministic=true one thread per (output pixel, chunk) adds
+// fixed-point int64 values instead: a first kernel sums |grad_output| over each (image, channel)
+// plane in a fixed order, and a contribution w * g is added as llrint(w * g * 2^61 / that sum). A
+// plane's total stays below 2^61 in magnitude (the weights of an output pixel sum to at most 1) plus
+// the roundings, and integer addition is associative, so the sum has the same bits in any order;
+// each contribution keeps acc_t's relative precision (better than float atomics, which round every
+// partial sum). A last kernel divides by the scale. Planes whose sum is not finite (inf/NaN in
+// grad_output) are splatted instead by one thread per plane in pixel order, with IEEE semantics.
 //
-// Cost model at the GPU shapes of
-// bench/bench_flow_warp.py (forward+backward; H200: 4.8 TB/s HBM, 67 TFLOP/s fp32,
-// 989 TFLOP/s dense bf16, ~3 us per dependent launch). The floor is max(bytes / bandwidth, FLOPs /
-// peak) of the benchmark's byte and FLOP counts; the prediction is this design's, derived below.
-// bench/report.py reads the `predicted H200` lines (the one place these numbers live) into the
-// "predicted" column of bench/RESULTS.md.
-// Default (atomic) backward. Traffic: forward reads input, writes output; backward reads grad and
-// input, zeroes and accumulates an fp32 grad_input buffer (RMW in L2), bf16 adds a convert pass;
-// at 80% of bandwidth. 4 fp32 atomics per (output pixel, channel) at ~400 G/s (grad_input beyond
-// L2) or ~300 G/s (52x52 input: more adds per address). Bound: the atomics; 4 launches.
+// Cost model at the GPU shapes of bench/bench_flow_warp.py (forward+backward, B=8, C=256, its smooth
+// flow; H200: 4.8 TB/s HBM, taken at 80% = 3.84 TB/s, 50 MB L2, 132 SMs at 1.98 GHz, 67 TFLOP/s
+// fp32, 989 TFLOP/s dense bf16, ~3 us per dependent launch). The floor is max(bytes / bandwidth,
+// FLOPs / peak) of the benchmark's byte and FLOP counts (5 passes over the features); the
+// prediction is this design's, derived below. bench/report.py reads the `predicted H200` lines (the
+// one place these numbers live) into the "predicted" column of bench/RESULTS.md.
+// Global atomics per (output pixel, channel): 4 before (one per corner, scattered); now box pixels /
+// tile pixels, measured on bench's flow (3 seeds, all tiles of 8 images): 1.63 at 104x104 (boxes
+// ~27x12, the last tile column is 8 wide), 1.44 at 208x208 (~31x11), 0.61 at 52->104 (~15x8); no
+// tile's box exceeded 756 pixels, so no tile falls back. Taken at ~400 G atomics/s (the rate assumed
+// before for scattered ones; coalesced rows of 32 may go faster, not counted).
+// Shared-memory atomics: 4 per (output pixel, channel). PTX atom.shared.add.f32 (SASS may be a
+// load / add / compare-and-swap loop): with the grad and 4 input loads, ~13 load/store-unit warp
+// instructions per 32 (pixel, channel) at one per clock per SM: 22.2M pixel-channels at 104 -> 34
+// us, x1.2 for lanes of a warp that hit the same box pixel at equal sizes (40 us; 160 us at 208),
+// x1.5 at 52->104, where neighbouring lanes share their corners (50 us).
+// DRAM per phase (fp32, 104: 88.6 MB per feature tensor): forward reads input, writes output (177
+// MB, 46 us); memset of grad_input (23 us); tile kernel reads grad and input and, grad_input being
+// larger than L2, reads and writes back the accumulated grad_input (4 x 88.6 + 5.5 MB partials, 94
+// us); chunk sums (2 us). bf16 halves the feature tensors but accumulates in an fp32 buffer and
+// adds a convert pass (read fp32, write bf16). 4 launches (5 for bf16), 3 us each.
+// Per shape, tile kernel = max(DRAM, global atomics, shared/LSU), then the sum of the phases:
+//   decouple-104 fp32: 46 + 23 + max(94, 91, 40) + 2 + 12 = 177 us (1.9x the floor: the grad_input
+//     read-modify-write through DRAM and the flush atomics, ~92 us each)
+//   decouple-104 bf16: 23 + 23 + max(71, 91, 40) + 35 (convert) + 2 + 15 = 189 us (4.0x)
+//   decouple-208 fp32: 185 + 92 + max(375, 319, 160) + 6 + 12 = 670 us (1.8x)
+//   decouple-208 bf16: 92 + 92 + max(283, 319, 160) + 138 + 6 + 15 = 662 us (3.5x)
+//   sfnet-52to104 fp32: 29 + 6 + max(42, 34, 50) + 2 + 12 = 99 us (1.9x, shared atomics / LSU)
+//   sfnet-52to104 bf16: 14 + 6 + max(27, 34, 50) + 9 + 2 + 15 = 96 us (3.7x)
+// The direct splat, counted the same way: 304 / 1181 / 344 us fp32 at 104 / 208 / 52->104 (the
+// earlier lines, 0.234 / 0.898 / 0.307 ms, counted only its atomics and launches). Still above 1.5x
+// of the floor: the floor has 5 feature passes, this design 8 (fp32) with the memset and the
+// grad_input read-modify-write, and bf16 pays the fp32 buffer and its conversion.
 // Deterministic backward (not benchmarked by bench/bench_flow_warp.py), decouple-104 fp32: the
-// atomic path's 234 us, less the fp32 grad_input memset (-23 us), plus the plane norms (one more
-// read of grad_output, +23 us), the int64 memset (2 x 88.6 MB, +46 us) and the conversion (read
-// 177 MB, write 88.6 MB, +69 us): ~350 us, 1.5x the atomic path if 64-bit L2 atomics run at the
-// 32-bit rate (2.4x if at half of it). The per-plane serial splat it replaces: B x C = 2048
-// threads (64 warps for 132 SMs) walking 10816 pixels each at ~1000 cycles of dependent
+// direct splat's 234 us as counted before, less the fp32 grad_input memset (-23 us), plus the plane
+// norms (one more read of grad_output, +23 us), the int64 memset (2 x 88.6 MB, +46 us) and the
+// conversion (read 177 MB, write 88.6 MB, +69 us): ~350 us, 1.5x that splat if 64-bit L2 atomics
+// run at the 32-bit rate (2.4x if at half of it). The per-plane serial splat it replaces: B x C =
+// 2048 threads (64 warps for 132 SMs) walking 10816 pixels each at ~1000 cycles of dependent
 // read-modify-writes per pixel: ~5 ms, ~20x the atomic path.
-// predicted H200 | flow_warp decouple-104 fp32 B=8 fwd+bwd | 0.234 ms | fp32 atomics (floor 0.093 ms)
-// predicted H200 | flow_warp decouple-104 bf16 B=8 fwd+bwd | 0.234 ms | fp32 atomics (floor 0.047 ms)
-// predicted H200 | flow_warp decouple-208 fp32 B=8 fwd+bwd | 0.898 ms | fp32 atomics (floor 0.371 ms)
-// predicted H200 | flow_warp decouple-208 bf16 B=8 fwd+bwd | 0.898 ms | fp32 atomics (floor 0.187 ms)
-// predicted H200 | flow_warp sfnet-52to104 fp32 B=8 fwd+bwd | 0.307 ms | fp32 atomics (floor 0.051 ms)
-// predicted H200 | flow_warp sfnet-52to104 bf16 B=8 fwd+bwd | 0.307 ms | fp32 atomics (floor 0.026 ms)
+// predicted H200 | flow_warp decouple-104 fp32 B=8 fwd+bwd | 0.177 ms | DRAM (grad_input read-modify-write) and flush atomics (floor 0.093 ms)
+// predicted H200 | flow_warp decouple-104 bf16 B=8 fwd+bwd | 0.189 ms | flush atomics, fp32 buffer and convert pass (floor 0.047 ms)
+// predicted H200 | flow_warp decouple-208 fp32 B=8 fwd+bwd | 0.670 ms | DRAM (grad_input read-modify-write) (floor 0.371 ms)
+// predicted H200 | flow_warp decouple-208 bf16 B=8 fwd+bwd | 0.662 ms | flush atomics, fp32 buffer and convert pass (floor 0.187 ms)
+// predicted H200 | flow_warp sfnet-52to104 fp32 B=8 fwd+bwd | 0.099 ms | shared-memory atomics (load/store issue) (floor 0.051 ms)
+// predicted H200 | flow_warp sfnet-52to104 bf16 B=8 fwd+bwd | 0.096 ms | shared-memory atomics (load/store issue) (floor 0.026 ms)
 #include "cuda/common.cuh"
 #include "cuda/flow_warp.h"
 
