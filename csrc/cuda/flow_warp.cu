@@ -3,43 +3,73 @@
 // Forward: one thread per (image, output pixel, chunk of channels) computes the pixel's corners
 // once (csrc/flow_warp_sampling.h) and gathers its channels; consecutive threads are consecutive
 // pixels, so grad/outputs are coalesced and the corner reads mostly so.
-// Backward: the same threads walk their chunk of channels once. grad_flow is a sum over channels:
-// each chunk writes its partial sum to its own slot and a second kernel adds the slots in order,
-// so grad_flow is deterministic without atomics. grad_input is a bilinear splat: by default an
-// atomicAdd per (corner, channel) into an fp32 (fp64) accumulator; contention is limited to
-// output pixels sharing an input corner, since every channel is a separate address. With
-// deterministic=true the same threads add fixed-point int64 values instead: a first kernel sums
-// |grad_output| over each (image, channel) plane in a fixed order, and a contribution w * g is
-// added as llrint(w * g * 2^61 / that sum). A plane's total stays below 2^61 in magnitude (the
-// weights of an output pixel sum to at most 1) plus the roundings, and integer addition is
-// associative, so the sum has the same bits in any order; each contribution keeps acc_t's relative
-// precision (better than float atomics, which round every partial sum). A last kernel divides by
-// the scale. Planes whose sum is not finite (inf/NaN in grad_output) are splatted instead by one
-// thread per plane in pixel order, with IEEE semantics.
+// Backward: grad_flow is a sum over channels: each chunk of channels writes its partial sum to its
+// own slot and a second kernel adds the slots in order, so grad_flow is deterministic without
+// atomics. grad_input is a bilinear splat. By default (backward_tiles_kernel) a block owns a 32x8
+// tile of output pixels (a warp per row) and a chunk of 32 channels; it reduces the bounding box of
+// its pixels' inside corners (warp shuffles, then across the 8 warps) and, when the box has at most
+// 1024 pixels (4 per tile pixel: the flush then never issues more global atomics than the direct
+// splat), splats weight * grad into a shared fp32 (fp64) accumulator with shared-memory atomics,
+// as many channels' boxes per pass as fit in 4096 elements (16 KB fp32, 32 KB fp64; >= 4 channels),
+// then flushes the box with one global atomicAdd per (box pixel, channel), consecutive threads on
+// consecutive columns, skipping elements that are exactly +0 (nothing reached them; adding +0
+// changes nothing). A tile whose box is larger (large or wild flow) or empty adds each corner to
+// grad_input with its own global atomic, as before. Only the order of the additions differs
+// between the two paths. With deterministic=true one thread per (output pixel, chunk) adds
+// fixed-point int64 values instead: a first kernel sums |grad_output| over each (image, channel)
+// plane in a fixed order, and a contribution w * g is added as llrint(w * g * 2^61 / that sum). A
+// plane's total stays below 2^61 in magnitude (the weights of an output pixel sum to at most 1) plus
+// the roundings, and integer addition is associative, so the sum has the same bits in any order;
+// each contribution keeps acc_t's relative precision (better than float atomics, which round every
+// partial sum). A last kernel divides by the scale. Planes whose sum is not finite (inf/NaN in
+// grad_output) are splatted instead by one thread per plane in pixel order, with IEEE semantics.
 //
-// Cost model at the GPU shapes of
-// bench/bench_flow_warp.py (forward+backward; H200: 4.8 TB/s HBM, 67 TFLOP/s fp32,
-// 989 TFLOP/s dense bf16, ~3 us per dependent launch). The floor is max(bytes / bandwidth, FLOPs /
-// peak) of the benchmark's byte and FLOP counts; the prediction is this design's, derived below.
-// bench/report.py reads the `predicted H200` lines (the one place these numbers live) into the
-// "predicted" column of bench/RESULTS.md.
-// Default (atomic) backward. Traffic: forward reads input, writes output; backward reads grad and
-// input, zeroes and accumulates an fp32 grad_input buffer (RMW in L2), bf16 adds a convert pass;
-// at 80% of bandwidth. 4 fp32 atomics per (output pixel, channel) at ~400 G/s (grad_input beyond
-// L2) or ~300 G/s (52x52 input: more adds per address). Bound: the atomics; 4 launches.
+// Cost model at the GPU shapes of bench/bench_flow_warp.py (forward+backward, B=8, C=256, its smooth
+// flow; H200: 4.8 TB/s HBM, taken at 80% = 3.84 TB/s, 50 MB L2, 132 SMs at 1.98 GHz, 67 TFLOP/s
+// fp32, 989 TFLOP/s dense bf16, ~3 us per dependent launch). The floor is max(bytes / bandwidth,
+// FLOPs / peak) of the benchmark's byte and FLOP counts (5 passes over the features); the
+// prediction is this design's, derived below. bench/report.py reads the `predicted H200` lines (the
+// one place these numbers live) into the "predicted" column of bench/RESULTS.md.
+// Global atomics per (output pixel, channel): 4 before (one per corner, scattered); now box pixels /
+// tile pixels, measured on bench's flow (3 seeds, all tiles of 8 images): 1.63 at 104x104 (boxes
+// ~27x12, the last tile column is 8 wide), 1.44 at 208x208 (~31x11), 0.61 at 52->104 (~15x8); no
+// tile's box exceeded 756 pixels, so no tile falls back. Taken at ~400 G atomics/s (the rate assumed
+// before for scattered ones; coalesced rows of 32 may go faster, not counted).
+// Shared-memory atomics: 4 per (output pixel, channel). PTX atom.shared.add.f32 (SASS may be a
+// load / add / compare-and-swap loop): with the grad and 4 input loads, ~13 load/store-unit warp
+// instructions per 32 (pixel, channel) at one per clock per SM: 22.2M pixel-channels at 104 -> 34
+// us, x1.2 for lanes of a warp that hit the same box pixel at equal sizes (40 us; 160 us at 208),
+// x1.5 at 52->104, where neighbouring lanes share their corners (50 us).
+// DRAM per phase (fp32, 104: 88.6 MB per feature tensor): forward reads input, writes output (177
+// MB, 46 us); memset of grad_input (23 us); tile kernel reads grad and input and, grad_input being
+// larger than L2, reads and writes back the accumulated grad_input (4 x 88.6 + 5.5 MB partials, 94
+// us); chunk sums (2 us). bf16 halves the feature tensors but accumulates in an fp32 buffer and
+// adds a convert pass (read fp32, write bf16). 4 launches (5 for bf16), 3 us each.
+// Per shape, tile kernel = max(DRAM, global atomics, shared/LSU), then the sum of the phases:
+//   decouple-104 fp32: 46 + 23 + max(94, 91, 40) + 2 + 12 = 177 us (1.9x the floor: the grad_input
+//     read-modify-write through DRAM and the flush atomics, ~92 us each)
+//   decouple-104 bf16: 23 + 23 + max(71, 91, 40) + 35 (convert) + 2 + 15 = 189 us (4.0x)
+//   decouple-208 fp32: 185 + 92 + max(375, 319, 160) + 6 + 12 = 670 us (1.8x)
+//   decouple-208 bf16: 92 + 92 + max(283, 319, 160) + 138 + 6 + 15 = 662 us (3.5x)
+//   sfnet-52to104 fp32: 29 + 6 + max(42, 34, 50) + 2 + 12 = 99 us (1.9x, shared atomics / LSU)
+//   sfnet-52to104 bf16: 14 + 6 + max(27, 34, 50) + 9 + 2 + 15 = 96 us (3.7x)
+// The direct splat, counted the same way: 304 / 1181 / 344 us fp32 at 104 / 208 / 52->104 (the
+// earlier lines, 0.234 / 0.898 / 0.307 ms, counted only its atomics and launches). Still above 1.5x
+// of the floor: the floor has 5 feature passes, this design 8 (fp32) with the memset and the
+// grad_input read-modify-write, and bf16 pays the fp32 buffer and its conversion.
 // Deterministic backward (not benchmarked by bench/bench_flow_warp.py), decouple-104 fp32: the
-// atomic path's 234 us, less the fp32 grad_input memset (-23 us), plus the plane norms (one more
-// read of grad_output, +23 us), the int64 memset (2 x 88.6 MB, +46 us) and the conversion (read
-// 177 MB, write 88.6 MB, +69 us): ~350 us, 1.5x the atomic path if 64-bit L2 atomics run at the
-// 32-bit rate (2.4x if at half of it). The per-plane serial splat it replaces: B x C = 2048
-// threads (64 warps for 132 SMs) walking 10816 pixels each at ~1000 cycles of dependent
+// direct splat's 234 us as counted before, less the fp32 grad_input memset (-23 us), plus the plane
+// norms (one more read of grad_output, +23 us), the int64 memset (2 x 88.6 MB, +46 us) and the
+// conversion (read 177 MB, write 88.6 MB, +69 us): ~350 us, 1.5x that splat if 64-bit L2 atomics
+// run at the 32-bit rate (2.4x if at half of it). The per-plane serial splat it replaces: B x C =
+// 2048 threads (64 warps for 132 SMs) walking 10816 pixels each at ~1000 cycles of dependent
 // read-modify-writes per pixel: ~5 ms, ~20x the atomic path.
-// predicted H200 | flow_warp decouple-104 fp32 B=8 fwd+bwd | 0.234 ms | fp32 atomics (floor 0.093 ms)
-// predicted H200 | flow_warp decouple-104 bf16 B=8 fwd+bwd | 0.234 ms | fp32 atomics (floor 0.047 ms)
-// predicted H200 | flow_warp decouple-208 fp32 B=8 fwd+bwd | 0.898 ms | fp32 atomics (floor 0.371 ms)
-// predicted H200 | flow_warp decouple-208 bf16 B=8 fwd+bwd | 0.898 ms | fp32 atomics (floor 0.187 ms)
-// predicted H200 | flow_warp sfnet-52to104 fp32 B=8 fwd+bwd | 0.307 ms | fp32 atomics (floor 0.051 ms)
-// predicted H200 | flow_warp sfnet-52to104 bf16 B=8 fwd+bwd | 0.307 ms | fp32 atomics (floor 0.026 ms)
+// predicted H200 | flow_warp decouple-104 fp32 B=8 fwd+bwd | 0.177 ms | DRAM (grad_input read-modify-write) and flush atomics (floor 0.093 ms)
+// predicted H200 | flow_warp decouple-104 bf16 B=8 fwd+bwd | 0.189 ms | flush atomics, fp32 buffer and convert pass (floor 0.047 ms)
+// predicted H200 | flow_warp decouple-208 fp32 B=8 fwd+bwd | 0.670 ms | DRAM (grad_input read-modify-write) (floor 0.371 ms)
+// predicted H200 | flow_warp decouple-208 bf16 B=8 fwd+bwd | 0.662 ms | flush atomics, fp32 buffer and convert pass (floor 0.187 ms)
+// predicted H200 | flow_warp sfnet-52to104 fp32 B=8 fwd+bwd | 0.099 ms | shared-memory atomics (load/store issue) (floor 0.051 ms)
+// predicted H200 | flow_warp sfnet-52to104 bf16 B=8 fwd+bwd | 0.096 ms | shared-memory atomics (load/store issue) (floor 0.026 ms)
 #include "cuda/common.cuh"
 #include "cuda/flow_warp.h"
 
@@ -56,9 +86,17 @@ using flow_warp::PixelCorners;
 
 constexpr int kThreads = 256;
 constexpr int64_t kChannelsPerThread = 32;
-
-// How backward_pixels_kernel splats grad_output into grad_input.
-enum class Splat { kAtomicFloat, kFixedPoint };
+// The default backward's tiles: kTileWidth x kTileHeight output pixels, one per thread, a warp per row.
+constexpr int kTileWidth = 32;
+constexpr int kTileHeight = kThreads / kTileWidth;
+constexpr int kWarps = kThreads / 32;
+// A tile splats through shared memory when its input box has at most kMaxBoxElements pixels (its
+// flush then issues at most the direct splat's 4 global atomics per pixel and channel, all
+// coalesced); the accumulator holds kAccumulatorElements (16 KB fp32, 32 KB fp64): at least 4
+// channels per pass.
+constexpr int kMaxBoxElements = 4 * kThreads;
+constexpr int kAccumulatorElements = 4096;
+constexpr int kNoCorner = 0x7fffffff;  // min() identity of the box reduction
 
 // Fixed-point units per unit of gradient for a plane whose |grad_output| sums to `norm` (finite).
 template <typename acc_t>
@@ -72,10 +110,16 @@ struct Sampler {
   Padding padding;
   int64_t out_width, out_pixels;
 
+  // Corners of output pixel (px, py) of image b.
+  __device__ __forceinline__ PixelCorners<acc_t> corners_at(const acc_t* flow, int64_t b, int64_t px,
+                                                            int64_t py) const {
+    const acc_t* f = flow + b * 2 * out_pixels + py * out_width + px;
+    return flow_warp::pixel_corners(x, y, px, py, f[0], f[out_pixels], padding);
+  }
+
   // Corners of output pixel p of image b.
   __device__ __forceinline__ PixelCorners<acc_t> corners(const acc_t* flow, int64_t b, int64_t p) const {
-    const acc_t* f = flow + b * 2 * out_pixels + p;
-    return flow_warp::pixel_corners(x, y, p % out_width, p / out_width, f[0], f[out_pixels], padding);
+    return corners_at(flow, b, p % out_width, p / out_width);
   }
 };
 
@@ -115,15 +159,150 @@ __global__ void forward_kernel(const scalar_t* __restrict__ input, const acc_t* 
   }
 }
 
-// Partial grad_flow of one chunk of channels into partial[(chunk * B + b) * 2 * Po + {0, Po} + p],
-// and the bilinear splat of grad_output: kAtomicFloat into grad_acc, kFixedPoint into `fixed` for
-// the planes of finite norm.
-template <typename scalar_t, typename acc_t, Splat kSplat>
-__global__ void backward_pixels_kernel(const scalar_t* __restrict__ grad_output, const scalar_t* __restrict__ input,
-                                       const acc_t* __restrict__ flow, Sampler<acc_t> s, int64_t channels,
-                                       int64_t in_pixels, acc_t* __restrict__ grad_acc,
-                                       const acc_t* __restrict__ norms, unsigned long long* __restrict__ fixed,
-                                       acc_t* __restrict__ partial) {
+// One channel of one output pixel's backward (Eq. 1 differentiated): adds the pixel's grad_flow
+// terms to dx, dy and calls splat(k, weight_k * g) for each corner k inside the input (a corner
+// outside is neither read nor splatted).
+template <typename scalar_t, typename acc_t, typename Splat>
+__device__ __forceinline__ void backward_channel(const PixelCorners<acc_t>& corners,
+                                                 const scalar_t* __restrict__ input_plane, acc_t g, acc_t& dx,
+                                                 acc_t& dy, const Splat& splat) {
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    if (!corners.inside[k]) continue;
+    const acc_t v = convert<acc_t>(input_plane[corners.offset[k]]);
+    dx += corners.grad_x[k] * v * g;
+    dy += corners.grad_y[k] * v * g;
+    splat(k, corners.weight[k] * g);
+  }
+}
+
+// The chunk's partial grad_flow of output pixel p into partial[(chunk * B + b) * 2 * Po + {0, Po} + p].
+template <typename acc_t>
+__device__ __forceinline__ void store_partial(acc_t* __restrict__ partial, int64_t chunk, int64_t b, int64_t p,
+                                              int64_t out_pixels, acc_t dx, acc_t dy) {
+  acc_t* out = partial + (chunk * gridDim.z + b) * 2 * out_pixels + p;
+  out[0] = dx;
+  out[out_pixels] = dy;
+}
+
+// Inclusive input box [x0, x0 + width) x [y0, y0 + height) of the corners a tile touches; empty
+// (width 0) when none is inside.
+struct Box {
+  int x0, y0, width, height;
+};
+
+__device__ __forceinline__ int warp_min(int value) {
+#pragma unroll
+  for (int lanes = 16; lanes > 0; lanes /= 2) value = min(value, __shfl_xor_sync(0xffffffffu, value, lanes));
+  return value;
+}
+
+// The block's box: min and max (as min of the negation) of the inside corners' columns and rows,
+// reduced in each warp, then across the warps through shared memory. Every thread gets the box.
+template <typename acc_t>
+__device__ Box tile_box(const PixelCorners<acc_t>& corners, int64_t in_width) {
+  __shared__ int warp_bounds[kWarps][4];
+  int bounds[4] = {kNoCorner, kNoCorner, kNoCorner, kNoCorner};  // x0, y0, -x1, -y1
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    if (!corners.inside[k]) continue;
+    const int column = static_cast<int>(corners.offset[k] % in_width), row = static_cast<int>(corners.offset[k] / in_width);
+    bounds[0] = min(bounds[0], column);
+    bounds[1] = min(bounds[1], row);
+    bounds[2] = min(bounds[2], -column);
+    bounds[3] = min(bounds[3], -row);
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i) bounds[i] = warp_min(bounds[i]);
+  if (threadIdx.x % 32 == 0) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) warp_bounds[threadIdx.x / 32][i] = bounds[i];
+  }
+  __syncthreads();
+  for (int warp = 0; warp < kWarps; ++warp) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) bounds[i] = min(bounds[i], warp_bounds[warp][i]);
+  }
+  if (bounds[0] == kNoCorner) return {0, 0, 0, 0};
+  return {bounds[0], bounds[1], -bounds[2] - bounds[0] + 1, -bounds[3] - bounds[1] + 1};
+}
+
+// Default backward: a block owns a kTileWidth x kTileHeight tile of output pixels of image b and a
+// chunk of channels. Its partial grad_flow as backward_fixed_point_kernel's. grad_input (grad_acc):
+// when the tile's input box fits (at most kMaxBoxElements), the corners are splatted into a shared
+// accumulator holding as many channels' boxes as fit, then every (box pixel, channel) is added to
+// grad_acc with one global atomic, consecutive threads on consecutive columns; otherwise (large or
+// wild flow, no corner inside) each corner is added to grad_acc directly.
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    backward_tiles_kernel(const scalar_t* __restrict__ grad_output, const scalar_t* __restrict__ input,
+                          const acc_t* __restrict__ flow, Sampler<acc_t> s, int64_t out_height, int64_t tiles_x,
+                          int64_t channels, int64_t in_width, int64_t in_pixels, acc_t* __restrict__ grad_acc,
+                          acc_t* __restrict__ partial) {
+  __shared__ acc_t accumulator[kAccumulatorElements];
+  const int64_t b = blockIdx.z, chunk = blockIdx.y, c0 = chunk * kChannelsPerThread;
+  const int64_t c1 = min(c0 + kChannelsPerThread, channels);
+  const int64_t px = (blockIdx.x % tiles_x) * kTileWidth + threadIdx.x % kTileWidth;
+  const int64_t py = (blockIdx.x / tiles_x) * kTileHeight + threadIdx.x / kTileWidth;
+  const bool valid = px < s.out_width && py < out_height;  // tiles cut by the image border
+  const int64_t p = py * s.out_width + px;
+  PixelCorners<acc_t> corners = {};  // no corner inside for a thread beyond the border
+  if (valid) corners = s.corners_at(flow, b, px, py);
+  const Box box = tile_box(corners, in_width);
+  const int64_t box_elements = int64_t(box.width) * box.height;
+  acc_t dx = acc_t(0), dy = acc_t(0);
+  if (box_elements == 0 || box_elements > kMaxBoxElements) {
+    for (int64_t c = c0; valid && c < c1; ++c) {
+      const int64_t plane = (b * channels + c) * in_pixels;
+      const acc_t g = convert<acc_t>(grad_output[(b * channels + c) * s.out_pixels + p]);
+      backward_channel(corners, input + plane, g, dx, dy,
+                       [&](int k, acc_t value) { atomicAdd(grad_acc + plane + corners.offset[k], value); });
+    }
+  } else {
+    int local[4];  // corner offsets in the box
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const int column = static_cast<int>(corners.offset[k] % in_width), row = static_cast<int>(corners.offset[k] / in_width);
+      local[k] = (row - box.y0) * box.width + column - box.x0;  // used for inside corners only
+    }
+    const int box_size = static_cast<int>(box_elements);
+    const int64_t per_pass = kAccumulatorElements / box_size;
+    for (int64_t pass = c0; pass < c1; pass += per_pass) {
+      const int pass_channels = static_cast<int>(min(per_pass, c1 - pass));
+      const int count = pass_channels * box_size;
+      for (int i = threadIdx.x; i < count; i += kThreads) accumulator[i] = acc_t(0);
+      __syncthreads();
+      for (int j = 0; valid && j < pass_channels; ++j) {
+        const int64_t c = pass + j;
+        const acc_t g = convert<acc_t>(grad_output[(b * channels + c) * s.out_pixels + p]);
+        acc_t* box_plane = accumulator + j * box_size;
+        backward_channel(corners, input + (b * channels + c) * in_pixels, g, dx, dy,
+                         [&](int k, acc_t value) { atomicAdd(box_plane + local[k], value); });
+      }
+      __syncthreads();
+      for (int i = threadIdx.x; i < count; i += kThreads) {
+        const acc_t value = accumulator[i];
+        // An element no corner reached holds +0 (sums starting at +0 are never -0), and adding +0
+        // to grad_acc (never -0 either) changes nothing: skipped.
+        if (value == acc_t(0)) continue;
+        const int j = i / box_size, in_box = i - j * box_size;
+        const int row = in_box / box.width, column = in_box - row * box.width;
+        atomicAdd(grad_acc + (b * channels + pass + j) * in_pixels + int64_t(box.y0 + row) * in_width + box.x0 + column,
+                  value);
+      }
+      __syncthreads();  // the flush has read the accumulator before the next pass zeroes it
+    }
+  }
+  if (valid) store_partial(partial, chunk, b, p, s.out_pixels, dx, dy);
+}
+
+// Deterministic backward: one thread per (image, output pixel, chunk of channels); its partial
+// grad_flow, and the fixed-point splat of grad_output into `fixed` for the planes of finite norm.
+template <typename scalar_t, typename acc_t>
+__global__ void backward_fixed_point_kernel(const scalar_t* __restrict__ grad_output, const scalar_t* __restrict__ input,
+                                            const acc_t* __restrict__ flow, Sampler<acc_t> s, int64_t channels,
+                                            int64_t in_pixels, const acc_t* __restrict__ norms,
+                                            unsigned long long* __restrict__ fixed, acc_t* __restrict__ partial) {
   const int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   const int64_t b = blockIdx.z, chunk = blockIdx.y, c0 = chunk * kChannelsPerThread;
   if (p >= s.out_pixels) return;
@@ -133,29 +312,16 @@ __global__ void backward_pixels_kernel(const scalar_t* __restrict__ grad_output,
   for (int64_t c = c0; c < c1; ++c) {
     const int64_t plane = (b * channels + c) * in_pixels;
     const acc_t g = convert<acc_t>(grad_output[(b * channels + c) * s.out_pixels + p]);
-    acc_t scale = acc_t(0);
-    bool fixed_point = false;
-    if (kSplat == Splat::kFixedPoint) {
-      const acc_t norm = norms[b * channels + c];
-      fixed_point = is_finite(norm);
-      scale = fixed_point_scale(norm);
-    }
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      if (!corners.inside[k]) continue;  // a corner outside the input is neither read nor splatted
-      const acc_t v = convert<acc_t>(input[plane + corners.offset[k]]);
-      dx += corners.grad_x[k] * v * g;
-      dy += corners.grad_y[k] * v * g;
-      if (kSplat == Splat::kAtomicFloat) atomicAdd(grad_acc + plane + corners.offset[k], corners.weight[k] * g);
-      if (kSplat == Splat::kFixedPoint && fixed_point) {
-        const long long units = llrint(corners.weight[k] * g * scale);
-        atomicAdd(fixed + plane + corners.offset[k], static_cast<unsigned long long>(units));  // two's complement
-      }
-    }
+    const acc_t norm = norms[b * channels + c];
+    const bool fixed_point = is_finite(norm);
+    const acc_t scale = fixed_point_scale(norm);
+    backward_channel(corners, input + plane, g, dx, dy, [&](int k, acc_t value) {
+      if (!fixed_point) return;
+      const long long units = llrint(value * scale);
+      atomicAdd(fixed + plane + corners.offset[k], static_cast<unsigned long long>(units));  // two's complement
+    });
   }
-  acc_t* out = partial + (chunk * gridDim.z + b) * 2 * s.out_pixels + p;
-  out[0] = dx;
-  out[s.out_pixels] = dy;
+  store_partial(partial, chunk, b, p, s.out_pixels, dx, dy);
 }
 
 // norms[plane] = sum over the plane's output pixels of |grad_output|, in a fixed order (one block per plane).
@@ -311,14 +477,16 @@ cudaError_t flow_warp_backward(const scalar_t* grad_output, const scalar_t* inpu
       if (error != cudaSuccess) return error;
       launch(plane_norms_kernel<scalar_t, acc_t>, static_cast<unsigned>(planes), kThreads, 0, stream, grad_output,
              out_pixels, norms);
-      launch(backward_pixels_kernel<scalar_t, acc_t, Splat::kFixedPoint>, grid, kThreads, 0, stream, grad_output,
-             input, flow, sampler, shape.channels, in_pixels, grad_acc, norms, fixed, partial);
+      launch(backward_fixed_point_kernel<scalar_t, acc_t>, grid, kThreads, 0, stream, grad_output, input, flow,
+             sampler, shape.channels, in_pixels, norms, fixed, partial);
       const dim3 plane_grid(static_cast<unsigned>(ceil_div(shape.channels, 64)), static_cast<unsigned>(shape.batch));
       launch(splat_planes_kernel<scalar_t, acc_t>, plane_grid, 64, 0, stream, grad_output, flow, sampler,
              shape.channels, in_pixels, norms, grad_acc);
     } else {
-      launch(backward_pixels_kernel<scalar_t, acc_t, Splat::kAtomicFloat>, grid, kThreads, 0, stream, grad_output,
-             input, flow, sampler, shape.channels, in_pixels, grad_acc, norms, fixed, partial);
+      const int64_t tiles_x = ceil_div(shape.out_width, kTileWidth);
+      const dim3 tiles(static_cast<unsigned>(tiles_x * ceil_div(shape.out_height, kTileHeight)), grid.y, grid.z);
+      launch(backward_tiles_kernel<scalar_t, acc_t>, tiles, kThreads, 0, stream, grad_output, input, flow, sampler,
+             shape.out_height, tiles_x, shape.channels, shape.in_width, in_pixels, grad_acc, partial);
     }
     launch(sum_chunks_kernel<acc_t>, stride_blocks(flow_count), kThreads, 0, stream, partial, grid.y, flow_count,
            grad_flow);

@@ -7,6 +7,8 @@
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
+#include <cstdint>
+
 #include "checks/flow_warp.h"
 #include "cuda/flow_warp.h"
 #include "cuda_glue/cuda_type.h"
@@ -18,6 +20,9 @@ namespace {
 cuda::FlowWarpShape check_inputs(const at::Tensor& input, const at::Tensor& flow) {
   checks::flow_warp_inputs(input, flow);
   TORCH_CHECK_VALUE(input.size(0) <= 65535, "flow_warp on CUDA supports batch <= 65535, got ", input.size(0));
+  // the backward's tiles index input rows and columns in 32-bit ints
+  TORCH_CHECK_VALUE(input.size(2) <= INT32_MAX && input.size(3) <= INT32_MAX,
+                    "flow_warp on CUDA supports input height and width < 2^31, got ", input.sizes());
   cuda::FlowWarpShape shape;
   shape.batch = input.size(0);
   shape.channels = input.size(1);

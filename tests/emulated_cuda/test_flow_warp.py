@@ -1,10 +1,12 @@
-"""flow_warp's CUDA kernels (forward; backward with atomic splat, or the deterministic fixed-point
-splat with its plane norms and the in-order splat of non-finite planes; chunk sums; fp16/bf16
-conversion) on the emulated-CUDA layer."""
+"""flow_warp's CUDA kernels (forward; the default backward's tiles, splatting through shared memory or,
+where a tile's input box is too large, directly into grad_input; the deterministic fixed-point splat
+with its plane norms and the in-order splat of non-finite planes; chunk sums; fp16/bf16 conversion) on
+the emulated-CUDA layer."""
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from fastseg.ops.flow_warp import flow_warp_reference
 
@@ -22,6 +24,16 @@ CASES = {
     "one-pixel-input": (2, 3, 1, 1, 4, 5),
     "70-channels": (2, 70, 5, 6, 5, 6),  # three chunks of 32 channels
 }
+# Inputs above kMaxBoxElements pixels, where a tile's box can be too large for shared memory; 37
+# channels: a chunk of 32 and one of 5, passes of several channels that do not divide them.
+TILE_CASES = {
+    "same-size": (2, 37, 36, 40, 36, 40),  # 2 x 5 tiles, the last column 8 wide, the last row 4 high
+    # 52->104-like: 4 x 6 tiles, cut at 16 (15) columns and 4 (3) rows; without align_corners the
+    # output is 2x the input, with it 2x - 1, so that the coordinate's scale is 1/2 (exact) in both
+    "upsample": (2, 37, 22, 56, 44, 112),
+}
+TILE = (8, 32)  # csrc/cuda/flow_warp.cu: kTileHeight, kTileWidth
+MAX_BOX = 1024  # kMaxBoxElements: larger boxes take the direct splat
 
 
 def _base(out_size, in_size, align_corners):
@@ -44,6 +56,76 @@ def _flow(batch, in_hw, out_hw, align_corners, dtype):
 
     flow = torch.stack((axis(in_hw[1], out_hw[1], (1, 1, -1)), axis(in_hw[0], out_hw[0], (1, -1, 1))), dim=1)
     return flow.to(dtype)
+
+
+def _near_lattice_free(coord):
+    """coord moved within its unit cell to 0.05..0.95 of it (order and smoothness kept), away from the
+    integer lattice where the bilinear derivative jumps, on a grid of 2^-10: where the kernel's
+    coordinate x * scale + shift + flow is exact in fp32 (scale 1 or 1/2), grad_flow sums C channels'
+    terms without the coordinate's rounding (~1e-6 at 40 pixels, which would reach 1e-5 over 37 channels)."""
+    low = coord.floor()
+    return low + torch.round((0.05 + 0.9 * (coord - low)) * 1024) / 1024
+
+
+def _smooth_flow(batch, in_hw, out_hw, align_corners, amplitude):
+    """bench_flow_warp's kind of flow: coarse noise of `amplitude` pixels, bilinearly upsampled (float32)."""
+    coarse = amplitude * torch.randn(batch, 2, 4, 4, dtype=torch.float64)
+    flow = F.interpolate(coarse, size=out_hw, mode="bilinear", align_corners=True)
+    base = (_base(out_hw[1], in_hw[1], align_corners).view(1, -1), _base(out_hw[0], in_hw[0], align_corners).view(-1, 1))
+    coords = [_near_lattice_free(base[axis] + flow[:, axis]) - base[axis] for axis in range(2)]
+    return torch.stack(coords, dim=1).float()
+
+
+def _wild_flow(batch, in_hw, out_hw, align_corners):
+    """Large flow: samples uniform over the input, except in each tile's first two columns (rows), which
+    sample the input's first and last cell along x (y): every tile's box is the whole image (float32)."""
+    def axis(in_size, out_size, tile, view):
+        target = (in_size - 1) * torch.rand(batch, *out_hw, dtype=torch.float64)
+        position = (torch.arange(out_size) % tile).view(view)
+        target = torch.where(position == 0, target / in_size, target)  # first cell
+        target = torch.where(position == 1, in_size - 2 + target / in_size, target)  # last cell
+        return _near_lattice_free(target) - _base(out_size, in_size, align_corners).view(view)
+
+    return torch.stack((axis(in_hw[1], out_hw[1], TILE[1], (1, 1, -1)), axis(in_hw[0], out_hw[0], TILE[0], (1, -1, 1))),
+                       dim=1).float()
+
+
+def _axis_corners(coord, size, padding):
+    """Indices of an axis' two corners and whether each is inside (csrc/flow_warp_sampling.h)."""
+    if padding == "border":
+        coord = coord.clamp(0, size - 1)
+    low = coord.floor()
+    indices = (low, low + 1)
+    return indices, [(i >= 0) & (i <= size - 1) for i in indices]
+
+
+def _tile_paths(flow, in_hw, padding, align_corners):
+    """Per (image, tile) of the default backward, True where the kernel's rule sends it through shared
+    memory: its inside corners' box (columns x rows) has at most MAX_BOX pixels and is not empty."""
+    out_h, out_w = flow.shape[2:]
+    flow = flow.double()
+    xs, x_in = _axis_corners(_base(out_w, in_hw[1], align_corners).view(1, -1) + flow[:, 0], in_hw[1], padding)
+    ys, y_in = _axis_corners(_base(out_h, in_hw[0], align_corners).view(-1, 1) + flow[:, 1], in_hw[0], padding)
+    inf = float("inf")
+    bounds = [[], [], [], []]  # per corner: column, row, masked to +-inf where outside
+    for j in range(2):
+        for i in range(2):
+            inside = x_in[i] & y_in[j]
+            for which, (values, fill) in enumerate(((xs[i], inf), (ys[j], inf), (xs[i], -inf), (ys[j], -inf))):
+                bounds[which].append(torch.where(inside, values, torch.full_like(values, fill)))
+    low_x, low_y = torch.stack(bounds[0]).amin(0), torch.stack(bounds[1]).amin(0)
+    high_x, high_y = torch.stack(bounds[2]).amax(0), torch.stack(bounds[3]).amax(0)
+    paths = []
+    for b in range(flow.shape[0]):
+        for y0 in range(0, out_h, TILE[0]):
+            for x0 in range(0, out_w, TILE[1]):
+                tile = (b, slice(y0, y0 + TILE[0]), slice(x0, x0 + TILE[1]))
+                if low_x[tile].isinf().all():
+                    paths.append(False)  # no corner inside
+                    continue
+                box = (high_x[tile].max() - low_x[tile].min() + 1) * (high_y[tile].max() - low_y[tile].min() + 1)
+                paths.append(bool(box <= MAX_BOX))
+    return paths
 
 
 def _check(emulated, input, flow, padding, align, deterministic):
@@ -118,3 +200,40 @@ def test_deterministic_planes_with_inf_and_nan(emulated, dtype):
                    for r in results)
     finally:
         torch.use_deterministic_algorithms(previous)
+
+
+@pytest.mark.parametrize("align", [True, False], ids=["align", "no-align"])
+@pytest.mark.parametrize("padding", ["zeros", "border"])
+@pytest.mark.parametrize("flow_kind", ["smooth", "wild"])
+@pytest.mark.parametrize("case", TILE_CASES)
+def test_tile_and_direct_splat(emulated, case, flow_kind, padding, align):
+    """A smooth flow of about a pixel sends every tile through the shared accumulator, samples spread over
+    the whole input send every tile to the direct splat: both agree with the reference. Which path each
+    tile takes follows from the kernel's rule (_tile_paths mirrors it); breaking either path makes only
+    its own cases fail."""
+    batch, channels, in_h, in_w, out_h, out_w = TILE_CASES[case]
+    if case == "upsample" and align:
+        out_h, out_w = out_h - 1, out_w - 1
+    if flow_kind == "smooth":
+        flow = _smooth_flow(batch, (in_h, in_w), (out_h, out_w), align, amplitude=1.0)
+    else:
+        flow = _wild_flow(batch, (in_h, in_w), (out_h, out_w), align)
+    paths = _tile_paths(flow, (in_h, in_w), padding, align)
+    assert all(paths) if flow_kind == "smooth" else not any(paths), paths
+    input = torch.randn(batch, channels, in_h, in_w)
+    _check(emulated, input, flow, padding, align, deterministic=False)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_tile_and_direct_splat_dtypes(emulated, dtype):
+    """Both splats in every dtype, in one launch: the left half of the output samples smoothly (shared
+    accumulator), the right half all over the input (direct splat)."""
+    batch, channels, in_h, in_w, out_h, out_w = TILE_CASES["same-size"]
+    coord = torch.float64 if dtype == torch.float64 else torch.float32
+    flow = _smooth_flow(batch, (in_h, in_w), (out_h, out_w), True, amplitude=1.0)
+    flow[..., TILE[1]:] = _wild_flow(batch, (in_h, in_w), (out_h, out_w), True)[..., TILE[1]:]
+    paths = _tile_paths(flow, (in_h, in_w), "zeros", True)
+    columns = -(-out_w // TILE[1])
+    assert all(path == (index % columns == 0) for index, path in enumerate(paths)), paths
+    input = torch.randn(batch, channels, in_h, in_w).to(dtype)
+    _check(emulated, input, flow.to(coord), "zeros", True, deterministic=False)
