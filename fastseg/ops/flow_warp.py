@@ -9,8 +9,9 @@ gradients included. DecoupleSegNet warps the ASPP features with it (body generat
 alignment warps a coarse map while upsampling it (Ho, Wo larger than Hi, Wi).
 
 The backward w.r.t. input is a bilinear splat. Determinism: the C++ CPU kernels always are (each
-thread owns its channels' planes); the CUDA kernels add with atomics by default and switch to an
-atomic-free, plane-owned splat under ``torch.use_deterministic_algorithms(True)``; the Triton
+thread owns its channels' planes); the CUDA kernels add floats with atomics by default (through a
+shared-memory box per output tile) and switch under ``torch.use_deterministic_algorithms(True)`` to
+fixed-point integer atomics, whose sum has the same bits in any order; the Triton
 kernels add with atomics and raise (warn with ``warn_only=True``) under it on CUDA.
 """
 from __future__ import annotations
