@@ -42,10 +42,27 @@ constexpr int64_t kMaxBlocks = 65535LL * 8;
 constexpr int64_t kMaxGridY = 65535;
 constexpr long long kPositive = 1LL << 32;  // one positive in the packed counts; one negative is 1
 constexpr unsigned kFullWarp = 0xffffffffu;
+// The fused path's block radix sort: 4-bit digits, 8 passes over the 32-bit key (an even count, so
+// the sorted pairs end in the first of the two buffers). Values pack the pixel index (14 bits,
+// kLovaszFusedMaxPixels = 2^14) with the pixel's positive and keep flags.
+constexpr int kDigitBits = 4;
+constexpr int kDigits = 1 << kDigitBits;
+constexpr int kKeyBits = 32;
+static_assert((kKeyBits / kDigitBits) % 2 == 0, "the sorted pairs must end in the first buffer");
+constexpr unsigned kIndexMask = (1u << 14) - 1;
+constexpr unsigned kPositiveBit = 1u << 14;
+constexpr unsigned kKeepBit = 1u << 15;
+static_assert(kLovaszFusedMaxPixels - 1 <= kIndexMask, "pixel indices must fit the value's index bits");
 
 unsigned blocks_for(int64_t elements) {
   return static_cast<unsigned>(std::min<int64_t>(std::max<int64_t>(ceil_div(elements, kElementwiseThreads), 1),
                                                  kMaxBlocks));
+}
+
+// The hinge error of one pixel (Eq. 8's 1 - m_i y_i), -inf for an ignored pixel so it sorts last.
+template <typename acc_t, typename scalar_t>
+__device__ acc_t hinge_error(scalar_t logit, bool label, bool keep) {
+  return keep ? acc_t(1) - convert<acc_t>(logit) * (label ? acc_t(1) : acc_t(-1)) : acc_t(-INFINITY);
 }
 
 template <typename scalar_t, typename acc_t>
@@ -53,9 +70,7 @@ __global__ void errors_kernel(const scalar_t* __restrict__ logits, const bool* _
                               const bool* __restrict__ valid, int64_t elements, acc_t* __restrict__ errors) {
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < elements; i += stride) {
-    const acc_t sign = labels[i] ? acc_t(1) : acc_t(-1);
-    const bool keep = valid == nullptr || valid[i];
-    errors[i] = keep ? acc_t(1) - convert<acc_t>(logits[i]) * sign : acc_t(-INFINITY);
+    errors[i] = hinge_error<acc_t>(logits[i], labels[i], valid == nullptr || valid[i]);
   }
 }
 
@@ -103,6 +118,62 @@ __device__ acc_t jaccard(acc_t gts, long long packed) {
   return unite > acc_t(0) ? acc_t(1) - (gts - positives) / unite : acc_t(0);
 }
 
+// The pixel at rank j of a row sorted by decreasing error.
+template <typename acc_t>
+struct RankedPixel {
+  acc_t error;
+  int64_t index;  // its pixel in the row; outside [0, P) where the permutation names none
+  bool keep;      // valid
+  bool positive;  // labelled positive and valid
+};
+
+// A row sorted in global memory by the glue's at::sort: errors by rank, label and validity gathered
+// through the permutation (L2 hits).
+template <typename acc_t>
+struct GlobalSortedRow {
+  const acc_t* sorted_errors;  // (P,) of the row
+  const int64_t* permutation;  // (P,) of the row
+  const bool* labels;          // (P,) of the row
+  const bool* valid;           // (P,) of the row, or null
+  int64_t pixels;
+
+  __device__ RankedPixel<acc_t> operator()(int64_t j) const {
+    const int64_t index = permutation[j];
+    const bool inside = index >= 0 && index < pixels;
+    const bool keep = inside && (valid == nullptr || valid[index]);
+    return {sorted_errors[j], index, keep, keep && labels[index]};
+  }
+};
+
+// Scans one row in tiles of kScanThreads ranks (every thread of the block calls it): Eq. 9's
+// Jaccard gradient from the packed running counts (positives << 32 | negatives, a block scan carrying
+// the total across tiles), the row's loss (Eq. 8, fixed-order reduction) into *loss and the weights
+// d loss / d logit in pixel order into weights (P,). `ranked(j)` is the pixel at rank j < P; gts the
+// row's valid positives.
+template <typename scalar_t, typename acc_t, typename SortedRow>
+__device__ void scan_sorted_row(const SortedRow& ranked, int64_t pixels, acc_t gts, scalar_t* __restrict__ loss,
+                                acc_t* __restrict__ weights) {
+  long long carry = 0;
+  acc_t partial = acc_t(0);
+  for (int64_t p0 = 0; p0 < pixels; p0 += kScanThreads) {
+    const int64_t j = p0 + threadIdx.x;
+    const RankedPixel<acc_t> pixel = j < pixels ? ranked(j) : RankedPixel<acc_t>{acc_t(0), -1, false, false};
+    const long long step = pixel.positive ? kPositive : (pixel.keep ? 1LL : 0LL);
+    long long tile_total = 0;
+    const long long inclusive = block_inclusive_sum(step, tile_total) + carry;
+    carry += tile_total;
+    // Eq. 9: g_j = J(counts through j) - J(counts before j)
+    const acc_t grad = jaccard(gts, inclusive) - jaccard(gts, inclusive - step);
+    if (pixel.index >= 0 && pixel.index < pixels) {  // j < pixels; the sort visits every pixel of the row once
+      const bool active = pixel.keep && !(pixel.error <= acc_t(0));  // a NaN error is active: NaN in, NaN loss out
+      partial += active ? pixel.error * grad : acc_t(0);             // Eq. 8 with relu(errors)
+      weights[pixel.index] = active ? (pixel.positive ? -grad : grad) : acc_t(0);  // pixel order
+    }
+  }
+  const acc_t total = block_sum(partial);
+  if (threadIdx.x == 0) *loss = convert<scalar_t>(total);
+}
+
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kScanThreads)
     scan_kernel(const acc_t* __restrict__ sorted_errors, const int64_t* __restrict__ permutation,
@@ -114,30 +185,124 @@ __global__ void __launch_bounds__(kScanThreads)
     count += (labels[row + p] && (valid == nullptr || valid[row + p])) ? 1 : 0;
   }
   const acc_t gts = convert<acc_t>(block_sum(count));
+  const GlobalSortedRow<acc_t> ranked{sorted_errors + row, permutation + row, labels + row,
+                                      valid == nullptr ? nullptr : valid + row, pixels};
+  scan_sorted_row(ranked, pixels, gts, losses + blockIdx.x, weights + row);
+}
 
-  long long carry = 0;
-  acc_t partial = acc_t(0);
-  for (int64_t p0 = 0; p0 < pixels; p0 += kScanThreads) {
-    const int64_t j = p0 + threadIdx.x;
-    const int64_t index = j < pixels ? permutation[row + j] : -1;
-    const bool inside = index >= 0 && index < pixels;
-    const bool keep = inside && (valid == nullptr || valid[row + index]);
-    const bool positive = keep && labels[row + index];
-    const long long step = positive ? kPositive : (keep ? 1LL : 0LL);
-    long long tile_total = 0;
-    const long long inclusive = block_inclusive_sum(step, tile_total) + carry;
-    carry += tile_total;
-    // Eq. 9: g_j = J(counts through j) - J(counts before j)
-    const acc_t grad = jaccard(gts, inclusive) - jaccard(gts, inclusive - step);
-    if (inside) {  // j < pixels; the sort's permutation visits every pixel of the row once
-      const acc_t error = sorted_errors[row + j];
-      const bool active = keep && !(error <= acc_t(0));  // a NaN error is active: NaN in, NaN loss out
-      partial += active ? error * grad : acc_t(0);  // Eq. 8 with relu(errors)
-      weights[row + index] = active ? (positive ? -grad : grad) : acc_t(0);  // pixel order
-    }
+// --- Fused path: rows of at most kLovaszFusedMaxPixels, fp32 errors, one block per row ---
+
+__device__ unsigned float_bits(float value) {
+  unsigned bits;
+  memcpy(&bits, &value, sizeof(bits));
+  return bits;
+}
+
+__device__ float bits_float(unsigned bits) {
+  float value;
+  memcpy(&value, &bits, sizeof(value));
+  return value;
+}
+
+// A key whose increasing unsigned order is the error's decreasing order: the sign-magnitude bits
+// flipped into an order-preserving unsigned, then complemented. -0 is keyed as +0 and every NaN as
+// the positive quiet NaN (first, as in PyTorch's descending sort); -inf (ignored pixels) last.
+__device__ unsigned descending_key(float error) {
+  const float canonical = error == 0.0f ? 0.0f : (error != error ? NAN : error);
+  const unsigned bits = float_bits(canonical);
+  return ~((bits & 0x80000000u) ? ~bits : bits | 0x80000000u);
+}
+
+__device__ float error_of_key(unsigned key) {
+  const unsigned ordered = ~key;
+  return bits_float((ordered & 0x80000000u) ? ordered & 0x7fffffffu : ~ordered);
+}
+
+// A row sorted in shared memory by block_radix_sort.
+struct SharedSortedRow {
+  const unsigned* keys;          // (P,) descending_key by rank
+  const unsigned short* values;  // (P,) pixel index | kPositiveBit | kKeepBit by rank
+
+  __device__ RankedPixel<float> operator()(int64_t j) const {
+    const unsigned value = values[j];
+    return {error_of_key(keys[j]), int64_t(value & kIndexMask), (value & kKeepBit) != 0, (value & kPositiveBit) != 0};
   }
-  const acc_t loss = block_sum(partial);
-  if (threadIdx.x == 0) losses[blockIdx.x] = convert<scalar_t>(loss);
+};
+
+// Stable LSD radix sort of n (key, value) pairs by increasing key in shared memory (every thread of
+// the block calls it): keys and values hold two buffers of n each, the pairs start and end in the
+// first. Each pass is a counting sort of one kDigitBits digit: thread t owns the ranks
+// [t*chunk, (t+1)*chunk), counts its digits into counters[digit][t], the counters are scanned in
+// digit-major order (digit, then thread), and each thread scatters its pairs in order to its
+// digit's next slot, so pairs with equal keys keep their order (ties stay in pixel order).
+__device__ void block_radix_sort(unsigned* keys, unsigned short* values, unsigned short* counters, int n) {
+  const int chunk = (n + kScanThreads - 1) / kScanThreads;
+  const int begin = min(n, int(threadIdx.x) * chunk), end = min(n, begin + chunk);
+  unsigned short* own = counters + threadIdx.x;  // own[d * kScanThreads]: this thread's slot of digit d
+  unsigned short* scanned = counters + threadIdx.x * kDigits;  // kDigits consecutive entries of the scan
+  for (int shift = 0; shift < kKeyBits; shift += kDigitBits) {
+    const int source = (shift / kDigitBits) % 2;
+    const unsigned* keys_in = keys + source * n;
+    const unsigned short* values_in = values + source * n;
+    unsigned* keys_out = keys + (1 - source) * n;
+    unsigned short* values_out = values + (1 - source) * n;
+#pragma unroll
+    for (int d = 0; d < kDigits; ++d) own[d * kScanThreads] = 0;
+    for (int i = begin; i < end; ++i) ++own[((keys_in[i] >> shift) & (kDigits - 1)) * kScanThreads];
+    __syncthreads();
+    int counts[kDigits];
+    int sum = 0;
+#pragma unroll
+    for (int k = 0; k < kDigits; ++k) {
+      counts[k] = scanned[k];
+      sum += counts[k];
+    }
+    int total;
+    int before = block_inclusive_sum(sum, total) - sum;  // its barriers order every read above before the writes
+#pragma unroll
+    for (int k = 0; k < kDigits; ++k) {
+      scanned[k] = static_cast<unsigned short>(before);
+      before += counts[k];
+    }
+    __syncthreads();
+    for (int i = begin; i < end; ++i) {
+      const unsigned key = keys_in[i];
+      const int slot = own[((key >> shift) & (kDigits - 1)) * kScanThreads]++;
+      keys_out[slot] = key;
+      values_out[slot] = values_in[i];
+    }
+    __syncthreads();
+  }
+}
+
+size_t fused_shared_bytes(int64_t pixels) {
+  return size_t(pixels) * 2 * (sizeof(unsigned) + sizeof(unsigned short)) +
+         sizeof(unsigned short) * kDigits * kScanThreads;
+}
+
+// One block per row: hinge errors and flags into shared memory, block_radix_sort, scan_sorted_row.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kScanThreads)
+    fused_forward_kernel(const scalar_t* __restrict__ logits, const bool* __restrict__ labels,
+                         const bool* __restrict__ valid, int64_t pixels, scalar_t* __restrict__ losses,
+                         float* __restrict__ weights) {
+  FASTSEG_DYNAMIC_SHARED(shared);
+  const int n = static_cast<int>(pixels);
+  unsigned* keys = reinterpret_cast<unsigned*>(shared);                               // [2][n]
+  unsigned short* counters = reinterpret_cast<unsigned short*>(keys + 2 * n);         // [kDigits][kScanThreads]
+  unsigned short* values = counters + kDigits * kScanThreads;                         // [2][n]
+  const int64_t row = int64_t(blockIdx.x) * pixels;
+  long long count = 0;
+  for (int p = threadIdx.x; p < n; p += kScanThreads) {
+    const bool keep = valid == nullptr || valid[row + p];
+    const bool label = labels[row + p];
+    keys[p] = descending_key(hinge_error<float>(logits[row + p], label, keep));
+    values[p] = static_cast<unsigned short>(p | (keep && label ? kPositiveBit : 0u) | (keep ? kKeepBit : 0u));
+    count += keep && label ? 1 : 0;
+  }
+  const float gts = convert<float>(block_sum(count));  // its barriers publish keys and values
+  block_radix_sort(keys, values, counters, n);
+  scan_sorted_row(SharedSortedRow{keys, values}, pixels, gts, losses + blockIdx.x, weights + row);
 }
 
 // grad_logits[n,p] = grad_loss[n] * weights[n,p]; rows on grid.y, pixels on grid.x (no division).
@@ -176,6 +341,23 @@ cudaError_t lovasz_hinge_scan(const acc_type<scalar_t>* sorted_errors, const int
 }
 
 template <typename scalar_t>
+cudaError_t lovasz_hinge_fused(const scalar_t* logits, const bool* labels, const bool* valid, int64_t rows,
+                               int64_t pixels, scalar_t* losses, float* weights, cudaStream_t stream) {
+  if (pixels > kLovaszFusedMaxPixels) return cudaErrorInvalidValue;
+  if (rows == 0) return cudaSuccess;
+  auto kernel = fused_forward_kernel<scalar_t>;
+  const size_t shared_bytes = fused_shared_bytes(pixels);
+  if (shared_bytes > 48 * 1024) {
+    const cudaError_t error =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared_bytes));
+    if (error != cudaSuccess) return error;
+  }
+  launch(kernel, static_cast<unsigned>(rows), kScanThreads, shared_bytes, stream, logits, labels, valid, pixels, losses,
+         weights);
+  return cudaGetLastError();
+}
+
+template <typename scalar_t>
 cudaError_t lovasz_hinge_backward(const scalar_t* grad_loss, const acc_type<scalar_t>* weights, int64_t rows,
                                   int64_t pixels, scalar_t* grad_logits, cudaStream_t stream) {
   if (rows * pixels == 0) return cudaSuccess;
@@ -193,5 +375,11 @@ cudaError_t lovasz_hinge_backward(const scalar_t* grad_loss, const acc_type<scal
   template cudaError_t lovasz_hinge_backward<T>(const T*, const acc_type<T>*, int64_t, int64_t, T*, cudaStream_t);
 FASTSEG_FOR_FLOATING_TYPES(FASTSEG_INSTANTIATE)
 #undef FASTSEG_INSTANTIATE
+template cudaError_t lovasz_hinge_fused<float>(const float*, const bool*, const bool*, int64_t, int64_t, float*, float*,
+                                               cudaStream_t);
+template cudaError_t lovasz_hinge_fused<__half>(const __half*, const bool*, const bool*, int64_t, int64_t, __half*,
+                                                float*, cudaStream_t);
+template cudaError_t lovasz_hinge_fused<__nv_bfloat16>(const __nv_bfloat16*, const bool*, const bool*, int64_t, int64_t,
+                                                       __nv_bfloat16*, float*, cudaStream_t);
 
 }  // namespace fastseg::cuda
