@@ -229,6 +229,14 @@ struct SharedSortedRow {
   }
 };
 
+// The digit counters of block_radix_sort, counters[d][t] (digit d, thread t) in digit-major order
+// with one pad word (two entries) after every kDigits entries: entry e = d * kScanThreads + t sits
+// at e + 2 (e / kDigits). Thread t's kDigits consecutive entries of the scan are then the words
+// 9t .. 9t+7 (distinct banks across a warp), and a warp's counters of one digit 16 distinct words.
+constexpr int kPaddedDigits = kDigits + 2;
+constexpr int kCounterDigitStride = kScanThreads / kDigits * kPaddedDigits;  // from counters[d][t] to [d+1][t]
+constexpr int kCounterSlots = kDigits * kCounterDigitStride;
+
 // Stable LSD radix sort of n (key, value) pairs by increasing key in shared memory (every thread of
 // the block calls it): keys and values hold two buffers of n each, the pairs start and end in the
 // first. Each pass is a counting sort of one kDigitBits digit: thread t owns the ranks
@@ -238,8 +246,10 @@ struct SharedSortedRow {
 __device__ void block_radix_sort(unsigned* keys, unsigned short* values, unsigned short* counters, int n) {
   const int chunk = (n + kScanThreads - 1) / kScanThreads;
   const int begin = min(n, int(threadIdx.x) * chunk), end = min(n, begin + chunk);
-  unsigned short* own = counters + threadIdx.x;  // own[d * kScanThreads]: this thread's slot of digit d
-  unsigned short* scanned = counters + threadIdx.x * kDigits;  // kDigits consecutive entries of the scan
+  // own[d * kCounterDigitStride]: counters[d][t] of this thread t
+  unsigned short* own = counters + threadIdx.x + 2 * (threadIdx.x / kDigits);
+  // scanned[k]: the k-th of this thread's kDigits consecutive entries of the digit-major scan
+  unsigned short* scanned = counters + threadIdx.x * kPaddedDigits;
   for (int shift = 0; shift < kKeyBits; shift += kDigitBits) {
     const int source = (shift / kDigitBits) % 2;
     const unsigned* keys_in = keys + source * n;
@@ -247,8 +257,8 @@ __device__ void block_radix_sort(unsigned* keys, unsigned short* values, unsigne
     unsigned* keys_out = keys + (1 - source) * n;
     unsigned short* values_out = values + (1 - source) * n;
 #pragma unroll
-    for (int d = 0; d < kDigits; ++d) own[d * kScanThreads] = 0;
-    for (int i = begin; i < end; ++i) ++own[((keys_in[i] >> shift) & (kDigits - 1)) * kScanThreads];
+    for (int d = 0; d < kDigits; ++d) own[d * kCounterDigitStride] = 0;
+    for (int i = begin; i < end; ++i) ++own[((keys_in[i] >> shift) & (kDigits - 1)) * kCounterDigitStride];
     __syncthreads();
     int counts[kDigits];
     int sum = 0;
@@ -267,7 +277,7 @@ __device__ void block_radix_sort(unsigned* keys, unsigned short* values, unsigne
     __syncthreads();
     for (int i = begin; i < end; ++i) {
       const unsigned key = keys_in[i];
-      const int slot = own[((key >> shift) & (kDigits - 1)) * kScanThreads]++;
+      const int slot = own[((key >> shift) & (kDigits - 1)) * kCounterDigitStride]++;
       keys_out[slot] = key;
       values_out[slot] = values_in[i];
     }
@@ -276,8 +286,7 @@ __device__ void block_radix_sort(unsigned* keys, unsigned short* values, unsigne
 }
 
 size_t fused_shared_bytes(int64_t pixels) {
-  return size_t(pixels) * 2 * (sizeof(unsigned) + sizeof(unsigned short)) +
-         sizeof(unsigned short) * kDigits * kScanThreads;
+  return size_t(pixels) * 2 * (sizeof(unsigned) + sizeof(unsigned short)) + sizeof(unsigned short) * kCounterSlots;
 }
 
 // One block per row: hinge errors and flags into shared memory, block_radix_sort, scan_sorted_row.
@@ -288,9 +297,9 @@ __global__ void __launch_bounds__(kScanThreads)
                          float* __restrict__ weights) {
   FASTSEG_DYNAMIC_SHARED(shared);
   const int n = static_cast<int>(pixels);
-  unsigned* keys = reinterpret_cast<unsigned*>(shared);                               // [2][n]
-  unsigned short* counters = reinterpret_cast<unsigned short*>(keys + 2 * n);         // [kDigits][kScanThreads]
-  unsigned short* values = counters + kDigits * kScanThreads;                         // [2][n]
+  unsigned* keys = reinterpret_cast<unsigned*>(shared);                        // [2][n]
+  unsigned short* counters = reinterpret_cast<unsigned short*>(keys + 2 * n);  // kCounterSlots
+  unsigned short* values = counters + kCounterSlots;                           // [2][n]
   const int64_t row = int64_t(blockIdx.x) * pixels;
   long long count = 0;
   for (int p = threadIdx.x; p < n; p += kScanThreads) {
