@@ -1,31 +1,57 @@
 // CUDA Lovász hinge (Berman et al. 2018 Eq. 8-9; CSFRNet Eq. 4), deterministic: no atomics.
 //
-// Forward, around PyTorch's device-wide sort in the glue (csrc/cuda_glue/lovasz_hinge.cpp):
-// errors_kernel writes the hinge errors (-inf for invalid pixels, so they sort last); the glue sorts
-// every row by decreasing error (at::sort, stable), giving the sorted errors and the permutation;
-// scan_kernel (one block per row) counts the row's positives, then walks the sorted row in tiles of
-// kScanThreads: it gathers label and validity through the permutation, scans the packed counts
+// Forward, two paths (chosen in the glue, csrc/cuda_glue/lovasz_hinge.cpp):
+// - fused (rows of P <= kLovaszFusedMaxPixels = 2^14 in fp16/bf16/fp32): fused_forward_kernel, one
+//   512-thread block per row, one launch. It writes the row's hinge errors as order-preserving
+//   descending keys (-inf for invalid pixels, so they sort last) and 16-bit values (pixel index |
+//   positive | keep) into shared memory, sorts the pairs with block_radix_sort (stable LSD, 8 passes
+//   of 4-bit digits, so tied errors keep pixel order exactly as at::sort(stable=True)), and scans
+//   the sorted row with scan_sorted_row, the scan of the sort path below.
+// - sort (longer rows, and fp64, whose 64-bit keys would take twice the passes and the shared
+//   memory per pixel): errors_kernel writes the hinge errors; the glue sorts every row by
+//   decreasing error (at::sort, stable), giving the sorted errors and the permutation; scan_kernel
+//   counts the row's positives and runs scan_sorted_row, gathering label and validity through the
+//   permutation.
+// scan_sorted_row walks the sorted row in tiles of kScanThreads, scans the packed counts
 // (positives << 32 | negatives) with a warp-shuffle block scan carrying the running total across
 // tiles, and writes the row's loss (fixed-order reduction) and the Jaccard-gradient weights in pixel
 // order, weights[n, permutation[n,j]], so that nothing of the sort outlives the forward. No host
-// synchronisation at any row count.
+// synchronisation at any row count; both paths are CUDA-graph capturable.
 // Backward: grad_logits[n,p] = grad_loss[n] * weights[n,p], a streaming multiply (scale_kernel).
 //
 // Cost model at the GPU shapes of
 // bench/bench_lovasz_hinge.py (forward+backward; H200: 4.8 TB/s HBM, 50 MB L2, 67 TFLOP/s fp32,
-// 989 TFLOP/s dense bf16, ~3 us per dependent launch). The floor is max(bytes / bandwidth, FLOPs /
-// peak) of the benchmark's byte and FLOP counts; the prediction is this design's, derived below.
-// bench/report.py reads the `predicted H200` lines (the one place these numbers live) into the
-// "predicted" column of bench/RESULTS.md.
-// Per element: errors 10 B, iota 8 B, PyTorch's segmented radix sort ~5 passes x (read + write of a
-// 4 B key and an 8 B index) = 120 B, scan 18 B (gathers through the permutation hit L2), weights
-// 4 B, backward 8 B (read weights, write grad_logits): ~168 B at ~60% of bandwidth, ~11 launches.
-// The weights are scattered within each row, all rows' scans at once: at 97x97 the 5.7 MB of
-// weights stay in L2 and each 32 B sector leaves it whole (4 B/element); at 769x769 the 90 MB do
-// not fit, about half the 4 B writes miss and write back a partial sector, ~18 B/element (+14 B).
-// Bound: the sort's traffic, which the floor (the benchmark's 18 B/element: logits, labels, valid,
-// weights written and read, grad_logits) does not count.
-// predicted H200 | lovasz_hinge 97x97 N=152 fwd+bwd | 0.116 ms | sort traffic (floor 0.005 ms)
+// 989 TFLOP/s dense bf16, ~3 us per dependent launch, 132 SMs at 1.98 GHz, each issuing 128 thread
+// instructions and one 128 B shared-memory wavefront per clock, 228 KB shared memory per SM). The
+// floor is max(bytes / bandwidth, FLOPs / peak) of the benchmark's byte and FLOP counts (18 B per
+// element: logits, labels, valid, weights written and read, grad_logits); the prediction is this
+// design's, derived below. bench/report.py reads the `predicted H200` lines (the one place these
+// numbers live) into the "predicted" column of bench/RESULTS.md.
+// 97x97 (152 rows of 9409 pixels, fp32): the fused path. Global traffic is the floor's 18 B/element
+// (the row's weights are scattered within 37 KB that stay in L2 and leave it in whole sectors); the
+// time is the sort's, on shared memory. Per pass and 32 pixels, in wavefronts: counting 1 (key
+// loads, thread chunks of 19 words, conflict-free; the counts stay in registers); the counters
+// (16 per thread stored, scanned: read and written, padded so conflict-free) 3 x 16 per thread,
+// 768 per pass, 2.6 per 32 pixels; scatter 12.5 (key load 1, value load 1.5, counter load and store
+// 2 + 2 as two lanes share a word and their digits differ, key and value stores ~3 each: 32
+// scattered lanes over 32 banks). ~16 wavefronts per 32 pixels per pass, 8 passes: ~4.0 clock per
+// pixel, 37.6k clocks per row. Instructions, ~35 per pixel per pass (PTX of the two loops; 64-bit
+// counting ops), 280 per pixel, 2.2 clocks per pixel at 128 per clock: below the shared memory.
+// Plus the scan (19 tiles of 3 barriers and 10 shuffle steps, ~3k clocks), the sort's 40 barriers
+// (~2k clocks) and the row's 56 KB of inputs (~1.6 us): ~23 us per row. The block needs 128 KB of
+// shared memory (12 B per pixel + 18 KB of counters), one block per SM, so the 152 rows on 132 SMs
+// take two rounds on 20 SMs: 46 us, + 3 us launch; backward 11 MB at ~60% of bandwidth + launch,
+// 7 us: 0.056 ms. Bound: the shared-memory wavefronts of the sort (scattered stores and counter
+// conflicts) and the second round of rows; nearer the floor needs two rows per SM (<= 113 KB per
+// block) or a row split over a 2-block cluster, and fewer scatter conflicts.
+// 769x769 (38 rows of 591361 pixels): the sort path. Per element: errors 10 B, iota 8 B, PyTorch's
+// segmented radix sort ~5 passes x (read + write of a 4 B key and an 8 B index) = 120 B, scan 18 B
+// (gathers through the permutation hit L2), weights 4 B, backward 8 B (read weights, write
+// grad_logits): ~168 B at ~60% of bandwidth, ~11 launches. The 90 MB of weights, scattered within
+// each row by all rows' scans at once, do not fit in L2: about half the 4 B writes miss and write
+// back a partial sector, ~18 B/element (+14 B). Bound: the sort's traffic, which the floor does not
+// count.
+// predicted H200 | lovasz_hinge 97x97 N=152 fwd+bwd | 0.056 ms | shared-memory radix sort, 2 rounds of rows on 20 SMs (floor 0.005 ms)
 // predicted H200 | lovasz_hinge 769x769 N=38 fwd+bwd | 1.453 ms | sort traffic (floor 0.084 ms)
 #include "cuda/common.cuh"
 #include "cuda/lovasz_hinge.h"
@@ -236,11 +262,13 @@ struct SharedSortedRow {
 constexpr int kPaddedDigits = kDigits + 2;
 constexpr int kCounterDigitStride = kScanThreads / kDigits * kPaddedDigits;  // from counters[d][t] to [d+1][t]
 constexpr int kCounterSlots = kDigits * kCounterDigitStride;
+static_assert(kLovaszFusedMaxPixels / kScanThreads < 256, "a thread's digit counts must fit 8 bits");
 
 // Stable LSD radix sort of n (key, value) pairs by increasing key in shared memory (every thread of
 // the block calls it): keys and values hold two buffers of n each, the pairs start and end in the
 // first. Each pass is a counting sort of one kDigitBits digit: thread t owns the ranks
-// [t*chunk, (t+1)*chunk), counts its digits into counters[digit][t], the counters are scanned in
+// [t*chunk, (t+1)*chunk), counts its digits in registers and stores the counts in
+// counters[digit][t], the counters are scanned in
 // digit-major order (digit, then thread), and each thread scatters its pairs in order to its
 // digit's next slot, so pairs with equal keys keep their order (ties stay in pixel order).
 __device__ void block_radix_sort(unsigned* keys, unsigned short* values, unsigned short* counters, int n) {
@@ -256,9 +284,18 @@ __device__ void block_radix_sort(unsigned* keys, unsigned short* values, unsigne
     const unsigned short* values_in = values + source * n;
     unsigned* keys_out = keys + (1 - source) * n;
     unsigned short* values_out = values + (1 - source) * n;
+    // this thread's digit counts, 8 bits each (chunk <= 32): digits 0-7 in low, 8-15 in high
+    unsigned long long low = 0, high = 0;
+    for (int i = begin; i < end; ++i) {
+      const unsigned digit = (keys_in[i] >> shift) & (kDigits - 1);
+      const unsigned long long one = 1ULL << (8 * (digit % 8));
+      low += digit < 8 ? one : 0ULL;
+      high += digit < 8 ? 0ULL : one;
+    }
 #pragma unroll
-    for (int d = 0; d < kDigits; ++d) own[d * kCounterDigitStride] = 0;
-    for (int i = begin; i < end; ++i) ++own[((keys_in[i] >> shift) & (kDigits - 1)) * kCounterDigitStride];
+    for (int d = 0; d < kDigits; ++d) {
+      own[d * kCounterDigitStride] = static_cast<unsigned short>(((d < 8 ? low : high) >> (8 * (d % 8))) & 0xff);
+    }
     __syncthreads();
     int counts[kDigits];
     int sum = 0;
