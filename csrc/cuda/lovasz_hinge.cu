@@ -16,7 +16,8 @@
 // (positives << 32 | negatives) with a warp-shuffle block scan carrying the running total across
 // tiles, and writes the row's loss (fixed-order reduction) and the Jaccard-gradient weights in pixel
 // order, weights[n, permutation[n,j]], so that nothing of the sort outlives the forward. No host
-// synchronisation at any row count; both paths are CUDA-graph capturable.
+// synchronisation at any row count; the fused path is one launch whose only other host call is
+// cudaFuncSetAttribute (no stream work, allowed during CUDA-graph capture; not run on a GPU yet).
 // Backward: grad_logits[n,p] = grad_loss[n] * weights[n,p], a streaming multiply (scale_kernel).
 //
 // Cost model at the GPU shapes of
