@@ -31,20 +31,20 @@
 // 97x97 (152 rows of 9409 pixels, fp32): the fused path. Global traffic is the floor's 18 B/element
 // (the row's weights are scattered within 37 KB that stay in L2 and leave it in whole sectors); the
 // time is the sort's, on shared memory. Per pass and 32 pixels, in wavefronts: counting 1 (key
-// loads, thread chunks of 19 words, conflict-free; the counts stay in registers); the counters
-// (16 per thread stored, scanned: read and written, padded so conflict-free) 3 x 16 per thread,
-// 768 per pass, 2.6 per 32 pixels; scatter 12.5 (key load 1, value load 1.5, counter load and store
-// 2 + 2 as two lanes share a word and their digits differ, key and value stores ~3 each: 32
-// scattered lanes over 32 banks). ~16 wavefronts per 32 pixels per pass, 8 passes: ~4.0 clock per
-// pixel, 37.6k clocks per row. Instructions, ~35 per pixel per pass (PTX of the two loops; 64-bit
-// counting ops), 280 per pixel, 2.2 clocks per pixel at 128 per clock: below the shared memory.
-// Plus the scan (19 tiles of 3 barriers and 10 shuffle steps, ~3k clocks), the sort's 40 barriers
-// (~2k clocks) and the row's 56 KB of inputs (~1.6 us): ~23 us per row. The block needs 128 KB of
-// shared memory (12 B per pixel + 18 KB of counters), one block per SM, so the 152 rows on 132 SMs
-// take two rounds on 20 SMs: 46 us, + 3 us launch; backward 11 MB at ~60% of bandwidth + launch,
-// 7 us: 0.056 ms. Bound: the shared-memory wavefronts of the sort (scattered stores and counter
-// conflicts) and the second round of rows; nearer the floor needs two rows per SM (<= 113 KB per
-// block) or a row split over a 2-block cluster, and fewer scatter conflicts.
+// loads, thread chunks of 19 words, conflict-free; the counts stay in registers); the 32-bit
+// counters (16 per thread stored, scanned: read and written; laid out conflict-free for both
+// patterns) 3 x 16 per thread, 768 per pass, 2.6 per 32 pixels; scatter 10.5 (key load 1, value
+// load 1.5, counter load and store 1 + 1, key and value stores ~3 each: 32 scattered lanes over 32
+// banks). ~14 wavefronts per 32 pixels per pass, 8 passes: ~3.5 clocks per pixel, 32.9k clocks per
+// row. Instructions, ~35 per pixel per pass (PTX of the two loops; 64-bit counting ops), 280 per
+// pixel, 2.2 clocks per pixel at 128 per clock: below the shared memory. Plus the scan (19 tiles
+// of 3 barriers and 10 shuffle steps, ~3k clocks), the sort's 40 barriers (~2k clocks) and the
+// row's 56 KB of inputs (~1.6 us): ~21 us per row. The block needs 144 KB of shared memory (12 B
+// per pixel + 34 KB of counters), one block per SM, so the 152 rows on 132 SMs take two rounds on
+// 20 SMs: 42 us, + 3 us launch; backward 11 MB at ~60% of bandwidth + launch, 7 us: 0.052 ms.
+// Bound: the shared-memory wavefronts of the sort (mostly the scattered stores) and the second
+// round of rows; nearer the floor needs a row split over a 2-block cluster (two rows per SM would
+// share one SM's shared-memory bandwidth) and fewer scatter conflicts.
 // 769x769 (38 rows of 591361 pixels): the sort path. Per element: errors 10 B, iota 8 B, PyTorch's
 // segmented radix sort ~5 passes x (read + write of a 4 B key and an 8 B index) = 120 B, scan 18 B
 // (gathers through the permutation hit L2), weights 4 B, backward 8 B (read weights, write
@@ -52,7 +52,7 @@
 // each row by all rows' scans at once, do not fit in L2: about half the 4 B writes miss and write
 // back a partial sector, ~18 B/element (+14 B). Bound: the sort's traffic, which the floor does not
 // count.
-// predicted H200 | lovasz_hinge 97x97 N=152 fwd+bwd | 0.056 ms | shared-memory radix sort, 2 rounds of rows on 20 SMs (floor 0.005 ms)
+// predicted H200 | lovasz_hinge 97x97 N=152 fwd+bwd | 0.052 ms | shared-memory radix sort, 2 rounds of rows on 20 SMs (floor 0.005 ms)
 // predicted H200 | lovasz_hinge 769x769 N=38 fwd+bwd | 1.453 ms | sort traffic (floor 0.084 ms)
 #include "cuda/common.cuh"
 #include "cuda/lovasz_hinge.h"
@@ -256,13 +256,15 @@ struct SharedSortedRow {
   }
 };
 
-// The digit counters of block_radix_sort, counters[d][t] (digit d, thread t) in digit-major order
-// with one pad word (two entries) after every kDigits entries: entry e = d * kScanThreads + t sits
-// at e + 2 (e / kDigits). Thread t's kDigits consecutive entries of the scan are then the words
-// 9t .. 9t+7 (distinct banks across a warp), and a warp's counters of one digit 16 distinct words.
-constexpr int kPaddedDigits = kDigits + 2;
-constexpr int kCounterDigitStride = kScanThreads / kDigits * kPaddedDigits;  // from counters[d][t] to [d+1][t]
+// The digit counters of block_radix_sort, counters[d][t] (digit d, thread t; 32-bit) in digit-major
+// order at word d * kCounterDigitStride + t + t / 32: a warp's counters of any digits (counting,
+// scatter: lanes t..t+31, one digit each) fall in banks (lane + warp) % 32, and the scan's reads of
+// a thread's kDigits consecutive entries (lane l: columns 16 l + k) in banks (16 l + k + l / 2) % 32,
+// distinct across the warp for both.
+constexpr int kCounterDigitStride = kScanThreads + 32;  // > the last column t + t / 32, a multiple of 32 banks
 constexpr int kCounterSlots = kDigits * kCounterDigitStride;
+static_assert(kCounterDigitStride % 32 == 0, "a digit's counters must start at bank 0");
+static_assert(kScanThreads / kDigits == 32, "the scan gives each digit's counters to one warp");
 static_assert(kLovaszFusedMaxPixels / kScanThreads < 256, "a thread's digit counts must fit 8 bits");
 
 // Stable LSD radix sort of n (key, value) pairs by increasing key in shared memory (every thread of
@@ -272,13 +274,15 @@ static_assert(kLovaszFusedMaxPixels / kScanThreads < 256, "a thread's digit coun
 // counters[digit][t], the counters are scanned in
 // digit-major order (digit, then thread), and each thread scatters its pairs in order to its
 // digit's next slot, so pairs with equal keys keep their order (ties stay in pixel order).
-__device__ void block_radix_sort(unsigned* keys, unsigned short* values, unsigned short* counters, int n) {
+__device__ void block_radix_sort(unsigned* keys, unsigned short* values, unsigned* counters, int n) {
   const int chunk = (n + kScanThreads - 1) / kScanThreads;
   const int begin = min(n, int(threadIdx.x) * chunk), end = min(n, begin + chunk);
   // own[d * kCounterDigitStride]: counters[d][t] of this thread t
-  unsigned short* own = counters + threadIdx.x + 2 * (threadIdx.x / kDigits);
-  // scanned[k]: the k-th of this thread's kDigits consecutive entries of the digit-major scan
-  unsigned short* scanned = counters + threadIdx.x * kPaddedDigits;
+  unsigned* own = counters + threadIdx.x + threadIdx.x / 32;
+  // scanned[k]: the k-th of this thread's kDigits consecutive entries of the digit-major scan, the
+  // columns kDigits * (t % 32) + k of digit t / 32 (kScanThreads / kDigits = 32 threads per digit)
+  const int column = kDigits * (threadIdx.x % 32);
+  unsigned* scanned = counters + (threadIdx.x / 32) * kCounterDigitStride + column + column / 32;
   for (int shift = 0; shift < kKeyBits; shift += kDigitBits) {
     const int source = (shift / kDigitBits) % 2;
     const unsigned* keys_in = keys + source * n;
@@ -295,7 +299,7 @@ __device__ void block_radix_sort(unsigned* keys, unsigned short* values, unsigne
     }
 #pragma unroll
     for (int d = 0; d < kDigits; ++d) {
-      own[d * kCounterDigitStride] = static_cast<unsigned short>(((d < 8 ? low : high) >> (8 * (d % 8))) & 0xff);
+      own[d * kCounterDigitStride] = static_cast<unsigned>(((d < 8 ? low : high) >> (8 * (d % 8))) & 0xff);
     }
     __syncthreads();
     int counts[kDigits];
@@ -309,7 +313,7 @@ __device__ void block_radix_sort(unsigned* keys, unsigned short* values, unsigne
     int before = block_inclusive_sum(sum, total) - sum;  // its barriers order every read above before the writes
 #pragma unroll
     for (int k = 0; k < kDigits; ++k) {
-      scanned[k] = static_cast<unsigned short>(before);
+      scanned[k] = static_cast<unsigned>(before);
       before += counts[k];
     }
     __syncthreads();
@@ -324,7 +328,7 @@ __device__ void block_radix_sort(unsigned* keys, unsigned short* values, unsigne
 }
 
 size_t fused_shared_bytes(int64_t pixels) {
-  return size_t(pixels) * 2 * (sizeof(unsigned) + sizeof(unsigned short)) + sizeof(unsigned short) * kCounterSlots;
+  return size_t(pixels) * 2 * (sizeof(unsigned) + sizeof(unsigned short)) + sizeof(unsigned) * kCounterSlots;
 }
 
 // One block per row: hinge errors and flags into shared memory, block_radix_sort, scan_sorted_row.
@@ -336,8 +340,8 @@ __global__ void __launch_bounds__(kScanThreads)
   FASTSEG_DYNAMIC_SHARED(shared);
   const int n = static_cast<int>(pixels);
   unsigned* keys = reinterpret_cast<unsigned*>(shared);                        // [2][n]
-  unsigned short* counters = reinterpret_cast<unsigned short*>(keys + 2 * n);  // kCounterSlots
-  unsigned short* values = counters + kCounterSlots;                           // [2][n]
+  unsigned* counters = keys + 2 * n;                                            // kCounterSlots
+  unsigned short* values = reinterpret_cast<unsigned short*>(counters + kCounterSlots);  // [2][n]
   const int64_t row = int64_t(blockIdx.x) * pixels;
   long long count = 0;
   for (int p = threadIdx.x; p < n; p += kScanThreads) {

@@ -17,7 +17,7 @@
 namespace fastseg::cuda {
 
 // The longest row lovasz_hinge_fused takes: its (key, value) pairs fit twice in shared memory
-// (12 B per pixel + 18 KB of digit counters = 210 KB at 2^14 pixels, of the 227 KB opt-in).
+// (12 B per pixel + 34 KB of digit counters = 226 KB at 2^14 pixels, of the 227 KB opt-in).
 constexpr int64_t kLovaszFusedMaxPixels = int64_t(1) << 14;
 
 // The whole forward of rows of P <= kLovaszFusedMaxPixels pixels (cudaErrorInvalidValue above),
