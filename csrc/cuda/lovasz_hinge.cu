@@ -1,31 +1,58 @@
 // CUDA Lovász hinge (Berman et al. 2018 Eq. 8-9; CSFRNet Eq. 4), deterministic: no atomics.
 //
-// Forward, around PyTorch's device-wide sort in the glue (csrc/cuda_glue/lovasz_hinge.cpp):
-// errors_kernel writes the hinge errors (-inf for invalid pixels, so they sort last); the glue sorts
-// every row by decreasing error (at::sort, stable), giving the sorted errors and the permutation;
-// scan_kernel (one block per row) counts the row's positives, then walks the sorted row in tiles of
-// kScanThreads: it gathers label and validity through the permutation, scans the packed counts
+// Forward, two paths (chosen in the glue, csrc/cuda_glue/lovasz_hinge.cpp):
+// - fused (rows of P <= kLovaszFusedMaxPixels = 2^14 in fp16/bf16/fp32): fused_forward_kernel, one
+//   512-thread block per row, one launch. It writes the row's hinge errors as order-preserving
+//   descending keys (-inf for invalid pixels, so they sort last) and 16-bit values (pixel index |
+//   positive | keep) into shared memory, sorts the pairs with block_radix_sort (stable LSD, 8 passes
+//   of 4-bit digits, so tied errors keep pixel order exactly as at::sort(stable=True)), and scans
+//   the sorted row with scan_sorted_row, the scan of the sort path below.
+// - sort (longer rows, and fp64, whose 64-bit keys would take twice the passes and the shared
+//   memory per pixel): errors_kernel writes the hinge errors; the glue sorts every row by
+//   decreasing error (at::sort, stable), giving the sorted errors and the permutation; scan_kernel
+//   counts the row's positives and runs scan_sorted_row, gathering label and validity through the
+//   permutation.
+// scan_sorted_row walks the sorted row in tiles of kScanThreads, scans the packed counts
 // (positives << 32 | negatives) with a warp-shuffle block scan carrying the running total across
 // tiles, and writes the row's loss (fixed-order reduction) and the Jaccard-gradient weights in pixel
 // order, weights[n, permutation[n,j]], so that nothing of the sort outlives the forward. No host
-// synchronisation at any row count.
+// synchronisation at any row count; the fused path is one launch whose only other host call is
+// cudaFuncSetAttribute (no stream work, allowed during CUDA-graph capture; not run on a GPU yet).
 // Backward: grad_logits[n,p] = grad_loss[n] * weights[n,p], a streaming multiply (scale_kernel).
 //
 // Cost model at the GPU shapes of
 // bench/bench_lovasz_hinge.py (forward+backward; H200: 4.8 TB/s HBM, 50 MB L2, 67 TFLOP/s fp32,
-// 989 TFLOP/s dense bf16, ~3 us per dependent launch). The floor is max(bytes / bandwidth, FLOPs /
-// peak) of the benchmark's byte and FLOP counts; the prediction is this design's, derived below.
-// bench/report.py reads the `predicted H200` lines (the one place these numbers live) into the
-// "predicted" column of bench/RESULTS.md.
-// Per element: errors 10 B, iota 8 B, PyTorch's segmented radix sort ~5 passes x (read + write of a
-// 4 B key and an 8 B index) = 120 B, scan 18 B (gathers through the permutation hit L2), weights
-// 4 B, backward 8 B (read weights, write grad_logits): ~168 B at ~60% of bandwidth, ~11 launches.
-// The weights are scattered within each row, all rows' scans at once: at 97x97 the 5.7 MB of
-// weights stay in L2 and each 32 B sector leaves it whole (4 B/element); at 769x769 the 90 MB do
-// not fit, about half the 4 B writes miss and write back a partial sector, ~18 B/element (+14 B).
-// Bound: the sort's traffic, which the floor (the benchmark's 18 B/element: logits, labels, valid,
-// weights written and read, grad_logits) does not count.
-// predicted H200 | lovasz_hinge 97x97 N=152 fwd+bwd | 0.116 ms | sort traffic (floor 0.005 ms)
+// 989 TFLOP/s dense bf16, ~3 us per dependent launch, 132 SMs at 1.98 GHz, each issuing 128 thread
+// instructions and one 128 B shared-memory wavefront per clock, 228 KB shared memory per SM). The
+// floor is max(bytes / bandwidth, FLOPs / peak) of the benchmark's byte and FLOP counts (18 B per
+// element: logits, labels, valid, weights written and read, grad_logits); the prediction is this
+// design's, derived below. bench/report.py reads the `predicted H200` lines (the one place these
+// numbers live) into the "predicted" column of bench/RESULTS.md.
+// 97x97 (152 rows of 9409 pixels, fp32): the fused path. Global traffic is the floor's 18 B/element
+// (the row's weights are scattered within 37 KB that stay in L2 and leave it in whole sectors); the
+// time is the sort's, on shared memory. Per pass and 32 pixels, in wavefronts: counting 1 (key
+// loads, thread chunks of 19 words, conflict-free; the counts stay in registers); the 32-bit
+// counters (16 per thread stored, scanned: read and written; laid out conflict-free for both
+// patterns) 3 x 16 per thread, 768 per pass, 2.6 per 32 pixels; scatter 10.5 (key load 1, value
+// load 1.5, counter load and store 1 + 1, key and value stores ~3 each: 32 scattered lanes over 32
+// banks). ~14 wavefronts per 32 pixels per pass, 8 passes: ~3.5 clocks per pixel, 32.9k clocks per
+// row. Instructions, ~35 per pixel per pass (PTX of the two loops; 64-bit counting ops), 280 per
+// pixel, 2.2 clocks per pixel at 128 per clock: below the shared memory. Plus the scan (19 tiles
+// of 3 barriers and 10 shuffle steps, ~3k clocks), the sort's 40 barriers (~2k clocks) and the
+// row's 56 KB of inputs (~1.6 us): ~21 us per row. The block needs 144 KB of shared memory (12 B
+// per pixel + 34 KB of counters), one block per SM, so the 152 rows on 132 SMs take two rounds on
+// 20 SMs: 42 us, + 3 us launch; backward 11 MB at ~60% of bandwidth + launch, 7 us: 0.052 ms.
+// Bound: the shared-memory wavefronts of the sort (mostly the scattered stores) and the second
+// round of rows; nearer the floor needs a row split over a 2-block cluster (two rows per SM would
+// share one SM's shared-memory bandwidth) and fewer scatter conflicts.
+// 769x769 (38 rows of 591361 pixels): the sort path. Per element: errors 10 B, iota 8 B, PyTorch's
+// segmented radix sort ~5 passes x (read + write of a 4 B key and an 8 B index) = 120 B, scan 18 B
+// (gathers through the permutation hit L2), weights 4 B, backward 8 B (read weights, write
+// grad_logits): ~168 B at ~60% of bandwidth, ~11 launches. The 90 MB of weights, scattered within
+// each row by all rows' scans at once, do not fit in L2: about half the 4 B writes miss and write
+// back a partial sector, ~18 B/element (+14 B). Bound: the sort's traffic, which the floor does not
+// count.
+// predicted H200 | lovasz_hinge 97x97 N=152 fwd+bwd | 0.052 ms | shared-memory radix sort, 2 rounds of rows on 20 SMs (floor 0.005 ms)
 // predicted H200 | lovasz_hinge 769x769 N=38 fwd+bwd | 1.453 ms | sort traffic (floor 0.084 ms)
 #include "cuda/common.cuh"
 #include "cuda/lovasz_hinge.h"
@@ -42,10 +69,27 @@ constexpr int64_t kMaxBlocks = 65535LL * 8;
 constexpr int64_t kMaxGridY = 65535;
 constexpr long long kPositive = 1LL << 32;  // one positive in the packed counts; one negative is 1
 constexpr unsigned kFullWarp = 0xffffffffu;
+// The fused path's block radix sort: 4-bit digits, 8 passes over the 32-bit key (an even count, so
+// the sorted pairs end in the first of the two buffers). Values pack the pixel index (14 bits,
+// kLovaszFusedMaxPixels = 2^14) with the pixel's positive and keep flags.
+constexpr int kDigitBits = 4;
+constexpr int kDigits = 1 << kDigitBits;
+constexpr int kKeyBits = 32;
+static_assert((kKeyBits / kDigitBits) % 2 == 0, "the sorted pairs must end in the first buffer");
+constexpr unsigned kIndexMask = (1u << 14) - 1;
+constexpr unsigned kPositiveBit = 1u << 14;
+constexpr unsigned kKeepBit = 1u << 15;
+static_assert(kLovaszFusedMaxPixels - 1 <= kIndexMask, "pixel indices must fit the value's index bits");
 
 unsigned blocks_for(int64_t elements) {
   return static_cast<unsigned>(std::min<int64_t>(std::max<int64_t>(ceil_div(elements, kElementwiseThreads), 1),
                                                  kMaxBlocks));
+}
+
+// The hinge error of one pixel (Eq. 8's 1 - m_i y_i), -inf for an ignored pixel so it sorts last.
+template <typename acc_t, typename scalar_t>
+__device__ acc_t hinge_error(scalar_t logit, bool label, bool keep) {
+  return keep ? acc_t(1) - convert<acc_t>(logit) * (label ? acc_t(1) : acc_t(-1)) : acc_t(-INFINITY);
 }
 
 template <typename scalar_t, typename acc_t>
@@ -53,9 +97,7 @@ __global__ void errors_kernel(const scalar_t* __restrict__ logits, const bool* _
                               const bool* __restrict__ valid, int64_t elements, acc_t* __restrict__ errors) {
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < elements; i += stride) {
-    const acc_t sign = labels[i] ? acc_t(1) : acc_t(-1);
-    const bool keep = valid == nullptr || valid[i];
-    errors[i] = keep ? acc_t(1) - convert<acc_t>(logits[i]) * sign : acc_t(-INFINITY);
+    errors[i] = hinge_error<acc_t>(logits[i], labels[i], valid == nullptr || valid[i]);
   }
 }
 
@@ -103,6 +145,62 @@ __device__ acc_t jaccard(acc_t gts, long long packed) {
   return unite > acc_t(0) ? acc_t(1) - (gts - positives) / unite : acc_t(0);
 }
 
+// The pixel at rank j of a row sorted by decreasing error.
+template <typename acc_t>
+struct RankedPixel {
+  acc_t error;
+  int64_t index;  // its pixel in the row; outside [0, P) where the permutation names none
+  bool keep;      // valid
+  bool positive;  // labelled positive and valid
+};
+
+// A row sorted in global memory by the glue's at::sort: errors by rank, label and validity gathered
+// through the permutation (L2 hits).
+template <typename acc_t>
+struct GlobalSortedRow {
+  const acc_t* sorted_errors;  // (P,) of the row
+  const int64_t* permutation;  // (P,) of the row
+  const bool* labels;          // (P,) of the row
+  const bool* valid;           // (P,) of the row, or null
+  int64_t pixels;
+
+  __device__ RankedPixel<acc_t> operator()(int64_t j) const {
+    const int64_t index = permutation[j];
+    const bool inside = index >= 0 && index < pixels;
+    const bool keep = inside && (valid == nullptr || valid[index]);
+    return {sorted_errors[j], index, keep, keep && labels[index]};
+  }
+};
+
+// Scans one row in tiles of kScanThreads ranks (every thread of the block calls it): Eq. 9's
+// Jaccard gradient from the packed running counts (positives << 32 | negatives, a block scan carrying
+// the total across tiles), the row's loss (Eq. 8, fixed-order reduction) into *loss and the weights
+// d loss / d logit in pixel order into weights (P,). `ranked(j)` is the pixel at rank j < P; gts the
+// row's valid positives.
+template <typename scalar_t, typename acc_t, typename SortedRow>
+__device__ void scan_sorted_row(const SortedRow& ranked, int64_t pixels, acc_t gts, scalar_t* __restrict__ loss,
+                                acc_t* __restrict__ weights) {
+  long long carry = 0;
+  acc_t partial = acc_t(0);
+  for (int64_t p0 = 0; p0 < pixels; p0 += kScanThreads) {
+    const int64_t j = p0 + threadIdx.x;
+    const RankedPixel<acc_t> pixel = j < pixels ? ranked(j) : RankedPixel<acc_t>{acc_t(0), -1, false, false};
+    const long long step = pixel.positive ? kPositive : (pixel.keep ? 1LL : 0LL);
+    long long tile_total = 0;
+    const long long inclusive = block_inclusive_sum(step, tile_total) + carry;
+    carry += tile_total;
+    // Eq. 9: g_j = J(counts through j) - J(counts before j)
+    const acc_t grad = jaccard(gts, inclusive) - jaccard(gts, inclusive - step);
+    if (pixel.index >= 0 && pixel.index < pixels) {  // j < pixels; the sort visits every pixel of the row once
+      const bool active = pixel.keep && !(pixel.error <= acc_t(0));  // a NaN error is active: NaN in, NaN loss out
+      partial += active ? pixel.error * grad : acc_t(0);             // Eq. 8 with relu(errors)
+      weights[pixel.index] = active ? (pixel.positive ? -grad : grad) : acc_t(0);  // pixel order
+    }
+  }
+  const acc_t total = block_sum(partial);
+  if (threadIdx.x == 0) *loss = convert<scalar_t>(total);
+}
+
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kScanThreads)
     scan_kernel(const acc_t* __restrict__ sorted_errors, const int64_t* __restrict__ permutation,
@@ -114,30 +212,148 @@ __global__ void __launch_bounds__(kScanThreads)
     count += (labels[row + p] && (valid == nullptr || valid[row + p])) ? 1 : 0;
   }
   const acc_t gts = convert<acc_t>(block_sum(count));
+  const GlobalSortedRow<acc_t> ranked{sorted_errors + row, permutation + row, labels + row,
+                                      valid == nullptr ? nullptr : valid + row, pixels};
+  scan_sorted_row(ranked, pixels, gts, losses + blockIdx.x, weights + row);
+}
 
-  long long carry = 0;
-  acc_t partial = acc_t(0);
-  for (int64_t p0 = 0; p0 < pixels; p0 += kScanThreads) {
-    const int64_t j = p0 + threadIdx.x;
-    const int64_t index = j < pixels ? permutation[row + j] : -1;
-    const bool inside = index >= 0 && index < pixels;
-    const bool keep = inside && (valid == nullptr || valid[row + index]);
-    const bool positive = keep && labels[row + index];
-    const long long step = positive ? kPositive : (keep ? 1LL : 0LL);
-    long long tile_total = 0;
-    const long long inclusive = block_inclusive_sum(step, tile_total) + carry;
-    carry += tile_total;
-    // Eq. 9: g_j = J(counts through j) - J(counts before j)
-    const acc_t grad = jaccard(gts, inclusive) - jaccard(gts, inclusive - step);
-    if (inside) {  // j < pixels; the sort's permutation visits every pixel of the row once
-      const acc_t error = sorted_errors[row + j];
-      const bool active = keep && !(error <= acc_t(0));  // a NaN error is active: NaN in, NaN loss out
-      partial += active ? error * grad : acc_t(0);  // Eq. 8 with relu(errors)
-      weights[row + index] = active ? (positive ? -grad : grad) : acc_t(0);  // pixel order
-    }
+// --- Fused path: rows of at most kLovaszFusedMaxPixels, fp32 errors, one block per row ---
+
+__device__ unsigned float_bits(float value) {
+  unsigned bits;
+  memcpy(&bits, &value, sizeof(bits));
+  return bits;
+}
+
+__device__ float bits_float(unsigned bits) {
+  float value;
+  memcpy(&value, &bits, sizeof(value));
+  return value;
+}
+
+// A key whose increasing unsigned order is the error's decreasing order: the sign-magnitude bits
+// flipped into an order-preserving unsigned, then complemented. -0 is keyed as +0 and every NaN as
+// the positive quiet NaN (first, as in PyTorch's descending sort); -inf (ignored pixels) last.
+__device__ unsigned descending_key(float error) {
+  const float canonical = error == 0.0f ? 0.0f : (error != error ? NAN : error);
+  const unsigned bits = float_bits(canonical);
+  return ~((bits & 0x80000000u) ? ~bits : bits | 0x80000000u);
+}
+
+__device__ float error_of_key(unsigned key) {
+  const unsigned ordered = ~key;
+  return bits_float((ordered & 0x80000000u) ? ordered & 0x7fffffffu : ~ordered);
+}
+
+// A row sorted in shared memory by block_radix_sort.
+struct SharedSortedRow {
+  const unsigned* keys;          // (P,) descending_key by rank
+  const unsigned short* values;  // (P,) pixel index | kPositiveBit | kKeepBit by rank
+
+  __device__ RankedPixel<float> operator()(int64_t j) const {
+    const unsigned value = values[j];
+    return {error_of_key(keys[j]), int64_t(value & kIndexMask), (value & kKeepBit) != 0, (value & kPositiveBit) != 0};
   }
-  const acc_t loss = block_sum(partial);
-  if (threadIdx.x == 0) losses[blockIdx.x] = convert<scalar_t>(loss);
+};
+
+// The digit counters of block_radix_sort, counters[d][t] (digit d, thread t; 32-bit) in digit-major
+// order at word d * kCounterDigitStride + t + t / 32: a warp's counters of any digits (counting,
+// scatter: lanes t..t+31, one digit each) fall in banks (lane + warp) % 32, and the scan's reads of
+// a thread's kDigits consecutive entries (lane l: columns 16 l + k) in banks (16 l + k + l / 2) % 32,
+// distinct across the warp for both.
+constexpr int kCounterDigitStride = kScanThreads + 32;  // > the last column t + t / 32, a multiple of 32 banks
+constexpr int kCounterSlots = kDigits * kCounterDigitStride;
+static_assert(kCounterDigitStride % 32 == 0, "a digit's counters must start at bank 0");
+static_assert(kScanThreads / kDigits == 32, "the scan gives each digit's counters to one warp");
+static_assert(kLovaszFusedMaxPixels / kScanThreads < 256, "a thread's digit counts must fit 8 bits");
+
+// Stable LSD radix sort of n (key, value) pairs by increasing key in shared memory (every thread of
+// the block calls it): keys and values hold two buffers of n each, the pairs start and end in the
+// first. Each pass is a counting sort of one kDigitBits digit: thread t owns the ranks
+// [t*chunk, (t+1)*chunk), counts its digits in registers and stores the counts in
+// counters[digit][t], the counters are scanned in
+// digit-major order (digit, then thread), and each thread scatters its pairs in order to its
+// digit's next slot, so pairs with equal keys keep their order (ties stay in pixel order).
+__device__ void block_radix_sort(unsigned* keys, unsigned short* values, unsigned* counters, int n) {
+  const int chunk = (n + kScanThreads - 1) / kScanThreads;
+  const int begin = min(n, int(threadIdx.x) * chunk), end = min(n, begin + chunk);
+  // own[d * kCounterDigitStride]: counters[d][t] of this thread t
+  unsigned* own = counters + threadIdx.x + threadIdx.x / 32;
+  // scanned[k]: the k-th of this thread's kDigits consecutive entries of the digit-major scan, the
+  // columns kDigits * (t % 32) + k of digit t / 32 (kScanThreads / kDigits = 32 threads per digit)
+  const int column = kDigits * (threadIdx.x % 32);
+  unsigned* scanned = counters + (threadIdx.x / 32) * kCounterDigitStride + column + column / 32;
+  for (int shift = 0; shift < kKeyBits; shift += kDigitBits) {
+    const int source = (shift / kDigitBits) % 2;
+    const unsigned* keys_in = keys + source * n;
+    const unsigned short* values_in = values + source * n;
+    unsigned* keys_out = keys + (1 - source) * n;
+    unsigned short* values_out = values + (1 - source) * n;
+    // this thread's digit counts, 8 bits each (chunk <= 32): digits 0-7 in low, 8-15 in high
+    unsigned long long low = 0, high = 0;
+    for (int i = begin; i < end; ++i) {
+      const unsigned digit = (keys_in[i] >> shift) & (kDigits - 1);
+      const unsigned long long one = 1ULL << (8 * (digit % 8));
+      low += digit < 8 ? one : 0ULL;
+      high += digit < 8 ? 0ULL : one;
+    }
+#pragma unroll
+    for (int d = 0; d < kDigits; ++d) {
+      own[d * kCounterDigitStride] = static_cast<unsigned>(((d < 8 ? low : high) >> (8 * (d % 8))) & 0xff);
+    }
+    __syncthreads();
+    int counts[kDigits];
+    int sum = 0;
+#pragma unroll
+    for (int k = 0; k < kDigits; ++k) {
+      counts[k] = scanned[k];
+      sum += counts[k];
+    }
+    int total;
+    int before = block_inclusive_sum(sum, total) - sum;  // its barriers order every read above before the writes
+#pragma unroll
+    for (int k = 0; k < kDigits; ++k) {
+      scanned[k] = static_cast<unsigned>(before);
+      before += counts[k];
+    }
+    __syncthreads();
+    for (int i = begin; i < end; ++i) {
+      const unsigned key = keys_in[i];
+      const int slot = own[((key >> shift) & (kDigits - 1)) * kCounterDigitStride]++;
+      keys_out[slot] = key;
+      values_out[slot] = values_in[i];
+    }
+    __syncthreads();
+  }
+}
+
+size_t fused_shared_bytes(int64_t pixels) {
+  return size_t(pixels) * 2 * (sizeof(unsigned) + sizeof(unsigned short)) + sizeof(unsigned) * kCounterSlots;
+}
+
+// One block per row: hinge errors and flags into shared memory, block_radix_sort, scan_sorted_row.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kScanThreads)
+    fused_forward_kernel(const scalar_t* __restrict__ logits, const bool* __restrict__ labels,
+                         const bool* __restrict__ valid, int64_t pixels, scalar_t* __restrict__ losses,
+                         float* __restrict__ weights) {
+  FASTSEG_DYNAMIC_SHARED(shared);
+  const int n = static_cast<int>(pixels);
+  unsigned* keys = reinterpret_cast<unsigned*>(shared);                        // [2][n]
+  unsigned* counters = keys + 2 * n;                                            // kCounterSlots
+  unsigned short* values = reinterpret_cast<unsigned short*>(counters + kCounterSlots);  // [2][n]
+  const int64_t row = int64_t(blockIdx.x) * pixels;
+  long long count = 0;
+  for (int p = threadIdx.x; p < n; p += kScanThreads) {
+    const bool keep = valid == nullptr || valid[row + p];
+    const bool label = labels[row + p];
+    keys[p] = descending_key(hinge_error<float>(logits[row + p], label, keep));
+    values[p] = static_cast<unsigned short>(p | (keep && label ? kPositiveBit : 0u) | (keep ? kKeepBit : 0u));
+    count += keep && label ? 1 : 0;
+  }
+  const float gts = convert<float>(block_sum(count));  // its barriers publish keys and values
+  block_radix_sort(keys, values, counters, n);
+  scan_sorted_row(SharedSortedRow{keys, values}, pixels, gts, losses + blockIdx.x, weights + row);
 }
 
 // grad_logits[n,p] = grad_loss[n] * weights[n,p]; rows on grid.y, pixels on grid.x (no division).
@@ -176,6 +392,23 @@ cudaError_t lovasz_hinge_scan(const acc_type<scalar_t>* sorted_errors, const int
 }
 
 template <typename scalar_t>
+cudaError_t lovasz_hinge_fused(const scalar_t* logits, const bool* labels, const bool* valid, int64_t rows,
+                               int64_t pixels, scalar_t* losses, float* weights, cudaStream_t stream) {
+  if (pixels > kLovaszFusedMaxPixels) return cudaErrorInvalidValue;
+  if (rows == 0) return cudaSuccess;
+  auto kernel = fused_forward_kernel<scalar_t>;
+  const size_t shared_bytes = fused_shared_bytes(pixels);
+  if (shared_bytes > 48 * 1024) {
+    const cudaError_t error =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared_bytes));
+    if (error != cudaSuccess) return error;
+  }
+  launch(kernel, static_cast<unsigned>(rows), kScanThreads, shared_bytes, stream, logits, labels, valid, pixels, losses,
+         weights);
+  return cudaGetLastError();
+}
+
+template <typename scalar_t>
 cudaError_t lovasz_hinge_backward(const scalar_t* grad_loss, const acc_type<scalar_t>* weights, int64_t rows,
                                   int64_t pixels, scalar_t* grad_logits, cudaStream_t stream) {
   if (rows * pixels == 0) return cudaSuccess;
@@ -193,5 +426,11 @@ cudaError_t lovasz_hinge_backward(const scalar_t* grad_loss, const acc_type<scal
   template cudaError_t lovasz_hinge_backward<T>(const T*, const acc_type<T>*, int64_t, int64_t, T*, cudaStream_t);
 FASTSEG_FOR_FLOATING_TYPES(FASTSEG_INSTANTIATE)
 #undef FASTSEG_INSTANTIATE
+template cudaError_t lovasz_hinge_fused<float>(const float*, const bool*, const bool*, int64_t, int64_t, float*, float*,
+                                               cudaStream_t);
+template cudaError_t lovasz_hinge_fused<__half>(const __half*, const bool*, const bool*, int64_t, int64_t, __half*,
+                                                float*, cudaStream_t);
+template cudaError_t lovasz_hinge_fused<__nv_bfloat16>(const __nv_bfloat16*, const bool*, const bool*, int64_t, int64_t,
+                                                       __nv_bfloat16*, float*, cudaStream_t);
 
 }  // namespace fastseg::cuda

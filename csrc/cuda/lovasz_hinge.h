@@ -1,8 +1,10 @@
 // CUDA Lovász hinge (Berman et al. 2018 Eq. 8-9) on raw pointers. Layouts: logits, labels, valid,
 // errors, sorted_errors, permutation, weights and grad_logits (N,P) contiguous; labels and valid
 // bool (valid may be null); losses and grad_loss (N,). errors and weights are in the accumulation
-// type (fp32, fp64 for double). The row sort between the two forward kernels is the caller's
-// (PyTorch's device-wide sort in csrc/cuda_glue/lovasz_hinge.cpp).
+// type (fp32, fp64 for double). Two forward paths: rows of at most kLovaszFusedMaxPixels in
+// fp16/bf16/fp32 take lovasz_hinge_fused (one kernel, the row sorted in shared memory); longer rows
+// and fp64 take lovasz_hinge_errors, the caller's row sort (PyTorch's device-wide sort in
+// csrc/cuda_glue/lovasz_hinge.cpp) and lovasz_hinge_scan.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -13,6 +15,18 @@
 #include "cuda/common.cuh"
 
 namespace fastseg::cuda {
+
+// The longest row lovasz_hinge_fused takes: its (key, value) pairs fit twice in shared memory
+// (12 B per pixel + 34 KB of digit counters = 226 KB at 2^14 pixels, of the 227 KB opt-in).
+constexpr int64_t kLovaszFusedMaxPixels = int64_t(1) << 14;
+
+// The whole forward of rows of P <= kLovaszFusedMaxPixels pixels (cudaErrorInvalidValue above),
+// scalar_t fp16/bf16/fp32, one block per row: hinge errors, a stable radix sort by decreasing error
+// in shared memory (tied errors keep pixel order) and the scan of lovasz_hinge_scan; losses (N,)
+// and weights (N,P) fp32 in pixel order, as the two-kernel path gives.
+template <typename scalar_t>
+cudaError_t lovasz_hinge_fused(const scalar_t* logits, const bool* labels, const bool* valid, int64_t rows,
+                               int64_t pixels, scalar_t* losses, float* weights, cudaStream_t stream);
 
 // errors[n,p] = 1 - logits[n,p] * (2 labels[n,p] - 1) where valid, -inf elsewhere (sorted last).
 template <typename scalar_t>

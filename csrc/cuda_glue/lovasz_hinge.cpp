@@ -1,5 +1,6 @@
 // CUDA registration of the Lovász hinge: tensors in, raw pointers and the current stream out to
-// csrc/cuda/lovasz_hinge.cu, with PyTorch's device-wide sort between its two forward kernels.
+// csrc/cuda/lovasz_hinge.cu: the fused one-kernel forward for short fp16/bf16/fp32 rows, else
+// PyTorch's device-wide sort between its two forward kernels.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/ops/empty.h>
@@ -8,6 +9,7 @@
 
 #include <optional>
 #include <tuple>
+#include <type_traits>
 
 #include "checks/lovasz_hinge.h"
 #include "cuda/lovasz_hinge.h"
@@ -28,10 +30,23 @@ std::tuple<at::Tensor, at::Tensor> lovasz_hinge_cuda(const at::Tensor& logits, c
   const at::Tensor mask = valid.has_value() ? valid->contiguous() : at::Tensor();
   const bool* mask_ptr = mask.defined() ? mask.const_data_ptr<bool>() : nullptr;
   const at::ScalarType acc_dtype = checks::lovasz_accumulate_type(logits.scalar_type());
-  at::Tensor errors = at::empty({rows, pixels}, logits.options().dtype(acc_dtype));
   at::Tensor losses = at::empty({rows}, logits.options());
   at::Tensor weights = at::empty({rows, pixels}, logits.options().dtype(acc_dtype));
   const cudaStream_t stream = current_stream();
+  // Short rows in fp16/bf16/fp32: one kernel sorts each row in shared memory. fp64 keeps the sort
+  // path below: its 64-bit keys would take twice the sort passes and the shared memory per pixel.
+  if (acc_dtype == at::kFloat && pixels <= cuda::kLovaszFusedMaxPixels) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "lovasz_hinge_cuda", [&] {
+      if constexpr (!std::is_same_v<scalar_t, double>) {
+        check_cuda(cuda::lovasz_hinge_fused(cuda_ptr<scalar_t>(x), y.const_data_ptr<bool>(), mask_ptr, rows, pixels,
+                                            cuda_mutable_ptr<scalar_t>(losses), weights.mutable_data_ptr<float>(),
+                                            stream),
+                   "lovasz_hinge fused");
+      }
+    });
+    return {losses, weights};
+  }
+  at::Tensor errors = at::empty({rows, pixels}, logits.options().dtype(acc_dtype));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "lovasz_hinge_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     check_cuda(cuda::lovasz_hinge_errors(cuda_ptr<scalar_t>(x), y.const_data_ptr<bool>(), mask_ptr, rows, pixels,

@@ -1,5 +1,7 @@
-"""lovasz_hinge's CUDA kernels (errors, block scan + gradient weights in pixel order around PyTorch's
-sort, backward streaming multiply) on the emulated-CUDA layer.
+"""lovasz_hinge's CUDA kernels on the emulated-CUDA layer: the fused forward (rows of at most
+FUSED_MAX_PIXELS in fp16/bf16/fp32: errors, block radix sort in shared memory, block scan in one
+kernel), the sort path (errors, PyTorch's sort, block scan; longer rows and fp64), and the backward
+streaming multiply. Both forwards write the gradient weights in pixel order.
 
 Gradients are compared with the per-row loop on tie-free rows: with equal errors every order of the
 tied pixels is a valid subgradient (see tests/ops/test_lovasz_hinge.py). The glue's stable sort keeps
@@ -15,6 +17,10 @@ from fastseg.ops.lovasz_hinge import lovasz_hinge_per_row, lovasz_hinge_referenc
 from .compare import DTYPES, check_every_order, on_device
 
 pytestmark = pytest.mark.emulated_cuda
+
+FUSED_MAX_PIXELS = 2**14  # kLovaszFusedMaxPixels of csrc/cuda/lovasz_hinge.h
+# Rows of the fused path (the training shape 97x97, the limit) and one just above it (the sort path).
+LONG_ROWS = {"97x97": 97 * 97, "at-limit": FUSED_MAX_PIXELS, "above-limit": FUSED_MAX_PIXELS + 1}
 
 CASES = {
     # name: (rows, pixels, fraction positive, fraction valid)
@@ -75,3 +81,38 @@ def test_ties_match_the_vectorised_reference(emulated, dtype):
     labels, valid = torch.rand(3, 1100) < 0.4, torch.rand(3, 1100) < 0.8
     _check(emulated, logits, labels, valid, reference=lovasz_hinge_reference)
     _check(emulated, logits, labels, None, reference=lovasz_hinge_reference)
+
+
+def _distinct_exact_errors(rows, pixels, positive, valid):
+    """Rows whose hinge errors are distinct and exact in fp32 and fp64: a random permutation of
+    multiples of 2^-10 around 0 (both signs, so every key bit of the sort varies), logits built back
+    from them."""
+    errors = torch.stack([torch.randperm(pixels) for _ in range(rows)]).double() - pixels / 2
+    errors = errors / 1024
+    labels = torch.rand(rows, pixels) < positive
+    logits = (1 - errors) * (2 * labels.double() - 1)
+    return logits, labels, torch.rand(rows, pixels) < valid
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("valid", [0.9, 0.01], ids=["dense", "sparse"])
+@pytest.mark.parametrize("row", LONG_ROWS)
+def test_long_rows_distinct_errors(emulated, row, valid, dtype):
+    """With ~1% valid pixels the union is ~100, so two valid pixels in the wrong order move their
+    weights by ~1/100^2, far above the tolerance (with 90% valid, by ~1e-8 only)."""
+    logits, labels, valid = _distinct_exact_errors(2, LONG_ROWS[row], 0.3, valid)
+    _check(emulated, logits.to(dtype), labels, valid, reference=lovasz_hinge_reference)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("row", LONG_ROWS)
+def test_long_rows_with_ties(emulated, row, dtype):
+    """129 logit values (exact in every dtype), so most errors tie: the stable sort must keep tied
+    pixels in pixel order as the reference does. Row 0 is all ignored, row 1 has no positive."""
+    pixels = LONG_ROWS[row]
+    logits = (torch.randint(-64, 65, (4, pixels)) / 16).to(dtype)
+    labels, valid = torch.rand(4, pixels) < 0.2, torch.rand(4, pixels) < 0.9
+    valid[0] = False
+    labels[1] = False
+    _check(emulated, logits, labels, valid, reference=lovasz_hinge_reference)
+    _check(emulated, logits[2:], labels[2:], None, reference=lovasz_hinge_reference)
