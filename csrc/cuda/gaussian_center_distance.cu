@@ -41,9 +41,17 @@ constexpr int kChannelTile = 8;    // channels staged in shared memory at a time
 constexpr int kTileStride = kThreads + 1;  // padded rows: column reads hit distinct banks
 constexpr int kMarginParts = kThreads / kClassChunk;  // threads summing one class's margin terms
 constexpr int kPixelsPerPart = kThreads / kMarginParts;
-constexpr int kGroup = 32;  // channels of a backward thread's embedding and gradient registers (one per lane)
-constexpr int kClassesPerWarp = kClassChunk / (kThreads / 32);  // classes a warp sums the centers of
+constexpr int kGroup = 32;  // channels of a backward thread's embedding and gradient registers
+constexpr int kWarps = kThreads / 32;
+// Backward center sums: a lane owns kTileClasses x kTileChannels (class, channel) pairs of the chunk,
+// one warp covers the chunk's kClassChunk x kGroup pairs, each warp a quarter of the tile's pixels.
+constexpr int kTileClasses = 4;
+constexpr int kTileChannels = 4;
+constexpr int kChannelQuads = kGroup / kTileChannels;
+constexpr int kPixelsPerWarp = kThreads / kWarps;
 static_assert(kClassChunk * kChannelTile == kThreads, "one (class, channel) pair per thread");
+static_assert((kClassChunk / kTileClasses) * kChannelQuads == 32, "a warp's lanes cover the chunk's center sums");
+static_assert(kTileClasses == 4 && kTileChannels == 4, "center-sum tiles are read as 4-element vectors");
 
 __device__ inline float exp_acc(float x) { return expf(x); }
 __device__ inline double exp_acc(double x) { return exp(x); }
@@ -140,17 +148,48 @@ __device__ __forceinline__ acc_t weighted(acc_t w, acc_t difference) {
   return w != acc_t(0) ? w * difference : acc_t(0);
 }
 
+// Four consecutive acc_t of shared memory, 16-byte aligned, as one vector access (LDS.128 / STS.128
+// for fp32, two 128-bit accesses for fp64).
+__device__ __forceinline__ void load_quad(const float* from, float (&to)[4]) {
+  const float4 v = *reinterpret_cast<const float4*>(from);
+  to[0] = v.x, to[1] = v.y, to[2] = v.z, to[3] = v.w;
+}
+__device__ __forceinline__ void load_quad(const double* from, double (&to)[4]) {
+  const double2 low = reinterpret_cast<const double2*>(from)[0], high = reinterpret_cast<const double2*>(from)[1];
+  to[0] = low.x, to[1] = low.y, to[2] = high.x, to[3] = high.y;
+}
+__device__ __forceinline__ void store_quad(float* to, const float (&from)[4]) {
+  *reinterpret_cast<float4*>(to) = make_float4(from[0], from[1], from[2], from[3]);
+}
+__device__ __forceinline__ void store_quad(double* to, const double (&from)[4]) {
+  reinterpret_cast<double2*>(to)[0] = make_double2(from[0], from[1]);
+  reinterpret_cast<double2*>(to)[1] = make_double2(from[2], from[3]);
+}
+
+// A value another block wrote in this launch: read past this SM's L1, which is not coherent.
+template <typename acc_t>
+__device__ __forceinline__ acc_t load_from_other_block(const acc_t* address) {
+  return *static_cast<const volatile acc_t*>(address);
+}
+
 // Backward of Eq. 2 with d2 = ||b - s||^2, t = d2 * scale, e = exp(-t):
 //   dphi/dd2 = scale * e,  dd2/db = 2 (b - s) = -dd2/ds,  dphi/dm = t * e * d(log scale)/dm.
-// One pass per pixel tile and channel group (one group when C' <= kGroup): a thread holds its pixel's
-// embedding and embedding gradient of the group's kGroup channels in registers and loops over the
-// classes in chunks of kClassChunk; per chunk it computes the squared distances (the other groups'
-// channels read from global memory), its weights w = 2 grad scale e, and adds sum_k w_k (b - s_k)
-// to its registers, which are written once per group. The block's partial center sums
-// sum_p w (b - s)[c] are reduced over the tile's pixels by warp (classes) x lane (channel) from
-// shared memory and added into the block's own slot (partial_centers (B, slices, K, C'), likewise
-// partial_margins (B, slices, K); both zeroed by the caller), which finalize_kernel adds once, in a
-// fixed order: no atomics, the same bits in every run.
+// One launch. A block owns a slice of pixel tiles of one image; per tile and channel group (one group
+// when C' <= kGroup) a thread holds its pixel's embedding and embedding gradient of the group's
+// kGroup channels in registers and loops over the classes in chunks of kClassChunk; per chunk it
+// computes the squared distances (the other groups' channels read from global memory), its weights
+// w = 2 grad scale e, and adds sum_k w_k (b - s_k) to its registers, which are written once per group.
+// The chunk's center sums sum_p w_pk (b_p - s_k) are register-tiled: lane (kq, cq) of every warp owns
+// kTileClasses x kTileChannels (class, channel) pairs with their centers in registers, warp `warp` the
+// tile's pixels [warp * kPixelsPerWarp, +kPixelsPerWarp), reading w and b as vectors from shared
+// memory ([pixel][class] and [pixel][channel] rows). The difference form stays: the split
+// sum_p w b - s sum_p w loses to cancellation in fp32 at pixels on their center (large w, b = s:
+// 1.5e-5 error against a 1e-5 tolerance in the tests). The warps' parts are added in a fixed order and written (first tile of the slice) or added (later tiles) into the block's own
+// slot of partial_centers (B, slices, K, C') and partial_margins (B, slices, K): every slot is written
+// completely, nothing needs zeroing. After its slice's last tile, a block counts itself in on the
+// (image, group, chunk) arrival counter (integer atomic); the last of the `slices` blocks resets the
+// counter to 0 (so the next launch needs no memset) and adds the slots in slice order into
+// grad_centers / grad_margins: no floating-point atomics, the same bits whatever the schedule.
 template <typename scalar_t, typename acc_t>
 __device__ inline void load_group(const scalar_t* image, int64_t channels, int64_t pixels, int64_t c0, int64_t p,
                                   bool active, acc_t (&x)[kGroup]) {
@@ -160,51 +199,91 @@ __device__ inline void load_group(const scalar_t* image, int64_t channels, int64
   }
 }
 
-// Dynamic shared memory of backward_kernel, in acc_t elements.
-constexpr int kBackwardSharedElements =
-    (kGroup + 2 * kClassChunk) * kTileStride + kClassChunk * kGroup + kClassChunk * kMarginParts;
+// Dynamic shared memory of backward_kernel, in acc_t elements; every array starts 16-byte aligned.
+constexpr int kEmbeddingRow = kGroup + 4;     // [pixel][channel] rows, padded: a quarter warp's row stores
+constexpr int kWeightRow = kClassChunk + 4;   // [pixel][class] rows        hit distinct banks
+constexpr int kBackwardSharedElements = kThreads * kEmbeddingRow + kThreads * kWeightRow +
+                                        kClassChunk * kTileStride + kClassChunk * kGroup +
+                                        kWarps * kClassChunk * kGroup + kClassChunk * kMarginParts;
+static_assert(kEmbeddingRow % 4 == 0 && kWeightRow % 4 == 0 && (kClassChunk * kTileStride) % 4 == 0,
+              "vector rows and arrays start 16-byte aligned");
+
+// grad_s = -sum over slices of the center sums and grad_m = d(log scale)/dm * sum of the margin sums,
+// for the classes k0 + [0, kClassChunk) and channels c0 + [0, kGroup) of image b, slices in order.
+// Run by every thread of the last block to finish them.
+template <typename scalar_t, typename acc_t>
+__device__ inline void finalize_chunk(const acc_t* partial_centers, const acc_t* partial_margins,
+                                      const scalar_t* margins, acc_t delta, int64_t b, int64_t slices,
+                                      int64_t classes, int64_t channels, int64_t k0, int64_t c0,
+                                      scalar_t* grad_centers, scalar_t* grad_margins) {
+  const int t = threadIdx.x;
+  for (int i = t; i < kClassChunk * kGroup; i += kThreads) {
+    const int64_t k = k0 + i / kGroup, c = c0 + i % kGroup;
+    if (k >= classes || c >= channels) continue;
+    acc_t sum = acc_t(0);
+    for (int64_t s = 0; s < slices; ++s) {
+      sum += load_from_other_block(partial_centers + ((b * slices + s) * classes + k) * channels + c);
+    }
+    grad_centers[(b * classes + k) * channels + c] = convert<scalar_t>(-sum);
+  }
+  if (c0 == 0 && t < kClassChunk && k0 + t < classes) {
+    const int64_t bk = b * classes + k0 + t;
+    acc_t sum = acc_t(0);
+    for (int64_t s = 0; s < slices; ++s) sum += load_from_other_block(partial_margins + (b * slices + s) * classes + k0 + t);
+    const bool clamped = convert<acc_t>(margins[bk]) * delta > log_scale_max<acc_t>();
+    grad_margins[bk] = convert<scalar_t>(clamped ? acc_t(0) : delta * sum);
+  }
+}
 
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
     backward_kernel(const scalar_t* __restrict__ grad_phi, const scalar_t* __restrict__ embeddings,
                     const scalar_t* __restrict__ centers, const scalar_t* __restrict__ margins, acc_t delta,
                     int64_t channels, int64_t pixels, int64_t classes, int64_t tiles_per_slice,
-                    scalar_t* __restrict__ grad_embeddings, acc_t* __restrict__ partial_centers,
-                    acc_t* __restrict__ partial_margins) {
+                    scalar_t* __restrict__ grad_embeddings, scalar_t* __restrict__ grad_centers,
+                    scalar_t* __restrict__ grad_margins, acc_t* __restrict__ partial_centers,
+                    acc_t* __restrict__ partial_margins, unsigned int* __restrict__ arrivals) {
   FASTSEG_DYNAMIC_SHARED(shared);
-  acc_t* tile_embeddings = reinterpret_cast<acc_t*>(shared);          // [kGroup][kTileStride]
-  acc_t* tile_weights = tile_embeddings + kGroup * kTileStride;       // [kClassChunk][kTileStride]
-  acc_t* margin_terms = tile_weights + kClassChunk * kTileStride;     // [kClassChunk][kTileStride]
-  acc_t* chunk_centers = margin_terms + kClassChunk * kTileStride;    // [kClassChunk][kGroup]
-  acc_t* margin_parts = chunk_centers + kClassChunk * kGroup;         // [kClassChunk][kMarginParts]
+  acc_t* tile_embeddings = reinterpret_cast<acc_t*>(shared);            // [kThreads][kEmbeddingRow]
+  acc_t* tile_weights = tile_embeddings + kThreads * kEmbeddingRow;     // [kThreads][kWeightRow]
+  acc_t* margin_terms = tile_weights + kThreads * kWeightRow;           // [kClassChunk][kTileStride]
+  acc_t* chunk_centers = margin_terms + kClassChunk * kTileStride;      // [kClassChunk][kGroup]
+  acc_t* center_parts = chunk_centers + kClassChunk * kGroup;           // [kWarps][kClassChunk][kGroup]
+  acc_t* margin_parts = center_parts + kWarps * kClassChunk * kGroup;   // [kClassChunk][kMarginParts]
+  __shared__ bool last_block;
   const int t = threadIdx.x, lane = t % 32, warp = t / 32;
+  const int cq = lane % kChannelQuads, kq = lane / kChannelQuads;  // this lane's center-sum tile
   const int64_t b = blockIdx.y, slice = blockIdx.x, slices = gridDim.x;
   const int64_t slot = b * slices + slice;
   const scalar_t* image = embeddings + b * channels * pixels;
   const scalar_t* image_centers = centers + b * classes * channels;
-  const int64_t groups = (channels + kGroup - 1) / kGroup;
-  const int64_t tiles_total = (pixels + kThreads - 1) / kThreads;
-  const int64_t tile_end = min(tiles_total, (slice + 1) * tiles_per_slice);
+  const int64_t groups = max(int64_t(1), (channels + kGroup - 1) / kGroup);  // one (empty) group when C' = 0
+  const int64_t chunks = (classes + kClassChunk - 1) / kClassChunk;
+  const int64_t tiles_total = max(int64_t(1), (pixels + kThreads - 1) / kThreads);  // P = 0: one empty tile
+  const int64_t tile_begin = slice * tiles_per_slice;
+  const int64_t tile_end = min(tiles_total, tile_begin + tiles_per_slice);
 
-  for (int64_t tile = slice * tiles_per_slice; tile < tile_end; ++tile) {
+  for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
     const int64_t p = tile * kThreads + t;
     const bool active = p < pixels;
-    for (int64_t c0 = 0; c0 < channels; c0 += kGroup) {
+    for (int64_t group = 0; group < groups; ++group) {
+      const int64_t c0 = group * kGroup;
       acc_t x[kGroup], grad[kGroup];
       load_group(image, channels, pixels, c0, p, active, x);
-      // no barrier needed: every read of tile_embeddings precedes the last chunk's closing barrier
+      // no barrier needed: every read of tile_embeddings precedes the last chunk's barrier after its center sums
 #pragma unroll
       for (int i = 0; i < kGroup; ++i) {
-        tile_embeddings[i * kTileStride + t] = x[i];
+        tile_embeddings[t * kEmbeddingRow + i] = is_finite(x[i]) ? x[i] : acc_t(0);
         grad[i] = acc_t(0);
       }
-      for (int64_t k0 = 0; k0 < classes; k0 += kClassChunk) {
+      for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+        const int64_t k0 = chunk * kClassChunk;
         acc_t weight[kClassChunk];
 #pragma unroll
         for (int kk = 0; kk < kClassChunk; ++kk) weight[kk] = acc_t(0);
         // squared distances over every group; this thread's own group last, so that its centers stay staged
         for (int64_t step = 1; step <= groups; ++step) {
-          const int64_t h = (c0 / kGroup + step) % groups * kGroup;
+          const int64_t h = (group + step) % groups * kGroup;
           __syncthreads();
           for (int i = t; i < kClassChunk * kGroup; i += kThreads) {
             const int64_t k = k0 + i / kGroup, c = h + i % kGroup;
@@ -244,7 +323,7 @@ __global__ void __launch_bounds__(kThreads)
             w = acc_t(2) * g * scale * e;
           }
           weight[kk] = w;
-          tile_weights[kk * kTileStride + t] = w;
+          tile_weights[t * kWeightRow + kk] = w;
           margin_terms[kk * kTileStride + t] = margin_term;
         }
         // this pixel's embedding gradient, in registers across the chunks
@@ -264,32 +343,65 @@ __global__ void __launch_bounds__(kThreads)
           }
           margin_parts[kk * kMarginParts + part] = sum;
         }
-        // center sums: warp `warp` owns kClassesPerWarp classes of the chunk, lane the channel c0 + lane
         {
-          acc_t sums[kClassesPerWarp], center[kClassesPerWarp];
+          // sum_p w_pk (b_p - s_k) over this warp's pixels, kTileClasses x kTileChannels pairs per lane. A
+          // non-finite b or s has w = 0 (or NaN) with every pixel: stored as 0 they keep w (b - s) from
+          // being 0 * Inf without a select per pair
+          acc_t center[kTileClasses][kTileChannels], sums[kTileClasses][kTileChannels] = {};
 #pragma unroll
-          for (int j = 0; j < kClassesPerWarp; ++j) {
-            sums[j] = acc_t(0);
-            center[j] = chunk_centers[(warp * kClassesPerWarp + j) * kGroup + lane];
+          for (int i = 0; i < kTileClasses; ++i) {
+            load_quad(chunk_centers + (kq * kTileClasses + i) * kGroup + cq * kTileChannels, center[i]);
+#pragma unroll
+            for (int j = 0; j < kTileChannels; ++j) center[i][j] = is_finite(center[i][j]) ? center[i][j] : acc_t(0);
           }
-          for (int q = 0; q < kThreads; ++q) {
-            const acc_t embedding = tile_embeddings[lane * kTileStride + q];
+          for (int q = warp * kPixelsPerWarp; q < (warp + 1) * kPixelsPerWarp; ++q) {
+            acc_t w[kTileClasses], e[kTileChannels];
+            load_quad(tile_weights + q * kWeightRow + kq * kTileClasses, w);
+            load_quad(tile_embeddings + q * kEmbeddingRow + cq * kTileChannels, e);
 #pragma unroll
-            for (int j = 0; j < kClassesPerWarp; ++j) {
-              sums[j] += weighted(tile_weights[(warp * kClassesPerWarp + j) * kTileStride + q], embedding - center[j]);
+            for (int i = 0; i < kTileClasses; ++i) {
+#pragma unroll
+              for (int j = 0; j < kTileChannels; ++j) sums[i][j] += w[i] * (e[j] - center[i][j]);
             }
           }
 #pragma unroll
-          for (int j = 0; j < kClassesPerWarp; ++j) {
-            const int64_t k = k0 + warp * kClassesPerWarp + j, c = c0 + lane;
-            if (k < classes && c < channels) partial_centers[(slot * classes + k) * channels + c] += sums[j];
+          for (int i = 0; i < kTileClasses; ++i) {
+            store_quad(center_parts + (warp * kClassChunk + kq * kTileClasses + i) * kGroup + cq * kTileChannels,
+                       sums[i]);
           }
         }
         __syncthreads();
+        const bool first_tile = tile == tile_begin;
+        for (int i = t; i < kClassChunk * kGroup; i += kThreads) {
+          const int kk = i / kGroup, cc = i % kGroup;
+          const int64_t k = k0 + kk, c = c0 + cc;
+          if (k >= classes || c >= channels) continue;
+          acc_t sum = acc_t(0);
+          for (int part = 0; part < kWarps; ++part) sum += center_parts[(part * kClassChunk + kk) * kGroup + cc];
+          acc_t& into = partial_centers[(slot * classes + k) * channels + c];
+          into = first_tile ? sum : into + sum;
+        }
         if (c0 == 0 && t < kClassChunk && k0 + t < classes) {
           acc_t sum = acc_t(0);
           for (int part = 0; part < kMarginParts; ++part) sum += margin_parts[t * kMarginParts + part];
-          partial_margins[slot * classes + k0 + t] += sum;
+          acc_t& into = partial_margins[slot * classes + k0 + t];
+          into = first_tile ? sum : into + sum;
+        }
+        if (tile == tile_end - 1) {
+          // this block's part of (image, group, chunk) is complete: count it in; the last block adds the slots
+          __threadfence();
+          __syncthreads();
+          if (t == 0) {
+            unsigned int* counter = arrivals + (b * groups + group) * chunks + chunk;
+            last_block = atomicAdd(counter, 1u) == static_cast<unsigned int>(slices - 1);
+            if (last_block) *counter = 0u;  // every block has arrived: ready for the next launch
+          }
+          __syncthreads();
+          if (last_block) {
+            __threadfence();
+            finalize_chunk(partial_centers, partial_margins, margins, delta, b, slices, classes, channels, k0, c0,
+                           grad_centers, grad_margins);
+          }
         }
       }
       if (active) {
@@ -298,28 +410,6 @@ __global__ void __launch_bounds__(kThreads)
           if (c0 + i < channels) grad_embeddings[((b * channels) + c0 + i) * pixels + p] = convert<scalar_t>(grad[i]);
         }
       }
-    }
-  }
-}
-
-// grad_s = -sum over slices of the center sums; grad_m = d(log scale)/dm * sum of the margin sums.
-template <typename scalar_t, typename acc_t>
-__global__ void finalize_kernel(const acc_t* __restrict__ partial_centers, const acc_t* __restrict__ partial_margins,
-                                const scalar_t* __restrict__ margins, acc_t delta, int64_t batch, int64_t slices,
-                                int64_t classes, int64_t channels, scalar_t* __restrict__ grad_centers,
-                                scalar_t* __restrict__ grad_margins) {
-  const int64_t columns = channels + 1;  // C' center sums, then the margin sum
-  const int64_t total = batch * classes * columns;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t bk = i / columns, c = i % columns, b = bk / classes, k = bk % classes;
-    acc_t sum = acc_t(0);
-    if (c < channels) {
-      for (int64_t s = 0; s < slices; ++s) sum += partial_centers[((b * slices + s) * classes + k) * channels + c];
-      grad_centers[bk * channels + c] = convert<scalar_t>(-sum);
-    } else {
-      for (int64_t s = 0; s < slices; ++s) sum += partial_margins[(b * slices + s) * classes + k];
-      const bool clamped = convert<acc_t>(margins[bk]) * delta > log_scale_max<acc_t>();
-      grad_margins[bk] = convert<scalar_t>(clamped ? acc_t(0) : delta * sum);
     }
   }
 }
@@ -347,6 +437,7 @@ cudaError_t gaussian_center_distance_plan(int64_t batch, int64_t channels, int64
   plan->slices = ceil_div(tiles, plan->tiles_per_slice);
   const WorkspaceLayout layout = workspace_layout(batch, channels, classes, plan->slices);
   plan->workspace_bytes = acc_size * (layout.centers_elements + layout.margins_elements);
+  plan->arrival_counters = batch * std::max<int64_t>(1, ceil_div(channels, kGroup)) * ceil_div(classes, kClassChunk);
   return cudaSuccess;
 }
 
@@ -367,8 +458,8 @@ cudaError_t gaussian_center_distance_backward(const scalar_t* grad_phi, const sc
                                               const scalar_t* centers, const scalar_t* margins, double delta,
                                               int64_t batch, int64_t channels, int64_t pixels, int64_t classes,
                                               const GaussianCenterDistancePlan& plan, void* workspace,
-                                              scalar_t* grad_embeddings, scalar_t* grad_centers,
-                                              scalar_t* grad_margins, cudaStream_t stream) {
+                                              unsigned int* arrival_counters, scalar_t* grad_embeddings,
+                                              scalar_t* grad_centers, scalar_t* grad_margins, cudaStream_t stream) {
   using acc_t = acc_type<scalar_t>;
   const acc_t delta_acc = convert<acc_t>(delta);
   if (batch == 0) return cudaSuccess;
@@ -379,24 +470,17 @@ cudaError_t gaussian_center_distance_backward(const scalar_t* grad_phi, const sc
   const WorkspaceLayout layout = workspace_layout(batch, channels, classes, plan.slices);
   acc_t* partial_centers = static_cast<acc_t*>(workspace);
   acc_t* partial_margins = partial_centers + layout.centers_elements;
-  cudaError_t error = cudaMemsetAsync(
-      workspace, 0, sizeof(acc_t) * (layout.centers_elements + layout.margins_elements), stream);
-  if (error != cudaSuccess) return error;
-  if (pixels > 0 && channels > 0) {
-    auto kernel = backward_kernel<scalar_t, acc_t>;
-    const size_t shared_bytes = sizeof(acc_t) * kBackwardSharedElements;
-    if (shared_bytes > 48 * 1024) {
-      error = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared_bytes));
-      if (error != cudaSuccess) return error;
-    }
-    const dim3 grid(static_cast<unsigned>(plan.slices), static_cast<unsigned>(batch));
-    launch(kernel, grid, kThreads, shared_bytes, stream, grad_phi, embeddings, centers, margins, delta_acc, channels,
-           pixels, classes, plan.tiles_per_slice, grad_embeddings, partial_centers, partial_margins);
+  auto kernel = backward_kernel<scalar_t, acc_t>;
+  const size_t shared_bytes = sizeof(acc_t) * kBackwardSharedElements;
+  if (shared_bytes > 48 * 1024) {
+    const cudaError_t error =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared_bytes));
+    if (error != cudaSuccess) return error;
   }
-  const int64_t outputs = batch * classes * (channels + 1);
-  const int blocks = static_cast<int>(std::min<int64_t>(ceil_div(outputs, 256), 65535));
-  launch(finalize_kernel<scalar_t, acc_t>, blocks, 256, 0, stream, partial_centers, partial_margins, margins, delta_acc,
-         batch, plan.slices, classes, channels, grad_centers, grad_margins);
+  const dim3 grid(static_cast<unsigned>(plan.slices), static_cast<unsigned>(batch));
+  launch(kernel, grid, kThreads, shared_bytes, stream, grad_phi, embeddings, centers, margins, delta_acc, channels,
+         pixels, classes, plan.tiles_per_slice, grad_embeddings, grad_centers, grad_margins, partial_centers,
+         partial_margins, arrival_counters);
   return cudaGetLastError();
 }
 
@@ -405,8 +489,8 @@ cudaError_t gaussian_center_distance_backward(const scalar_t* grad_phi, const sc
                                                            int64_t, int64_t, int64_t, T*, cudaStream_t);        \
   template cudaError_t gaussian_center_distance_backward<T>(const T*, const T*, const T*, const T*, double,     \
                                                             int64_t, int64_t, int64_t, int64_t,                \
-                                                            const GaussianCenterDistancePlan&, void*, T*, T*,   \
-                                                            T*, cudaStream_t);
+                                                            const GaussianCenterDistancePlan&, void*,           \
+                                                            unsigned int*, T*, T*, T*, cudaStream_t);
 FASTSEG_FOR_FLOATING_TYPES(FASTSEG_INSTANTIATE)
 #undef FASTSEG_INSTANTIATE
 
