@@ -141,13 +141,6 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// w * (b - s), and 0 where w is 0: a pair at infinite distance (phi saturated at 1) sends no gradient,
-// where w * (b - s) would be 0 * Inf (the NaN rule of fastseg.ops).
-template <typename acc_t>
-__device__ __forceinline__ acc_t weighted(acc_t w, acc_t difference) {
-  return w != acc_t(0) ? w * difference : acc_t(0);
-}
-
 // Four consecutive acc_t of shared memory, 16-byte aligned, as one vector access (LDS.128 / STS.128
 // for fp32, two 128-bit accesses for fp64).
 __device__ __forceinline__ void load_quad(const float* from, float (&to)[4]) {
@@ -326,12 +319,16 @@ __global__ void __launch_bounds__(kThreads)
           tile_weights[t * kWeightRow + kk] = w;
           margin_terms[kk * kTileStride + t] = margin_term;
         }
-        // this pixel's embedding gradient, in registers across the chunks
+        // this pixel's embedding gradient, in registers across the chunks. Classes with w = 0 are skipped: a
+        // pair at infinite distance (phi saturated at 1) sends no gradient, where w (b - s) would be 0 * Inf
+        // (the NaN rule of fastseg.ops); one branch per class instead of a select per (class, channel), and a
+        // warp whose pixels all have w = 0 (far classes) skips the class
 #pragma unroll
         for (int kk = 0; kk < kClassChunk; ++kk) {
           if (k0 + kk >= classes) break;
+          if (weight[kk] == acc_t(0)) continue;
 #pragma unroll
-          for (int i = 0; i < kGroup; ++i) grad[i] += weighted(weight[kk], x[i] - chunk_centers[kk * kGroup + i]);
+          for (int i = 0; i < kGroup; ++i) grad[i] += weight[kk] * (x[i] - chunk_centers[kk * kGroup + i]);
         }
         __syncthreads();
         if (c0 == 0) {
