@@ -40,7 +40,6 @@ constexpr int kClassChunk = 16;    // classes whose distances a thread holds in 
 constexpr int kChannelTile = 8;    // channels staged in shared memory at a time
 constexpr int kTileStride = kThreads + 1;  // padded rows: column reads hit distinct banks
 constexpr int kMarginParts = kThreads / kClassChunk;  // threads summing one class's margin terms
-constexpr int kPixelsPerPart = kThreads / kMarginParts;
 constexpr int kGroup = 32;  // channels of a backward thread's embedding and gradient registers
 constexpr int kWarps = kThreads / 32;
 // Backward center sums: a lane owns kTileClasses x kTileChannels (class, channel) pairs of the chunk,
@@ -195,11 +194,16 @@ __device__ inline void load_group(const scalar_t* image, int64_t channels, int64
 // Dynamic shared memory of backward_kernel, in acc_t elements; every array starts 16-byte aligned.
 constexpr int kEmbeddingRow = kGroup + 4;     // [pixel][channel] rows, padded: a quarter warp's row stores
 constexpr int kWeightRow = kClassChunk + 4;   // [pixel][class] rows        hit distinct banks
-constexpr int kBackwardSharedElements = kThreads * kEmbeddingRow + kThreads * kWeightRow +
-                                        kClassChunk * kTileStride + kClassChunk * kGroup +
+constexpr int kBackwardSharedElements = kThreads * kEmbeddingRow + 2 * kThreads * kWeightRow + kClassChunk * kGroup +
                                         kWarps * kClassChunk * kGroup + kClassChunk * kMarginParts;
-static_assert(kEmbeddingRow % 4 == 0 && kWeightRow % 4 == 0 && (kClassChunk * kTileStride) % 4 == 0,
+static_assert(kEmbeddingRow % 4 == 0 && kWeightRow % 4 == 0 && (kClassChunk * kGroup) % 4 == 0,
               "vector rows and arrays start 16-byte aligned");
+// Resident backward blocks per SM the registers are budgeted for (65536 / (3 x 128) = 170 per thread):
+// fp32 fits without spilling (210 unbounded, 2 blocks); fp64 needs its 255.
+template <typename acc_t>
+constexpr int kBackwardBlocksPerSm = sizeof(acc_t) == sizeof(float) ? 3 : 1;
+constexpr int kPairsPerThread = kClassChunk * kGroup / kThreads;  // (class, channel) pairs a thread adds up
+static_assert(kPairsPerThread * kThreads == kClassChunk * kGroup, "a chunk's pairs spread evenly");
 
 // grad_s = -sum over slices of the center sums and grad_m = d(log scale)/dm * sum of the margin sums,
 // for the classes k0 + [0, kClassChunk) and channels c0 + [0, kGroup) of image b, slices in order.
@@ -210,14 +214,28 @@ __device__ inline void finalize_chunk(const acc_t* partial_centers, const acc_t*
                                       int64_t classes, int64_t channels, int64_t k0, int64_t c0,
                                       scalar_t* grad_centers, scalar_t* grad_margins) {
   const int t = threadIdx.x;
-  for (int i = t; i < kClassChunk * kGroup; i += kThreads) {
+  // pairs t + j kThreads: a thread's kPairsPerThread loads per slice are independent, in flight together
+  bool inside[kPairsPerThread];
+  int64_t offset[kPairsPerThread];
+  acc_t sum[kPairsPerThread];
+#pragma unroll
+  for (int j = 0; j < kPairsPerThread; ++j) {
+    const int i = t + j * kThreads;
     const int64_t k = k0 + i / kGroup, c = c0 + i % kGroup;
-    if (k >= classes || c >= channels) continue;
-    acc_t sum = acc_t(0);
-    for (int64_t s = 0; s < slices; ++s) {
-      sum += load_from_other_block(partial_centers + ((b * slices + s) * classes + k) * channels + c);
+    inside[j] = k < classes && c < channels;
+    offset[j] = k * channels + c;
+    sum[j] = acc_t(0);
+  }
+  for (int64_t s = 0; s < slices; ++s) {
+    const acc_t* slot = partial_centers + (b * slices + s) * classes * channels;
+#pragma unroll
+    for (int j = 0; j < kPairsPerThread; ++j) {
+      if (inside[j]) sum[j] += load_from_other_block(slot + offset[j]);
     }
-    grad_centers[(b * classes + k) * channels + c] = convert<scalar_t>(-sum);
+  }
+#pragma unroll
+  for (int j = 0; j < kPairsPerThread; ++j) {
+    if (inside[j]) grad_centers[b * classes * channels + offset[j]] = convert<scalar_t>(-sum[j]);
   }
   if (c0 == 0 && t < kClassChunk && k0 + t < classes) {
     const int64_t bk = b * classes + k0 + t;
@@ -229,7 +247,7 @@ __device__ inline void finalize_chunk(const acc_t* partial_centers, const acc_t*
 }
 
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kBackwardBlocksPerSm<acc_t>)
     backward_kernel(const scalar_t* __restrict__ grad_phi, const scalar_t* __restrict__ embeddings,
                     const scalar_t* __restrict__ centers, const scalar_t* __restrict__ margins, acc_t delta,
                     int64_t channels, int64_t pixels, int64_t classes, int64_t tiles_per_slice,
@@ -239,8 +257,8 @@ __global__ void __launch_bounds__(kThreads)
   FASTSEG_DYNAMIC_SHARED(shared);
   acc_t* tile_embeddings = reinterpret_cast<acc_t*>(shared);            // [kThreads][kEmbeddingRow]
   acc_t* tile_weights = tile_embeddings + kThreads * kEmbeddingRow;     // [kThreads][kWeightRow]
-  acc_t* margin_terms = tile_weights + kThreads * kWeightRow;           // [kClassChunk][kTileStride]
-  acc_t* chunk_centers = margin_terms + kClassChunk * kTileStride;      // [kClassChunk][kGroup]
+  acc_t* margin_terms = tile_weights + kThreads * kWeightRow;           // [kThreads][kWeightRow]
+  acc_t* chunk_centers = margin_terms + kThreads * kWeightRow;          // [kClassChunk][kGroup]
   acc_t* center_parts = chunk_centers + kClassChunk * kGroup;           // [kWarps][kClassChunk][kGroup]
   acc_t* margin_parts = center_parts + kWarps * kClassChunk * kGroup;   // [kClassChunk][kMarginParts]
   __shared__ bool last_block;
@@ -265,10 +283,13 @@ __global__ void __launch_bounds__(kThreads)
       load_group(image, channels, pixels, c0, p, active, x);
       // no barrier needed: every read of tile_embeddings precedes the last chunk's barrier after its center sums
 #pragma unroll
-      for (int i = 0; i < kGroup; ++i) {
-        tile_embeddings[t * kEmbeddingRow + i] = is_finite(x[i]) ? x[i] : acc_t(0);
-        grad[i] = acc_t(0);
+      for (int i = 0; i < kGroup; i += 4) {
+        const acc_t quad[4] = {is_finite(x[i]) ? x[i] : acc_t(0), is_finite(x[i + 1]) ? x[i + 1] : acc_t(0),
+                               is_finite(x[i + 2]) ? x[i + 2] : acc_t(0), is_finite(x[i + 3]) ? x[i + 3] : acc_t(0)};
+        store_quad(tile_embeddings + t * kEmbeddingRow + i, quad);
       }
+#pragma unroll
+      for (int i = 0; i < kGroup; ++i) grad[i] = acc_t(0);
       for (int64_t chunk = 0; chunk < chunks; ++chunk) {
         const int64_t k0 = chunk * kClassChunk;
         acc_t weight[kClassChunk];
@@ -301,23 +322,29 @@ __global__ void __launch_bounds__(kThreads)
             }
           }
         }
+        acc_t margin_term[kClassChunk];
 #pragma unroll
         for (int kk = 0; kk < kClassChunk; ++kk) {
           const int64_t k = k0 + kk;
-          acc_t margin_term = acc_t(0);
           acc_t w = acc_t(0);
+          margin_term[kk] = acc_t(0);
           if (active && k < classes) {
             const acc_t g = convert<acc_t>(grad_phi[(b * classes + k) * pixels + p]);
             const acc_t scale = class_scale(margins, b * classes + k, delta);
             const acc_t exponent = weight[kk] * scale;
             const acc_t e = exp_acc(-exponent);
             // e == 0 covers exponent == inf, where exponent * e would be inf * 0
-            margin_term = e > acc_t(0) ? g * exponent * e : acc_t(0);
+            margin_term[kk] = e > acc_t(0) ? g * exponent * e : acc_t(0);
             w = acc_t(2) * g * scale * e;
           }
           weight[kk] = w;
-          tile_weights[t * kWeightRow + kk] = w;
-          margin_terms[kk * kTileStride + t] = margin_term;
+        }
+#pragma unroll
+        for (int kk = 0; kk < kClassChunk; kk += 4) {
+          const acc_t weights[4] = {weight[kk], weight[kk + 1], weight[kk + 2], weight[kk + 3]};
+          const acc_t terms[4] = {margin_term[kk], margin_term[kk + 1], margin_term[kk + 2], margin_term[kk + 3]};
+          store_quad(tile_weights + t * kWeightRow + kk, weights);
+          store_quad(margin_terms + t * kWeightRow + kk, terms);
         }
         // this pixel's embedding gradient, in registers across the chunks. Classes with w = 0 are skipped: a
         // pair at infinite distance (phi saturated at 1) sends no gradient, where w (b - s) would be 0 * Inf
@@ -332,12 +359,11 @@ __global__ void __launch_bounds__(kThreads)
         }
         __syncthreads();
         if (c0 == 0) {
-          // margin sums: kMarginParts threads per class, each over kPixelsPerPart pixels, then in order
+          // margin sums: kMarginParts threads per class, part over the pixels part + kMarginParts m (rows
+          // of kWeightRow = 20: the warp's 32 reads hit distinct banks), then in order
           const int kk = t / kMarginParts, part = t % kMarginParts;
           acc_t sum = acc_t(0);
-          for (int q = part * kPixelsPerPart; q < (part + 1) * kPixelsPerPart; ++q) {
-            sum += margin_terms[kk * kTileStride + q];
-          }
+          for (int q = part; q < kThreads; q += kMarginParts) sum += margin_terms[q * kWeightRow + kk];
           margin_parts[kk * kMarginParts + part] = sum;
         }
         {
@@ -427,9 +453,9 @@ cudaError_t gaussian_center_distance_plan(int64_t batch, int64_t channels, int64
   cudaError_t error = device_limits(&limits);
   if (error != cudaSuccess) return error;
   const size_t acc_size = element_size == sizeof(double) ? sizeof(double) : sizeof(float);
-  // About four blocks per SM over the whole batch.
+  // One wave of resident fp32 blocks over the whole batch, split evenly between the images.
   const int64_t tiles = std::max<int64_t>(1, ceil_div(pixels, kThreads));
-  const int64_t wanted = ceil_div(4 * int64_t(limits.sms), std::max<int64_t>(batch, 1));
+  const int64_t wanted = ceil_div(kBackwardBlocksPerSm<float> * int64_t(limits.sms), std::max<int64_t>(batch, 1));
   plan->tiles_per_slice = ceil_div(tiles, std::max<int64_t>(1, std::min(wanted, tiles)));
   plan->slices = ceil_div(tiles, plan->tiles_per_slice);
   const WorkspaceLayout layout = workspace_layout(batch, channels, classes, plan->slices);

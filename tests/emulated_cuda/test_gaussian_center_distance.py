@@ -1,7 +1,7 @@
 """gaussian_center_distance's CUDA kernels (forward; backward in one launch: one pass per pixel tile and
 channel group over class chunks, per-slice center sums register-tiled 4 classes x 4 channels, the last
 block per (image, group, chunk) adding the slices' sums) on the emulated-CUDA layer (132 SMs: the
-backward plans about 4 x 132 blocks over the batch, one pixel slice of 128-pixel tiles each)."""
+backward plans about 3 x 132 blocks over the batch, one pixel slice of 128-pixel tiles each)."""
 from __future__ import annotations
 
 import pytest
@@ -29,7 +29,7 @@ CASES = {
     # 15 tiles per image, one slice each: the last block of each (image, chunk) adds 15 slots
     "many-slices": (2, 6, 40, 48, 19),
 }
-# 60 tiles per image over 9 images: 59 blocks wanted per image, so 30 slices of 2 tiles (the second tile
+# 60 tiles per image over 9 images: 44 blocks wanted per image, so 30 slices of 2 tiles (the second tile
 # adds into the block's slot), each last block adding 30 slots
 MULTI_TILE_SLICES = (9, 5, 60, 128, 3)
 
