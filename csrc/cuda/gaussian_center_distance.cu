@@ -191,6 +191,13 @@ __device__ inline void load_group(const scalar_t* image, int64_t channels, int64
   }
 }
 
+// Class quads of the chunk at k0 whose center sums the lanes cover: 4, or 2 (1) for a last chunk of at
+// most 8 (4) classes.
+__device__ inline int covered_quads(int64_t classes, int64_t k0) {
+  const int64_t valid = classes - k0;
+  return valid > 2 * kTileClasses ? 4 : valid > kTileClasses ? 2 : 1;
+}
+
 // Dynamic shared memory of backward_kernel, in acc_t elements; every array starts 16-byte aligned.
 constexpr int kEmbeddingRow = kGroup + 4;     // [pixel][channel] rows, padded: a quarter warp's row stores
 constexpr int kWeightRow = kClassChunk + 4;   // [pixel][class] rows        hit distinct banks
@@ -226,6 +233,7 @@ __device__ inline void finalize_chunk(const acc_t* partial_centers, const acc_t*
     offset[j] = k * channels + c;
     sum[j] = acc_t(0);
   }
+#pragma unroll 4
   for (int64_t s = 0; s < slices; ++s) {
     const acc_t* slot = partial_centers + (b * slices + s) * classes * channels;
 #pragma unroll
@@ -368,18 +376,22 @@ __global__ void __launch_bounds__(kThreads, kBackwardBlocksPerSm<acc_t>)
         }
         {
           // sum_p w_pk (b_p - s_k) over this warp's pixels, kTileClasses x kTileChannels pairs per lane. A
-          // non-finite b or s has w = 0 (or NaN) with every pixel: stored as 0 they keep w (b - s) from
-          // being 0 * Inf without a select per pair
+          // chunk of at most 8 (4) classes, the last, covers 2 (1) class quads, the lanes of the other quads
+          // take other pixels: quads x phases = 4, lane (kq) = (quad, phase), pixels phase + phases m.
+          // A non-finite b or s has w = 0 (or NaN) with every pixel: stored as 0 they keep w (b - s)
+          // from being 0 * Inf without a select per pair
+          const int quads = covered_quads(classes, k0);
+          const int phases = kClassChunk / kTileClasses / quads, quad = kq % quads, phase = kq / quads;
           acc_t center[kTileClasses][kTileChannels], sums[kTileClasses][kTileChannels] = {};
 #pragma unroll
           for (int i = 0; i < kTileClasses; ++i) {
-            load_quad(chunk_centers + (kq * kTileClasses + i) * kGroup + cq * kTileChannels, center[i]);
+            load_quad(chunk_centers + (quad * kTileClasses + i) * kGroup + cq * kTileChannels, center[i]);
 #pragma unroll
             for (int j = 0; j < kTileChannels; ++j) center[i][j] = is_finite(center[i][j]) ? center[i][j] : acc_t(0);
           }
-          for (int q = warp * kPixelsPerWarp; q < (warp + 1) * kPixelsPerWarp; ++q) {
+          for (int q = warp * kPixelsPerWarp + phase; q < (warp + 1) * kPixelsPerWarp; q += phases) {
             acc_t w[kTileClasses], e[kTileChannels];
-            load_quad(tile_weights + q * kWeightRow + kq * kTileClasses, w);
+            load_quad(tile_weights + q * kWeightRow + quad * kTileClasses, w);
             load_quad(tile_embeddings + q * kEmbeddingRow + cq * kTileChannels, e);
 #pragma unroll
             for (int i = 0; i < kTileClasses; ++i) {
@@ -387,20 +399,25 @@ __global__ void __launch_bounds__(kThreads, kBackwardBlocksPerSm<acc_t>)
               for (int j = 0; j < kTileChannels; ++j) sums[i][j] += w[i] * (e[j] - center[i][j]);
             }
           }
+          // part (warp, phase) of the chunk's quads x kTileClasses classes
+          const int covered = quads * kTileClasses;
 #pragma unroll
           for (int i = 0; i < kTileClasses; ++i) {
-            store_quad(center_parts + (warp * kClassChunk + kq * kTileClasses + i) * kGroup + cq * kTileChannels,
+            store_quad(center_parts + ((warp * phases + phase) * covered + quad * kTileClasses + i) * kGroup +
+                           cq * kTileChannels,
                        sums[i]);
           }
         }
         __syncthreads();
         const bool first_tile = tile == tile_begin;
+        const int covered = covered_quads(classes, k0) * kTileClasses;
+        const int parts = kWarps * kClassChunk / covered;  // (warp, phase) parts of each pair, added in order
         for (int i = t; i < kClassChunk * kGroup; i += kThreads) {
           const int kk = i / kGroup, cc = i % kGroup;
           const int64_t k = k0 + kk, c = c0 + cc;
           if (k >= classes || c >= channels) continue;
           acc_t sum = acc_t(0);
-          for (int part = 0; part < kWarps; ++part) sum += center_parts[(part * kClassChunk + kk) * kGroup + cc];
+          for (int part = 0; part < parts; ++part) sum += center_parts[(part * covered + kk) * kGroup + cc];
           acc_t& into = partial_centers[(slot * classes + k) * channels + c];
           into = first_tile ? sum : into + sum;
         }

@@ -23,9 +23,10 @@ CASES = {
     "K150": (1, 3, 4, 5, 150),
     "many-pixels": (1, 2, 17, 40, 2),  # several 128-pixel tiles
     "two-channel-groups": (2, 40, 6, 7, 18),  # backward registers hold 32 channels: two groups, two chunks
-    # K and C' not multiples of the 4 x 4 center-sum tile nor of the 16-class chunk / 32-channel group
+    # K and C' not multiples of the 4 x 4 center-sum tile nor of the 16-class chunk / 32-channel group;
+    # last chunks of 7 and 13 classes (2 and 4 class quads; 19 and 150 give 1 and 2)
     "ragged-tiles": (2, 37, 6, 7, 23),
-    "three-channel-groups": (1, 70, 5, 6, 7),
+    "three-channel-groups": (1, 70, 5, 6, 29),
     # 15 tiles per image, one slice each: the last block of each (image, chunk) adds 15 slots
     "many-slices": (2, 6, 40, 48, 19),
 }
