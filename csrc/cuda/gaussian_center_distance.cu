@@ -5,28 +5,54 @@
 // handled in chunks of kClassChunk whose squared distances live in registers; for each chunk the
 // channels are walked in tiles of kChannelTile: the block stages the chunk's centers and its pixels'
 // embeddings (coalesced along pixels) in shared memory, then every thread updates its kClassChunk
-// distances. Backward (nothing saved by the forward): one pass per pixel tile (and per group of
-// kGroup = 32 channels; one group when C' <= 32) with the pixel's embedding and its gradient in
-// registers, looping over class chunks: distances, weights w = 2 grad scale e, the embedding
-// gradient sum_k w_k (b - s_k) accumulated in registers and written once; the block's partial
-// center sums sum_p w (b - s) (warp = classes, lane = channel, over the tile's pixels in shared
-// memory) and margin sums go to its own slot, and a finalize kernel adds the slots once, in a fixed
-// order. A block owns a slice of pixel tiles.
+// distances. One launch, nothing to zero: it cannot drop launches. Backward (nothing saved by the
+// forward), one launch: a block owns a slice of pixel tiles of one image; per tile (and per group of
+// kGroup = 32 channels; one group when C' <= 32) the pixel's embedding and its gradient stay in
+// registers while the thread loops over class chunks: distances, weights w = 2 grad scale e, the
+// embedding gradient sum_k w_k (b - s_k); the chunk's center sums sum_p w (b - s) are register-tiled
+// (4 classes x 4 channels per lane, w and b read as vectors from shared memory) into the block's own
+// slot, and the last block to finish an (image, group, chunk) adds the slots in slice order
+// (backward_kernel's comment has the details).
 //
-// Cost model at the GPU shapes of bench/bench_gaussian_center_distance.py (forward+backward; H200:
-// 4.8 TB/s HBM, 67 TFLOP/s fp32, 989 TFLOP/s dense bf16, ~3 us per dependent launch). The floor is
-// max(bytes / bandwidth, FLOPs / peak) of the benchmark's byte and FLOP counts; the prediction is
-// this design's, derived below. bench/report.py reads the `predicted H200` lines (the one place these
-// numbers live) into the "predicted" column of bench/RESULTS.md.
-// Forward: embeddings + phi, 2 FLOPs per (pixel, class, channel), at ~60% of its floor: 5.3 us
-// (cityscapes-C32: 75k pixels x 19 classes x 32 channels), 11.7 us (ade20k-C32: 33k x 150 x 32).
-// Backward: reads embeddings and grad_phi, writes the embedding gradient (25 MB / 28 MB: 5.2 / 5.9
-// us); 6 FLOPs per (pixel, class, channel) (distance, embedding gradient, center sum: 4.1 / 14.1 us
-// at 67 TFLOP/s); bound by shared-memory wavefronts of the center sums, 1 embedding + 4 broadcast
-// weight loads per 128 (pixel, class, channel) per warp: 1.8 M / 6.6 M wavefronts over 132 SMs at
-// 1.98 GHz = 6.9 / 25 us, at ~70% -> 10 / 36 us. Plus memset and finalize launches (4 x 3 us).
-// predicted H200 | gaussian_center_distance cityscapes-C32 B=8 fwd+bwd | 0.027 ms | center sums (floor 0.008 ms)
-// predicted H200 | gaussian_center_distance ade20k-C32 B=8 fwd+bwd | 0.060 ms | center sums (floor 0.021 ms)
+// Cost model at the GPU shapes of bench/bench_gaussian_center_distance.py (forward+backward, fp32;
+// H200: 132 SMs at 1.98 GHz, 4.8 TB/s HBM, 67 TFLOP/s fp32 = 128 lanes x 2 x 1.98 GHz per SM, one
+// 128-byte shared-memory wavefront per SM and clock, ~3 us per dependent launch). The floor is
+// max(bytes / bandwidth, FLOPs / peak) of the benchmark's byte and FLOP counts (9 FLOPs per (pixel,
+// class, channel)); the prediction is this design's, derived below. bench/report.py reads the
+// `predicted H200` lines (the one place these numbers live) into the "predicted" column of
+// bench/RESULTS.md. Counts are lane instructions (PTX of the fp32 kernels); cityscapes-C32: B=8,
+// 97x97 (75k pixels), K=19; ade20k-C32: B=8, 64x64 (33k pixels), K=150; C'=32 (one group).
+// Forward: a sub and an FMA per (pixel, class, channel) over whole 16-class chunks (32 / 160
+// classes) plus ~20 per (pixel, class) for exp and the store: 2428 / 13240 per pixel. 592 / 256
+// one-tile blocks, all resident: the busiest SM runs 5 / 2 tiles: 1.55 M / 3.39 M instructions at
+// 253 G/s per SM = 6.1 / 13.4 us, at ~85% issue 7.2 / 15.7 us. HBM (embeddings, phi: 15 / 24 MB,
+// 3.1 / 5.0 us) is hidden under it.
+// Backward, per pixel: distance and embedding gradient a sub and an FMA each per (class, channel)
+// (4 x 19 x 32 = 2432 / 4 x 150 x 32 = 19200; the gradient skips w = 0 by a branch per class, no
+// select); center sums a sub and an FMA per (class, channel) over the classes the lanes cover (a last
+// chunk of <= 8 / <= 4 classes covers 8 / 4: 20 / 152 classes, 1280 / 9728); ~30 per (pixel, class)
+// for the two exp, grad_phi, the margin term and the staging (570 / 4500): 4282 / 33428 per pixel.
+// The plan makes one wave of 3 resident blocks per SM (168 registers): 296 blocks of 2 tiles / 256 of
+// 1 tile; the busiest SM runs 6 / 2 tiles = 3.29 M / 8.56 M instructions = 13.0 / 33.8 us, at ~80%
+// issue (12 / 8 warps, 16-32 independent accumulators per thread, ~8 barriers per chunk) 16.2 / 42.2
+// us. Shared memory per warp and full chunk (32 pixels x 16 classes x 32 channels): 128 + 128
+// broadcast LDS.128 of the centers (distance, gradient), 64 of the center sums (one weight and one
+// embedding vector per pixel for 16 FMAs per lane; the old warp = classes x lane = channel mapping
+// read 5 scalars per 4 FMAs: 640), 32 for the conflict-free STS.128 of weights and margin terms, 48
+// for the parts, margins and staging: ~420 wavefronts against ~890 issue cycles of its 3552 warp
+// instructions: no longer the bound. HBM (embeddings, grad_phi, embedding gradient: 25 / 28 MB,
+// 5.2 / 5.9 us) and the partial slots (0.7 / 4.9 MB, L2) are hidden. Tail: the last block of the last
+// chunk adds 4 pairs x 37 / 32 slices per thread from L2, 16 loads in flight: ~10 / 8 round trips of
+// ~0.3 us = 3.0 / 2.4 us (earlier chunks' finalizes overlap other blocks' work).
+// Total: 7.2 + 16.2 + 3.0 + 2 launches x 3 us = 32 us / 15.7 + 42.2 + 2.4 + 6 = 66 us. Bound by fp32
+// issue: the subtractions of the difference form (the split sum_p w b - s sum_p w cancels at pixels
+// on their center), per-(pixel, class) exp work and the forward's 160-class padding keep it at 25% /
+// 32% of the floor. The previous design, counted the same way (the center sum and the gradient 4
+// instructions per pair with a select, 32 / 160 center-sum classes, memset and finalize launches),
+// comes to ~51 / ~96 us: its 0.027 / 0.060 ms had counted FLOPs at the FMA rate and missed the
+// subtractions, the per-(pixel, class) work and the busiest SM.
+// predicted H200 | gaussian_center_distance cityscapes-C32 B=8 fwd+bwd | 0.032 ms | fp32 issue, sub + FMA per pair (floor 0.008 ms)
+// predicted H200 | gaussian_center_distance ade20k-C32 B=8 fwd+bwd | 0.066 ms | fp32 issue, sub + FMA per pair (floor 0.021 ms)
 #include "cuda/common.cuh"
 #include "cuda/gaussian_center_distance.h"
 
@@ -164,24 +190,6 @@ __device__ __forceinline__ acc_t load_from_other_block(const acc_t* address) {
   return *static_cast<const volatile acc_t*>(address);
 }
 
-// Backward of Eq. 2 with d2 = ||b - s||^2, t = d2 * scale, e = exp(-t):
-//   dphi/dd2 = scale * e,  dd2/db = 2 (b - s) = -dd2/ds,  dphi/dm = t * e * d(log scale)/dm.
-// One launch. A block owns a slice of pixel tiles of one image; per tile and channel group (one group
-// when C' <= kGroup) a thread holds its pixel's embedding and embedding gradient of the group's
-// kGroup channels in registers and loops over the classes in chunks of kClassChunk; per chunk it
-// computes the squared distances (the other groups' channels read from global memory), its weights
-// w = 2 grad scale e, and adds sum_k w_k (b - s_k) to its registers, which are written once per group.
-// The chunk's center sums sum_p w_pk (b_p - s_k) are register-tiled: lane (kq, cq) of every warp owns
-// kTileClasses x kTileChannels (class, channel) pairs with their centers in registers, warp `warp` the
-// tile's pixels [warp * kPixelsPerWarp, +kPixelsPerWarp), reading w and b as vectors from shared
-// memory ([pixel][class] and [pixel][channel] rows). The difference form stays: the split
-// sum_p w b - s sum_p w loses to cancellation in fp32 at pixels on their center (large w, b = s:
-// 1.5e-5 error against a 1e-5 tolerance in the tests). The warps' parts are added in a fixed order and written (first tile of the slice) or added (later tiles) into the block's own
-// slot of partial_centers (B, slices, K, C') and partial_margins (B, slices, K): every slot is written
-// completely, nothing needs zeroing. After its slice's last tile, a block counts itself in on the
-// (image, group, chunk) arrival counter (integer atomic); the last of the `slices` blocks resets the
-// counter to 0 (so the next launch needs no memset) and adds the slots in slice order into
-// grad_centers / grad_margins: no floating-point atomics, the same bits whatever the schedule.
 template <typename scalar_t, typename acc_t>
 __device__ inline void load_group(const scalar_t* image, int64_t channels, int64_t pixels, int64_t c0, int64_t p,
                                   bool active, acc_t (&x)[kGroup]) {
@@ -248,12 +256,34 @@ __device__ inline void finalize_chunk(const acc_t* partial_centers, const acc_t*
   if (c0 == 0 && t < kClassChunk && k0 + t < classes) {
     const int64_t bk = b * classes + k0 + t;
     acc_t sum = acc_t(0);
-    for (int64_t s = 0; s < slices; ++s) sum += load_from_other_block(partial_margins + (b * slices + s) * classes + k0 + t);
+    for (int64_t s = 0; s < slices; ++s) {
+      sum += load_from_other_block(partial_margins + (b * slices + s) * classes + k0 + t);
+    }
     const bool clamped = convert<acc_t>(margins[bk]) * delta > log_scale_max<acc_t>();
     grad_margins[bk] = convert<scalar_t>(clamped ? acc_t(0) : delta * sum);
   }
 }
 
+// Backward of Eq. 2 with d2 = ||b - s||^2, t = d2 * scale, e = exp(-t):
+//   dphi/dd2 = scale * e,  dd2/db = 2 (b - s) = -dd2/ds,  dphi/dm = t * e * d(log scale)/dm.
+// One launch. A block owns a slice of pixel tiles of one image; per tile and channel group (one group
+// when C' <= kGroup) a thread holds its pixel's embedding and embedding gradient of the group's
+// kGroup channels in registers and loops over the classes in chunks of kClassChunk; per chunk it
+// computes the squared distances (the other groups' channels read from global memory), its weights
+// w = 2 grad scale e, and adds sum_k w_k (b - s_k) to its registers, which are written once per group.
+// The chunk's center sums sum_p w_pk (b_p - s_k) are register-tiled: lane (kq, cq) of every warp owns
+// kTileClasses x kTileChannels (class, channel) pairs with their centers in registers, warp `warp` the
+// tile's pixels [warp * kPixelsPerWarp, +kPixelsPerWarp), reading w and b as vectors from shared
+// memory ([pixel][class] and [pixel][channel] rows). The difference form stays: the split
+// sum_p w b - s sum_p w loses to cancellation in fp32 at pixels on their center (large w, b = s:
+// 1.5e-5 error against a 1e-5 tolerance in the tests). The (warp, pixel phase) parts are added in a
+// fixed order and written (first tile of the slice) or added (later tiles) into the block's own slot
+// of partial_centers (B, slices, K, C') and partial_margins (B, slices, K): every slot is written
+// completely, nothing needs zeroing. After its slice's last tile, a block counts itself in on the
+// (image, group, chunk) arrival counter (every thread fences its slot writes, then one integer
+// atomic); the last of the `slices` blocks resets the counter to 0 (so the next launch needs no
+// memset) and adds the slots, read past L1, in slice order into grad_centers / grad_margins: no
+// floating-point atomics, the same bits whatever the schedule.
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads, kBackwardBlocksPerSm<acc_t>)
     backward_kernel(const scalar_t* __restrict__ grad_phi, const scalar_t* __restrict__ embeddings,
