@@ -22,11 +22,11 @@
 // `predicted H200` lines (the one place these numbers live) into the "predicted" column of
 // bench/RESULTS.md. Counts are lane instructions (PTX of the fp32 kernels); cityscapes-C32: B=8,
 // 97x97 (75k pixels), K=19; ade20k-C32: B=8, 64x64 (33k pixels), K=150; C'=32 (one group).
-// Forward: a sub and an FMA per (pixel, class, channel) over whole 16-class chunks (32 / 160
-// classes) plus ~20 per (pixel, class) for exp and the store: 2428 / 13240 per pixel. 592 / 256
-// one-tile blocks, all resident: the busiest SM runs 5 / 2 tiles: 1.55 M / 3.39 M instructions at
-// 253 G/s per SM = 6.1 / 13.4 us, at ~85% issue 7.2 / 15.7 us. HBM (embeddings, phi: 15 / 24 MB,
-// 3.1 / 5.0 us) is hidden under it.
+// Forward: a sub and an FMA per (pixel, class, channel) (classes below K only: a last chunk of 3
+// classes costs 3, not 16; centers read as vectors) plus ~20 per (pixel, class) for exp and the
+// store: 1596 / 12600 per pixel. 592 / 256 one-tile blocks, all resident: the busiest SM runs 5 / 2
+// tiles: 1.02 M / 3.23 M instructions at 253 G/s per SM = 4.0 / 12.7 us, at ~85% issue 4.7 / 15.0
+// us. HBM (embeddings, phi: 15 / 24 MB, 3.1 / 5.0 us) is hidden under it.
 // Backward, per pixel: distance and embedding gradient a sub and an FMA each per (class, channel)
 // (4 x 19 x 32 = 2432 / 4 x 150 x 32 = 19200; the gradient skips w = 0 by a branch per class, no
 // select); center sums a sub and an FMA per (class, channel) over the classes the lanes cover (a last
@@ -44,14 +44,14 @@
 // 5.2 / 5.9 us) and the partial slots (0.7 / 4.9 MB, L2) are hidden. Tail: the last block of the last
 // chunk adds 4 pairs x 37 / 32 slices per thread from L2, 16 loads in flight: ~10 / 8 round trips of
 // ~0.3 us = 3.0 / 2.4 us (earlier chunks' finalizes overlap other blocks' work).
-// Total: 7.2 + 16.2 + 3.0 + 2 launches x 3 us = 32 us / 15.7 + 42.2 + 2.4 + 6 = 66 us. Bound by fp32
+// Total: 4.7 + 16.2 + 3.0 + 2 launches x 3 us = 30 us / 15.0 + 42.2 + 2.4 + 6 = 66 us. Bound by fp32
 // issue: the subtractions of the difference form (the split sum_p w b - s sum_p w cancels at pixels
-// on their center), per-(pixel, class) exp work and the forward's 160-class padding keep it at 25% /
+// on their center), the per-(pixel, class) exp work, the busiest SM and the launches keep it at 27% /
 // 32% of the floor. The previous design, counted the same way (the center sum and the gradient 4
-// instructions per pair with a select, 32 / 160 center-sum classes, memset and finalize launches),
-// comes to ~51 / ~96 us: its 0.027 / 0.060 ms had counted FLOPs at the FMA rate and missed the
-// subtractions, the per-(pixel, class) work and the busiest SM.
-// predicted H200 | gaussian_center_distance cityscapes-C32 B=8 fwd+bwd | 0.032 ms | fp32 issue, sub + FMA per pair (floor 0.008 ms)
+// instructions per pair with a select, 32 / 160 classes in the forward and the center sums, memset
+// and finalize launches), comes to ~51 / ~96 us: its 0.027 / 0.060 ms had counted FLOPs at the FMA
+// rate and missed the subtractions, the per-(pixel, class) work and the busiest SM.
+// predicted H200 | gaussian_center_distance cityscapes-C32 B=8 fwd+bwd | 0.030 ms | fp32 issue, sub + FMA per pair (floor 0.008 ms)
 // predicted H200 | gaussian_center_distance ade20k-C32 B=8 fwd+bwd | 0.066 ms | fp32 issue, sub + FMA per pair (floor 0.021 ms)
 #include "cuda/common.cuh"
 #include "cuda/gaussian_center_distance.h"
@@ -95,8 +95,8 @@ __device__ inline acc_t class_scale(const scalar_t* margins, int64_t index, acc_
 }
 
 template <typename acc_t>
-struct SharedTiles {
-  acc_t centers[kChannelTile][kClassChunk];
+struct alignas(16) SharedTiles {
+  acc_t centers[kClassChunk][kChannelTile];  // a class's channels contiguous: two vector loads
   acc_t embeddings[kChannelTile][kTileStride];
 };
 
@@ -109,7 +109,7 @@ __device__ inline void stage_tiles(const scalar_t* image, const scalar_t* image_
   const int t = threadIdx.x;
   const int kk = t / kChannelTile, cc = t % kChannelTile;
   const int64_t k = k0 + kk, c = c0 + cc;
-  tiles.centers[cc][kk] = (k < classes && c < channels) ? convert<acc_t>(image_centers[k * channels + c]) : acc_t(0);
+  tiles.centers[kk][cc] = (k < classes && c < channels) ? convert<acc_t>(image_centers[k * channels + c]) : acc_t(0);
 #pragma unroll
   for (int i = 0; i < kChannelTile; ++i) {
     const int64_t channel = c0 + i;
@@ -118,7 +118,27 @@ __device__ inline void stage_tiles(const scalar_t* image, const scalar_t* image_
   }
 }
 
-// distance[kk] = ||b_p - s_{k0+kk}||^2 (direct difference form). Called by every thread of the block.
+// distance[kk] += the staged channels' part of ||b_p - s_{k0+kk}||^2 for kk < valid (all 16 when
+// kWholeChunk: no bound check per class).
+template <bool kWholeChunk, typename acc_t>
+__device__ inline void add_staged_channels(const SharedTiles<acc_t>& tiles, int64_t valid,
+                                           acc_t (&distance)[kClassChunk]) {
+  acc_t x[kChannelTile];
+#pragma unroll
+  for (int cc = 0; cc < kChannelTile; ++cc) x[cc] = tiles.embeddings[cc][threadIdx.x];
+#pragma unroll
+  for (int kk = 0; kk < kClassChunk; ++kk) {
+    if (!kWholeChunk && kk >= valid) break;
+#pragma unroll
+    for (int cc = 0; cc < kChannelTile; ++cc) {
+      const acc_t diff = x[cc] - tiles.centers[kk][cc];
+      distance[kk] += diff * diff;
+    }
+  }
+}
+
+// distance[kk] = ||b_p - s_{k0+kk}||^2 (direct difference form) for the chunk's classes below K (the
+// others stay 0: a last chunk of 3 classes costs 3, not 16). Called by every thread of the block.
 template <typename scalar_t, typename acc_t>
 __device__ inline void chunk_distances(const scalar_t* image, const scalar_t* image_centers, int64_t channels,
                                        int64_t pixels, int64_t classes, int64_t k0, int64_t p, bool active,
@@ -129,14 +149,10 @@ __device__ inline void chunk_distances(const scalar_t* image, const scalar_t* im
     __syncthreads();
     stage_tiles(image, image_centers, channels, pixels, classes, k0, c0, p, active, tiles);
     __syncthreads();
-#pragma unroll
-    for (int cc = 0; cc < kChannelTile; ++cc) {
-      const acc_t x = tiles.embeddings[cc][threadIdx.x];
-#pragma unroll
-      for (int kk = 0; kk < kClassChunk; ++kk) {
-        const acc_t diff = x - tiles.centers[cc][kk];
-        distance[kk] += diff * diff;
-      }
+    if (classes - k0 >= kClassChunk) {
+      add_staged_channels<true>(tiles, kClassChunk, distance);
+    } else {
+      add_staged_channels<false>(tiles, classes - k0, distance);
     }
   }
 }
