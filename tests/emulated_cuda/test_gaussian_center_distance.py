@@ -27,8 +27,8 @@ CASES = {
     # last chunks of 7 and 13 classes (2 and 4 class quads; 19 and 150 give 1 and 2)
     "ragged-tiles": (2, 37, 6, 7, 23),
     "three-channel-groups": (1, 70, 5, 6, 29),
-    # 15 tiles per image, one slice each: the last block of each (image, chunk) adds 15 slots
-    "many-slices": (2, 6, 40, 48, 19),
+    # 15 tiles per image, one slice each: the last block of each (image, group, chunk) adds 15 slots
+    "many-slices": (2, 37, 40, 48, 19),
 }
 # 60 tiles per image over 9 images: 44 blocks wanted per image, so 30 slices of 2 tiles (the second tile
 # adds into the block's slot), each last block adding 30 slots
