@@ -82,8 +82,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_center_distance_backward
     check_cuda(cuda::gaussian_center_distance_backward(
                    cuda_ptr<scalar_t>(grad), cuda_ptr<scalar_t>(x), cuda_ptr<scalar_t>(s), cuda_ptr<scalar_t>(m), delta,
                    n.batch, n.channels, n.pixels, n.classes, plan, workspace.data_ptr(),
-                   static_cast<unsigned int*>(counters.data_ptr()), cuda_mutable_ptr<scalar_t>(grad_embeddings), cuda_mutable_ptr<scalar_t>(grad_centers),
-                   cuda_mutable_ptr<scalar_t>(grad_margins), stream),
+                   static_cast<unsigned int*>(counters.data_ptr()), cuda_mutable_ptr<scalar_t>(grad_embeddings),
+                   cuda_mutable_ptr<scalar_t>(grad_centers), cuda_mutable_ptr<scalar_t>(grad_margins), stream),
                "gaussian_center_distance_backward");
   });
   return {grad_embeddings, grad_centers, grad_margins};
