@@ -11,11 +11,15 @@
 namespace fastseg::cuda {
 
 // How the backward pass splits its work: pixel slices per image (each block owns one and writes
-// its partial center/margin sums), tiles per slice, and the bytes of workspace the caller provides.
+// its partial center/margin sums), tiles per slice, the bytes of workspace the caller provides
+// (uninitialised is fine), and the number of arrival counters (unsigned int) the caller provides:
+// zero before the first launch, left zero by every launch that completes, so a buffer kept per
+// stream is zeroed once. Kernels that may run concurrently must not share counters.
 struct GaussianCenterDistancePlan {
   int64_t slices = 1;
   int64_t tiles_per_slice = 1;
   size_t workspace_bytes = 0;
+  int64_t arrival_counters = 0;
 };
 
 cudaError_t gaussian_center_distance_plan(int64_t batch, int64_t channels, int64_t pixels, int64_t classes,
@@ -31,7 +35,7 @@ cudaError_t gaussian_center_distance_backward(const scalar_t* grad_phi, const sc
                                               const scalar_t* centers, const scalar_t* margins, double delta,
                                               int64_t batch, int64_t channels, int64_t pixels, int64_t classes,
                                               const GaussianCenterDistancePlan& plan, void* workspace,
-                                              scalar_t* grad_embeddings, scalar_t* grad_centers,
-                                              scalar_t* grad_margins, cudaStream_t stream);
+                                              unsigned int* arrival_counters, scalar_t* grad_embeddings,
+                                              scalar_t* grad_centers, scalar_t* grad_margins, cudaStream_t stream);
 
 }  // namespace fastseg::cuda

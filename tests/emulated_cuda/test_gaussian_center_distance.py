@@ -1,5 +1,7 @@
-"""gaussian_center_distance's CUDA kernels (forward; backward in one pass per pixel tile and channel
-group over class chunks, per-slice center sums; finalize) on the emulated-CUDA layer."""
+"""gaussian_center_distance's CUDA kernels (forward; backward in one launch: one pass per pixel tile and
+channel group over class chunks, per-slice center sums register-tiled 4 classes x 4 channels, the last
+block per (image, group, chunk) adding the slices' sums) on the emulated-CUDA layer (132 SMs: the
+backward plans about 3 x 132 blocks over the batch, one pixel slice of 128-pixel tiles each)."""
 from __future__ import annotations
 
 import pytest
@@ -21,7 +23,16 @@ CASES = {
     "K150": (1, 3, 4, 5, 150),
     "many-pixels": (1, 2, 17, 40, 2),  # several 128-pixel tiles
     "two-channel-groups": (2, 40, 6, 7, 18),  # backward registers hold 32 channels: two groups, two chunks
+    # K and C' not multiples of the 4 x 4 center-sum tile nor of the 16-class chunk / 32-channel group;
+    # last chunks of 7 and 13 classes (2 and 4 class quads; 19 and 150 give 1 and 2)
+    "ragged-tiles": (2, 37, 6, 7, 23),
+    "three-channel-groups": (1, 70, 5, 6, 29),
+    # 15 tiles per image, one slice each: the last block of each (image, group, chunk) adds 15 slots
+    "many-slices": (2, 37, 40, 48, 19),
 }
+# 60 tiles per image over 9 images: 44 blocks wanted per image, so 30 slices of 2 tiles (the second tile
+# adds into the block's slot), each last block adding 30 slots
+MULTI_TILE_SLICES = (9, 5, 60, 128, 3)
 
 
 def _inputs(batch, channels, height, width, num_classes):
@@ -62,3 +73,24 @@ def test_matches_reference(emulated, case):
 def test_dtypes_and_non_contiguous(emulated, dtype):
     embeddings, centers, margins = (t.to(dtype) for t in _inputs(2, 7, 9, 6, 18))
     _check(emulated, embeddings.transpose(2, 3), centers, margins)
+
+
+def test_slices_of_several_tiles(emulated):
+    _check(emulated, *_inputs(*MULTI_TILE_SLICES))
+
+
+def test_consecutive_calls(emulated):
+    """The arrival counters are left at zero by each backward: calls of other shapes (other counters,
+    other slice counts) in between, and a repeat of the first shape, all match the reference."""
+    for shape in ((2, 37, 6, 7, 23), (1, 5, 40, 48, 40), (2, 37, 6, 7, 23)):
+        embeddings, centers, margins = _inputs(*shape)
+        inputs = [t.double().requires_grad_() for t in (embeddings, centers, margins)]
+        phi = gaussian_center_distance_reference(*inputs, DELTA)
+        grad_phi = torch.randn_like(phi)
+        expected = torch.autograd.grad(phi, inputs, grad_phi)
+        device = on_device(emulated, embeddings, centers, margins, grad_phi.float())
+        got = emulated.gaussian_center_distance_backward(device[3], *device[:3], DELTA)
+        for name, value, want in zip(("embeddings", "centers", "margins"), got, expected):
+            largest = max(1.0, want.abs().max().item())
+            torch.testing.assert_close(value.double(), want, atol=1e-5 * largest, rtol=1e-5,
+                                       msg=lambda text: f"{shape} grad {name}: {text}")
