@@ -30,8 +30,13 @@ Shapes check_inputs(const at::Tensor& embeddings, const at::Tensor& centers, con
 // device: zeroed when first allocated (or grown), then left zero by every launch (the last block of
 // each counter resets it), so a call costs no memset. One buffer per (device, stream): launches on one
 // stream never overlap, launches on two streams never share a counter. Never freed (a few bytes per
-// stream; no CUDA frees during static destruction).
+// stream; no CUDA frees during static destruction). While the stream captures a CUDA graph, a
+// buffer zeroed by the graph itself: a cached one first zeroed inside a capture would stay
+// uninitialised until the graph's first replay.
 at::Tensor arrival_counters(const at::Tensor& like, int64_t count, cudaStream_t stream) {
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  check_cuda(cudaStreamIsCapturing(stream, &capture), "cudaStreamIsCapturing");
+  if (capture != cudaStreamCaptureStatusNone) return at::zeros({count}, like.options().dtype(at::kInt));
   static std::mutex mutex;
   static auto* buffers = new std::map<std::pair<int64_t, cudaStream_t>, at::Tensor>();
   const std::lock_guard<std::mutex> lock(mutex);

@@ -354,3 +354,8 @@ cudaError_t cudaMemsetAsync(void* destination, int value, size_t bytes, cudaStre
   if (!problem.empty()) return cudaErrorIllegalAddress;
   return cudaSuccess;
 }
+
+cudaError_t cudaStreamIsCapturing(cudaStream_t /*stream*/, cudaStreamCaptureStatus* status) {
+  *status = cudaStreamCaptureStatusNone;  // the emulated device captures no graphs
+  return cudaSuccess;
+}
