@@ -17,7 +17,7 @@ except ImportError:  # pip's isolated build environment: no PyTorch, and we must
         "PyTorch you have installed: install it first (e.g. pip install torch==2.13.0), then run "
         "pip install --no-build-isolation ."
     )
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, find_packages, setup
 from torch.utils import cpp_extension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -119,10 +119,14 @@ def _extension():
     )
 
 
+# The YAML recipes' folders: data-only (namespace) packages, listed so that setuptools ships them
+# as packages rather than as data of fastseg (deprecated, with a warning per folder).
+CONFIG_PACKAGES = find_namespace_packages(include=["fastseg.configs", "fastseg.configs.*"])
+
 setup(
-    packages=find_packages(include=["fastseg", "fastseg.*"]) + ["fastseg.kernels"],
+    packages=find_packages(include=["fastseg", "fastseg.*"]) + CONFIG_PACKAGES + ["fastseg.kernels"],
     package_dir={"fastseg.kernels": "kernels"},
-    package_data={"fastseg": ["configs/*.yaml", "configs/**/*.yaml"]},
+    package_data={package: ["*.yaml"] for package in CONFIG_PACKAGES},
     ext_modules=[_extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
 )

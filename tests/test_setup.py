@@ -62,3 +62,14 @@ def test_a_build_says_what_it_compiles_and_how_long_it_took_here():
     assert "took" in stderr and "-v" in stderr
     code, stderr = run_setup()  # pip's metadata steps compile nothing and say nothing
     assert code == 0 and "compiling" not in stderr
+
+
+def test_every_recipe_ships_as_package_data(tmp_path):
+    # `pip install .` copies what build_py collects: every YAML recipe under fastseg/configs, each
+    # folder declared as a package (setuptools warns per folder, and plans to drop them, otherwise)
+    code, stderr = run_setup("build_py", "--build-lib", str(tmp_path))
+    assert code == 0, stderr
+    assert "absent from the `packages` configuration" not in stderr
+    recipes = sorted(path.relative_to(ROOT) for path in (ROOT / "fastseg" / "configs").rglob("*.yaml"))
+    shipped = sorted(path.relative_to(tmp_path) for path in (tmp_path / "fastseg" / "configs").rglob("*.yaml"))
+    assert recipes and shipped == recipes
