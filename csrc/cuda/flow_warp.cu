@@ -197,20 +197,36 @@ __device__ __forceinline__ int warp_min(int value) {
   return value;
 }
 
+// Input column and row of each corner (the two divisions per corner, done once per thread);
+// meaningful for inside corners only.
+struct CornerCells {
+  int column[4], row[4];
+};
+
+template <typename acc_t>
+__device__ __forceinline__ CornerCells corner_cells(const PixelCorners<acc_t>& corners, int64_t in_width) {
+  CornerCells cells;
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    cells.column[k] = static_cast<int>(corners.offset[k] % in_width);
+    cells.row[k] = static_cast<int>(corners.offset[k] / in_width);
+  }
+  return cells;
+}
+
 // The block's box: min and max (as min of the negation) of the inside corners' columns and rows,
 // reduced in each warp, then across the warps through shared memory. Every thread gets the box.
 template <typename acc_t>
-__device__ Box tile_box(const PixelCorners<acc_t>& corners, int64_t in_width) {
+__device__ Box tile_box(const PixelCorners<acc_t>& corners, const CornerCells& cells) {
   __shared__ int warp_bounds[kWarps][4];
   int bounds[4] = {kNoCorner, kNoCorner, kNoCorner, kNoCorner};  // x0, y0, -x1, -y1
 #pragma unroll
   for (int k = 0; k < 4; ++k) {
     if (!corners.inside[k]) continue;
-    const int column = static_cast<int>(corners.offset[k] % in_width), row = static_cast<int>(corners.offset[k] / in_width);
-    bounds[0] = min(bounds[0], column);
-    bounds[1] = min(bounds[1], row);
-    bounds[2] = min(bounds[2], -column);
-    bounds[3] = min(bounds[3], -row);
+    bounds[0] = min(bounds[0], cells.column[k]);
+    bounds[1] = min(bounds[1], cells.row[k]);
+    bounds[2] = min(bounds[2], -cells.column[k]);
+    bounds[3] = min(bounds[3], -cells.row[k]);
   }
 #pragma unroll
   for (int i = 0; i < 4; ++i) bounds[i] = warp_min(bounds[i]);
@@ -248,7 +264,8 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t p = py * s.out_width + px;
   PixelCorners<acc_t> corners = {};  // no corner inside for a thread beyond the border
   if (valid) corners = s.corners_at(flow, b, px, py);
-  const Box box = tile_box(corners, in_width);
+  const CornerCells cells = corner_cells(corners, in_width);
+  const Box box = tile_box(corners, cells);
   const int64_t box_elements = int64_t(box.width) * box.height;
   acc_t dx = acc_t(0), dy = acc_t(0);
   if (box_elements == 0 || box_elements > kMaxBoxElements) {
@@ -262,8 +279,7 @@ __global__ void __launch_bounds__(kThreads)
     int local[4];  // corner offsets in the box
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
-      const int column = static_cast<int>(corners.offset[k] % in_width), row = static_cast<int>(corners.offset[k] / in_width);
-      local[k] = (row - box.y0) * box.width + column - box.x0;  // used for inside corners only
+      local[k] = (cells.row[k] - box.y0) * box.width + cells.column[k] - box.x0;  // used for inside corners only
     }
     const int box_size = static_cast<int>(box_elements);
     const int64_t per_pass = kAccumulatorElements / box_size;
