@@ -73,3 +73,11 @@ def test_every_recipe_ships_as_package_data(tmp_path):
     recipes = sorted(path.relative_to(ROOT) for path in (ROOT / "fastseg" / "configs").rglob("*.yaml"))
     shipped = sorted(path.relative_to(tmp_path) for path in (tmp_path / "fastseg" / "configs").rglob("*.yaml"))
     assert recipes and shipped == recipes
+
+
+def test_metadata_uses_no_deprecated_setuptools_form(tmp_path):
+    # pip's metadata step (egg_info) validates pyproject.toml; setuptools warns, and from 2027 fails,
+    # on forms it has deprecated (e.g. `license = { text = ... }` instead of an SPDX string)
+    code, stderr = run_setup("egg_info", "--egg-base", str(tmp_path))
+    assert code == 0, stderr
+    assert "deprecat" not in stderr.lower(), stderr
