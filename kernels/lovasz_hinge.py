@@ -88,7 +88,8 @@ def forward(
         valid = valid.contiguous()
         errors = errors.masked_fill(~valid, float("-inf"))
     errors_sorted, permutation = torch.sort(errors, dim=1, descending=True, stable=True)
-    loss = torch.zeros(rows, device=logits.device, dtype=acc)
+    # every row's loss is stored by the scan; only rows without pixels keep a 0 (no memset launch otherwise)
+    loss = (torch.empty if pixels else torch.zeros)(rows, device=logits.device, dtype=acc)
     weights = torch.empty(rows, pixels, device=logits.device, dtype=acc)
     if rows and pixels:
         labels_u8 = labels.view(torch.uint8)

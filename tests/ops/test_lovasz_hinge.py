@@ -43,6 +43,7 @@ CASES = {
     "one-pixel": (5, 1, 0.5, 1.0),
     "one-row": (1, 2000, 0.2, 0.7),
     "long": (2, 5000, 0.1, 0.9),
+    "no-pixels": (3, 0, 0.5, 1.0),  # every row's loss is 0, from no scan at all
 }
 
 
