@@ -56,6 +56,7 @@
 // predicted H200 | lovasz_hinge 769x769 N=38 fwd+bwd | 1.453 ms | sort traffic (floor 0.084 ms)
 #include "cuda/common.cuh"
 #include "cuda/lovasz_hinge.h"
+#include "cuda/radix_sort.cuh"
 
 #include <algorithm>
 
@@ -69,6 +70,9 @@ constexpr int64_t kMaxBlocks = 65535LL * 8;
 constexpr int64_t kMaxGridY = 65535;
 constexpr long long kPositive = 1LL << 32;  // one positive in the packed counts; one negative is 1
 constexpr unsigned kFullWarp = 0xffffffffu;
+// Ranks per thread and tile of the scans of rows sorted in global memory: 8 independent loads per
+// thread in flight, so a row of 591361 pixels waits out 145 tile latencies rather than 1155.
+constexpr int kGlobalScanItems = 8;
 // The fused path's block radix sort: 4-bit digits, 8 passes over the 32-bit key (an even count, so
 // the sorted pairs end in the first of the two buffers). Values pack the pixel index (14 bits,
 // kLovaszFusedMaxPixels = 2^14) with the pixel's positive and keep flags.
@@ -145,6 +149,32 @@ __device__ acc_t jaccard(acc_t gts, long long packed) {
   return unite > acc_t(0) ? acc_t(1) - (gts - positives) / unite : acc_t(0);
 }
 
+__device__ unsigned float_bits(float value) {
+  unsigned bits;
+  memcpy(&bits, &value, sizeof(bits));
+  return bits;
+}
+
+__device__ float bits_float(unsigned bits) {
+  float value;
+  memcpy(&value, &bits, sizeof(value));
+  return value;
+}
+
+// A key whose increasing unsigned order is the error's decreasing order: the sign-magnitude bits
+// flipped into an order-preserving unsigned, then complemented. -0 is keyed as +0 and every NaN as
+// the positive quiet NaN (first, as in PyTorch's descending sort); -inf (ignored pixels) last.
+__device__ unsigned descending_key(float error) {
+  const float canonical = error == 0.0f ? 0.0f : (error != error ? NAN : error);
+  const unsigned bits = float_bits(canonical);
+  return ~((bits & 0x80000000u) ? ~bits : bits | 0x80000000u);
+}
+
+__device__ float error_of_key(unsigned key) {
+  const unsigned ordered = ~key;
+  return bits_float((ordered & 0x80000000u) ? ordered & 0x7fffffffu : ~ordered);
+}
+
 // The pixel at rank j of a row sorted by decreasing error.
 template <typename acc_t>
 struct RankedPixel {
@@ -172,33 +202,56 @@ struct GlobalSortedRow {
   }
 };
 
-// Scans one row in tiles of kScanThreads ranks (every thread of the block calls it): Eq. 9's
-// Jaccard gradient from the packed running counts (positives << 32 | negatives, a block scan carrying
-// the total across tiles), the row's loss (Eq. 8, fixed-order reduction) into *loss and the weights
+// Scans one row in tiles of kScanThreads * items ranks, each thread the `items` consecutive ranks
+// of its slot (every thread of the block calls it): Eq. 9's Jaccard gradient from the packed running
+// counts (positives << 32 | negatives; the thread's own sum, then a block scan carrying the total
+// across tiles), the row's loss (Eq. 8, fixed-order reduction) into *loss and the weights
 // d loss / d logit in pixel order into weights (P,). `ranked(j)` is the pixel at rank j < P; gts the
-// row's valid positives.
-template <typename scalar_t, typename acc_t, typename SortedRow>
+// row's valid positives. Rows in shared memory take items = 1 (conflict-free rank reads); rows in
+// global memory take kGlobalScanItems, whose loads are all in flight before the tile's barriers.
+template <int items, typename scalar_t, typename acc_t, typename SortedRow>
 __device__ void scan_sorted_row(const SortedRow& ranked, int64_t pixels, acc_t gts, scalar_t* __restrict__ loss,
                                 acc_t* __restrict__ weights) {
   long long carry = 0;
   acc_t partial = acc_t(0);
-  for (int64_t p0 = 0; p0 < pixels; p0 += kScanThreads) {
-    const int64_t j = p0 + threadIdx.x;
-    const RankedPixel<acc_t> pixel = j < pixels ? ranked(j) : RankedPixel<acc_t>{acc_t(0), -1, false, false};
-    const long long step = pixel.positive ? kPositive : (pixel.keep ? 1LL : 0LL);
+  for (int64_t p0 = 0; p0 < pixels; p0 += int64_t(kScanThreads) * items) {
+    const int64_t first = p0 + int64_t(threadIdx.x) * items;
+    RankedPixel<acc_t> pixel[items];
+    long long step[items];
+    long long own = 0;
+#pragma unroll
+    for (int i = 0; i < items; ++i) {
+      pixel[i] = first + i < pixels ? ranked(first + i) : RankedPixel<acc_t>{acc_t(0), -1, false, false};
+      step[i] = pixel[i].positive ? kPositive : (pixel[i].keep ? 1LL : 0LL);
+      own += step[i];
+    }
     long long tile_total = 0;
-    const long long inclusive = block_inclusive_sum(step, tile_total) + carry;
+    long long inclusive = block_inclusive_sum(own, tile_total) - own + carry;
     carry += tile_total;
-    // Eq. 9: g_j = J(counts through j) - J(counts before j)
-    const acc_t grad = jaccard(gts, inclusive) - jaccard(gts, inclusive - step);
-    if (pixel.index >= 0 && pixel.index < pixels) {  // j < pixels; the sort visits every pixel of the row once
-      const bool active = pixel.keep && !(pixel.error <= acc_t(0));  // a NaN error is active: NaN in, NaN loss out
-      partial += active ? pixel.error * grad : acc_t(0);             // Eq. 8 with relu(errors)
-      weights[pixel.index] = active ? (pixel.positive ? -grad : grad) : acc_t(0);  // pixel order
+#pragma unroll
+    for (int i = 0; i < items; ++i) {
+      inclusive += step[i];
+      // Eq. 9: g_j = J(counts through j) - J(counts before j)
+      const acc_t grad = jaccard(gts, inclusive) - jaccard(gts, inclusive - step[i]);
+      if (pixel[i].index >= 0 && pixel[i].index < pixels) {  // j < pixels; the sort visits every pixel once
+        const bool active = pixel[i].keep && !(pixel[i].error <= acc_t(0));  // a NaN error is active: NaN loss out
+        partial += active ? pixel[i].error * grad : acc_t(0);               // Eq. 8 with relu(errors)
+        weights[pixel[i].index] = active ? (pixel[i].positive ? -grad : grad) : acc_t(0);  // pixel order
+      }
     }
   }
   const acc_t total = block_sum(partial);
   if (threadIdx.x == 0) *loss = convert<scalar_t>(total);
+}
+
+// The row's valid positives (gts of Eq. 9), read in pixel order; every thread of the block calls it.
+template <typename acc_t>
+__device__ acc_t row_positives(const bool* __restrict__ labels, const bool* __restrict__ valid, int64_t pixels) {
+  long long count = 0;
+  for (int64_t p = threadIdx.x; p < pixels; p += kScanThreads) {
+    count += (labels[p] && (valid == nullptr || valid[p])) ? 1 : 0;
+  }
+  return convert<acc_t>(block_sum(count));
 }
 
 template <typename scalar_t, typename acc_t>
@@ -207,43 +260,63 @@ __global__ void __launch_bounds__(kScanThreads)
                 const bool* __restrict__ labels, const bool* __restrict__ valid, int64_t pixels,
                 scalar_t* __restrict__ losses, acc_t* __restrict__ weights) {
   const int64_t row = int64_t(blockIdx.x) * pixels;
-  long long count = 0;
-  for (int64_t p = threadIdx.x; p < pixels; p += kScanThreads) {
-    count += (labels[row + p] && (valid == nullptr || valid[row + p])) ? 1 : 0;
+  const bool* row_valid = valid == nullptr ? nullptr : valid + row;
+  const acc_t gts = row_positives<acc_t>(labels + row, row_valid, pixels);
+  const GlobalSortedRow<acc_t> ranked{sorted_errors + row, permutation + row, labels + row, row_valid, pixels};
+  scan_sorted_row<kGlobalScanItems>(ranked, pixels, gts, losses + blockIdx.x, weights + row);
+}
+
+// --- Packed path: long fp16/bf16/fp32 rows, one device-wide keys-only radix sort ---
+// A pixel's 64-bit key, from the most significant bit (PackedKeyLayout of lovasz_hinge.h):
+// [row: row_bits][descending_key(error): 32][pixel: pixel_bits][positive: 1][keep: 1]. Sorting bits
+// [pixel_bits + 2, pixel_bits + 34 + row_bits) orders by row, then by decreasing error; the keys are
+// written in pixel order and the LSD sort is stable, so tied errors keep pixel order.
+
+// Writes every pixel's key in pixel order; rows on grid.y, pixels on grid.x (no division).
+template <typename scalar_t>
+__global__ void packed_keys_kernel(const scalar_t* __restrict__ logits, const bool* __restrict__ labels,
+                                   const bool* __restrict__ valid, int64_t rows, int64_t pixels, int pixel_bits,
+                                   uint64_t* __restrict__ keys) {
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  const int row_shift = pixel_bits + 2 + kKeyBits;  // 64 only for a single row (row_bits 0)
+  for (int64_t n = blockIdx.y; n < rows; n += gridDim.y) {
+    const uint64_t row_key = row_shift < 64 ? uint64_t(n) << row_shift : 0;
+    const int64_t row = n * pixels;
+    for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < pixels; p += stride) {
+      const bool keep = valid == nullptr || valid[row + p];
+      const bool label = labels[row + p];
+      const unsigned error_key = descending_key(hinge_error<float>(logits[row + p], label, keep));
+      keys[row + p] = row_key | (uint64_t(error_key) << (pixel_bits + 2)) | (uint64_t(p) << 2) |
+                      (keep && label ? 2u : 0u) | (keep ? 1u : 0u);
+    }
   }
-  const acc_t gts = convert<acc_t>(block_sum(count));
-  const GlobalSortedRow<acc_t> ranked{sorted_errors + row, permutation + row, labels + row,
-                                      valid == nullptr ? nullptr : valid + row, pixels};
-  scan_sorted_row(ranked, pixels, gts, losses + blockIdx.x, weights + row);
+}
+
+// A row of the sorted keys: every field of the pixel at rank j is in its key.
+struct PackedSortedRow {
+  const uint64_t* keys;  // (P,) of the row, sorted
+  int pixel_bits;
+
+  __device__ RankedPixel<float> operator()(int64_t j) const {
+    const uint64_t key = keys[j];
+    const int64_t index = int64_t((key >> 2) & ((uint64_t(1) << pixel_bits) - 1));
+    return {error_of_key(static_cast<unsigned>(key >> (pixel_bits + 2))), index, (key & 1u) != 0, (key & 2u) != 0};
+  }
+};
+
+// One block per row: the row's keys are sorted_keys[n * P, (n + 1) * P), its row bits sorting first.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kScanThreads)
+    packed_scan_kernel(const uint64_t* __restrict__ sorted_keys, const bool* __restrict__ labels,
+                       const bool* __restrict__ valid, int64_t pixels, int pixel_bits, scalar_t* __restrict__ losses,
+                       float* __restrict__ weights) {
+  const int64_t row = int64_t(blockIdx.x) * pixels;
+  const float gts = row_positives<float>(labels + row, valid == nullptr ? nullptr : valid + row, pixels);
+  scan_sorted_row<kGlobalScanItems>(PackedSortedRow{sorted_keys + row, pixel_bits}, pixels, gts,
+                                    losses + blockIdx.x, weights + row);
 }
 
 // --- Fused path: rows of at most kLovaszFusedMaxPixels, fp32 errors, one block per row ---
-
-__device__ unsigned float_bits(float value) {
-  unsigned bits;
-  memcpy(&bits, &value, sizeof(bits));
-  return bits;
-}
-
-__device__ float bits_float(unsigned bits) {
-  float value;
-  memcpy(&value, &bits, sizeof(value));
-  return value;
-}
-
-// A key whose increasing unsigned order is the error's decreasing order: the sign-magnitude bits
-// flipped into an order-preserving unsigned, then complemented. -0 is keyed as +0 and every NaN as
-// the positive quiet NaN (first, as in PyTorch's descending sort); -inf (ignored pixels) last.
-__device__ unsigned descending_key(float error) {
-  const float canonical = error == 0.0f ? 0.0f : (error != error ? NAN : error);
-  const unsigned bits = float_bits(canonical);
-  return ~((bits & 0x80000000u) ? ~bits : bits | 0x80000000u);
-}
-
-__device__ float error_of_key(unsigned key) {
-  const unsigned ordered = ~key;
-  return bits_float((ordered & 0x80000000u) ? ordered & 0x7fffffffu : ~ordered);
-}
 
 // A row sorted in shared memory by block_radix_sort.
 struct SharedSortedRow {
@@ -353,7 +426,7 @@ __global__ void __launch_bounds__(kScanThreads)
   }
   const float gts = convert<float>(block_sum(count));  // its barriers publish keys and values
   block_radix_sort(keys, values, counters, n);
-  scan_sorted_row(SharedSortedRow{keys, values}, pixels, gts, losses + blockIdx.x, weights + row);
+  scan_sorted_row<1>(SharedSortedRow{keys, values}, pixels, gts, losses + blockIdx.x, weights + row);
 }
 
 // grad_logits[n,p] = grad_loss[n] * weights[n,p]; rows on grid.y, pixels on grid.x (no division).
@@ -408,6 +481,34 @@ cudaError_t lovasz_hinge_fused(const scalar_t* logits, const bool* labels, const
   return cudaGetLastError();
 }
 
+cudaError_t lovasz_hinge_packed_temp_bytes(int64_t rows, int64_t pixels, size_t* temp_bytes) {
+  const PackedKeyLayout layout(rows, pixels);
+  if (!layout.fits()) return cudaErrorInvalidValue;
+  return radix_sort_keys(nullptr, *temp_bytes, nullptr, nullptr, rows * pixels, layout.sort_begin_bit(),
+                         layout.sort_end_bit(), nullptr);
+}
+
+template <typename scalar_t>
+cudaError_t lovasz_hinge_packed(const scalar_t* logits, const bool* labels, const bool* valid, int64_t rows,
+                                int64_t pixels, void* temp, size_t temp_bytes, uint64_t* keys, scalar_t* losses,
+                                float* weights, cudaStream_t stream) {
+  const PackedKeyLayout layout(rows, pixels);
+  if (!layout.fits()) return cudaErrorInvalidValue;
+  if (rows == 0) return cudaSuccess;
+  const dim3 grid(blocks_for(pixels), static_cast<unsigned>(std::min<int64_t>(rows, kMaxGridY)));
+  launch(packed_keys_kernel<scalar_t>, grid, kElementwiseThreads, 0, stream, logits, labels, valid, rows, pixels,
+         layout.pixel_bits, keys);
+  cudaError_t error = cudaGetLastError();
+  if (error != cudaSuccess) return error;
+  uint64_t* sorted_keys = keys + rows * pixels;
+  error = radix_sort_keys(temp, temp_bytes, keys, sorted_keys, rows * pixels, layout.sort_begin_bit(),
+                          layout.sort_end_bit(), stream);
+  if (error != cudaSuccess) return error;
+  launch(packed_scan_kernel<scalar_t>, static_cast<unsigned>(rows), kScanThreads, 0, stream, sorted_keys, labels,
+         valid, pixels, layout.pixel_bits, losses, weights);
+  return cudaGetLastError();
+}
+
 template <typename scalar_t>
 cudaError_t lovasz_hinge_backward(const scalar_t* grad_loss, const acc_type<scalar_t>* weights, int64_t rows,
                                   int64_t pixels, scalar_t* grad_logits, cudaStream_t stream) {
@@ -426,11 +527,14 @@ cudaError_t lovasz_hinge_backward(const scalar_t* grad_loss, const acc_type<scal
   template cudaError_t lovasz_hinge_backward<T>(const T*, const acc_type<T>*, int64_t, int64_t, T*, cudaStream_t);
 FASTSEG_FOR_FLOATING_TYPES(FASTSEG_INSTANTIATE)
 #undef FASTSEG_INSTANTIATE
-template cudaError_t lovasz_hinge_fused<float>(const float*, const bool*, const bool*, int64_t, int64_t, float*, float*,
-                                               cudaStream_t);
-template cudaError_t lovasz_hinge_fused<__half>(const __half*, const bool*, const bool*, int64_t, int64_t, __half*,
-                                                float*, cudaStream_t);
-template cudaError_t lovasz_hinge_fused<__nv_bfloat16>(const __nv_bfloat16*, const bool*, const bool*, int64_t, int64_t,
-                                                       __nv_bfloat16*, float*, cudaStream_t);
+#define FASTSEG_INSTANTIATE_FP32_ERRORS(T)                                                                      \
+  template cudaError_t lovasz_hinge_fused<T>(const T*, const bool*, const bool*, int64_t, int64_t, T*, float*,   \
+                                             cudaStream_t);                                                     \
+  template cudaError_t lovasz_hinge_packed<T>(const T*, const bool*, const bool*, int64_t, int64_t, void*, size_t, \
+                                              uint64_t*, T*, float*, cudaStream_t);
+FASTSEG_INSTANTIATE_FP32_ERRORS(float)
+FASTSEG_INSTANTIATE_FP32_ERRORS(__half)
+FASTSEG_INSTANTIATE_FP32_ERRORS(__nv_bfloat16)
+#undef FASTSEG_INSTANTIATE_FP32_ERRORS
 
 }  // namespace fastseg::cuda
