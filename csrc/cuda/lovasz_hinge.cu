@@ -272,23 +272,30 @@ __global__ void __launch_bounds__(kScanThreads)
 // [pixel_bits + 2, pixel_bits + 34 + row_bits) orders by row, then by decreasing error; the keys are
 // written in pixel order and the LSD sort is stable, so tied errors keep pixel order.
 
-// Writes every pixel's key in pixel order; rows on grid.y, pixels on grid.x (no division).
+// Writes every pixel's key in pixel order and each block's count of its row's valid positives,
+// positives[n * gridDim.x + blockIdx.x] (so that no scan block reads its row's labels again); rows
+// on grid.y, pixels on grid.x (no division), kScanThreads threads per block.
 template <typename scalar_t>
-__global__ void packed_keys_kernel(const scalar_t* __restrict__ logits, const bool* __restrict__ labels,
-                                   const bool* __restrict__ valid, int64_t rows, int64_t pixels, int pixel_bits,
-                                   uint64_t* __restrict__ keys) {
+__global__ void __launch_bounds__(kScanThreads)
+    packed_keys_kernel(const scalar_t* __restrict__ logits, const bool* __restrict__ labels,
+                       const bool* __restrict__ valid, int64_t rows, int64_t pixels, int pixel_bits,
+                       uint64_t* __restrict__ keys, long long* __restrict__ positives) {
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   const int row_shift = pixel_bits + 2 + kKeyBits;  // 64 only for a single row (row_bits 0)
   for (int64_t n = blockIdx.y; n < rows; n += gridDim.y) {
     const uint64_t row_key = row_shift < 64 ? uint64_t(n) << row_shift : 0;
     const int64_t row = n * pixels;
+    long long count = 0;
     for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < pixels; p += stride) {
       const bool keep = valid == nullptr || valid[row + p];
       const bool label = labels[row + p];
       const unsigned error_key = descending_key(hinge_error<float>(logits[row + p], label, keep));
       keys[row + p] = row_key | (uint64_t(error_key) << (pixel_bits + 2)) | (uint64_t(p) << 2) |
                       (keep && label ? 2u : 0u) | (keep ? 1u : 0u);
+      count += keep && label ? 1 : 0;
     }
+    const long long block_count = block_sum(count);
+    if (threadIdx.x == 0) positives[n * gridDim.x + blockIdx.x] = block_count;
   }
 }
 
@@ -304,14 +311,17 @@ struct PackedSortedRow {
   }
 };
 
-// One block per row: the row's keys are sorted_keys[n * P, (n + 1) * P), its row bits sorting first.
+// One block per row: the row's keys are sorted_keys[n * P, (n + 1) * P), its row bits sorting first;
+// its gts the sum of the row's `chunks` block counts of packed_keys_kernel.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kScanThreads)
-    packed_scan_kernel(const uint64_t* __restrict__ sorted_keys, const bool* __restrict__ labels,
-                       const bool* __restrict__ valid, int64_t pixels, int pixel_bits, scalar_t* __restrict__ losses,
+    packed_scan_kernel(const uint64_t* __restrict__ sorted_keys, const long long* __restrict__ positives,
+                       int64_t chunks, int64_t pixels, int pixel_bits, scalar_t* __restrict__ losses,
                        float* __restrict__ weights) {
+  long long count = 0;
+  for (int64_t c = threadIdx.x; c < chunks; c += kScanThreads) count += positives[blockIdx.x * chunks + c];
+  const float gts = convert<float>(block_sum(count));
   const int64_t row = int64_t(blockIdx.x) * pixels;
-  const float gts = row_positives<float>(labels + row, valid == nullptr ? nullptr : valid + row, pixels);
   scan_sorted_row<kGlobalScanItems>(PackedSortedRow{sorted_keys + row, pixel_bits}, pixels, gts,
                                     losses + blockIdx.x, weights + row);
 }
@@ -443,6 +453,21 @@ __global__ void scale_kernel(const scalar_t* __restrict__ grad_loss, const acc_t
   }
 }
 
+// packed_keys_kernel's grid: rows on y, kScanThreads-pixel chunks of a row on x.
+dim3 packed_keys_grid(int64_t rows, int64_t pixels) {
+  const int64_t chunks = std::min<int64_t>(std::max<int64_t>(ceil_div(pixels, kScanThreads), 1), kMaxBlocks);
+  const int64_t row_blocks = std::min<int64_t>(std::max<int64_t>(rows, 1), kMaxGridY);
+  return dim3(static_cast<unsigned>(chunks), static_cast<unsigned>(row_blocks));
+}
+
+// The packed path's device storage: the block counts of positives (rows x grid.x), then the sort's.
+constexpr int64_t kStorageAlignment = 256;
+
+size_t packed_counts_bytes(int64_t rows, int64_t pixels) {
+  const int64_t bytes = int64_t(sizeof(long long)) * rows * packed_keys_grid(rows, pixels).x;
+  return size_t(ceil_div(bytes, kStorageAlignment) * kStorageAlignment);
+}
+
 }  // namespace
 
 template <typename scalar_t>
@@ -484,8 +509,11 @@ cudaError_t lovasz_hinge_fused(const scalar_t* logits, const bool* labels, const
 cudaError_t lovasz_hinge_packed_temp_bytes(int64_t rows, int64_t pixels, size_t* temp_bytes) {
   const PackedKeyLayout layout(rows, pixels);
   if (!layout.fits()) return cudaErrorInvalidValue;
-  return radix_sort_keys(nullptr, *temp_bytes, nullptr, nullptr, rows * pixels, layout.sort_begin_bit(),
-                         layout.sort_end_bit(), nullptr);
+  size_t sort_bytes = 0;
+  const cudaError_t error = radix_sort_keys(nullptr, sort_bytes, nullptr, nullptr, rows * pixels,
+                                            layout.sort_begin_bit(), layout.sort_end_bit(), nullptr);
+  *temp_bytes = packed_counts_bytes(rows, pixels) + sort_bytes;
+  return error;
 }
 
 template <typename scalar_t>
@@ -493,19 +521,22 @@ cudaError_t lovasz_hinge_packed(const scalar_t* logits, const bool* labels, cons
                                 int64_t pixels, void* temp, size_t temp_bytes, uint64_t* keys, scalar_t* losses,
                                 float* weights, cudaStream_t stream) {
   const PackedKeyLayout layout(rows, pixels);
-  if (!layout.fits()) return cudaErrorInvalidValue;
+  const size_t counts_bytes = packed_counts_bytes(rows, pixels);
+  if (!layout.fits() || temp_bytes < counts_bytes) return cudaErrorInvalidValue;
   if (rows == 0) return cudaSuccess;
-  const dim3 grid(blocks_for(pixels), static_cast<unsigned>(std::min<int64_t>(rows, kMaxGridY)));
-  launch(packed_keys_kernel<scalar_t>, grid, kElementwiseThreads, 0, stream, logits, labels, valid, rows, pixels,
-         layout.pixel_bits, keys);
+  const dim3 grid = packed_keys_grid(rows, pixels);
+  long long* positives = static_cast<long long*>(temp);
+  launch(packed_keys_kernel<scalar_t>, grid, kScanThreads, 0, stream, logits, labels, valid, rows, pixels,
+         layout.pixel_bits, keys, positives);
   cudaError_t error = cudaGetLastError();
   if (error != cudaSuccess) return error;
   uint64_t* sorted_keys = keys + rows * pixels;
-  error = radix_sort_keys(temp, temp_bytes, keys, sorted_keys, rows * pixels, layout.sort_begin_bit(),
-                          layout.sort_end_bit(), stream);
+  size_t sort_bytes = temp_bytes - counts_bytes;
+  error = radix_sort_keys(static_cast<unsigned char*>(temp) + counts_bytes, sort_bytes, keys, sorted_keys,
+                          rows * pixels, layout.sort_begin_bit(), layout.sort_end_bit(), stream);
   if (error != cudaSuccess) return error;
-  launch(packed_scan_kernel<scalar_t>, static_cast<unsigned>(rows), kScanThreads, 0, stream, sorted_keys, labels,
-         valid, pixels, layout.pixel_bits, losses, weights);
+  launch(packed_scan_kernel<scalar_t>, static_cast<unsigned>(rows), kScanThreads, 0, stream, sorted_keys, positives,
+         int64_t(grid.x), pixels, layout.pixel_bits, losses, weights);
   return cudaGetLastError();
 }
 
