@@ -202,26 +202,26 @@ struct GlobalSortedRow {
   }
 };
 
-// Scans one row in tiles of kScanThreads * items ranks, each thread the `items` consecutive ranks
-// of its slot (every thread of the block calls it): Eq. 9's Jaccard gradient from the packed running
-// counts (positives << 32 | negatives; the thread's own sum, then a block scan carrying the total
-// across tiles), the row's loss (Eq. 8, fixed-order reduction) into *loss and the weights
-// d loss / d logit in pixel order into weights (P,). `ranked(j)` is the pixel at rank j < P; gts the
-// row's valid positives. Rows in shared memory take items = 1 (conflict-free rank reads); rows in
-// global memory take kGlobalScanItems, whose loads are all in flight before the tile's barriers.
-template <int items, typename scalar_t, typename acc_t, typename SortedRow>
-__device__ void scan_sorted_row(const SortedRow& ranked, int64_t pixels, acc_t gts, scalar_t* __restrict__ loss,
-                                acc_t* __restrict__ weights) {
-  long long carry = 0;
+// Scans ranks [begin, end) of one row in tiles of kScanThreads * items ranks, each thread the
+// `items` consecutive ranks of its slot (every thread of the block calls it): Eq. 9's Jaccard
+// gradient from the packed running counts (positives << 32 | negatives; `carry` those of the ranks
+// before begin, then the thread's own sum and a block scan carrying the total across tiles), the
+// weights d loss / d logit in pixel order into weights (P,), and, returned to every thread, the
+// ranks' share of the row's loss (Eq. 8, fixed-order reduction). `ranked(j)` is the pixel at rank
+// j < P; gts the row's valid positives. Rows in shared memory take items = 1 (conflict-free rank
+// reads); rows in global memory take kGlobalScanItems, whose loads are all in flight at once.
+template <int items, typename acc_t, typename SortedRow>
+__device__ acc_t scan_sorted_row(const SortedRow& ranked, int64_t begin, int64_t end, int64_t pixels, acc_t gts,
+                                 long long carry, acc_t* __restrict__ weights) {
   acc_t partial = acc_t(0);
-  for (int64_t p0 = 0; p0 < pixels; p0 += int64_t(kScanThreads) * items) {
+  for (int64_t p0 = begin; p0 < end; p0 += int64_t(kScanThreads) * items) {
     const int64_t first = p0 + int64_t(threadIdx.x) * items;
     RankedPixel<acc_t> pixel[items];
     long long step[items];
     long long own = 0;
 #pragma unroll
     for (int i = 0; i < items; ++i) {
-      pixel[i] = first + i < pixels ? ranked(first + i) : RankedPixel<acc_t>{acc_t(0), -1, false, false};
+      pixel[i] = first + i < end ? ranked(first + i) : RankedPixel<acc_t>{acc_t(0), -1, false, false};
       step[i] = pixel[i].positive ? kPositive : (pixel[i].keep ? 1LL : 0LL);
       own += step[i];
     }
@@ -233,15 +233,14 @@ __device__ void scan_sorted_row(const SortedRow& ranked, int64_t pixels, acc_t g
       inclusive += step[i];
       // Eq. 9: g_j = J(counts through j) - J(counts before j)
       const acc_t grad = jaccard(gts, inclusive) - jaccard(gts, inclusive - step[i]);
-      if (pixel[i].index >= 0 && pixel[i].index < pixels) {  // j < pixels; the sort visits every pixel once
+      if (pixel[i].index >= 0 && pixel[i].index < pixels) {  // j < end; the sort visits every pixel once
         const bool active = pixel[i].keep && !(pixel[i].error <= acc_t(0));  // a NaN error is active: NaN loss out
         partial += active ? pixel[i].error * grad : acc_t(0);               // Eq. 8 with relu(errors)
         weights[pixel[i].index] = active ? (pixel[i].positive ? -grad : grad) : acc_t(0);  // pixel order
       }
     }
   }
-  const acc_t total = block_sum(partial);
-  if (threadIdx.x == 0) *loss = convert<scalar_t>(total);
+  return block_sum(partial);
 }
 
 // The row's valid positives (gts of Eq. 9), read in pixel order; every thread of the block calls it.
@@ -263,7 +262,8 @@ __global__ void __launch_bounds__(kScanThreads)
   const bool* row_valid = valid == nullptr ? nullptr : valid + row;
   const acc_t gts = row_positives<acc_t>(labels + row, row_valid, pixels);
   const GlobalSortedRow<acc_t> ranked{sorted_errors + row, permutation + row, labels + row, row_valid, pixels};
-  scan_sorted_row<kGlobalScanItems>(ranked, pixels, gts, losses + blockIdx.x, weights + row);
+  const acc_t loss = scan_sorted_row<kGlobalScanItems>(ranked, 0, pixels, pixels, gts, 0, weights + row);
+  if (threadIdx.x == 0) losses[blockIdx.x] = convert<scalar_t>(loss);
 }
 
 // --- Packed path: long fp16/bf16/fp32 rows, one device-wide keys-only radix sort ---
@@ -272,30 +272,23 @@ __global__ void __launch_bounds__(kScanThreads)
 // [pixel_bits + 2, pixel_bits + 34 + row_bits) orders by row, then by decreasing error; the keys are
 // written in pixel order and the LSD sort is stable, so tied errors keep pixel order.
 
-// Writes every pixel's key in pixel order and each block's count of its row's valid positives,
-// positives[n * gridDim.x + blockIdx.x] (so that no scan block reads its row's labels again); rows
-// on grid.y, pixels on grid.x (no division), kScanThreads threads per block.
+// Writes every pixel's key in pixel order; rows on grid.y, pixels on grid.x (no division).
 template <typename scalar_t>
-__global__ void __launch_bounds__(kScanThreads)
-    packed_keys_kernel(const scalar_t* __restrict__ logits, const bool* __restrict__ labels,
-                       const bool* __restrict__ valid, int64_t rows, int64_t pixels, int pixel_bits,
-                       uint64_t* __restrict__ keys, long long* __restrict__ positives) {
+__global__ void packed_keys_kernel(const scalar_t* __restrict__ logits, const bool* __restrict__ labels,
+                                   const bool* __restrict__ valid, int64_t rows, int64_t pixels, int pixel_bits,
+                                   uint64_t* __restrict__ keys) {
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   const int row_shift = pixel_bits + 2 + kKeyBits;  // 64 only for a single row (row_bits 0)
   for (int64_t n = blockIdx.y; n < rows; n += gridDim.y) {
     const uint64_t row_key = row_shift < 64 ? uint64_t(n) << row_shift : 0;
     const int64_t row = n * pixels;
-    long long count = 0;
     for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < pixels; p += stride) {
       const bool keep = valid == nullptr || valid[row + p];
       const bool label = labels[row + p];
       const unsigned error_key = descending_key(hinge_error<float>(logits[row + p], label, keep));
       keys[row + p] = row_key | (uint64_t(error_key) << (pixel_bits + 2)) | (uint64_t(p) << 2) |
                       (keep && label ? 2u : 0u) | (keep ? 1u : 0u);
-      count += keep && label ? 1 : 0;
     }
-    const long long block_count = block_sum(count);
-    if (threadIdx.x == 0) positives[n * gridDim.x + blockIdx.x] = block_count;
   }
 }
 
@@ -311,19 +304,54 @@ struct PackedSortedRow {
   }
 };
 
-// One block per row: the row's keys are sorted_keys[n * P, (n + 1) * P), its row bits sorting first;
-// its gts the sum of the row's `chunks` block counts of packed_keys_kernel.
+// The sorted rows are scanned in chunks of kPackedChunk ranks, one block each (chunk c of row n on
+// blockIdx.x = c, blockIdx.y = n; the row's keys are sorted_keys[n * P, (n + 1) * P), its row bits
+// sorting first), so that every SM scans, not one per row.
+constexpr int64_t kPackedChunk = 2 * int64_t(kScanThreads) * kGlobalScanItems;
+
+// counts[n * chunks + c]: the packed counts (positives << 32 | negatives) of chunk c of row n.
+__global__ void __launch_bounds__(kScanThreads)
+    packed_count_kernel(const uint64_t* __restrict__ sorted_keys, int64_t pixels, long long* __restrict__ counts) {
+  const int64_t row = int64_t(blockIdx.y) * pixels;
+  const int64_t end = std::min<int64_t>(pixels, (int64_t(blockIdx.x) + 1) * kPackedChunk);
+  long long count = 0;
+  for (int64_t j = blockIdx.x * kPackedChunk + threadIdx.x; j < end; j += kScanThreads) {
+    const uint64_t key = sorted_keys[row + j];
+    count += (key & 2u) ? kPositive : (key & 1u) ? 1LL : 0LL;
+  }
+  const long long total = block_sum(count);
+  if (threadIdx.x == 0) counts[int64_t(blockIdx.y) * gridDim.x + blockIdx.x] = total;
+}
+
+// Scans chunk c of row n from the counts of the row's chunks (gts: all positives; carry: the
+// chunks before c) into weights and the chunk's loss, chunk_losses[n * chunks + c].
+__global__ void __launch_bounds__(kScanThreads)
+    packed_scan_kernel(const uint64_t* __restrict__ sorted_keys, const long long* __restrict__ counts,
+                       int64_t pixels, int pixel_bits, float* __restrict__ chunk_losses, float* __restrict__ weights) {
+  const int64_t row = int64_t(blockIdx.y) * pixels;
+  const long long* row_counts = counts + int64_t(blockIdx.y) * gridDim.x;
+  long long positives = 0, before = 0;
+  for (unsigned c = threadIdx.x; c < gridDim.x; c += kScanThreads) {
+    positives += row_counts[c] >> 32;
+    before += c < blockIdx.x ? row_counts[c] : 0LL;
+  }
+  const float gts = convert<float>(block_sum(positives));
+  const long long carry = block_sum(before);
+  const int64_t begin = int64_t(blockIdx.x) * kPackedChunk;
+  const float loss = scan_sorted_row<kGlobalScanItems>(PackedSortedRow{sorted_keys + row, pixel_bits}, begin,
+                                                       std::min<int64_t>(pixels, begin + kPackedChunk), pixels, gts,
+                                                       carry, weights + row);
+  if (threadIdx.x == 0) chunk_losses[int64_t(blockIdx.y) * gridDim.x + blockIdx.x] = loss;
+}
+
+// losses[n]: the sum of row n's chunk losses in chunk order (a fixed-order block reduction).
 template <typename scalar_t>
 __global__ void __launch_bounds__(kScanThreads)
-    packed_scan_kernel(const uint64_t* __restrict__ sorted_keys, const long long* __restrict__ positives,
-                       int64_t chunks, int64_t pixels, int pixel_bits, scalar_t* __restrict__ losses,
-                       float* __restrict__ weights) {
-  long long count = 0;
-  for (int64_t c = threadIdx.x; c < chunks; c += kScanThreads) count += positives[blockIdx.x * chunks + c];
-  const float gts = convert<float>(block_sum(count));
-  const int64_t row = int64_t(blockIdx.x) * pixels;
-  scan_sorted_row<kGlobalScanItems>(PackedSortedRow{sorted_keys + row, pixel_bits}, pixels, gts,
-                                    losses + blockIdx.x, weights + row);
+    packed_loss_kernel(const float* __restrict__ chunk_losses, int64_t chunks, scalar_t* __restrict__ losses) {
+  float partial = 0.0f;
+  for (int64_t c = threadIdx.x; c < chunks; c += kScanThreads) partial += chunk_losses[blockIdx.x * chunks + c];
+  const float loss = block_sum(partial);
+  if (threadIdx.x == 0) losses[blockIdx.x] = convert<scalar_t>(loss);
 }
 
 // --- Fused path: rows of at most kLovaszFusedMaxPixels, fp32 errors, one block per row ---
@@ -436,7 +464,8 @@ __global__ void __launch_bounds__(kScanThreads)
   }
   const float gts = convert<float>(block_sum(count));  // its barriers publish keys and values
   block_radix_sort(keys, values, counters, n);
-  scan_sorted_row<1>(SharedSortedRow{keys, values}, pixels, gts, losses + blockIdx.x, weights + row);
+  const float loss = scan_sorted_row<1>(SharedSortedRow{keys, values}, 0, pixels, pixels, gts, 0, weights + row);
+  if (threadIdx.x == 0) losses[blockIdx.x] = convert<scalar_t>(loss);
 }
 
 // grad_logits[n,p] = grad_loss[n] * weights[n,p]; rows on grid.y, pixels on grid.x (no division).
@@ -453,20 +482,18 @@ __global__ void scale_kernel(const scalar_t* __restrict__ grad_loss, const acc_t
   }
 }
 
-// packed_keys_kernel's grid: rows on y, kScanThreads-pixel chunks of a row on x.
-dim3 packed_keys_grid(int64_t rows, int64_t pixels) {
-  const int64_t chunks = std::min<int64_t>(std::max<int64_t>(ceil_div(pixels, kScanThreads), 1), kMaxBlocks);
-  const int64_t row_blocks = std::min<int64_t>(std::max<int64_t>(rows, 1), kMaxGridY);
-  return dim3(static_cast<unsigned>(chunks), static_cast<unsigned>(row_blocks));
-}
+// The packed path's device storage, each part 256-byte aligned: the chunk counts (long long) and
+// chunk losses (float) of rows x chunks, then the sort's temporary storage.
+struct PackedStorage {
+  int64_t chunks;
+  size_t counts_bytes, losses_bytes;
 
-// The packed path's device storage: the block counts of positives (rows x grid.x), then the sort's.
-constexpr int64_t kStorageAlignment = 256;
-
-size_t packed_counts_bytes(int64_t rows, int64_t pixels) {
-  const int64_t bytes = int64_t(sizeof(long long)) * rows * packed_keys_grid(rows, pixels).x;
-  return size_t(ceil_div(bytes, kStorageAlignment) * kStorageAlignment);
-}
+  PackedStorage(int64_t rows, int64_t pixels)
+      : chunks(std::max<int64_t>(ceil_div(pixels, kPackedChunk), 1)),
+        counts_bytes(aligned(sizeof(long long) * rows * chunks)),
+        losses_bytes(aligned(sizeof(float) * rows * chunks)) {}
+  static size_t aligned(int64_t bytes) { return size_t(ceil_div(bytes, 256) * 256); }
+};
 
 }  // namespace
 
@@ -507,12 +534,13 @@ cudaError_t lovasz_hinge_fused(const scalar_t* logits, const bool* labels, const
 }
 
 cudaError_t lovasz_hinge_packed_temp_bytes(int64_t rows, int64_t pixels, size_t* temp_bytes) {
+  if (!lovasz_hinge_packed_supported(rows, pixels)) return cudaErrorInvalidValue;
   const PackedKeyLayout layout(rows, pixels);
-  if (!layout.fits()) return cudaErrorInvalidValue;
+  const PackedStorage storage(rows, pixels);
   size_t sort_bytes = 0;
   const cudaError_t error = radix_sort_keys(nullptr, sort_bytes, nullptr, nullptr, rows * pixels,
                                             layout.sort_begin_bit(), layout.sort_end_bit(), nullptr);
-  *temp_bytes = packed_counts_bytes(rows, pixels) + sort_bytes;
+  *temp_bytes = storage.counts_bytes + storage.losses_bytes + sort_bytes;
   return error;
 }
 
@@ -521,22 +549,30 @@ cudaError_t lovasz_hinge_packed(const scalar_t* logits, const bool* labels, cons
                                 int64_t pixels, void* temp, size_t temp_bytes, uint64_t* keys, scalar_t* losses,
                                 float* weights, cudaStream_t stream) {
   const PackedKeyLayout layout(rows, pixels);
-  const size_t counts_bytes = packed_counts_bytes(rows, pixels);
-  if (!layout.fits() || temp_bytes < counts_bytes) return cudaErrorInvalidValue;
+  const PackedStorage storage(rows, pixels);
+  if (!lovasz_hinge_packed_supported(rows, pixels) || temp_bytes < storage.counts_bytes + storage.losses_bytes) {
+    return cudaErrorInvalidValue;
+  }
   if (rows == 0) return cudaSuccess;
-  const dim3 grid = packed_keys_grid(rows, pixels);
-  long long* positives = static_cast<long long*>(temp);
-  launch(packed_keys_kernel<scalar_t>, grid, kScanThreads, 0, stream, logits, labels, valid, rows, pixels,
-         layout.pixel_bits, keys, positives);
+  unsigned char* bytes = static_cast<unsigned char*>(temp);
+  long long* counts = reinterpret_cast<long long*>(bytes);
+  float* chunk_losses = reinterpret_cast<float*>(bytes + storage.counts_bytes);
+  const dim3 keys_grid(blocks_for(pixels), static_cast<unsigned>(rows));
+  launch(packed_keys_kernel<scalar_t>, keys_grid, kElementwiseThreads, 0, stream, logits, labels, valid, rows, pixels,
+         layout.pixel_bits, keys);
   cudaError_t error = cudaGetLastError();
   if (error != cudaSuccess) return error;
   uint64_t* sorted_keys = keys + rows * pixels;
-  size_t sort_bytes = temp_bytes - counts_bytes;
-  error = radix_sort_keys(static_cast<unsigned char*>(temp) + counts_bytes, sort_bytes, keys, sorted_keys,
+  size_t sort_bytes = temp_bytes - storage.counts_bytes - storage.losses_bytes;
+  error = radix_sort_keys(bytes + storage.counts_bytes + storage.losses_bytes, sort_bytes, keys, sorted_keys,
                           rows * pixels, layout.sort_begin_bit(), layout.sort_end_bit(), stream);
   if (error != cudaSuccess) return error;
-  launch(packed_scan_kernel<scalar_t>, static_cast<unsigned>(rows), kScanThreads, 0, stream, sorted_keys, positives,
-         int64_t(grid.x), pixels, layout.pixel_bits, losses, weights);
+  const dim3 chunk_grid(static_cast<unsigned>(storage.chunks), static_cast<unsigned>(rows));
+  launch(packed_count_kernel, chunk_grid, kScanThreads, 0, stream, sorted_keys, pixels, counts);
+  launch(packed_scan_kernel, chunk_grid, kScanThreads, 0, stream, sorted_keys, counts, pixels, layout.pixel_bits,
+         chunk_losses, weights);
+  launch(packed_loss_kernel<scalar_t>, static_cast<unsigned>(rows), kScanThreads, 0, stream, chunk_losses,
+         storage.chunks, losses);
   return cudaGetLastError();
 }
 

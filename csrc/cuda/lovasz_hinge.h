@@ -51,16 +51,21 @@ struct PackedKeyLayout {
   constexpr int sort_end_bit() const { return pixel_bits + 34 + row_bits; }
 };
 
-// The device storage lovasz_hinge_packed's sort needs for rows x pixels (cudaErrorInvalidValue
-// where their keys do not fit 64 bits); no stream work.
+// Whether lovasz_hinge_packed takes rows x pixels: their keys fit 64 bits and the rows its grid.
+constexpr bool lovasz_hinge_packed_supported(int64_t rows, int64_t pixels) {
+  return PackedKeyLayout(rows, pixels).fits() && rows <= 65535;
+}
+
+// The device storage lovasz_hinge_packed needs for rows x pixels (its chunk counts and losses, and
+// the sort's); cudaErrorInvalidValue where lovasz_hinge_packed_supported is false. No stream work.
 cudaError_t lovasz_hinge_packed_temp_bytes(int64_t rows, int64_t pixels, size_t* temp_bytes);
 
-// The whole forward of fp16/bf16/fp32 rows whose PackedKeyLayout fits (cudaErrorInvalidValue
-// otherwise), in three steps on `stream`, no host synchronisation: every pixel's key into keys[0,
+// The whole forward of fp16/bf16/fp32 rows where lovasz_hinge_packed_supported (else
+// cudaErrorInvalidValue), on `stream` without host synchronisation: every pixel's key into keys[0,
 // N*P), one device-wide keys-only radix sort of them into keys[N*P, 2*N*P) (temp: temp_bytes >=
-// lovasz_hinge_packed_temp_bytes of device storage), and one block per row scanning its sorted keys
-// as lovasz_hinge_scan does; losses (N,) and weights (N,P) fp32 in pixel order. Tied errors keep
-// pixel order.
+// lovasz_hinge_packed_temp_bytes of device storage), then the sorted rows scanned in chunks by
+// every SM (chunk counts, the scan of lovasz_hinge_scan from them, the chunk losses summed in
+// order); losses (N,) and weights (N,P) fp32 in pixel order. Tied errors keep pixel order.
 template <typename scalar_t>
 cudaError_t lovasz_hinge_packed(const scalar_t* logits, const bool* labels, const bool* valid, int64_t rows,
                                 int64_t pixels, void* temp, size_t temp_bytes, uint64_t* keys, scalar_t* losses,

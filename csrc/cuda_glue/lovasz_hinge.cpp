@@ -50,8 +50,7 @@ std::tuple<at::Tensor, at::Tensor> lovasz_hinge_cuda(const at::Tensor& logits, c
   }
   // Longer fp16/bf16/fp32 rows whose row, error and pixel fit one 64-bit key: one device-wide
   // radix sort of every row's keys (its temporary storage from the caching allocator, no host sync).
-  const cuda::PackedKeyLayout layout(rows, pixels);
-  if (acc_dtype == at::kFloat && layout.fits()) {
+  if (acc_dtype == at::kFloat && cuda::lovasz_hinge_packed_supported(rows, pixels)) {
     size_t temp_bytes = 0;
     check_cuda(cuda::lovasz_hinge_packed_temp_bytes(rows, pixels, &temp_bytes), "lovasz_hinge packed sort size");
     at::Tensor temp = at::empty({static_cast<int64_t>(temp_bytes)}, logits.options().dtype(at::kByte));
