@@ -1,23 +1,34 @@
 // CUDA Lovász hinge (Berman et al. 2018 Eq. 8-9; CSFRNet Eq. 4), deterministic: no atomics.
 //
-// Forward, two paths (chosen in the glue, csrc/cuda_glue/lovasz_hinge.cpp):
+// Forward, three paths (chosen in the glue, csrc/cuda_glue/lovasz_hinge.cpp):
 // - fused (rows of P <= kLovaszFusedMaxPixels = 2^14 in fp16/bf16/fp32): fused_forward_kernel, one
 //   512-thread block per row, one launch. It writes the row's hinge errors as order-preserving
 //   descending keys (-inf for invalid pixels, so they sort last) and 16-bit values (pixel index |
 //   positive | keep) into shared memory, sorts the pairs with block_radix_sort (stable LSD, 8 passes
 //   of 4-bit digits, so tied errors keep pixel order exactly as at::sort(stable=True)), and scans
-//   the sorted row with scan_sorted_row, the scan of the sort path below.
-// - sort (longer rows, and fp64, whose 64-bit keys would take twice the passes and the shared
-//   memory per pixel): errors_kernel writes the hinge errors; the glue sorts every row by
-//   decreasing error (at::sort, stable), giving the sorted errors and the permutation; scan_kernel
-//   counts the row's positives and runs scan_sorted_row, gathering label and validity through the
-//   permutation.
-// scan_sorted_row walks the sorted row in tiles of kScanThreads, scans the packed counts
-// (positives << 32 | negatives) with a warp-shuffle block scan carrying the running total across
-// tiles, and writes the row's loss (fixed-order reduction) and the Jaccard-gradient weights in pixel
-// order, weights[n, permutation[n,j]], so that nothing of the sort outlives the forward. No host
-// synchronisation at any row count; the fused path is one launch whose only other host call is
-// cudaFuncSetAttribute (no stream work, allowed during CUDA-graph capture; not run on a GPU yet).
+//   the sorted row with scan_sorted_row, the scan of every path.
+// - packed (longer fp16/bf16/fp32 rows whose keys fit 64 bits, PackedKeyLayout of lovasz_hinge.h):
+//   packed_keys_kernel writes one 64-bit key per pixel, [row][descending key of the fp32 error]
+//   [pixel][positive][valid] from the top bit; one device-wide keys-only radix sort
+//   (cub::DeviceRadixSort::SortKeys behind cuda/radix_sort.cuh) orders bits [p + 2, p + 34 + r),
+//   row then error: LSD and stable over keys written in pixel order, so tied errors keep pixel
+//   order; the sorted keys hold everything the scan needs (no permutation, no gathers). The rows,
+//   contiguous in the sorted keys, are scanned in chunks of kPackedChunk ranks by every SM:
+//   packed_count_kernel (each chunk's counts), packed_scan_kernel (gts and the carry from them,
+//   scan_sorted_row over the chunk), packed_loss_kernel (chunk losses summed in order).
+// - sort (fp64, whose 64-bit errors do not fit the packed key, and rows x pixels too many for it):
+//   errors_kernel writes the hinge errors; the glue sorts every row by decreasing error (at::sort,
+//   stable), giving the sorted errors and the permutation; scan_kernel counts the row's positives
+//   and runs scan_sorted_row, gathering label and validity through the permutation.
+// scan_sorted_row walks a rank range of a sorted row in tiles of kScanThreads x items ranks, scans
+// the packed counts (positives << 32 | negatives) with a warp-shuffle block scan carrying the
+// running total across tiles, and writes the Jaccard-gradient weights in pixel order,
+// weights[n, permutation[n,j]], so that nothing of the sort outlives the forward, and returns the
+// range's loss (fixed-order reductions throughout). No host synchronisation at any row count: the
+// fused path is one launch whose only other host call is cudaFuncSetAttribute (no stream work,
+// allowed during CUDA-graph capture); the packed path's sort size query does no stream work, its
+// storage comes from the caching allocator and CUB only enqueues kernels and memsets on the stream
+// (not run on a GPU yet).
 // Backward: grad_logits[n,p] = grad_loss[n] * weights[n,p], a streaming multiply (scale_kernel).
 //
 // Cost model at the GPU shapes of
@@ -45,15 +56,26 @@
 // Bound: the shared-memory wavefronts of the sort (mostly the scattered stores) and the second
 // round of rows; nearer the floor needs a row split over a 2-block cluster (two rows per SM would
 // share one SM's shared-memory bandwidth) and fewer scatter conflicts.
-// 769x769 (38 rows of 591361 pixels): the sort path. Per element: errors 10 B, iota 8 B, PyTorch's
-// segmented radix sort ~5 passes x (read + write of a 4 B key and an 8 B index) = 120 B, scan 18 B
-// (gathers through the permutation hit L2), weights 4 B, backward 8 B (read weights, write
-// grad_logits): ~168 B at ~60% of bandwidth, ~11 launches. The 90 MB of weights, scattered within
-// each row by all rows' scans at once, do not fit in L2: about half the 4 B writes miss and write
-// back a partial sector, ~18 B/element (+14 B). Bound: the sort's traffic, which the floor does not
-// count.
+// 769x769 (38 rows of 591361 pixels, fp32): the packed path, r = 6 row bits, p = 20 pixel bits, a
+// sort of 38 key bits. Per element: keys 14 B (logits, labels, valid in, the 8 B key out); CUB's
+// onesweep sort of 64-bit keys, 8-bit digits: one histogram read of the keys (8 B) and
+// ceil(38 / 8) = 5 passes reading and writing them (80 B); chunk counts 8 B (sorted keys); scan
+// 12 B (sorted keys, weights); backward 8 B (read weights, write grad_logits): 130 B (the sort path
+// took ~182 B: ~5 passes of a 4 B key and an 8 B index, the errors, the iota, the gathers, and
+// partial-sector weight writes). The chunk blocks start row by row, so the ~264 resident ones (2
+// per SM at 64 registers x 512 threads) scatter their weights within ~4 rows, <= 10 MB that stay in
+// L2 until their sectors are whole: 4 B, not the ~18 B of one block per row over all rows' 90 MB.
+// Times: the coalesced 46 B (keys, histogram, counts, scan reads, backward) at 4.1 TB/s, 0.252 ms;
+// the onesweep passes' 80 B (digit-scattered writes) and the weights' 4 B at ~60% of bandwidth
+// (2.88 TB/s), 0.624 + 0.031 ms; the scan's ~75 instructions per rank (key decode, two Jaccard
+// divisions, the loss term) on all 132 SMs, 0.050 ms, hide under its memory; 17 launches (keys; CUB's
+// histogram, exclusive sum and 5 x (lookback memset, onesweep); count, scan, loss; backward) x ~3
+// us, 0.051 ms: 0.959 ms. Bound: the sort's five passes over 8 B keys (0.62 ms), which the floor
+// does not count; fewer would need fewer key bits (a per-row sort, whose 2.4 MB rows do not fit one
+// SM) or a 32-bit key. Storage: keys 2 x 180 MB and CUB's temporary storage (its alternate buffer,
+// 180 MB) from the caching allocator.
 // predicted H200 | lovasz_hinge 97x97 N=152 fwd+bwd | 0.052 ms | shared-memory radix sort, 2 rounds of rows on 20 SMs (floor 0.005 ms)
-// predicted H200 | lovasz_hinge 769x769 N=38 fwd+bwd | 1.453 ms | sort traffic (floor 0.084 ms)
+// predicted H200 | lovasz_hinge 769x769 N=38 fwd+bwd | 0.959 ms | radix sort passes (floor 0.084 ms)
 #include "cuda/common.cuh"
 #include "cuda/lovasz_hinge.h"
 #include "cuda/radix_sort.cuh"
@@ -71,7 +93,8 @@ constexpr int64_t kMaxGridY = 65535;
 constexpr long long kPositive = 1LL << 32;  // one positive in the packed counts; one negative is 1
 constexpr unsigned kFullWarp = 0xffffffffu;
 // Ranks per thread and tile of the scans of rows sorted in global memory: 8 independent loads per
-// thread in flight, so a row of 591361 pixels waits out 145 tile latencies rather than 1155.
+// thread in flight before the tile's barriers (one block scanning a 591361-pixel row of the sort
+// path waits out 145 load latencies rather than 1155).
 constexpr int kGlobalScanItems = 8;
 // The fused path's block radix sort: 4-bit digits, 8 passes over the 32-bit key (an even count, so
 // the sorted pairs end in the first of the two buffers). Values pack the pixel index (14 bits,
