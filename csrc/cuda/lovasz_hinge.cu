@@ -1,23 +1,34 @@
 // CUDA Lovász hinge (Berman et al. 2018 Eq. 8-9; CSFRNet Eq. 4), deterministic: no atomics.
 //
-// Forward, two paths (chosen in the glue, csrc/cuda_glue/lovasz_hinge.cpp):
+// Forward, three paths (chosen in the glue, csrc/cuda_glue/lovasz_hinge.cpp):
 // - fused (rows of P <= kLovaszFusedMaxPixels = 2^14 in fp16/bf16/fp32): fused_forward_kernel, one
 //   512-thread block per row, one launch. It writes the row's hinge errors as order-preserving
 //   descending keys (-inf for invalid pixels, so they sort last) and 16-bit values (pixel index |
 //   positive | keep) into shared memory, sorts the pairs with block_radix_sort (stable LSD, 8 passes
 //   of 4-bit digits, so tied errors keep pixel order exactly as at::sort(stable=True)), and scans
-//   the sorted row with scan_sorted_row, the scan of the sort path below.
-// - sort (longer rows, and fp64, whose 64-bit keys would take twice the passes and the shared
-//   memory per pixel): errors_kernel writes the hinge errors; the glue sorts every row by
-//   decreasing error (at::sort, stable), giving the sorted errors and the permutation; scan_kernel
-//   counts the row's positives and runs scan_sorted_row, gathering label and validity through the
-//   permutation.
-// scan_sorted_row walks the sorted row in tiles of kScanThreads, scans the packed counts
-// (positives << 32 | negatives) with a warp-shuffle block scan carrying the running total across
-// tiles, and writes the row's loss (fixed-order reduction) and the Jaccard-gradient weights in pixel
-// order, weights[n, permutation[n,j]], so that nothing of the sort outlives the forward. No host
-// synchronisation at any row count; the fused path is one launch whose only other host call is
-// cudaFuncSetAttribute (no stream work, allowed during CUDA-graph capture; not run on a GPU yet).
+//   the sorted row with scan_sorted_row, the scan of every path.
+// - packed (longer fp16/bf16/fp32 rows whose keys fit 64 bits, PackedKeyLayout of lovasz_hinge.h):
+//   packed_keys_kernel writes one 64-bit key per pixel, [row][descending key of the fp32 error]
+//   [pixel][positive][valid] from the top bit; one device-wide keys-only radix sort
+//   (cub::DeviceRadixSort::SortKeys behind cuda/radix_sort.cuh) orders bits [p + 2, p + 34 + r),
+//   row then error: LSD and stable over keys written in pixel order, so tied errors keep pixel
+//   order; the sorted keys hold everything the scan needs (no permutation, no gathers). The rows,
+//   contiguous in the sorted keys, are scanned in chunks of kPackedChunk ranks by every SM:
+//   packed_count_kernel (each chunk's counts), packed_scan_kernel (gts and the carry from them,
+//   scan_sorted_row over the chunk), packed_loss_kernel (chunk losses summed in order).
+// - sort (fp64, whose 64-bit errors do not fit the packed key, and rows x pixels too many for it):
+//   errors_kernel writes the hinge errors; the glue sorts every row by decreasing error (at::sort,
+//   stable), giving the sorted errors and the permutation; scan_kernel counts the row's positives
+//   and runs scan_sorted_row, gathering label and validity through the permutation.
+// scan_sorted_row walks a rank range of a sorted row in tiles of kScanThreads x items ranks, scans
+// the packed counts (positives << 32 | negatives) with a warp-shuffle block scan carrying the
+// running total across tiles, and writes the Jaccard-gradient weights in pixel order,
+// weights[n, permutation[n,j]], so that nothing of the sort outlives the forward, and returns the
+// range's loss (fixed-order reductions throughout). No host synchronisation at any row count: the
+// fused path is one launch whose only other host call is cudaFuncSetAttribute (no stream work,
+// allowed during CUDA-graph capture); the packed path's sort size query does no stream work, its
+// storage comes from the caching allocator and CUB only enqueues kernels and memsets on the stream
+// (not run on a GPU yet).
 // Backward: grad_logits[n,p] = grad_loss[n] * weights[n,p], a streaming multiply (scale_kernel).
 //
 // Cost model at the GPU shapes of
@@ -45,17 +56,29 @@
 // Bound: the shared-memory wavefronts of the sort (mostly the scattered stores) and the second
 // round of rows; nearer the floor needs a row split over a 2-block cluster (two rows per SM would
 // share one SM's shared-memory bandwidth) and fewer scatter conflicts.
-// 769x769 (38 rows of 591361 pixels): the sort path. Per element: errors 10 B, iota 8 B, PyTorch's
-// segmented radix sort ~5 passes x (read + write of a 4 B key and an 8 B index) = 120 B, scan 18 B
-// (gathers through the permutation hit L2), weights 4 B, backward 8 B (read weights, write
-// grad_logits): ~168 B at ~60% of bandwidth, ~11 launches. The 90 MB of weights, scattered within
-// each row by all rows' scans at once, do not fit in L2: about half the 4 B writes miss and write
-// back a partial sector, ~18 B/element (+14 B). Bound: the sort's traffic, which the floor does not
-// count.
+// 769x769 (38 rows of 591361 pixels, fp32): the packed path, r = 6 row bits, p = 20 pixel bits, a
+// sort of 38 key bits. Per element: keys 14 B (logits, labels, valid in, the 8 B key out); CUB's
+// onesweep sort of 64-bit keys, 8-bit digits: one histogram read of the keys (8 B) and
+// ceil(38 / 8) = 5 passes reading and writing them (80 B); chunk counts 8 B (sorted keys); scan
+// 12 B (sorted keys, weights); backward 8 B (read weights, write grad_logits): 130 B (the sort path
+// took ~182 B: ~5 passes of a 4 B key and an 8 B index, the errors, the iota, the gathers, and
+// partial-sector weight writes). The chunk blocks start row by row, so the ~264 resident ones (2
+// per SM at 64 registers x 512 threads) scatter their weights within ~4 rows, <= 10 MB that stay in
+// L2 until their sectors are whole: 4 B, not the ~18 B of one block per row over all rows' 90 MB.
+// Times: the coalesced 46 B (keys, histogram, counts, scan reads, backward) at 4.1 TB/s, 0.252 ms;
+// the onesweep passes' 80 B (digit-scattered writes) and the weights' 4 B at ~60% of bandwidth
+// (2.88 TB/s), 0.624 + 0.031 ms; the scan's ~75 instructions per rank (key decode, two Jaccard
+// divisions, the loss term) on all 132 SMs, 0.050 ms, hide under its memory; 17 launches (keys; CUB's
+// histogram, exclusive sum and 5 x (lookback memset, onesweep); count, scan, loss; backward) x ~3
+// us, 0.051 ms: 0.959 ms. Bound: the sort's five passes over 8 B keys (0.62 ms), which the floor
+// does not count; fewer would need fewer key bits (a per-row sort, whose 2.4 MB rows do not fit one
+// SM) or a 32-bit key. Storage: keys 2 x 180 MB and CUB's temporary storage (its alternate buffer,
+// 180 MB) from the caching allocator.
 // predicted H200 | lovasz_hinge 97x97 N=152 fwd+bwd | 0.052 ms | shared-memory radix sort, 2 rounds of rows on 20 SMs (floor 0.005 ms)
-// predicted H200 | lovasz_hinge 769x769 N=38 fwd+bwd | 1.453 ms | sort traffic (floor 0.084 ms)
+// predicted H200 | lovasz_hinge 769x769 N=38 fwd+bwd | 0.959 ms | radix sort passes (floor 0.084 ms)
 #include "cuda/common.cuh"
 #include "cuda/lovasz_hinge.h"
+#include "cuda/radix_sort.cuh"
 
 #include <algorithm>
 
@@ -69,6 +92,10 @@ constexpr int64_t kMaxBlocks = 65535LL * 8;
 constexpr int64_t kMaxGridY = 65535;
 constexpr long long kPositive = 1LL << 32;  // one positive in the packed counts; one negative is 1
 constexpr unsigned kFullWarp = 0xffffffffu;
+// Ranks per thread and tile of the scans of rows sorted in global memory: 8 independent loads per
+// thread in flight before the tile's barriers (one block scanning a 591361-pixel row of the sort
+// path waits out 145 load latencies rather than 1155).
+constexpr int kGlobalScanItems = 8;
 // The fused path's block radix sort: 4-bit digits, 8 passes over the 32-bit key (an even count, so
 // the sorted pairs end in the first of the two buffers). Values pack the pixel index (14 bits,
 // kLovaszFusedMaxPixels = 2^14) with the pixel's positive and keep flags.
@@ -145,6 +172,32 @@ __device__ acc_t jaccard(acc_t gts, long long packed) {
   return unite > acc_t(0) ? acc_t(1) - (gts - positives) / unite : acc_t(0);
 }
 
+__device__ unsigned float_bits(float value) {
+  unsigned bits;
+  memcpy(&bits, &value, sizeof(bits));
+  return bits;
+}
+
+__device__ float bits_float(unsigned bits) {
+  float value;
+  memcpy(&value, &bits, sizeof(value));
+  return value;
+}
+
+// A key whose increasing unsigned order is the error's decreasing order: the sign-magnitude bits
+// flipped into an order-preserving unsigned, then complemented. -0 is keyed as +0 and every NaN as
+// the positive quiet NaN (first, as in PyTorch's descending sort); -inf (ignored pixels) last.
+__device__ unsigned descending_key(float error) {
+  const float canonical = error == 0.0f ? 0.0f : (error != error ? NAN : error);
+  const unsigned bits = float_bits(canonical);
+  return ~((bits & 0x80000000u) ? ~bits : bits | 0x80000000u);
+}
+
+__device__ float error_of_key(unsigned key) {
+  const unsigned ordered = ~key;
+  return bits_float((ordered & 0x80000000u) ? ordered & 0x7fffffffu : ~ordered);
+}
+
 // The pixel at rank j of a row sorted by decreasing error.
 template <typename acc_t>
 struct RankedPixel {
@@ -172,33 +225,55 @@ struct GlobalSortedRow {
   }
 };
 
-// Scans one row in tiles of kScanThreads ranks (every thread of the block calls it): Eq. 9's
-// Jaccard gradient from the packed running counts (positives << 32 | negatives, a block scan carrying
-// the total across tiles), the row's loss (Eq. 8, fixed-order reduction) into *loss and the weights
-// d loss / d logit in pixel order into weights (P,). `ranked(j)` is the pixel at rank j < P; gts the
-// row's valid positives.
-template <typename scalar_t, typename acc_t, typename SortedRow>
-__device__ void scan_sorted_row(const SortedRow& ranked, int64_t pixels, acc_t gts, scalar_t* __restrict__ loss,
-                                acc_t* __restrict__ weights) {
-  long long carry = 0;
+// Scans ranks [begin, end) of one row in tiles of kScanThreads * items ranks, each thread the
+// `items` consecutive ranks of its slot (every thread of the block calls it): Eq. 9's Jaccard
+// gradient from the packed running counts (positives << 32 | negatives; `carry` those of the ranks
+// before begin, then the thread's own sum and a block scan carrying the total across tiles), the
+// weights d loss / d logit in pixel order into weights (P,), and, returned to every thread, the
+// ranks' share of the row's loss (Eq. 8, fixed-order reduction). `ranked(j)` is the pixel at rank
+// j < P; gts the row's valid positives. Rows in shared memory take items = 1 (conflict-free rank
+// reads); rows in global memory take kGlobalScanItems, whose loads are all in flight at once.
+template <int items, typename acc_t, typename SortedRow>
+__device__ acc_t scan_sorted_row(const SortedRow& ranked, int64_t begin, int64_t end, int64_t pixels, acc_t gts,
+                                 long long carry, acc_t* __restrict__ weights) {
   acc_t partial = acc_t(0);
-  for (int64_t p0 = 0; p0 < pixels; p0 += kScanThreads) {
-    const int64_t j = p0 + threadIdx.x;
-    const RankedPixel<acc_t> pixel = j < pixels ? ranked(j) : RankedPixel<acc_t>{acc_t(0), -1, false, false};
-    const long long step = pixel.positive ? kPositive : (pixel.keep ? 1LL : 0LL);
+  for (int64_t p0 = begin; p0 < end; p0 += int64_t(kScanThreads) * items) {
+    const int64_t first = p0 + int64_t(threadIdx.x) * items;
+    RankedPixel<acc_t> pixel[items];
+    long long step[items];
+    long long own = 0;
+#pragma unroll
+    for (int i = 0; i < items; ++i) {
+      pixel[i] = first + i < end ? ranked(first + i) : RankedPixel<acc_t>{acc_t(0), -1, false, false};
+      step[i] = pixel[i].positive ? kPositive : (pixel[i].keep ? 1LL : 0LL);
+      own += step[i];
+    }
     long long tile_total = 0;
-    const long long inclusive = block_inclusive_sum(step, tile_total) + carry;
+    long long inclusive = block_inclusive_sum(own, tile_total) - own + carry;
     carry += tile_total;
-    // Eq. 9: g_j = J(counts through j) - J(counts before j)
-    const acc_t grad = jaccard(gts, inclusive) - jaccard(gts, inclusive - step);
-    if (pixel.index >= 0 && pixel.index < pixels) {  // j < pixels; the sort visits every pixel of the row once
-      const bool active = pixel.keep && !(pixel.error <= acc_t(0));  // a NaN error is active: NaN in, NaN loss out
-      partial += active ? pixel.error * grad : acc_t(0);             // Eq. 8 with relu(errors)
-      weights[pixel.index] = active ? (pixel.positive ? -grad : grad) : acc_t(0);  // pixel order
+#pragma unroll
+    for (int i = 0; i < items; ++i) {
+      inclusive += step[i];
+      // Eq. 9: g_j = J(counts through j) - J(counts before j)
+      const acc_t grad = jaccard(gts, inclusive) - jaccard(gts, inclusive - step[i]);
+      if (pixel[i].index >= 0 && pixel[i].index < pixels) {  // j < end; the sort visits every pixel once
+        const bool active = pixel[i].keep && !(pixel[i].error <= acc_t(0));  // a NaN error is active: NaN loss out
+        partial += active ? pixel[i].error * grad : acc_t(0);               // Eq. 8 with relu(errors)
+        weights[pixel[i].index] = active ? (pixel[i].positive ? -grad : grad) : acc_t(0);  // pixel order
+      }
     }
   }
-  const acc_t total = block_sum(partial);
-  if (threadIdx.x == 0) *loss = convert<scalar_t>(total);
+  return block_sum(partial);
+}
+
+// The row's valid positives (gts of Eq. 9), read in pixel order; every thread of the block calls it.
+template <typename acc_t>
+__device__ acc_t row_positives(const bool* __restrict__ labels, const bool* __restrict__ valid, int64_t pixels) {
+  long long count = 0;
+  for (int64_t p = threadIdx.x; p < pixels; p += kScanThreads) {
+    count += (labels[p] && (valid == nullptr || valid[p])) ? 1 : 0;
+  }
+  return convert<acc_t>(block_sum(count));
 }
 
 template <typename scalar_t, typename acc_t>
@@ -207,43 +282,102 @@ __global__ void __launch_bounds__(kScanThreads)
                 const bool* __restrict__ labels, const bool* __restrict__ valid, int64_t pixels,
                 scalar_t* __restrict__ losses, acc_t* __restrict__ weights) {
   const int64_t row = int64_t(blockIdx.x) * pixels;
-  long long count = 0;
-  for (int64_t p = threadIdx.x; p < pixels; p += kScanThreads) {
-    count += (labels[row + p] && (valid == nullptr || valid[row + p])) ? 1 : 0;
+  const bool* row_valid = valid == nullptr ? nullptr : valid + row;
+  const acc_t gts = row_positives<acc_t>(labels + row, row_valid, pixels);
+  const GlobalSortedRow<acc_t> ranked{sorted_errors + row, permutation + row, labels + row, row_valid, pixels};
+  const acc_t loss = scan_sorted_row<kGlobalScanItems>(ranked, 0, pixels, pixels, gts, 0, weights + row);
+  if (threadIdx.x == 0) losses[blockIdx.x] = convert<scalar_t>(loss);
+}
+
+// --- Packed path: long fp16/bf16/fp32 rows, one device-wide keys-only radix sort ---
+// A pixel's 64-bit key, from the most significant bit (PackedKeyLayout of lovasz_hinge.h):
+// [row: row_bits][descending_key(error): 32][pixel: pixel_bits][positive: 1][keep: 1]. Sorting bits
+// [pixel_bits + 2, pixel_bits + 34 + row_bits) orders by row, then by decreasing error; the keys are
+// written in pixel order and the LSD sort is stable, so tied errors keep pixel order.
+
+// Writes every pixel's key in pixel order; rows on grid.y, pixels on grid.x (no division).
+template <typename scalar_t>
+__global__ void packed_keys_kernel(const scalar_t* __restrict__ logits, const bool* __restrict__ labels,
+                                   const bool* __restrict__ valid, int64_t rows, int64_t pixels, int pixel_bits,
+                                   uint64_t* __restrict__ keys) {
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  const int row_shift = pixel_bits + 2 + kKeyBits;  // 64 only for a single row (row_bits 0)
+  for (int64_t n = blockIdx.y; n < rows; n += gridDim.y) {
+    const uint64_t row_key = row_shift < 64 ? uint64_t(n) << row_shift : 0;
+    const int64_t row = n * pixels;
+    for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < pixels; p += stride) {
+      const bool keep = valid == nullptr || valid[row + p];
+      const bool label = labels[row + p];
+      const unsigned error_key = descending_key(hinge_error<float>(logits[row + p], label, keep));
+      keys[row + p] = row_key | (uint64_t(error_key) << (pixel_bits + 2)) | (uint64_t(p) << 2) |
+                      (keep && label ? 2u : 0u) | (keep ? 1u : 0u);
+    }
   }
-  const acc_t gts = convert<acc_t>(block_sum(count));
-  const GlobalSortedRow<acc_t> ranked{sorted_errors + row, permutation + row, labels + row,
-                                      valid == nullptr ? nullptr : valid + row, pixels};
-  scan_sorted_row(ranked, pixels, gts, losses + blockIdx.x, weights + row);
+}
+
+// A row of the sorted keys: every field of the pixel at rank j is in its key.
+struct PackedSortedRow {
+  const uint64_t* keys;  // (P,) of the row, sorted
+  int pixel_bits;
+
+  __device__ RankedPixel<float> operator()(int64_t j) const {
+    const uint64_t key = keys[j];
+    const int64_t index = int64_t((key >> 2) & ((uint64_t(1) << pixel_bits) - 1));
+    return {error_of_key(static_cast<unsigned>(key >> (pixel_bits + 2))), index, (key & 1u) != 0, (key & 2u) != 0};
+  }
+};
+
+// The sorted rows are scanned in chunks of kPackedChunk ranks, one block each (chunk c of row n on
+// blockIdx.x = c, blockIdx.y = n; the row's keys are sorted_keys[n * P, (n + 1) * P), its row bits
+// sorting first), so that every SM scans, not one per row.
+constexpr int64_t kPackedChunk = 2 * int64_t(kScanThreads) * kGlobalScanItems;
+
+// counts[n * chunks + c]: the packed counts (positives << 32 | negatives) of chunk c of row n.
+__global__ void __launch_bounds__(kScanThreads)
+    packed_count_kernel(const uint64_t* __restrict__ sorted_keys, int64_t pixels, long long* __restrict__ counts) {
+  const int64_t row = int64_t(blockIdx.y) * pixels;
+  const int64_t end = std::min<int64_t>(pixels, (int64_t(blockIdx.x) + 1) * kPackedChunk);
+  long long count = 0;
+  for (int64_t j = blockIdx.x * kPackedChunk + threadIdx.x; j < end; j += kScanThreads) {
+    const uint64_t key = sorted_keys[row + j];
+    count += (key & 2u) ? kPositive : (key & 1u) ? 1LL : 0LL;
+  }
+  const long long total = block_sum(count);
+  if (threadIdx.x == 0) counts[int64_t(blockIdx.y) * gridDim.x + blockIdx.x] = total;
+}
+
+// Scans chunk c of row n from the counts of the row's chunks (gts: all positives; carry: the
+// chunks before c) into weights and the chunk's loss, chunk_losses[n * chunks + c].
+__global__ void __launch_bounds__(kScanThreads)
+    packed_scan_kernel(const uint64_t* __restrict__ sorted_keys, const long long* __restrict__ counts,
+                       int64_t pixels, int pixel_bits, float* __restrict__ chunk_losses, float* __restrict__ weights) {
+  const int64_t row = int64_t(blockIdx.y) * pixels;
+  const long long* row_counts = counts + int64_t(blockIdx.y) * gridDim.x;
+  long long positives = 0, before = 0;
+  for (unsigned c = threadIdx.x; c < gridDim.x; c += kScanThreads) {
+    positives += row_counts[c] >> 32;
+    before += c < blockIdx.x ? row_counts[c] : 0LL;
+  }
+  const float gts = convert<float>(block_sum(positives));
+  const long long carry = block_sum(before);
+  const int64_t begin = int64_t(blockIdx.x) * kPackedChunk;
+  const float loss = scan_sorted_row<kGlobalScanItems>(PackedSortedRow{sorted_keys + row, pixel_bits}, begin,
+                                                       std::min<int64_t>(pixels, begin + kPackedChunk), pixels, gts,
+                                                       carry, weights + row);
+  if (threadIdx.x == 0) chunk_losses[int64_t(blockIdx.y) * gridDim.x + blockIdx.x] = loss;
+}
+
+// losses[n]: the sum of row n's chunk losses in chunk order (a fixed-order block reduction).
+template <typename scalar_t>
+__global__ void __launch_bounds__(kScanThreads)
+    packed_loss_kernel(const float* __restrict__ chunk_losses, int64_t chunks, scalar_t* __restrict__ losses) {
+  float partial = 0.0f;
+  for (int64_t c = threadIdx.x; c < chunks; c += kScanThreads) partial += chunk_losses[blockIdx.x * chunks + c];
+  const float loss = block_sum(partial);
+  if (threadIdx.x == 0) losses[blockIdx.x] = convert<scalar_t>(loss);
 }
 
 // --- Fused path: rows of at most kLovaszFusedMaxPixels, fp32 errors, one block per row ---
-
-__device__ unsigned float_bits(float value) {
-  unsigned bits;
-  memcpy(&bits, &value, sizeof(bits));
-  return bits;
-}
-
-__device__ float bits_float(unsigned bits) {
-  float value;
-  memcpy(&value, &bits, sizeof(value));
-  return value;
-}
-
-// A key whose increasing unsigned order is the error's decreasing order: the sign-magnitude bits
-// flipped into an order-preserving unsigned, then complemented. -0 is keyed as +0 and every NaN as
-// the positive quiet NaN (first, as in PyTorch's descending sort); -inf (ignored pixels) last.
-__device__ unsigned descending_key(float error) {
-  const float canonical = error == 0.0f ? 0.0f : (error != error ? NAN : error);
-  const unsigned bits = float_bits(canonical);
-  return ~((bits & 0x80000000u) ? ~bits : bits | 0x80000000u);
-}
-
-__device__ float error_of_key(unsigned key) {
-  const unsigned ordered = ~key;
-  return bits_float((ordered & 0x80000000u) ? ordered & 0x7fffffffu : ~ordered);
-}
 
 // A row sorted in shared memory by block_radix_sort.
 struct SharedSortedRow {
@@ -353,7 +487,8 @@ __global__ void __launch_bounds__(kScanThreads)
   }
   const float gts = convert<float>(block_sum(count));  // its barriers publish keys and values
   block_radix_sort(keys, values, counters, n);
-  scan_sorted_row(SharedSortedRow{keys, values}, pixels, gts, losses + blockIdx.x, weights + row);
+  const float loss = scan_sorted_row<1>(SharedSortedRow{keys, values}, 0, pixels, pixels, gts, 0, weights + row);
+  if (threadIdx.x == 0) losses[blockIdx.x] = convert<scalar_t>(loss);
 }
 
 // grad_logits[n,p] = grad_loss[n] * weights[n,p]; rows on grid.y, pixels on grid.x (no division).
@@ -369,6 +504,19 @@ __global__ void scale_kernel(const scalar_t* __restrict__ grad_loss, const acc_t
     }
   }
 }
+
+// The packed path's device storage, each part 256-byte aligned: the chunk counts (long long) and
+// chunk losses (float) of rows x chunks, then the sort's temporary storage.
+struct PackedStorage {
+  int64_t chunks;
+  size_t counts_bytes, losses_bytes;
+
+  PackedStorage(int64_t rows, int64_t pixels)
+      : chunks(std::max<int64_t>(ceil_div(pixels, kPackedChunk), 1)),
+        counts_bytes(aligned(sizeof(long long) * rows * chunks)),
+        losses_bytes(aligned(sizeof(float) * rows * chunks)) {}
+  static size_t aligned(int64_t bytes) { return size_t(ceil_div(bytes, 256) * 256); }
+};
 
 }  // namespace
 
@@ -408,6 +556,49 @@ cudaError_t lovasz_hinge_fused(const scalar_t* logits, const bool* labels, const
   return cudaGetLastError();
 }
 
+cudaError_t lovasz_hinge_packed_temp_bytes(int64_t rows, int64_t pixels, size_t* temp_bytes) {
+  if (!lovasz_hinge_packed_supported(rows, pixels)) return cudaErrorInvalidValue;
+  const PackedKeyLayout layout(rows, pixels);
+  const PackedStorage storage(rows, pixels);
+  size_t sort_bytes = 0;
+  const cudaError_t error = radix_sort_keys(nullptr, sort_bytes, nullptr, nullptr, rows * pixels,
+                                            layout.sort_begin_bit(), layout.sort_end_bit(), nullptr);
+  *temp_bytes = storage.counts_bytes + storage.losses_bytes + sort_bytes;
+  return error;
+}
+
+template <typename scalar_t>
+cudaError_t lovasz_hinge_packed(const scalar_t* logits, const bool* labels, const bool* valid, int64_t rows,
+                                int64_t pixels, void* temp, size_t temp_bytes, uint64_t* keys, scalar_t* losses,
+                                float* weights, cudaStream_t stream) {
+  const PackedKeyLayout layout(rows, pixels);
+  const PackedStorage storage(rows, pixels);
+  if (!lovasz_hinge_packed_supported(rows, pixels) || temp_bytes < storage.counts_bytes + storage.losses_bytes) {
+    return cudaErrorInvalidValue;
+  }
+  if (rows == 0) return cudaSuccess;
+  unsigned char* bytes = static_cast<unsigned char*>(temp);
+  long long* counts = reinterpret_cast<long long*>(bytes);
+  float* chunk_losses = reinterpret_cast<float*>(bytes + storage.counts_bytes);
+  const dim3 keys_grid(blocks_for(pixels), static_cast<unsigned>(rows));
+  launch(packed_keys_kernel<scalar_t>, keys_grid, kElementwiseThreads, 0, stream, logits, labels, valid, rows, pixels,
+         layout.pixel_bits, keys);
+  cudaError_t error = cudaGetLastError();
+  if (error != cudaSuccess) return error;
+  uint64_t* sorted_keys = keys + rows * pixels;
+  size_t sort_bytes = temp_bytes - storage.counts_bytes - storage.losses_bytes;
+  error = radix_sort_keys(bytes + storage.counts_bytes + storage.losses_bytes, sort_bytes, keys, sorted_keys,
+                          rows * pixels, layout.sort_begin_bit(), layout.sort_end_bit(), stream);
+  if (error != cudaSuccess) return error;
+  const dim3 chunk_grid(static_cast<unsigned>(storage.chunks), static_cast<unsigned>(rows));
+  launch(packed_count_kernel, chunk_grid, kScanThreads, 0, stream, sorted_keys, pixels, counts);
+  launch(packed_scan_kernel, chunk_grid, kScanThreads, 0, stream, sorted_keys, counts, pixels, layout.pixel_bits,
+         chunk_losses, weights);
+  launch(packed_loss_kernel<scalar_t>, static_cast<unsigned>(rows), kScanThreads, 0, stream, chunk_losses,
+         storage.chunks, losses);
+  return cudaGetLastError();
+}
+
 template <typename scalar_t>
 cudaError_t lovasz_hinge_backward(const scalar_t* grad_loss, const acc_type<scalar_t>* weights, int64_t rows,
                                   int64_t pixels, scalar_t* grad_logits, cudaStream_t stream) {
@@ -426,11 +617,14 @@ cudaError_t lovasz_hinge_backward(const scalar_t* grad_loss, const acc_type<scal
   template cudaError_t lovasz_hinge_backward<T>(const T*, const acc_type<T>*, int64_t, int64_t, T*, cudaStream_t);
 FASTSEG_FOR_FLOATING_TYPES(FASTSEG_INSTANTIATE)
 #undef FASTSEG_INSTANTIATE
-template cudaError_t lovasz_hinge_fused<float>(const float*, const bool*, const bool*, int64_t, int64_t, float*, float*,
-                                               cudaStream_t);
-template cudaError_t lovasz_hinge_fused<__half>(const __half*, const bool*, const bool*, int64_t, int64_t, __half*,
-                                                float*, cudaStream_t);
-template cudaError_t lovasz_hinge_fused<__nv_bfloat16>(const __nv_bfloat16*, const bool*, const bool*, int64_t, int64_t,
-                                                       __nv_bfloat16*, float*, cudaStream_t);
+#define FASTSEG_INSTANTIATE_FP32_ERRORS(T)                                                                      \
+  template cudaError_t lovasz_hinge_fused<T>(const T*, const bool*, const bool*, int64_t, int64_t, T*, float*,   \
+                                             cudaStream_t);                                                     \
+  template cudaError_t lovasz_hinge_packed<T>(const T*, const bool*, const bool*, int64_t, int64_t, void*, size_t, \
+                                              uint64_t*, T*, float*, cudaStream_t);
+FASTSEG_INSTANTIATE_FP32_ERRORS(float)
+FASTSEG_INSTANTIATE_FP32_ERRORS(__half)
+FASTSEG_INSTANTIATE_FP32_ERRORS(__nv_bfloat16)
+#undef FASTSEG_INSTANTIATE_FP32_ERRORS
 
 }  // namespace fastseg::cuda

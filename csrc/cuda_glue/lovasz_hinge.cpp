@@ -1,12 +1,14 @@
 // CUDA registration of the Lovász hinge: tensors in, raw pointers and the current stream out to
-// csrc/cuda/lovasz_hinge.cu: the fused one-kernel forward for short fp16/bf16/fp32 rows, else
-// PyTorch's device-wide sort between its two forward kernels.
+// csrc/cuda/lovasz_hinge.cu: the fused one-kernel forward for short fp16/bf16/fp32 rows, the packed
+// path (keys, one device-wide radix sort, scan) for longer ones, else PyTorch's at::sort between
+// two forward kernels.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/sort.h>
 #include <torch/library.h>
 
+#include <cstdint>
 #include <optional>
 #include <tuple>
 #include <type_traits>
@@ -46,6 +48,26 @@ std::tuple<at::Tensor, at::Tensor> lovasz_hinge_cuda(const at::Tensor& logits, c
     });
     return {losses, weights};
   }
+  // Longer fp16/bf16/fp32 rows whose row, error and pixel fit one 64-bit key: one device-wide
+  // radix sort of every row's keys (its temporary storage from the caching allocator, no host sync).
+  if (acc_dtype == at::kFloat && cuda::lovasz_hinge_packed_supported(rows, pixels)) {
+    size_t temp_bytes = 0;
+    check_cuda(cuda::lovasz_hinge_packed_temp_bytes(rows, pixels, &temp_bytes), "lovasz_hinge packed sort size");
+    at::Tensor temp = at::empty({static_cast<int64_t>(temp_bytes)}, logits.options().dtype(at::kByte));
+    at::Tensor keys = at::empty({2, rows, pixels}, logits.options().dtype(at::kLong));  // unsorted, sorted
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "lovasz_hinge_cuda", [&] {
+      if constexpr (!std::is_same_v<scalar_t, double>) {
+        check_cuda(cuda::lovasz_hinge_packed(cuda_ptr<scalar_t>(x), y.const_data_ptr<bool>(), mask_ptr, rows, pixels,
+                                             temp.mutable_data_ptr(), temp_bytes,
+                                             reinterpret_cast<uint64_t*>(keys.mutable_data_ptr<int64_t>()),
+                                             cuda_mutable_ptr<scalar_t>(losses), weights.mutable_data_ptr<float>(),
+                                             stream),
+                   "lovasz_hinge packed");
+      }
+    });
+    return {losses, weights};
+  }
+  // The rest (fp64, whose 64-bit errors do not fit the packed key, and rows x pixels too many for it)
   at::Tensor errors = at::empty({rows, pixels}, logits.options().dtype(acc_dtype));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "lovasz_hinge_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;

@@ -305,6 +305,41 @@ void set_thread_order(int order, uint64_t seed) {
   runtime().seed = seed;
 }
 
+cudaError_t radix_sort_keys(void* temp, size_t& temp_bytes, const uint64_t* keys_in, uint64_t* keys_out,
+                            int64_t num_items, int begin_bit, int end_bit) {
+  constexpr int kDigitBits = 8;
+  const size_t needed = sizeof(uint64_t) * static_cast<size_t>(std::max<int64_t>(num_items, 1));
+  if (temp == nullptr) {
+    temp_bytes = needed;
+    return cudaSuccess;
+  }
+  if (runtime().sticky != cudaSuccess) return runtime().sticky;
+  const size_t n = static_cast<size_t>(std::max<int64_t>(num_items, 0));
+  const bool overlap = keys_in < keys_out + n && keys_out < keys_in + n;
+  if (num_items < 0 || begin_bit < 0 || end_bit > 64 || begin_bit >= end_bit || temp_bytes < needed || overlap) {
+    return cudaErrorInvalidValue;
+  }
+  // Counting sort of one digit per pass, from the lowest; the passes alternate between keys_out and
+  // temp, starting where an odd or even pass count ends in keys_out.
+  const int passes = (end_bit - begin_bit + kDigitBits - 1) / kDigitBits;
+  uint64_t* buffers[2] = {keys_out, static_cast<uint64_t*>(temp)};
+  const uint64_t* source = keys_in;
+  std::vector<size_t> offsets(size_t(1) << kDigitBits);
+  for (int pass = 0; pass < passes; ++pass) {
+    const int shift = begin_bit + pass * kDigitBits;
+    const uint64_t mask = (uint64_t(1) << std::min(kDigitBits, end_bit - shift)) - 1;
+    uint64_t* destination = buffers[(passes - 1 - pass) % 2];
+    std::fill(offsets.begin(), offsets.end(), 0);
+    for (size_t i = 0; i < n; ++i) ++offsets[(source[i] >> shift) & mask];
+    std::exclusive_scan(offsets.begin(), offsets.end(), offsets.begin(), size_t(0));
+    for (size_t i = 0; i < n; ++i) destination[offsets[(source[i] >> shift) & mask]++] = source[i];
+    source = destination;
+  }
+  std::string problem;
+  check_device_memory(&problem);
+  return problem.empty() ? cudaSuccess : cudaErrorIllegalAddress;
+}
+
 }  // namespace fastseg::emulated
 
 using fastseg::emulated::runtime;

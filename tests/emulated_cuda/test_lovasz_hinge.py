@@ -1,7 +1,9 @@
 """lovasz_hinge's CUDA kernels on the emulated-CUDA layer: the fused forward (rows of at most
 FUSED_MAX_PIXELS in fp16/bf16/fp32: errors, block radix sort in shared memory, block scan in one
-kernel), the sort path (errors, PyTorch's sort, block scan; longer rows and fp64), and the backward
-streaming multiply. Both forwards write the gradient weights in pixel order.
+kernel), the packed path (longer fp16/bf16/fp32 rows: 64-bit keys of row, error, pixel and flags,
+one device-wide radix sort, the layer's stand-in for CUB, and a scan of the sorted keys), the sort
+path (errors, PyTorch's sort, block scan; fp64), and the backward streaming multiply. Every forward
+writes the gradient weights in pixel order.
 
 Gradients are compared with the per-row loop on tie-free rows: with equal errors every order of the
 tied pixels is a valid subgradient (see tests/ops/test_lovasz_hinge.py). The glue's stable sort keeps
@@ -19,7 +21,9 @@ from .compare import DTYPES, check_every_order, on_device
 pytestmark = pytest.mark.emulated_cuda
 
 FUSED_MAX_PIXELS = 2**14  # kLovaszFusedMaxPixels of csrc/cuda/lovasz_hinge.h
-# Rows of the fused path (the training shape 97x97, the limit) and one just above it (the sort path).
+GLOBAL_SCAN_TILE = 512 * 8  # kScanThreads * kGlobalScanItems of csrc/cuda/lovasz_hinge.cu
+# Rows of the fused path (the training shape 97x97, the limit) and one just above it (the packed
+# path in fp16/bf16/fp32, the sort path in fp64).
 LONG_ROWS = {"97x97": 97 * 97, "at-limit": FUSED_MAX_PIXELS, "above-limit": FUSED_MAX_PIXELS + 1}
 
 CASES = {
@@ -116,3 +120,16 @@ def test_long_rows_with_ties(emulated, row, dtype):
     labels[1] = False
     _check(emulated, logits, labels, valid, reference=lovasz_hinge_reference)
     _check(emulated, logits[2:], labels[2:], None, reference=lovasz_hinge_reference)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_many_long_rows_with_ties(emulated, dtype):
+    """Nine rows (four row bits of the packed key) whose last scan tile is nearly full, quantised
+    logits so that most errors tie (stable order), sparse valid pixels (a misplaced pixel moves the
+    weights far above the tolerance), an all-ignored row and a row without positives."""
+    rows, pixels = 9, 5 * GLOBAL_SCAN_TILE - 7
+    logits = (torch.randint(-40, 41, (rows, pixels)) / 8).to(dtype)
+    labels, valid = torch.rand(rows, pixels) < 0.3, torch.rand(rows, pixels) < 0.05
+    valid[3] = False
+    labels[5] = False
+    _check(emulated, logits, labels, valid, reference=lovasz_hinge_reference)

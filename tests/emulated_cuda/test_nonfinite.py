@@ -76,9 +76,10 @@ def test_deform_conv2d(emulated):
     assert grads[0].isfinite().all(), "a NaN offset sends no gradient to the input"
 
 
-def test_lovasz_hinge(emulated):
-    logits = torch.randn(3, 600)  # rows longer than one 512-thread scan tile
-    labels = torch.rand(3, 600) > 0.5
+@pytest.mark.parametrize("pixels", [600, 2**14 + 600], ids=["fused", "packed"])
+def test_lovasz_hinge(emulated, pixels):
+    logits = torch.randn(3, pixels)  # rows longer than one scan tile
+    labels = torch.rand(3, pixels) > 0.5
     logits[0, 7] = NAN
     logits[2] = NAN
     losses = emulated.lovasz_hinge(*on_device(emulated, logits, labels), None)[0]

@@ -31,6 +31,8 @@
 //     z <= 64), grid.y/z <= 65535, dynamic shared memory over 48 KB only after
 //     cudaFuncSetAttribute(MaxDynamicSharedMemorySize) raised it, never over 227 KB.
 //   - atomics are plain read-modify-writes: fibers switch only at barriers, so they are atomic.
+//   - libraries: the device-wide radix sort of csrc/cuda/radix_sort.cuh (CUB under nvcc) is a host
+//     LSD radix sort with CUB's temporary-storage contract (radix_sort_keys below).
 // Errors are sticky like the runtime's: cudaGetLastError() returns and clears the first one, and
 // cudaGetErrorString() gives the layer's explanation of it.
 // Not covered: out of bounds accesses between static __shared__ arrays (one section holds them
@@ -79,6 +81,13 @@ void* dynamic_shared_memory();
 
 // Thread orders between barriers: 0 forward, 1 reverse, 2 shuffled with `seed`.
 void set_thread_order(int order, uint64_t seed);
+
+// cub::DeviceRadixSort::SortKeys of 64-bit keys (csrc/cuda/radix_sort.cuh): a stable LSD radix sort
+// of bits [begin_bit, end_bit) in 8-bit digits, ping-ponging between keys_out and the temporary
+// storage (num_items keys, as CUB's non-overwriting sort asks). temp == nullptr sets temp_bytes;
+// too little storage, a bad bit range or overlapping keys give cudaErrorInvalidValue.
+cudaError_t radix_sort_keys(void* temp, size_t& temp_bytes, const uint64_t* keys_in, uint64_t* keys_out,
+                            int64_t num_items, int begin_bit, int end_bit);
 
 template <typename T>
 T shuffle_from(unsigned mask, T value, int (*source)(int lane, int parameter, int width), int parameter, int width) {
