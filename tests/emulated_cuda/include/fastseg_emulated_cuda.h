@@ -30,7 +30,8 @@
 //   - checks a GPU (sm_80/sm_90) would make at launch: threads per block <= 1024 (x, y <= 1024,
 //     z <= 64), grid.y/z <= 65535, dynamic shared memory over 48 KB only after
 //     cudaFuncSetAttribute(MaxDynamicSharedMemorySize) raised it, never over 227 KB.
-//   - atomics are plain read-modify-writes: fibers switch only at barriers, so they are atomic.
+//   - atomics are plain read-modify-writes: fibers switch only at barriers, so they are atomic; the
+//     16-bit float ones round the fp32 sum to nearest even, as the hardware does.
 // Errors are sticky like the runtime's: cudaGetLastError() returns and clears the first one, and
 // cudaGetErrorString() gives the layer's explanation of it.
 // Not covered: out of bounds accesses between static __shared__ arrays (one section holds them
@@ -153,6 +154,32 @@ template <typename T>
 T atomicAdd(T* address, T value) {
   const T old = *address;
   *address = old + value;
+  return old;
+}
+
+// The 16-bit atomics of sm_70+ (__half) and sm_90 (__nv_bfloat16; sm_80 emulates it with a CAS
+// loop), scalar and on an aligned pair (x the lower address, each half added on its own): the fp32
+// sum of two 16-bit values rounded to nearest even. The fp32 sum is exact unless the smaller term is
+// below 2^-12 of the larger, and then under a quarter of the 16-bit ulp (never near a tie), so the
+// result is the correctly rounded sum, as atom.add.noftz.{f16,bf16}{,x2} gives it.
+inline __half atomicAdd(__half* address, __half value) {
+  const __half old = *address;
+  *address = __float2half_rn(__half2float(old) + __half2float(value));
+  return old;
+}
+inline __nv_bfloat16 atomicAdd(__nv_bfloat16* address, __nv_bfloat16 value) {
+  const __nv_bfloat16 old = *address;
+  *address = __float2bfloat16_rn(__bfloat162float(old) + __bfloat162float(value));
+  return old;
+}
+inline __half2 atomicAdd(__half2* address, __half2 value) {
+  const __half2 old = *address;
+  *address = __floats2half2_rn(__low2float(old) + __low2float(value), __high2float(old) + __high2float(value));
+  return old;
+}
+inline __nv_bfloat162 atomicAdd(__nv_bfloat162* address, __nv_bfloat162 value) {
+  const __nv_bfloat162 old = *address;
+  *address = __floats2bfloat162_rn(__low2float(old) + __low2float(value), __high2float(old) + __high2float(value));
   return old;
 }
 
