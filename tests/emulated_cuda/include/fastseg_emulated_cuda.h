@@ -31,7 +31,8 @@
 //     z <= 64), grid.y/z <= 65535, dynamic shared memory over 48 KB only after
 //     cudaFuncSetAttribute(MaxDynamicSharedMemorySize) raised it, never over 227 KB.
 //   - atomics are plain read-modify-writes: fibers switch only at barriers, so they are atomic; the
-//     16-bit float ones round the fp32 sum to nearest even, as the hardware does.
+//     16-bit float ones round the fp32 sum to nearest even, as the hardware does, and a pair atomic
+//     at an address that is not 4-byte aligned fails the launch (cudaErrorMisalignedAddress).
 // Errors are sticky like the runtime's: cudaGetLastError() returns and clears the first one, and
 // cudaGetErrorString() gives the layer's explanation of it.
 // Not covered: out of bounds accesses between static __shared__ arrays (one section holds them
@@ -77,6 +78,16 @@ void sync_warp(unsigned mask);
 // stay valid until the lanes' next sync_warp (which must follow, before the next exchange).
 const uint64_t* exchange_in_warp(unsigned mask, uint64_t value);
 void* dynamic_shared_memory();
+// Records a fault of the running thread (the first one); the launch fails with `error` after the
+// block, as a GPU reports a faulting instruction (an exception cannot leave a fiber).
+void fault(cudaError_t error, const char* what);
+
+// A pair atomic needs a 4-byte aligned address, else the instruction faults.
+inline void check_pair_alignment(const void* address) {
+  if (reinterpret_cast<uintptr_t>(address) % 4 != 0) {
+    fault(cudaErrorMisalignedAddress, "16-bit pair atomicAdd at an address not 4-byte aligned");
+  }
+}
 
 // Thread orders between barriers: 0 forward, 1 reverse, 2 shuffled with `seed`.
 void set_thread_order(int order, uint64_t seed);
@@ -173,11 +184,13 @@ inline __nv_bfloat16 atomicAdd(__nv_bfloat16* address, __nv_bfloat16 value) {
   return old;
 }
 inline __half2 atomicAdd(__half2* address, __half2 value) {
+  ::fastseg::emulated::check_pair_alignment(address);
   const __half2 old = *address;
   *address = __floats2half2_rn(__low2float(old) + __low2float(value), __high2float(old) + __high2float(value));
   return old;
 }
 inline __nv_bfloat162 atomicAdd(__nv_bfloat162* address, __nv_bfloat162 value) {
+  ::fastseg::emulated::check_pair_alignment(address);
   const __nv_bfloat162 old = *address;
   *address = __floats2bfloat162_rn(__low2float(old) + __low2float(value), __high2float(old) + __high2float(value));
   return old;
