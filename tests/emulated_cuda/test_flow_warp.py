@@ -1,5 +1,5 @@
 """flow_warp's CUDA kernels (forward; the default backward's tiles, splatting through shared memory or,
-where a tile's input box is too large, directly into grad_input; the deterministic fixed-point splat
+where a tile's input box is too large, directly into grad_input (fp32/fp64); the deterministic fixed-point splat
 with its plane norms and the in-order splat of non-finite planes; chunk sums; the fp16/bf16 flush with
 pair and scalar 16-bit atomics and the deferred splat of their large-box tiles; the deterministic path's
 fp16/bf16 conversion) on the emulated-CUDA layer."""
@@ -234,8 +234,8 @@ def test_tile_and_direct_splat(emulated, case, flow_kind, padding, align):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_tile_and_direct_splat_dtypes(emulated, dtype):
-    """Both splats in every dtype, in one launch: the left half of the output samples smoothly (shared
-    accumulator), the right half all over the input (direct splat)."""
+    """Both splats in every dtype, in one backward: the left half of the output samples smoothly (shared
+    accumulator), the right half all over the input (direct splat; for fp16/bf16 the deferred kernel)."""
     batch, channels, in_h, in_w, out_h, out_w = TILE_CASES["same-size"]
     coord = torch.float64 if dtype == torch.float64 else torch.float32
     flow = _smooth_flow(batch, (in_h, in_w), (out_h, out_w), True, amplitude=1.0)
