@@ -11,18 +11,34 @@
 // 1024 pixels (4 per tile pixel: the flush then never issues more global atomics than the direct
 // splat), splats weight * grad into a shared fp32 (fp64) accumulator with shared-memory atomics,
 // as many channels' boxes per pass as fit in 4096 elements (16 KB fp32, 32 KB fp64; >= 4 channels),
-// then flushes the box with one global atomicAdd per (box pixel, channel), consecutive threads on
-// consecutive columns, skipping elements that are exactly +0 (nothing reached them; adding +0
-// changes nothing). A tile whose box is larger (large or wild flow) or empty adds each corner to
-// grad_input with its own global atomic, as before. Only the order of the additions differs
-// between the two paths. With deterministic=true one thread per (output pixel, chunk) adds
-// fixed-point int64 values instead: a first kernel sums |grad_output| over each (image, channel)
-// plane in a fixed order, and a contribution w * g is added as llrint(w * g * 2^61 / that sum). A
-// plane's total stays below 2^61 in magnitude (the weights of an output pixel sum to at most 1) plus
-// the roundings, and integer addition is associative, so the sum has the same bits in any order;
-// each contribution keeps acc_t's relative precision (better than float atomics, which round every
-// partial sum). A last kernel divides by the scale. Planes whose sum is not finite (inf/NaN in
-// grad_output) are splatted instead by one thread per plane in pixel order, with IEEE semantics.
+// then flushes the box straight into grad_input (zeroed, in the input's dtype): one global atomicAdd
+// per (box pixel, channel) for fp32/fp64; for fp16/bf16 one per aligned pair of adjacent pixels of a
+// box row (__half2 / __nv_bfloat162 atomics, native on sm_90; a row's odd first or last pixel takes
+// a scalar 16-bit atomic), consecutive threads on consecutive columns (pairs), skipping units that
+// are exactly +0 (nothing reached them; adding +0 changes nothing). A tile whose box is larger
+// (large or wild flow) or empty adds each corner to grad_input with its own global atomic, as
+// before, for fp32/fp64; for fp16/bf16 (where each such atomic would round) it leaves its splat to
+// backward_deferred_kernel: a block per window of 1024 consecutive input elements and chunk of
+// channels walks the image's deferred tiles, splats the corners that land in its window into shared
+// fp32 and flushes the window once, with the same 16-bit atomics. Only the order of the additions
+// (and for fp16/bf16 the roundings) differs between the paths. With deterministic=true one thread
+// per (output pixel, chunk) adds fixed-point int64 values instead: a first kernel sums
+// |grad_output| over each (image, channel) plane in a fixed order, and a contribution w * g is
+// added as llrint(w * g * 2^61 / that sum). A plane's total stays below 2^61 in magnitude (the
+// weights of an output pixel sum to at most 1) plus the roundings, and integer addition is
+// associative, so the sum has the same bits in any order; each contribution keeps acc_t's relative
+// precision (better than float atomics, which round every partial sum). A last kernel divides by
+// the scale (and rounds once to fp16/bf16). Planes whose sum is not finite (inf/NaN in grad_output)
+// are splatted instead by one thread per plane in pixel order, with IEEE semantics (into an fp32
+// workspace plane for fp16/bf16).
+// fp16/bf16 rounding (atomic path): the tile's sums stay fp32; each flush rounds the tile's sum once
+// to the 16-bit type and the atomic rounds the new total once (to nearest even; exact for the first
+// flush into +0), so an element flushed k times carries at most 2k - 1 roundings of 16-bit
+// half-ulps of partial sums; k is at most the number of tiles whose boxes hold it, plus one for all
+// deferred tiles together (bench's flow defers none: 1.6 on average and at most 5 at 104 and 208,
+// 2.5 and at most 8 at 52->104, whose input is 4x smaller). Before, one fp32 buffer took every
+// tile's sum and was rounded once. (Deferred tiles keep that bound; adding their corners with one
+// 16-bit atomic each, two roundings per corner, reached the fp16/bf16 test tolerances.)
 //
 // Cost model at the GPU shapes of bench/bench_flow_warp.py (forward+backward, B=8, C=256, its smooth
 // flow; H200: 4.8 TB/s HBM, taken at 80% = 3.84 TB/s, 50 MB L2, 132 SMs at 1.98 GHz, 67 TFLOP/s
@@ -30,33 +46,52 @@
 // FLOPs / peak) of the benchmark's byte and FLOP counts (5 passes over the features); the
 // prediction is this design's, derived below. bench/report.py reads the `predicted H200` lines (the
 // one place these numbers live) into the "predicted" column of bench/RESULTS.md.
-// Global atomics per (output pixel, channel): 4 before (one per corner, scattered); now box pixels /
-// tile pixels, measured on bench's flow (3 seeds, all tiles of 8 images): 1.63 at 104x104 (boxes
-// ~27x12, the last tile column is 8 wide), 1.44 at 208x208 (~31x11), 0.61 at 52->104 (~15x8); no
-// tile's box exceeded 756 pixels, so no tile falls back. Taken at ~400 G atomics/s (the rate assumed
-// before for scattered ones; coalesced rows of 32 may go faster, not counted).
+// Global atomics per (output pixel, channel): 4 before (one per corner, scattered); now flush atomics
+// / tile pixels, measured on bench's flow (3 seeds, all tiles of 8 images). fp32, one per box pixel:
+// 1.63 at 104x104 (boxes ~27x12, the last tile column is 8 wide), 1.44 at 208x208 (~31x11), 0.61 at
+// 52->104 (~15x8). bf16, one per word of a box row ((parity of its first element + width + 1) / 2
+// per row, 0.51-0.53 of the pixels): 0.84, 0.74, 0.32. No tile's box exceeded 756 pixels, so no
+// tile falls back. Taken at ~400 G atomics/s whatever their width (the rate assumed before for
+// scattered ones; a bf16x2 atomic is one 32-bit L2 atomic operation like an fp32 one, and a scalar
+// bf16 head or tail one is counted the same; coalesced rows of 32 may go faster, not counted):
+// 91 / 319 / 34 us fp32 and 47 / 164 / 18 us bf16 at 104 / 208 / 52->104.
 // Shared-memory atomics: 4 per (output pixel, channel). PTX atom.shared.add.f32 (SASS may be a
 // load / add / compare-and-swap loop): with the grad and 4 input loads, ~13 load/store-unit warp
 // instructions per 32 (pixel, channel) at one per clock per SM: 22.2M pixel-channels at 104 -> 34
 // us, x1.2 for lanes of a warp that hit the same box pixel at equal sizes (40 us; 160 us at 208),
-// x1.5 at 52->104, where neighbouring lanes share their corners (50 us).
+// x1.5 at 52->104, where neighbouring lanes share their corners (50 us). The same for bf16 (the
+// accumulator stays fp32).
 // DRAM per phase (fp32, 104: 88.6 MB per feature tensor): forward reads input, writes output (177
 // MB, 46 us); memset of grad_input (23 us); tile kernel reads grad and input and, grad_input being
 // larger than L2, reads and writes back the accumulated grad_input (4 x 88.6 + 5.5 MB partials, 94
-// us); chunk sums (2 us). bf16 halves the feature tensors but accumulates in an fp32 buffer and
-// adds a convert pass (read fp32, write bf16). 4 launches (5 for bf16), 3 us each.
+// us); chunk sums (2 us). bf16 halves every feature tensor, grad_input included: the flush adds into
+// it, with no fp32 buffer (its memset, 4 B/element, and its 8 B/element read-modify-write) and no
+// convert pass (4 B read + 2 B write per element, and a launch). Its 44.3 MB grad_input at 104 would
+// fit the L2 alone, but grad and input stream through it: counted through DRAM (4 x 44.3 + 5.5 MB,
+// 48 us). The deferred kernel finds no deferred tile (704 / 2752 / 192 blocks, each thread reading
+// the image's 52 / 182 / 52 tile marks: ~1-2 us). 4 launches (5 for bf16: the deferred kernel, where
+// the convert pass was), 3 us each.
 // Per shape, tile kernel = max(DRAM, global atomics, shared/LSU), then the sum of the phases:
 //   decouple-104 fp32: 46 + 23 + max(94, 91, 40) + 2 + 12 = 177 us (1.9x the floor: the grad_input
 //     read-modify-write through DRAM and the flush atomics, ~92 us each)
-//   decouple-104 bf16: 23 + 23 + max(71, 91, 40) + 35 (convert) + 2 + 15 = 189 us (4.0x)
+//   decouple-104 bf16: 23 + 12 + max(48, 47, 40) + 1 (deferred) + 2 + 15 = 101 us (2.1x; with the
+//     fp32 buffer it was 23 + 23 + max(71, 91, 40) + 35 (convert) + 2 + 15 = 189 us)
 //   decouple-208 fp32: 185 + 92 + max(375, 319, 160) + 6 + 12 = 670 us (1.8x)
-//   decouple-208 bf16: 92 + 92 + max(283, 319, 160) + 138 + 6 + 15 = 662 us (3.5x)
+//   decouple-208 bf16: 92 + 46 + max(190, 164, 160) + 2 + 6 + 15 = 351 us (1.9x; was
+//     92 + 92 + max(283, 319, 160) + 138 + 6 + 15 = 662 us)
 //   sfnet-52to104 fp32: 29 + 6 + max(42, 34, 50) + 2 + 12 = 99 us (1.9x, shared atomics / LSU)
-//   sfnet-52to104 bf16: 14 + 6 + max(27, 34, 50) + 9 + 2 + 15 = 96 us (3.7x)
+//   sfnet-52to104 bf16: 14 + 3 + max(22, 18, 50) + 1 + 2 + 15 = 85 us (3.3x, shared atomics / LSU;
+//     was 14 + 6 + max(27, 34, 50) + 9 + 2 + 15 = 96 us)
 // The direct splat, counted the same way: 304 / 1181 / 344 us fp32 at 104 / 208 / 52->104 (the
 // earlier lines, 0.234 / 0.898 / 0.307 ms, counted only its atomics and launches). Still above 1.5x
-// of the floor: the floor has 5 feature passes, this design 8 (fp32) with the memset and the
-// grad_input read-modify-write, and bf16 pays the fp32 buffer and its conversion.
+// of the floor: the floor has 5 feature passes, this design 8 with the memset and the grad_input
+// read-modify-write, and at 52->104 the shared-memory atomics, which do not shrink with the dtype,
+// bound the tile kernel.
+// A flow that defers every tile (not benchmarked): each window's block walks every output pixel for
+// every channel, windows x B x C x Ho x Wo corner tests and (L2) grad reads, quadratic in the image:
+// 104 bf16, 11 x 22.2M x ~15 instructions at 33 T lane-instructions/s ~ 110 us plus 11 x 44 MB of
+// L2 reads, about the direct splat's 4 x 22.2M atomics (221 us); at 208 (43 windows, 4x the pixels)
+// ~16x that, ~2x the direct splat's 886 us.
 // Deterministic backward (not benchmarked by bench/bench_flow_warp.py), decouple-104 fp32: the
 // direct splat's 234 us as counted before, less the fp32 grad_input memset (-23 us), plus the plane
 // norms (one more read of grad_output, +23 us), the int64 memset (2 x 88.6 MB, +46 us) and the
@@ -65,11 +100,11 @@
 // 2048 threads (64 warps for 132 SMs) walking 10816 pixels each at ~1000 cycles of dependent
 // read-modify-writes per pixel: ~5 ms, ~20x the atomic path.
 // predicted H200 | flow_warp decouple-104 fp32 B=8 fwd+bwd | 0.177 ms | DRAM (grad_input read-modify-write) and flush atomics (floor 0.093 ms)
-// predicted H200 | flow_warp decouple-104 bf16 B=8 fwd+bwd | 0.189 ms | flush atomics, fp32 buffer and convert pass (floor 0.047 ms)
+// predicted H200 | flow_warp decouple-104 bf16 B=8 fwd+bwd | 0.101 ms | DRAM (grad_input read-modify-write) and flush atomics (floor 0.047 ms)
 // predicted H200 | flow_warp decouple-208 fp32 B=8 fwd+bwd | 0.670 ms | DRAM (grad_input read-modify-write) (floor 0.371 ms)
-// predicted H200 | flow_warp decouple-208 bf16 B=8 fwd+bwd | 0.662 ms | flush atomics, fp32 buffer and convert pass (floor 0.187 ms)
+// predicted H200 | flow_warp decouple-208 bf16 B=8 fwd+bwd | 0.351 ms | DRAM (grad_input read-modify-write) (floor 0.187 ms)
 // predicted H200 | flow_warp sfnet-52to104 fp32 B=8 fwd+bwd | 0.099 ms | shared-memory atomics (load/store issue) (floor 0.051 ms)
-// predicted H200 | flow_warp sfnet-52to104 bf16 B=8 fwd+bwd | 0.096 ms | shared-memory atomics (load/store issue) (floor 0.026 ms)
+// predicted H200 | flow_warp sfnet-52to104 bf16 B=8 fwd+bwd | 0.085 ms | shared-memory atomics (load/store issue) (floor 0.026 ms)
 #include "cuda/common.cuh"
 #include "cuda/flow_warp.h"
 
@@ -243,37 +278,110 @@ __device__ Box tile_box(const PixelCorners<acc_t>& corners, const CornerCells& c
   return {bounds[0], bounds[1], -bounds[2] - bounds[0] + 1, -bounds[3] - bounds[1] + 1};
 }
 
+// What one flush atomic adds: a pair of adjacent 16-bit elements (one aligned 4-byte word, __half2 /
+// __nv_bfloat162: the low half is the lower address) for fp16/bf16, one element for fp32/fp64.
+template <typename scalar_t>
+struct FlushUnit {
+  static constexpr int elements = 1;
+};
+template <>
+struct FlushUnit<__half> {
+  using pair_t = __half2;
+  static constexpr int elements = 2;
+  static __device__ __forceinline__ pair_t pair(float low, float high) { return __floats2half2_rn(low, high); }
+};
+template <>
+struct FlushUnit<__nv_bfloat16> {
+  using pair_t = __nv_bfloat162;
+  static constexpr int elements = 2;
+  static __device__ __forceinline__ pair_t pair(float low, float high) { return __floats2bfloat162_rn(low, high); }
+};
+
+// Adds the accumulator row `sums` at columns [column, column + elements) to the grad_input row `row`
+// (both indexed by column) with one atomic; a column outside [0, width) is not part of the row (the
+// odd head or tail of a 16-bit row: the other half goes alone, with a scalar 16-bit atomic; the
+// spare last slot of a row that needs width / 2 words has neither half).
+// An element no corner reached holds +0 (sums starting at +0 are never -0), and adding +0 to
+// grad_input (never -0 either) changes nothing: a slot of +0 only is skipped.
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ void flush_slot(scalar_t* row, const acc_t* sums, int column, int width) {
+  if constexpr (FlushUnit<scalar_t>::elements == 1) {
+    if (sums[column] != acc_t(0)) atomicAdd(row + column, sums[column]);
+  } else {
+    const bool has_low = column >= 0 && column < width, has_high = column + 1 < width;
+    const acc_t low = has_low ? sums[column] : acc_t(0), high = has_high ? sums[column + 1] : acc_t(0);
+    if (low == acc_t(0) && high == acc_t(0)) return;
+    if (has_low && has_high) {
+      using Unit = FlushUnit<scalar_t>;
+      atomicAdd(reinterpret_cast<typename Unit::pair_t*>(row + column), Unit::pair(low, high));
+    } else {
+      atomicAdd(row + (has_low ? column : column + 1), convert<scalar_t>(has_low ? low : high));
+    }
+  }
+}
+
+// Adds the block's accumulator, `rows` rows of `width` (row r at accumulator + r * width), to the
+// grad_input rows row_at(r), consecutive threads on consecutive columns (16-bit pairs). A 16-bit
+// row's words start one column early when the row starts at an odd element, so width / 2 + 1 slots
+// per row cover either alignment.
+template <typename scalar_t, typename acc_t, typename RowAt>
+__device__ __forceinline__ void flush(const acc_t* accumulator, int rows, int width, const RowAt& row_at) {
+  constexpr int pack = FlushUnit<scalar_t>::elements;
+  const int row_slots = width / pack + pack - 1;
+  for (int i = threadIdx.x; i < rows * row_slots; i += kThreads) {
+    const int r = i / row_slots;
+    scalar_t* row = row_at(r);
+    const int lead = static_cast<int>(reinterpret_cast<uintptr_t>(row) / sizeof(scalar_t) % pack);
+    flush_slot(row, accumulator + r * width, (i - r * row_slots) * pack - lead, width);
+  }
+}
+
+// Output pixel (px, py) of this thread in tile `tile` (row-major, tiles_x per row).
+struct TilePixel {
+  int64_t px, py;
+};
+
+__device__ __forceinline__ TilePixel tile_pixel(int64_t tile, int64_t tiles_x) {
+  return {(tile % tiles_x) * kTileWidth + threadIdx.x % kTileWidth,
+          (tile / tiles_x) * kTileHeight + threadIdx.x / kTileWidth};
+}
+
 // Default backward: a block owns a kTileWidth x kTileHeight tile of output pixels of image b and a
-// chunk of channels. Its partial grad_flow as backward_fixed_point_kernel's. grad_input (grad_acc):
-// when the tile's input box fits (at most kMaxBoxElements), the corners are splatted into a shared
-// accumulator holding as many channels' boxes as fit, then every (box pixel, channel) is added to
-// grad_acc with one global atomic, consecutive threads on consecutive columns; otherwise (large or
-// wild flow, no corner inside) each corner is added to grad_acc directly.
+// chunk of channels. Its partial grad_flow as backward_fixed_point_kernel's. grad_input (zeroed, in
+// the input's dtype): when the tile's input box fits (at most kMaxBoxElements), the corners are
+// splatted into a shared fp32 (fp64) accumulator holding as many channels' boxes as fit, then each
+// (box pixel, channel) is added to grad_input by one global atomic, or each aligned pair of adjacent
+// box pixels for fp16/bf16 (flush); otherwise (large or wild flow, no corner inside) fp32/fp64 add
+// each corner to grad_input directly, and fp16/bf16 leave the tile's splat to
+// backward_deferred_kernel, marking it in deferred[b * tiles + tile] (written by chunk 0's block,
+// for every tile, so that the workspace needs no zeroing).
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
     backward_tiles_kernel(const scalar_t* __restrict__ grad_output, const scalar_t* __restrict__ input,
                           const acc_t* __restrict__ flow, Sampler<acc_t> s, int64_t out_height, int64_t tiles_x,
-                          int64_t channels, int64_t in_width, int64_t in_pixels, acc_t* __restrict__ grad_acc,
-                          acc_t* __restrict__ partial) {
+                          int64_t channels, int64_t in_width, int64_t in_pixels, scalar_t* __restrict__ grad_input,
+                          acc_t* __restrict__ partial, unsigned char* __restrict__ deferred) {
   __shared__ acc_t accumulator[kAccumulatorElements];
   const int64_t b = blockIdx.z, chunk = blockIdx.y, c0 = chunk * kChannelsPerThread;
   const int64_t c1 = min(c0 + kChannelsPerThread, channels);
-  const int64_t px = (blockIdx.x % tiles_x) * kTileWidth + threadIdx.x % kTileWidth;
-  const int64_t py = (blockIdx.x / tiles_x) * kTileHeight + threadIdx.x / kTileWidth;
-  const bool valid = px < s.out_width && py < out_height;  // tiles cut by the image border
-  const int64_t p = py * s.out_width + px;
+  const TilePixel pixel = tile_pixel(blockIdx.x, tiles_x);
+  const bool valid = pixel.px < s.out_width && pixel.py < out_height;  // tiles cut by the image border
+  const int64_t p = pixel.py * s.out_width + pixel.px;
   PixelCorners<acc_t> corners = {};  // no corner inside for a thread beyond the border
-  if (valid) corners = s.corners_at(flow, b, px, py);
+  if (valid) corners = s.corners_at(flow, b, pixel.px, pixel.py);
   const CornerCells cells = corner_cells(corners, in_width);
   const Box box = tile_box(corners, cells);
   const int64_t box_elements = int64_t(box.width) * box.height;
+  constexpr bool defers = FlushUnit<scalar_t>::elements == 2;
+  if (defers && chunk == 0 && threadIdx.x == 0) deferred[b * gridDim.x + blockIdx.x] = box_elements > kMaxBoxElements;
   acc_t dx = acc_t(0), dy = acc_t(0);
   if (box_elements == 0 || box_elements > kMaxBoxElements) {
     for (int64_t c = c0; valid && c < c1; ++c) {
       const int64_t plane = (b * channels + c) * in_pixels;
       const acc_t g = convert<acc_t>(grad_output[(b * channels + c) * s.out_pixels + p]);
-      backward_channel(corners, input + plane, g, dx, dy,
-                       [&](int k, acc_t value) { atomicAdd(grad_acc + plane + corners.offset[k], value); });
+      backward_channel(corners, input + plane, g, dx, dy, [&](int k, acc_t value) {
+        if constexpr (!defers) atomicAdd(grad_input + plane + corners.offset[k], value);
+      });
     }
   } else {
     int local[4];  // corner offsets in the box
@@ -296,20 +404,67 @@ __global__ void __launch_bounds__(kThreads)
                          [&](int k, acc_t value) { atomicAdd(box_plane + local[k], value); });
       }
       __syncthreads();
-      for (int i = threadIdx.x; i < count; i += kThreads) {
-        const acc_t value = accumulator[i];
-        // An element no corner reached holds +0 (sums starting at +0 are never -0), and adding +0
-        // to grad_acc (never -0 either) changes nothing: skipped.
-        if (value == acc_t(0)) continue;
-        const int j = i / box_size, in_box = i - j * box_size;
-        const int row = in_box / box.width, column = in_box - row * box.width;
-        atomicAdd(grad_acc + (b * channels + pass + j) * in_pixels + int64_t(box.y0 + row) * in_width + box.x0 + column,
-                  value);
-      }
+      flush<scalar_t>(accumulator, pass_channels * box.height, box.width, [&](int r) {  // r = j * box.height + box row
+        const int j = r / box.height;
+        return grad_input + (b * channels + pass + j) * in_pixels + int64_t(box.y0 + r - j * box.height) * in_width +
+               box.x0;
+      });
       __syncthreads();  // the flush has read the accumulator before the next pass zeroes it
     }
   }
   if (valid) store_partial(partial, chunk, b, p, s.out_pixels, dx, dy);
+}
+
+// fp16/bf16: the splat of the tiles backward_tiles_kernel deferred (boxes over kMaxBoxElements).
+// A block owns a window of kMaxBoxElements consecutive elements of the input planes of image b and
+// a chunk of channels; per pass of kAccumulatorElements / kMaxBoxElements channels it walks every
+// deferred tile of the image (a thread per tile pixel, as there), splats the corners that fall in
+// its window into the shared fp32 accumulator and flushes the window once: an element takes one
+// flush from all deferred tiles together, whatever their number. Returns at once when the image
+// has no deferred tile (the benchmark's flow has none).
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    backward_deferred_kernel(const scalar_t* __restrict__ grad_output, const acc_t* __restrict__ flow,
+                             Sampler<acc_t> s, int64_t out_height, int64_t tiles_x, int64_t tiles, int64_t channels,
+                             int64_t in_pixels, const unsigned char* __restrict__ deferred,
+                             scalar_t* __restrict__ grad_input) {
+  __shared__ acc_t accumulator[kAccumulatorElements];
+  constexpr int kWindow = kMaxBoxElements, kPassChannels = kAccumulatorElements / kWindow;
+  const int64_t b = blockIdx.z, c0 = blockIdx.y * kChannelsPerThread;
+  const int64_t c1 = min(c0 + kChannelsPerThread, channels);
+  const unsigned char* marks = deferred + b * tiles;
+  bool any = false;
+  for (int64_t tile = 0; tile < tiles; ++tile) any = any | (marks[tile] != 0);  // independent loads
+  if (!any) return;  // the same answer in every thread of the block
+  const int64_t w0 = int64_t(blockIdx.x) * kWindow;
+  const int width = static_cast<int>(min(int64_t(kWindow), in_pixels - w0));
+  for (int64_t pass = c0; pass < c1; pass += kPassChannels) {
+    const int pass_channels = static_cast<int>(min(int64_t(kPassChannels), c1 - pass));
+    for (int i = threadIdx.x; i < pass_channels * width; i += kThreads) accumulator[i] = acc_t(0);
+    __syncthreads();
+    for (int64_t tile = 0; tile < tiles; ++tile) {
+      if (!marks[tile]) continue;
+      const TilePixel pixel = tile_pixel(tile, tiles_x);
+      if (pixel.px >= s.out_width || pixel.py >= out_height) continue;
+      const PixelCorners<acc_t> corners = s.corners_at(flow, b, pixel.px, pixel.py);
+      const int64_t p = pixel.py * s.out_width + pixel.px;
+      for (int j = 0; j < pass_channels; ++j) {
+        const acc_t g = convert<acc_t>(grad_output[(b * channels + pass + j) * s.out_pixels + p]);
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {  // Eq. 1's weights, as backward_channel splats them
+          const int64_t local = corners.offset[k] - w0;
+          if (corners.inside[k] && local >= 0 && local < width) {
+            atomicAdd(accumulator + j * width + local, corners.weight[k] * g);
+          }
+        }
+      }
+    }
+    __syncthreads();
+    flush<scalar_t>(accumulator, pass_channels, width, [&](int j) {
+      return grad_input + (b * channels + pass + j) * in_pixels + w0;
+    });
+    __syncthreads();  // the flush has read the accumulator before the next pass zeroes it
+  }
 }
 
 // Deterministic backward: one thread per (image, output pixel, chunk of channels); its partial
@@ -395,13 +550,6 @@ __global__ void sum_chunks_kernel(const acc_t* __restrict__ partial, int64_t chu
   }
 }
 
-template <typename scalar_t, typename acc_t>
-__global__ void convert_kernel(const acc_t* __restrict__ source, int64_t count, scalar_t* __restrict__ target) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count; i += int64_t(gridDim.x) * blockDim.x) {
-    target[i] = convert<scalar_t>(source[i]);
-  }
-}
-
 // grad_input from the fixed-point sums (finite planes) or the in-order splat in grad_acc (others);
 // grad_acc may be grad_input itself.
 template <typename scalar_t, typename acc_t>
@@ -423,7 +571,9 @@ unsigned stride_blocks(int64_t count) {
 
 template <typename scalar_t>
 constexpr bool accumulates_in_place() {
-  return sizeof(scalar_t) >= sizeof(float);  // float and double accumulate into grad_input itself
+  // the deterministic path's in-order splat of non-finite planes: float and double write grad_input
+  // itself, fp16/bf16 the workspace's fp32 accumulator
+  return sizeof(scalar_t) >= sizeof(float);
 }
 
 }  // namespace
@@ -440,24 +590,32 @@ cudaError_t flow_warp_forward(const scalar_t* input, const coord_t<scalar_t>* fl
 }
 
 // Workspace element counts, in their order: the deterministic path's int64 fixed-point sums (first,
-// so that they are 8-byte aligned), the fp32 grad_input accumulator (fp16/bf16 only), the per-chunk
-// flow gradients, and the deterministic path's plane norms.
+// so that they are 8-byte aligned) and its fp32 grad_input accumulator for the planes of non-finite
+// norm (fp16/bf16 only), the per-chunk flow gradients, the deterministic path's plane norms, and
+// the atomic path's deferred-tile marks (bytes; fp16/bf16 only).
 struct BackwardWorkspace {
-  size_t fixed, accumulator, partial, norms;
+  size_t fixed, accumulator, partial, norms, deferred;
 };
+
+int64_t tile_count(const FlowWarpShape& shape) {
+  return ceil_div(shape.out_width, kTileWidth) * ceil_div(shape.out_height, kTileHeight);
+}
 
 BackwardWorkspace backward_workspace(const FlowWarpShape& shape, size_t element_size, bool deterministic) {
   const int64_t chunks = std::max<int64_t>(1, ceil_div(shape.channels, kChannelsPerThread));
   const size_t input_count = size_t(shape.batch * shape.channels * shape.in_height * shape.in_width);
-  return {deterministic ? input_count : 0, element_size < sizeof(float) ? input_count : 0,
+  const bool half = element_size < sizeof(float);
+  return {deterministic ? input_count : 0, deterministic && half ? input_count : 0,
           size_t(chunks * shape.batch * 2 * shape.out_height * shape.out_width),
-          deterministic ? size_t(shape.batch * shape.channels) : 0};
+          deterministic ? size_t(shape.batch * shape.channels) : 0,
+          !deterministic && half ? size_t(shape.batch * tile_count(shape)) : 0};
 }
 
 size_t flow_warp_backward_workspace(const FlowWarpShape& shape, size_t element_size, bool deterministic) {
   const size_t acc_size = element_size == sizeof(double) ? sizeof(double) : sizeof(float);
   const BackwardWorkspace counts = backward_workspace(shape, element_size, deterministic);
-  return sizeof(unsigned long long) * counts.fixed + acc_size * (counts.accumulator + counts.partial + counts.norms);
+  return sizeof(unsigned long long) * counts.fixed + acc_size * (counts.accumulator + counts.partial + counts.norms) +
+         counts.deferred;
 }
 
 template <typename scalar_t>
@@ -476,10 +634,11 @@ cudaError_t flow_warp_backward(const scalar_t* grad_output, const scalar_t* inpu
   acc_t* grad_acc = reinterpret_cast<acc_t*>(fixed + counts.fixed);
   acc_t* partial = grad_acc + counts.accumulator;
   acc_t* norms = partial + counts.partial;
+  unsigned char* deferred = reinterpret_cast<unsigned char*>(norms + counts.norms);
   if constexpr (accumulates_in_place<scalar_t>()) grad_acc = reinterpret_cast<acc_t*>(grad_input);
   const bool splat = shape.channels > 0 && flow_count > 0;
   if (!splat || !deterministic) {
-    cudaError_t error = cudaMemsetAsync(grad_acc, 0, size_t(input_count) * sizeof(acc_t), stream);
+    cudaError_t error = cudaMemsetAsync(grad_input, 0, size_t(input_count) * sizeof(scalar_t), stream);
     if (error != cudaSuccess) return error;
   }
   if (!splat) {
@@ -499,10 +658,15 @@ cudaError_t flow_warp_backward(const scalar_t* grad_output, const scalar_t* inpu
       launch(splat_planes_kernel<scalar_t, acc_t>, plane_grid, 64, 0, stream, grad_output, flow, sampler,
              shape.channels, in_pixels, norms, grad_acc);
     } else {
-      const int64_t tiles_x = ceil_div(shape.out_width, kTileWidth);
-      const dim3 tiles(static_cast<unsigned>(tiles_x * ceil_div(shape.out_height, kTileHeight)), grid.y, grid.z);
-      launch(backward_tiles_kernel<scalar_t, acc_t>, tiles, kThreads, 0, stream, grad_output, input, flow, sampler,
-             shape.out_height, tiles_x, shape.channels, shape.in_width, in_pixels, grad_acc, partial);
+      const int64_t tiles_x = ceil_div(shape.out_width, kTileWidth), tiles = tile_count(shape);
+      launch(backward_tiles_kernel<scalar_t, acc_t>, dim3(static_cast<unsigned>(tiles), grid.y, grid.z), kThreads, 0,
+             stream, grad_output, input, flow, sampler, shape.out_height, tiles_x, shape.channels, shape.in_width,
+             in_pixels, grad_input, partial, deferred);
+      if (counts.deferred > 0 && in_pixels > 0) {
+        const dim3 windows(static_cast<unsigned>(ceil_div(in_pixels, kMaxBoxElements)), grid.y, grid.z);
+        launch(backward_deferred_kernel<scalar_t, acc_t>, windows, kThreads, 0, stream, grad_output, flow, sampler,
+               shape.out_height, tiles_x, tiles, shape.channels, in_pixels, deferred, grad_input);
+      }
     }
     launch(sum_chunks_kernel<acc_t>, stride_blocks(flow_count), kThreads, 0, stream, partial, grid.y, flow_count,
            grad_flow);
@@ -510,11 +674,6 @@ cudaError_t flow_warp_backward(const scalar_t* grad_output, const scalar_t* inpu
   if (input_count > 0 && splat && deterministic) {
     launch(fixed_point_to_grad_kernel<scalar_t, acc_t>, stride_blocks(input_count), kThreads, 0, stream, fixed, norms,
            grad_acc, input_count, in_pixels, grad_input);
-  } else if constexpr (!accumulates_in_place<scalar_t>()) {
-    if (input_count > 0) {
-      launch(convert_kernel<scalar_t, acc_t>, stride_blocks(input_count), kThreads, 0, stream, grad_acc, input_count,
-             grad_input);
-    }
   }
   return cudaGetLastError();
 }

@@ -26,9 +26,10 @@ template <typename scalar_t>
 cudaError_t flow_warp_forward(const scalar_t* input, const coord_t<scalar_t>* flow, const FlowWarpShape& shape,
                               int padding, bool align_corners, scalar_t* output, cudaStream_t stream);
 
-// Bytes of workspace the backward needs: per-channel-chunk partial flow gradients, an fp32
-// grad_input accumulator when the input is fp16/bf16, and with `deterministic` the int64
-// fixed-point sums of grad_input and the per-plane norms of grad_output.
+// Bytes of workspace the backward needs: per-channel-chunk partial flow gradients; with
+// `deterministic` the int64 fixed-point sums of grad_input, the per-plane norms of grad_output and,
+// for fp16/bf16, an fp32 grad_input accumulator; without it, for fp16/bf16, a byte per
+// (image, tile) marking the tiles whose splat is deferred.
 size_t flow_warp_backward_workspace(const FlowWarpShape& shape, size_t element_size, bool deterministic);
 
 // deterministic: splat grad_input with order-independent fixed-point int64 atomics instead of

@@ -59,6 +59,8 @@ struct Runtime {
   size_t dynamic_bytes = 0;
   const std::function<void()>* body = nullptr;
   int running = -1;
+  cudaError_t fault = cudaSuccess;  // recorded by a thread of the running block (fault())
+  std::string fault_what;
   ucontext_t scheduler;
   std::vector<unsigned char*> stacks;
 };
@@ -256,7 +258,9 @@ void run_grid(const void* kernel, dim3 grid, dim3 block, size_t shared_bytes, co
       for (unsigned x = 0; x < grid.x; ++x) {
         r.indices.block_index = make_uint3(x, y, z);
         poison_shared(shared_bytes);
+        r.fault = cudaSuccess;
         run_block(threads);
+        if (r.fault != cudaSuccess) throw LaunchFailure(r.fault, describe_block() + ": " + r.fault_what);
         check_redzones();
       }
     }
@@ -299,6 +303,13 @@ const uint64_t* exchange_in_warp(unsigned mask, uint64_t value) {
 }
 
 void* dynamic_shared_memory() { return runtime().dynamic_shared.data() + kRedzone; }
+
+void fault(cudaError_t error, const char* what) {
+  Runtime& r = runtime();
+  if (r.fault != cudaSuccess) return;
+  r.fault = error;
+  r.fault_what = what;
+}
 
 void set_thread_order(int order, uint64_t seed) {
   runtime().order = order;

@@ -1,7 +1,8 @@
 """flow_warp's CUDA kernels (forward; the default backward's tiles, splatting through shared memory or,
-where a tile's input box is too large, directly into grad_input; the deterministic fixed-point splat
-with its plane norms and the in-order splat of non-finite planes; chunk sums; fp16/bf16 conversion) on
-the emulated-CUDA layer."""
+where a tile's input box is too large, directly into grad_input (fp32/fp64); the deterministic fixed-point splat
+with its plane norms and the in-order splat of non-finite planes; chunk sums; the fp16/bf16 flush with
+pair and scalar 16-bit atomics and the deferred splat of their large-box tiles; the deterministic path's
+fp16/bf16 conversion) on the emulated-CUDA layer."""
 from __future__ import annotations
 
 import pytest
@@ -99,9 +100,9 @@ def _axis_corners(coord, size, padding):
     return indices, [(i >= 0) & (i <= size - 1) for i in indices]
 
 
-def _tile_paths(flow, in_hw, padding, align_corners):
-    """Per (image, tile) of the default backward, True where the kernel's rule sends it through shared
-    memory: its inside corners' box (columns x rows) has at most MAX_BOX pixels and is not empty."""
+def _tile_boxes(flow, in_hw, padding, align_corners):
+    """Per (image, tile) of the default backward, (image, box): the input box (x0, y0, x1, y1, inclusive) of
+    its inside corners, None when no corner is inside."""
     out_h, out_w = flow.shape[2:]
     flow = flow.double()
     xs, x_in = _axis_corners(_base(out_w, in_hw[1], align_corners).view(1, -1) + flow[:, 0], in_hw[1], padding)
@@ -115,17 +116,24 @@ def _tile_paths(flow, in_hw, padding, align_corners):
                 bounds[which].append(torch.where(inside, values, torch.full_like(values, fill)))
     low_x, low_y = torch.stack(bounds[0]).amin(0), torch.stack(bounds[1]).amin(0)
     high_x, high_y = torch.stack(bounds[2]).amax(0), torch.stack(bounds[3]).amax(0)
-    paths = []
+    boxes = []
     for b in range(flow.shape[0]):
         for y0 in range(0, out_h, TILE[0]):
             for x0 in range(0, out_w, TILE[1]):
                 tile = (b, slice(y0, y0 + TILE[0]), slice(x0, x0 + TILE[1]))
                 if low_x[tile].isinf().all():
-                    paths.append(False)  # no corner inside
+                    boxes.append((b, None))
                     continue
-                box = (high_x[tile].max() - low_x[tile].min() + 1) * (high_y[tile].max() - low_y[tile].min() + 1)
-                paths.append(bool(box <= MAX_BOX))
-    return paths
+                box = (low_x[tile].min(), low_y[tile].min(), high_x[tile].max(), high_y[tile].max())
+                boxes.append((b, tuple(int(v) for v in box)))
+    return boxes
+
+
+def _tile_paths(flow, in_hw, padding, align_corners):
+    """Per (image, tile) of the default backward, True where the kernel's rule sends it through shared
+    memory: its inside corners' box (columns x rows) has at most MAX_BOX pixels and is not empty."""
+    return [box is not None and (box[2] - box[0] + 1) * (box[3] - box[1] + 1) <= MAX_BOX
+            for _, box in _tile_boxes(flow, in_hw, padding, align_corners)]
 
 
 def _check(emulated, input, flow, padding, align, deterministic):
@@ -226,8 +234,8 @@ def test_tile_and_direct_splat(emulated, case, flow_kind, padding, align):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_tile_and_direct_splat_dtypes(emulated, dtype):
-    """Both splats in every dtype, in one launch: the left half of the output samples smoothly (shared
-    accumulator), the right half all over the input (direct splat)."""
+    """Both splats in every dtype, in one backward: the left half of the output samples smoothly (shared
+    accumulator), the right half all over the input (direct splat; for fp16/bf16 the deferred kernel)."""
     batch, channels, in_h, in_w, out_h, out_w = TILE_CASES["same-size"]
     coord = torch.float64 if dtype == torch.float64 else torch.float32
     flow = _smooth_flow(batch, (in_h, in_w), (out_h, out_w), True, amplitude=1.0)
@@ -237,3 +245,51 @@ def test_tile_and_direct_splat_dtypes(emulated, dtype):
     assert all(path == (index % columns == 0) for index, path in enumerate(paths)), paths
     input = torch.randn(batch, channels, in_h, in_w).to(dtype)
     _check(emulated, input, flow.to(coord), "zeros", True, deterministic=False)
+
+
+# Odd input widths and plane sizes: the 16-bit flush's rows start at odd and even elements, so every box
+# has rows with a scalar head, pairs and a scalar tail; several tiles' boxes overlap.
+HALF_CASES = {
+    "same-size": (2, 37, 27, 45, 27, 45),  # 4 x 2 tiles, the last column 13 wide, the last row 3 high
+    "upsample": (2, 7, 13, 23, 25, 45),  # 2x - 1 with align_corners (scale 1/2): 4 x 2 tiles, input 4x smaller
+}
+
+
+@pytest.mark.parametrize("padding", ["zeros", "border"])
+@pytest.mark.parametrize("case", HALF_CASES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_half_flush_overlapping_tiles(emulated, dtype, case, padding):
+    """fp16/bf16 atomic backward: every tile flushes its fp32 box into the 16-bit grad_input with pair
+    atomics (scalar ones at a row's odd head or tail), and elements in several tiles' boxes take several
+    flushes; within the dtype's tolerance of the reference in every thread order."""
+    batch, channels, in_h, in_w, out_h, out_w = HALF_CASES[case]
+    flow = _smooth_flow(batch, (in_h, in_w), (out_h, out_w), True, amplitude=1.5)
+    # every tile with a corner inside (the last tile row may sample below the image) flushes a box
+    boxes = [(b, box) for b, box in _tile_boxes(flow, (in_h, in_w), padding, True) if box is not None]
+    assert all((box[2] - box[0] + 1) * (box[3] - box[1] + 1) <= MAX_BOX for _, box in boxes)
+    cover = torch.zeros(batch, in_h, in_w, dtype=torch.int64)
+    for b, (x0, y0, x1, y1) in boxes:
+        cover[b, y0:y1 + 1, x0:x1 + 1] += 1
+    # boxes of several rows, of both parities as in_w is odd; elements in several boxes
+    assert any(box[3] > box[1] for _, box in boxes) and in_w % 2 == 1 and (in_h * in_w) % 2 == 1
+    assert (cover >= 2).any(), cover.max()
+    input = torch.randn(batch, channels, in_h, in_w).to(dtype)
+    _check(emulated, input, flow, padding, True, deterministic=False)
+
+
+@pytest.mark.parametrize("padding", ["zeros", "border"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_half_deferred_tiles(emulated, dtype, padding):
+    """fp16/bf16 tiles whose box is too large are splatted by the deferred kernel, which owns windows of
+    1024 input elements (the 1215-element planes end in an odd window of 191, and start at odd elements
+    every other plane): the left tile column samples smoothly (shared accumulator), the right one all
+    over the input (deferred), flushing into the same grad_input elements."""
+    batch, channels, in_h, in_w, out_h, out_w = HALF_CASES["same-size"]
+    flow = _smooth_flow(batch, (in_h, in_w), (out_h, out_w), True, amplitude=1.0)
+    flow[..., TILE[1]:] = _wild_flow(batch, (in_h, in_w), (out_h, out_w), True)[..., TILE[1]:]
+    paths = _tile_paths(flow, (in_h, in_w), padding, True)
+    columns = -(-out_w // TILE[1])
+    assert all(path == (index % columns == 0) for index, path in enumerate(paths)), paths
+    assert in_h * in_w > MAX_BOX and (in_h * in_w) % 2 == 1
+    input = torch.randn(batch, channels, in_h, in_w).to(dtype)
+    _check(emulated, input, flow, padding, True, deterministic=False)

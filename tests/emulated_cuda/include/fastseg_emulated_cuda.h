@@ -30,7 +30,9 @@
 //   - checks a GPU (sm_80/sm_90) would make at launch: threads per block <= 1024 (x, y <= 1024,
 //     z <= 64), grid.y/z <= 65535, dynamic shared memory over 48 KB only after
 //     cudaFuncSetAttribute(MaxDynamicSharedMemorySize) raised it, never over 227 KB.
-//   - atomics are plain read-modify-writes: fibers switch only at barriers, so they are atomic.
+//   - atomics are plain read-modify-writes: fibers switch only at barriers, so they are atomic; the
+//     16-bit float ones round the fp32 sum to nearest even, as the hardware does, and a pair atomic
+//     at an address that is not 4-byte aligned fails the launch (cudaErrorMisalignedAddress).
 //   - libraries: the device-wide radix sort of csrc/cuda/radix_sort.cuh (CUB under nvcc) is a host
 //     LSD radix sort with CUB's temporary-storage contract (radix_sort_keys below).
 // Errors are sticky like the runtime's: cudaGetLastError() returns and clears the first one, and
@@ -78,6 +80,16 @@ void sync_warp(unsigned mask);
 // stay valid until the lanes' next sync_warp (which must follow, before the next exchange).
 const uint64_t* exchange_in_warp(unsigned mask, uint64_t value);
 void* dynamic_shared_memory();
+// Records a fault of the running thread (the first one); the launch fails with `error` after the
+// block, as a GPU reports a faulting instruction (an exception cannot leave a fiber).
+void fault(cudaError_t error, const char* what);
+
+// A pair atomic needs a 4-byte aligned address, else the instruction faults.
+inline void check_pair_alignment(const void* address) {
+  if (reinterpret_cast<uintptr_t>(address) % 4 != 0) {
+    fault(cudaErrorMisalignedAddress, "16-bit pair atomicAdd at an address not 4-byte aligned");
+  }
+}
 
 // Thread orders between barriers: 0 forward, 1 reverse, 2 shuffled with `seed`.
 void set_thread_order(int order, uint64_t seed);
@@ -162,6 +174,34 @@ template <typename T>
 T atomicAdd(T* address, T value) {
   const T old = *address;
   *address = old + value;
+  return old;
+}
+
+// The 16-bit atomics of sm_70+ (__half) and sm_90 (__nv_bfloat16; sm_80 emulates it with a CAS
+// loop), scalar and on an aligned pair (x the lower address, each half added on its own): the fp32
+// sum of two 16-bit values rounded to nearest even. The fp32 sum is exact unless the smaller term is
+// below 2^-12 of the larger, and then under a quarter of the 16-bit ulp (never near a tie), so the
+// result is the correctly rounded sum, as atom.add.noftz.{f16,bf16}{,x2} gives it.
+inline __half atomicAdd(__half* address, __half value) {
+  const __half old = *address;
+  *address = __float2half_rn(__half2float(old) + __half2float(value));
+  return old;
+}
+inline __nv_bfloat16 atomicAdd(__nv_bfloat16* address, __nv_bfloat16 value) {
+  const __nv_bfloat16 old = *address;
+  *address = __float2bfloat16_rn(__bfloat162float(old) + __bfloat162float(value));
+  return old;
+}
+inline __half2 atomicAdd(__half2* address, __half2 value) {
+  ::fastseg::emulated::check_pair_alignment(address);
+  const __half2 old = *address;
+  *address = __floats2half2_rn(__low2float(old) + __low2float(value), __high2float(old) + __high2float(value));
+  return old;
+}
+inline __nv_bfloat162 atomicAdd(__nv_bfloat162* address, __nv_bfloat162 value) {
+  ::fastseg::emulated::check_pair_alignment(address);
+  const __nv_bfloat162 old = *address;
+  *address = __floats2bfloat162_rn(__low2float(old) + __low2float(value), __high2float(old) + __high2float(value));
   return old;
 }
 
