@@ -113,6 +113,60 @@ __device__ GroupStart group_start(const DeformGeometry& g, const SampleRow& r, i
           ((r.local_b * g.channels + c0) * taps + r.tap) * g.out_h * g.out_w + p};
 }
 
+// The channel loop of one sample: column[c * column_stride] = mask * bilinear(image + c * plane) for
+// the channels of its offset group (`image` at the group's first one; NaN when the position is
+// poisoned). Serves im2col (scalar_t columns in HBM) and the fused forward (acc_t columns in shared
+// memory).
+template <typename scalar_t, typename acc_t, typename column_t>
+__device__ void sample_columns(const Sample<acc_t>& s, const DeformGeometry& g, const scalar_t* image,
+                               column_t* column, int64_t column_stride) {
+  const int64_t plane = g.height * g.width, group_channels = g.channels / g.offset_groups;
+  const acc_t scale = s.poisoned ? acc_t(NAN) : s.mask;
+#pragma unroll 4
+  for (int64_t c = 0; c < group_channels; ++c, image += plane, column += column_stride) {
+    acc_t value = acc_t(0);
+#pragma unroll
+    for (int n = 0; n < 4; ++n) {
+      if (s.inside[n]) value += s.weight[n] * convert<acc_t>(image[s.index[n]]);
+    }
+    *column = convert<column_t>(scale * value);
+  }
+}
+
+// The backward of one sample (row r, pixel p) given its grad column (grad_column[c * column_stride]
+// for the channels of its offset group): grad_image[c] += bilinear weight * mask * grad (atomics), and
+// the offset and mask gradients of the sample written in place (no atomics; grad_mask null when mask
+// is). Serves the generic backward (grad columns in HBM) and the fused one (in shared memory).
+template <typename scalar_t, typename acc_t, typename column_t>
+__device__ void sample_backward(const Sample<acc_t>& s, const DeformGeometry& g, const SampleRow& r, int64_t p,
+                                const scalar_t* image, acc_t* grad_image, const column_t* grad_column,
+                                int64_t column_stride, scalar_t* grad_offset, scalar_t* grad_mask) {
+  const int64_t taps = g.kh * g.kw, pixels = g.out_h * g.out_w, plane = g.height * g.width;
+  const int64_t group_channels = g.channels / g.offset_groups;
+  acc_t sum_y = acc_t(0), sum_x = acc_t(0), sum_m = acc_t(0);
+  if (s.any) {
+#pragma unroll 2
+    for (int64_t c = 0; c < group_channels;
+         ++c, image += plane, grad_image += plane, grad_column += column_stride) {
+      const acc_t grad = convert<acc_t>(*grad_column);
+      const acc_t masked_grad = s.mask * grad;
+      acc_t v[4];
+#pragma unroll
+      for (int n = 0; n < 4; ++n) {
+        v[n] = s.inside[n] ? convert<acc_t>(image[s.index[n]]) : acc_t(0);
+        if (s.inside[n]) atomicAdd(grad_image + s.index[n], s.weight[n] * masked_grad);
+      }
+      sum_m += grad * (s.weight[0] * v[0] + s.weight[1] * v[1] + s.weight[2] * v[2] + s.weight[3] * v[3]);
+      sum_y += grad * ((acc_t(1) - s.frac_x) * (v[2] - v[0]) + s.frac_x * (v[3] - v[1]));
+      sum_x += grad * ((acc_t(1) - s.frac_y) * (v[1] - v[0]) + s.frac_y * (v[3] - v[2]));
+    }
+  }
+  const int64_t sample = (r.b * g.offset_groups + r.og) * taps + r.tap;
+  grad_offset[(2 * sample) * pixels + p] = convert<scalar_t>(s.any ? s.mask * sum_y : acc_t(0));
+  grad_offset[(2 * sample + 1) * pixels + p] = convert<scalar_t>(s.any ? s.mask * sum_x : acc_t(0));
+  if (grad_mask) grad_mask[sample * pixels + p] = convert<scalar_t>(sum_m);
+}
+
 // Grid of the sample kernels: x over output pixels (one thread each), y over sample rows (strided
 // when there are more than 65535).
 dim3 sample_grid(const DeformGeometry& g, int64_t nb) {
@@ -131,24 +185,12 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t pixels = g.out_h * g.out_w, p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (p >= pixels) return;
   const int64_t ho = p / g.out_w, wo = p - ho * g.out_w;
-  const int64_t plane = g.height * g.width, column_stride = g.kh * g.kw * pixels;
-  const int64_t group_channels = g.channels / g.offset_groups, rows = nb * g.offset_groups * g.kh * g.kw;
+  const int64_t column_stride = g.kh * g.kw * pixels, rows = nb * g.offset_groups * g.kh * g.kw;
   for (int64_t row = blockIdx.y; row < rows; row += gridDim.y) {
     const SampleRow r = sample_row(g, b0, row);
     const Sample<acc_t> s = load_sample<scalar_t, acc_t>(offset, mask, g, r, ho, wo, p);
-    const acc_t scale = s.poisoned ? acc_t(NAN) : s.mask;
     const GroupStart start = group_start(g, r, p);
-    const scalar_t* image = input + start.image;
-    scalar_t* column = columns + start.column;
-#pragma unroll 4
-    for (int64_t c = 0; c < group_channels; ++c, image += plane, column += column_stride) {
-      acc_t value = acc_t(0);
-#pragma unroll
-      for (int n = 0; n < 4; ++n) {
-        if (s.inside[n]) value += s.weight[n] * convert<acc_t>(image[s.index[n]]);
-      }
-      *column = convert<scalar_t>(scale * value);
-    }
+    sample_columns(s, g, input + start.image, columns + start.column, column_stride);
   }
 }
 
@@ -164,38 +206,221 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t pixels = g.out_h * g.out_w, p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (p >= pixels) return;
   const int64_t ho = p / g.out_w, wo = p - ho * g.out_w;
-  const int64_t taps = g.kh * g.kw, plane = g.height * g.width, column_stride = taps * pixels;
-  const int64_t group_channels = g.channels / g.offset_groups, rows = nb * g.offset_groups * taps;
+  const int64_t column_stride = g.kh * g.kw * pixels, rows = nb * g.offset_groups * g.kh * g.kw;
   for (int64_t row = blockIdx.y; row < rows; row += gridDim.y) {
     const SampleRow r = sample_row(g, b0, row);
     const Sample<acc_t> s = load_sample<scalar_t, acc_t>(offset, mask, g, r, ho, wo, p);
-    acc_t sum_y = acc_t(0), sum_x = acc_t(0), sum_m = acc_t(0);
-    if (s.any) {
-      const GroupStart start = group_start(g, r, p);
-      const scalar_t* image = input + start.image;
-      acc_t* grad_image = grad_input + start.image;
-      const scalar_t* grad_column = grad_columns + start.column;
-#pragma unroll 2
-      for (int64_t c = 0; c < group_channels;
-           ++c, image += plane, grad_image += plane, grad_column += column_stride) {
-        const acc_t grad = convert<acc_t>(*grad_column);
-        const acc_t masked_grad = s.mask * grad;
-        acc_t v[4];
+    const GroupStart start = group_start(g, r, p);
+    sample_backward(s, g, r, p, input + start.image, grad_input + start.image, grad_columns + start.column,
+                    column_stride, grad_offset, grad_mask);
+  }
+}
+
+// Fused small-channel path (groups == 1): a block owns a tile of kTile output pixels of one image and
+// keeps everything between the sampling and the output in shared memory (acc_t): the kernels
+// (C_out, R) with R = C*taps + 1 rows, the last one the bias, and the column tile (R, kTile + 1),
+// whose last row is ones, so that the bias rides in the product (and its gradient in the grad weight
+// product). Rows are padded to kTile + 1 so that both row-wise and column-wise reads of the tile
+// are free of bank conflicts.
+constexpr int kFusedThreads = 256;
+constexpr int kTile = 64;
+constexpr int kTileStride = kTile + 1;
+constexpr int kProductRows = 4;  // register tile of block_product: 4 rows x 2 columns per thread
+// The backward's blocks each take at least this many tiles (amortising their kernel load and their
+// partial grad weight), and at most one block per SM.
+constexpr int64_t kMinTilesPerBlock = 4;
+
+// C(i, j) = sum_r A[i * ai + r * ar] * B[j * bj + r * br] for i < ni, j < nj over r < nr, operands in
+// shared memory, each result handed to epilogue(i, j, value) by the one thread that computed it
+// (fixed summation order: deterministic). A warp takes 4 consecutive i (the same A address in every
+// lane: broadcast reads), each lane the columns j and j + 32 (consecutive B reads); out-of-range i and
+// j are clamped for the reads and skipped in the epilogue.
+template <typename acc_t, typename Epilogue>
+__device__ void block_product(const acc_t* a, int ai, int ar, const acc_t* b, int bj, int br, int ni, int nj, int nr,
+                              Epilogue epilogue) {
+  const int lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  for (int i0 = threadIdx.x / 32 * kProductRows; i0 < ni; i0 += warps * kProductRows) {
+    for (int j0 = lane; j0 < nj + lane; j0 += 64) {
+      const acc_t* a_row[kProductRows];
+      const acc_t* b_column[2];
 #pragma unroll
-        for (int n = 0; n < 4; ++n) {
-          v[n] = s.inside[n] ? convert<acc_t>(image[s.index[n]]) : acc_t(0);
-          if (s.inside[n]) atomicAdd(grad_image + s.index[n], s.weight[n] * masked_grad);
+      for (int n = 0; n < kProductRows; ++n) a_row[n] = a + min(i0 + n, ni - 1) * ai;
+#pragma unroll
+      for (int m = 0; m < 2; ++m) b_column[m] = b + min(j0 + 32 * m, nj - 1) * bj;
+      acc_t sum[kProductRows][2] = {};
+      for (int r = 0; r < nr; ++r) {
+        acc_t av[kProductRows], bv[2];
+#pragma unroll
+        for (int n = 0; n < kProductRows; ++n) av[n] = a_row[n][r * ar];
+#pragma unroll
+        for (int m = 0; m < 2; ++m) bv[m] = b_column[m][r * br];
+#pragma unroll
+        for (int n = 0; n < kProductRows; ++n) {
+#pragma unroll
+          for (int m = 0; m < 2; ++m) sum[n][m] += av[n] * bv[m];
         }
-        sum_m += grad * (s.weight[0] * v[0] + s.weight[1] * v[1] + s.weight[2] * v[2] + s.weight[3] * v[3]);
-        sum_y += grad * ((acc_t(1) - s.frac_x) * (v[2] - v[0]) + s.frac_x * (v[3] - v[1]));
-        sum_x += grad * ((acc_t(1) - s.frac_y) * (v[1] - v[0]) + s.frac_y * (v[3] - v[2]));
+      }
+#pragma unroll
+      for (int n = 0; n < kProductRows; ++n) {
+#pragma unroll
+        for (int m = 0; m < 2; ++m) {
+          if (i0 + n < ni && j0 + 32 * m < nj) epilogue(i0 + n, j0 + 32 * m, sum[n][m]);
+        }
       }
     }
-    const int64_t sample = (r.b * g.offset_groups + r.og) * taps + r.tap;
-    grad_offset[(2 * sample) * pixels + p] = convert<scalar_t>(s.any ? s.mask * sum_y : acc_t(0));
-    grad_offset[(2 * sample + 1) * pixels + p] = convert<scalar_t>(s.any ? s.mask * sum_x : acc_t(0));
-    if (grad_mask) grad_mask[sample * pixels + p] = convert<scalar_t>(sum_m);
   }
+}
+
+// kernels[i * R + k] = weight[i, k] for k < C*taps and bias[i] (0 when null) at k = C*taps.
+template <typename scalar_t, typename acc_t>
+__device__ void load_kernels(const scalar_t* weight, const scalar_t* bias, int out_channels, int rows,
+                             acc_t* kernels) {
+  const int sampled = rows - 1;
+  for (int e = threadIdx.x; e < out_channels * rows; e += blockDim.x) {
+    const int i = e / rows, k = e - i * rows;
+    kernels[e] = k < sampled ? convert<acc_t>(weight[int64_t(i) * sampled + k])
+                             : (bias ? convert<acc_t>(bias[i]) : acc_t(0));
+  }
+}
+
+// The column tile of pixels [p0, p0 + kTile) of image b: columns[(c*taps + tap) * kTileStride + t],
+// each sample computed once per (offset group, tap, pixel) by one thread; zero past the last pixel;
+// the bias row C*taps is ones.
+template <typename scalar_t, typename acc_t>
+__device__ void gather_tile(const scalar_t* input, const scalar_t* offset, const scalar_t* mask,
+                            const DeformGeometry& g, int64_t b, int64_t p0, acc_t* columns) {
+  const int taps = static_cast<int>(g.kh * g.kw), group_channels = static_cast<int>(g.channels / g.offset_groups);
+  const int64_t pixels = g.out_h * g.out_w;
+  const int column_stride = taps * kTileStride;
+  for (int item = threadIdx.x; item < g.offset_groups * taps * kTile; item += blockDim.x) {
+    const int t = item % kTile, og_tap = item / kTile, og = og_tap / taps, tap = og_tap - og * taps;
+    const int64_t p = p0 + t;
+    acc_t* column = columns + (og * group_channels * taps + tap) * kTileStride + t;
+    if (p < pixels) {
+      const int64_t ho = p / g.out_w, wo = p - ho * g.out_w;
+      const SampleRow r{0, b, og, tap};
+      const Sample<acc_t> s = load_sample<scalar_t, acc_t>(offset, mask, g, r, ho, wo, p);
+      sample_columns(s, g, input + group_start(g, r, p).image, column, column_stride);
+    } else {
+      for (int c = 0; c < group_channels; ++c) column[c * column_stride] = acc_t(0);
+    }
+  }
+  for (int t = threadIdx.x; t < kTile; t += blockDim.x) columns[g.channels * taps * kTileStride + t] = acc_t(1);
+}
+
+// Block per tile (image blockIdx.x / tiles, tile blockIdx.x % tiles): gather the column tile, then
+// output(i, p) = sum_k kernels(i, k) * columns(k, p) with the bias row included (Eq. 6).
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kFusedThreads)
+    fused_forward_kernel(const scalar_t* __restrict__ input, const scalar_t* __restrict__ offset,
+                         const scalar_t* __restrict__ mask, const scalar_t* __restrict__ weight,
+                         const scalar_t* __restrict__ bias, DeformGeometry g, int out_channels,
+                         scalar_t* __restrict__ output) {
+  FASTSEG_DYNAMIC_SHARED(shared);
+  const int rows = static_cast<int>(g.channels * g.kh * g.kw) + 1;
+  acc_t* kernels = reinterpret_cast<acc_t*>(shared);
+  acc_t* columns = kernels + out_channels * rows;
+  const int64_t pixels = g.out_h * g.out_w, tiles = (pixels + kTile - 1) / kTile;
+  const int64_t b = blockIdx.x / tiles, p0 = (blockIdx.x - b * tiles) * kTile;
+  load_kernels(weight, bias, out_channels, rows, kernels);
+  gather_tile(input, offset, mask, g, b, p0, columns);
+  __syncthreads();
+  scalar_t* out = output + b * out_channels * pixels + p0;
+  const int valid = static_cast<int>(pixels - p0 < kTile ? pixels - p0 : kTile);
+  block_product(kernels, rows, 1, columns, 1, kTileStride, out_channels, valid, rows,
+                [&](int i, int t, acc_t value) { out[i * pixels + t] = convert<scalar_t>(value); });
+}
+
+// Blocks over tiles blockIdx.x + k * gridDim.x. Per tile: gather the column tile and the grad_output
+// tile (zero past the last pixel); grad_kernels(i, k) += sum_p grad_out(i, p) * columns(k, p) into the
+// block's shared sums (row C*taps of ones gives grad_bias); then grad_columns(k, p) = sum_i
+// kernels(i, k) * grad_out(i, p) over the tile in place of the columns, which the samples scatter to
+// grad_input (atomics) and turn into their offset and mask gradients (each sample one thread: no
+// atomics). At the end, the block's sums go to partials[blockIdx.x] (reduced by reduce_kernel).
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kFusedThreads)
+    fused_backward_kernel(const scalar_t* __restrict__ grad_output, const scalar_t* __restrict__ input,
+                          const scalar_t* __restrict__ offset, const scalar_t* __restrict__ mask,
+                          const scalar_t* __restrict__ weight, DeformGeometry g, int out_channels,
+                          acc_t* __restrict__ grad_input, scalar_t* __restrict__ grad_offset,
+                          scalar_t* __restrict__ grad_mask, acc_t* __restrict__ partials) {
+  FASTSEG_DYNAMIC_SHARED(shared);
+  const int taps = static_cast<int>(g.kh * g.kw), rows = static_cast<int>(g.channels) * taps + 1;
+  const int group_channels = static_cast<int>(g.channels / g.offset_groups);
+  acc_t* kernels = reinterpret_cast<acc_t*>(shared);
+  acc_t* sums = kernels + out_channels * rows;
+  acc_t* columns = sums + out_channels * rows;
+  acc_t* grad_out = columns + rows * kTileStride;
+  const int64_t pixels = g.out_h * g.out_w, tiles = (pixels + kTile - 1) / kTile;
+  load_kernels(weight, static_cast<const scalar_t*>(nullptr), out_channels, rows, kernels);
+  for (int e = threadIdx.x; e < out_channels * rows; e += blockDim.x) sums[e] = acc_t(0);
+  for (int64_t tile = blockIdx.x; tile < g.batch * tiles; tile += gridDim.x) {
+    const int64_t b = tile / tiles, p0 = (tile - b * tiles) * kTile;
+    __syncthreads();  // the previous tile's grad columns and grad_out are consumed
+    gather_tile(input, offset, mask, g, b, p0, columns);
+    for (int e = threadIdx.x; e < out_channels * kTile; e += blockDim.x) {
+      const int i = e / kTile, t = e - i * kTile;
+      grad_out[e] = p0 + t < pixels ? convert<acc_t>(grad_output[(b * out_channels + i) * pixels + p0 + t]) : acc_t(0);
+    }
+    __syncthreads();
+    block_product(grad_out, kTile, 1, columns, kTileStride, 1, out_channels, rows, kTile,
+                  [&](int i, int k, acc_t value) { sums[i * rows + k] += value; });
+    __syncthreads();
+    block_product(kernels, 1, rows, grad_out, 1, kTile, rows - 1, kTile, out_channels,
+                  [&](int k, int t, acc_t value) { columns[k * kTileStride + t] = value; });
+    __syncthreads();
+    for (int item = threadIdx.x; item < g.offset_groups * taps * kTile; item += blockDim.x) {
+      const int t = item % kTile, og_tap = item / kTile, og = og_tap / taps, tap = og_tap - og * taps;
+      const int64_t p = p0 + t;
+      if (p >= pixels) continue;
+      const int64_t ho = p / g.out_w, wo = p - ho * g.out_w;
+      const SampleRow r{0, b, og, tap};
+      const Sample<acc_t> s = load_sample<scalar_t, acc_t>(offset, mask, g, r, ho, wo, p);
+      const int64_t image = group_start(g, r, p).image;
+      sample_backward(s, g, r, p, input + image, grad_input + image,
+                      columns + (og * group_channels * taps + tap) * kTileStride + t, taps * kTileStride,
+                      grad_offset, grad_mask);
+    }
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < out_channels * rows; e += blockDim.x) {
+    partials[int64_t(blockIdx.x) * out_channels * rows + e] = sums[e];
+  }
+}
+
+// grad_weight (C_out, C*taps) and grad_bias (C_out) from the backward blocks' partial sums
+// (blocks, C_out, R), added in block order (deterministic).
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    reduce_kernel(const acc_t* __restrict__ partials, int blocks, int out_channels, int rows,
+                  scalar_t* __restrict__ grad_weight, scalar_t* __restrict__ grad_bias) {
+  const int e = blockIdx.x * blockDim.x + threadIdx.x, entries = out_channels * rows;
+  if (e >= entries) return;
+  acc_t sum = acc_t(0);
+  for (int block = 0; block < blocks; ++block) sum += partials[int64_t(block) * entries + e];
+  const int i = e / rows, k = e - i * rows;
+  if (k < rows - 1) {
+    grad_weight[i * (rows - 1) + k] = convert<scalar_t>(sum);
+  } else {
+    grad_bias[i] = convert<scalar_t>(sum);
+  }
+}
+
+// Shared memory of the fused kernels, in acc_t elements.
+int64_t fused_forward_elements(const DeformGeometry& g, int64_t out_channels) {
+  const int64_t rows = g.channels * g.kh * g.kw + 1;
+  return out_channels * rows + rows * kTileStride;
+}
+
+int64_t fused_backward_elements(const DeformGeometry& g, int64_t out_channels) {
+  const int64_t rows = g.channels * g.kh * g.kw + 1;
+  return 2 * out_channels * rows + rows * kTileStride + out_channels * kTile;
+}
+
+template <typename Kernel>
+cudaError_t allow_shared(Kernel kernel, size_t bytes) {
+  if (bytes <= 48 * 1024) return cudaSuccess;
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
 }
 
 bool no_samples(const DeformGeometry& g, int64_t nb) {
@@ -224,12 +449,71 @@ cudaError_t deform_columns_backward(const scalar_t* input, const scalar_t* grad_
   return cudaGetLastError();
 }
 
+cudaError_t deform_fused_plan(const DeformGeometry& g, int64_t out_channels, int64_t groups, size_t element_size,
+                              DeformFusedPlan* plan) {
+  *plan = DeformFusedPlan{};
+  const int64_t pixels = g.out_h * g.out_w;
+  if (groups != 1 || g.batch * pixels * out_channels == 0) return cudaSuccess;
+  DeviceLimits limits;
+  const cudaError_t error = device_limits(&limits);
+  if (error != cudaSuccess) return error;
+  const int64_t acc_size = element_size == sizeof(double) ? sizeof(double) : sizeof(float);
+  const int64_t forward_bytes = fused_forward_elements(g, out_channels) * acc_size;
+  const int64_t backward_bytes = fused_backward_elements(g, out_channels) * acc_size;
+  plan->forward = forward_bytes <= limits.shared_per_block;
+  plan->backward = backward_bytes <= limits.shared_per_block;
+  const int64_t tiles = g.batch * ceil_div(pixels, kTile);
+  plan->backward_blocks = std::min<int64_t>(limits.sms, ceil_div(tiles, kMinTilesPerBlock));
+  plan->partial_elements = plan->backward_blocks * out_channels * (g.channels * g.kh * g.kw + 1);
+  return cudaSuccess;
+}
+
+template <typename scalar_t>
+cudaError_t deform_fused_forward(const scalar_t* input, const scalar_t* offset, const scalar_t* mask,
+                                 const scalar_t* weight, const scalar_t* bias, const DeformGeometry& g,
+                                 int64_t out_channels, scalar_t* output, cudaStream_t stream) {
+  using acc_t = acc_type<scalar_t>;
+  auto kernel = fused_forward_kernel<scalar_t, acc_t>;
+  const size_t bytes = fused_forward_elements(g, out_channels) * sizeof(acc_t);
+  const cudaError_t error = allow_shared(kernel, bytes);
+  if (error != cudaSuccess) return error;
+  const int64_t blocks = g.batch * ceil_div(g.out_h * g.out_w, kTile);
+  launch(kernel, static_cast<unsigned>(blocks), kFusedThreads, bytes, stream, input, offset, mask, weight, bias, g,
+         static_cast<int>(out_channels), output);
+  return cudaGetLastError();
+}
+
+template <typename scalar_t, typename acc_t>
+cudaError_t deform_fused_backward(const scalar_t* grad_output, const scalar_t* input, const scalar_t* offset,
+                                  const scalar_t* mask, const scalar_t* weight, const DeformGeometry& g,
+                                  int64_t out_channels, const DeformFusedPlan& plan, acc_t* grad_input,
+                                  scalar_t* grad_offset, scalar_t* grad_mask, acc_t* partials, scalar_t* grad_weight,
+                                  scalar_t* grad_bias, cudaStream_t stream) {
+  auto kernel = fused_backward_kernel<scalar_t, acc_t>;
+  const size_t bytes = fused_backward_elements(g, out_channels) * sizeof(acc_t);
+  const cudaError_t error = allow_shared(kernel, bytes);
+  if (error != cudaSuccess) return error;
+  launch(kernel, static_cast<unsigned>(plan.backward_blocks), kFusedThreads, bytes, stream, grad_output, input, offset,
+         mask, weight, g, static_cast<int>(out_channels), grad_input, grad_offset, grad_mask, partials);
+  const int64_t entries = out_channels * (g.channels * g.kh * g.kw + 1);
+  launch(reduce_kernel<scalar_t, acc_t>, static_cast<unsigned>(ceil_div(entries, kThreads)), kThreads, 0, stream,
+         partials, static_cast<int>(plan.backward_blocks), static_cast<int>(out_channels),
+         static_cast<int>(g.channels * g.kh * g.kw + 1), grad_weight, grad_bias);
+  return cudaGetLastError();
+}
+
 #define FASTSEG_INSTANTIATE(T)                                                                                    \
   template cudaError_t deform_im2col<T>(const T*, const T*, const T*, const DeformGeometry&, int64_t, int64_t, T*,  \
                                         cudaStream_t);                                                            \
   template cudaError_t deform_columns_backward<T, acc_type<T>>(const T*, const T*, const T*, const T*,             \
                                                                const DeformGeometry&, int64_t, int64_t,           \
-                                                               acc_type<T>*, T*, T*, cudaStream_t);
+                                                               acc_type<T>*, T*, T*, cudaStream_t);           \
+  template cudaError_t deform_fused_forward<T>(const T*, const T*, const T*, const T*, const T*,                  \
+                                               const DeformGeometry&, int64_t, T*, cudaStream_t);                 \
+  template cudaError_t deform_fused_backward<T, acc_type<T>>(const T*, const T*, const T*, const T*, const T*,    \
+                                                             const DeformGeometry&, int64_t,                      \
+                                                             const DeformFusedPlan&, acc_type<T>*, T*, T*,        \
+                                                             acc_type<T>*, T*, T*, cudaStream_t);
 FASTSEG_FOR_FLOATING_TYPES(FASTSEG_INSTANTIATE)
 #undef FASTSEG_INSTANTIATE
 

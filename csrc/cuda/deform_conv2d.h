@@ -31,4 +31,37 @@ cudaError_t deform_columns_backward(const scalar_t* input, const scalar_t* grad_
                                     acc_t* grad_input, scalar_t* grad_offset, scalar_t* grad_mask,
                                     cudaStream_t stream);
 
+// Fused small-channel path (groups == 1), one launch per pass: a block keeps the kernels (C_out x
+// (C*taps + 1), the bias included) and a column tile of 64 output pixels ((C*taps + 1) x 65) in
+// shared memory, in acc_t; the backward also its grad weight sums (as large as the kernels) and a
+// grad_output tile (C_out x 64). `forward` / `backward` say whether that fits the device's shared
+// memory per block (fp32 at C_in = C_out = C, 3x3: forward up to C = 53, backward up to C = 42;
+// fp64 half that); otherwise, or with groups > 1, the glue runs the generic path.
+struct DeformFusedPlan {
+  bool forward = false, backward = false;
+  int64_t backward_blocks = 0;   // at most one per SM, at least 4 tiles each
+  int64_t partial_elements = 0;  // acc_t workspace of deform_fused_backward
+};
+
+cudaError_t deform_fused_plan(const DeformGeometry& g, int64_t out_channels, int64_t groups, size_t element_size,
+                              DeformFusedPlan* plan);
+
+// output = weight * columns + bias (Eq. 6), columns sampled in shared memory, never in HBM. bias may
+// be null; weight (C_out, C, kh, kw).
+template <typename scalar_t>
+cudaError_t deform_fused_forward(const scalar_t* input, const scalar_t* offset, const scalar_t* mask,
+                                 const scalar_t* weight, const scalar_t* bias, const DeformGeometry& g,
+                                 int64_t out_channels, scalar_t* output, cudaStream_t stream);
+
+// All gradients in one pass plus a reduction: grad_input += ... (atomics into the zeroed acc_t
+// buffer, as deform_columns_backward), grad_offset and grad_mask written in place (grad_mask null
+// when mask is), grad_weight and grad_bias from per-block partial sums (`partials`,
+// plan.partial_elements) added in block order (deterministic).
+template <typename scalar_t, typename acc_t>
+cudaError_t deform_fused_backward(const scalar_t* grad_output, const scalar_t* input, const scalar_t* offset,
+                                  const scalar_t* mask, const scalar_t* weight, const DeformGeometry& g,
+                                  int64_t out_channels, const DeformFusedPlan& plan, acc_t* grad_input,
+                                  scalar_t* grad_offset, scalar_t* grad_mask, acc_t* partials, scalar_t* grad_weight,
+                                  scalar_t* grad_bias, cudaStream_t stream);
+
 }  // namespace fastseg::cuda
