@@ -32,11 +32,12 @@ cudaError_t deform_columns_backward(const scalar_t* input, const scalar_t* grad_
                                     cudaStream_t stream);
 
 // Fused small-channel path (groups == 1), one launch per pass: a block keeps the kernels (C_out x
-// (C*taps + 1), the bias included) and a column tile of 64 output pixels ((C*taps + 1) x 65) in
-// shared memory, in acc_t; the backward also its grad weight sums (as large as the kernels) and a
-// grad_output tile (C_out x 64). `forward` / `backward` say whether that fits the device's shared
-// memory per block (fp32 at C_in = C_out = C, 3x3: forward up to C = 53, backward up to C = 42;
-// fp64 half that); otherwise, or with groups > 1, the glue runs the generic path.
+// (C*taps + 1), the bias included) and a column tile of 64 output pixels ((C*taps + 1) x 64, 65 in
+// the backward) in shared memory, in acc_t; the backward also its grad weight sums (as large as the
+// kernels) and the grad_output tile (C_out x 64, twice). `forward` / `backward` say whether that fits
+// the device's shared memory per block (227 KB on sm_90; at C_in = C_out = C, 3x3: forward up to
+// C = 52 in fp32/fp16/bf16 and 32 in fp64, backward up to 40 and 24); otherwise, or with groups > 1,
+// the glue runs the generic path.
 struct DeformFusedPlan {
   bool forward = false, backward = false;
   int64_t backward_blocks = 0;   // at most one per SM, at least 4 tiles each

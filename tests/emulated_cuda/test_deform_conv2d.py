@@ -27,8 +27,8 @@ CASES = {
     "partial-tile-offset-groups2": (2, 4, (9, 10), 7, (3, 3), 1, 1, 1, 1, 2, True),  # 90 pixels: 64 + 26
     "rect-kernel-stride-dilation": (3, 2, (8, 11), 3, (2, 3), (1, 2), (1, 0), (2, 1), 1, 1, False),
     "one-pixel": (2, 3, (1, 1), 2, (1, 1), 1, 0, 1, 1, 1, True),
-    # fp32 fused forward (48*433 + 433*65 floats of shared memory fit 227 KB), generic backward (its
-    # 2*48*433 + 433*65 + 48*64 do not)
+    # fp32: fused forward (its 50228 floats of shared memory fit 227 KB = 58112 floats), generic
+    # backward (76260 do not)
     "fused-forward-only": (1, 48, (5, 6), 48, (3, 3), 1, 1, 1, 1, 1, True),
     # the generic path: groups > 1, or channels whose kernels and tile exceed shared memory
     "groups2-offset-groups2-rect": (2, 4, (6, 9), 6, (2, 3), 1, (1, 0), (2, 1), 2, 2, True),
