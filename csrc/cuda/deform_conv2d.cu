@@ -41,6 +41,7 @@
 #include "cuda/deform_conv2d.h"
 
 #include <algorithm>
+#include <type_traits>
 
 namespace fastseg::cuda {
 namespace {
@@ -57,6 +58,9 @@ struct Sample {
   bool inside[4];
   bool any;       // some neighbour is inside (the position is finite and within (-1, size))
   bool poisoned;  // the position is not finite: NaN column, no gradient (the NaN rule of fastseg.ops)
+
+  // The factor of the sample's column values (mask * bilinear value): NaN when poisoned.
+  __device__ acc_t column_scale() const { return poisoned ? acc_t(NAN) : mask; }
 };
 
 // Row `row` of the samples of the chunk starting at image b0; rows are (local image, offset group,
@@ -121,7 +125,7 @@ template <typename scalar_t, typename acc_t, typename column_t>
 __device__ void sample_columns(const Sample<acc_t>& s, const DeformGeometry& g, const scalar_t* image,
                                column_t* column, int64_t column_stride) {
   const int64_t plane = g.height * g.width, group_channels = g.channels / g.offset_groups;
-  const acc_t scale = s.poisoned ? acc_t(NAN) : s.mask;
+  const acc_t scale = s.column_scale();
 #pragma unroll 4
   for (int64_t c = 0; c < group_channels; ++c, image += plane, column += column_stride) {
     acc_t value = acc_t(0);
@@ -136,11 +140,14 @@ __device__ void sample_columns(const Sample<acc_t>& s, const DeformGeometry& g, 
 // The backward of one sample (row r, pixel p) given its grad column (grad_column[c * column_stride]
 // for the channels of its offset group): grad_image[c] += bilinear weight * mask * grad (atomics), and
 // the offset and mask gradients of the sample written in place (no atomics; grad_mask null when mask
-// is). Serves the generic backward (grad columns in HBM) and the fused one (in shared memory).
+// is). Serves the generic backward (const grad columns in HBM) and the fused one (grad columns in
+// shared memory, mutable): there each entry is then replaced by the sample's column value (what
+// sample_columns writes), from the neighbours this pass loads anyway, for the grad weight product.
 template <typename scalar_t, typename acc_t, typename column_t>
 __device__ void sample_backward(const Sample<acc_t>& s, const DeformGeometry& g, const SampleRow& r, int64_t p,
-                                const scalar_t* image, acc_t* grad_image, const column_t* grad_column,
+                                const scalar_t* image, acc_t* grad_image, column_t* grad_column,
                                 int64_t column_stride, scalar_t* grad_offset, scalar_t* grad_mask) {
+  constexpr bool kRebuildColumns = !std::is_const_v<column_t>;
   const int64_t taps = g.kh * g.kw, pixels = g.out_h * g.out_w, plane = g.height * g.width;
   const int64_t group_channels = g.channels / g.offset_groups;
   acc_t sum_y = acc_t(0), sum_x = acc_t(0), sum_m = acc_t(0);
@@ -156,10 +163,14 @@ __device__ void sample_backward(const Sample<acc_t>& s, const DeformGeometry& g,
         v[n] = s.inside[n] ? convert<acc_t>(image[s.index[n]]) : acc_t(0);
         if (s.inside[n]) atomicAdd(grad_image + s.index[n], s.weight[n] * masked_grad);
       }
-      sum_m += grad * (s.weight[0] * v[0] + s.weight[1] * v[1] + s.weight[2] * v[2] + s.weight[3] * v[3]);
+      const acc_t value = s.weight[0] * v[0] + s.weight[1] * v[1] + s.weight[2] * v[2] + s.weight[3] * v[3];
+      sum_m += grad * value;
       sum_y += grad * ((acc_t(1) - s.frac_x) * (v[2] - v[0]) + s.frac_x * (v[3] - v[1]));
       sum_x += grad * ((acc_t(1) - s.frac_y) * (v[1] - v[0]) + s.frac_y * (v[3] - v[2]));
+      if constexpr (kRebuildColumns) *grad_column = s.column_scale() * value;
     }
+  } else if constexpr (kRebuildColumns) {
+    for (int64_t c = 0; c < group_channels; ++c) grad_column[c * column_stride] = s.column_scale() * acc_t(0);
   }
   const int64_t sample = (r.b * g.offset_groups + r.og) * taps + r.tap;
   grad_offset[(2 * sample) * pixels + p] = convert<scalar_t>(s.any ? s.mask * sum_y : acc_t(0));
@@ -366,13 +377,13 @@ __global__ void __launch_bounds__(kFusedThreads)
                 [&](int i, int t, acc_t value) { out[i * pixels + t] = convert<scalar_t>(value); });
 }
 
-// Blocks over tiles blockIdx.x + k * gridDim.x. Per tile: gather the column tile and the grad_output
-// tile (zero past the last pixel), twice (channel-major and pixel-major); grad_kernels(i, k) +=
-// sum_p grad_out(i, p) * columns(k, p) into the block's shared sums (the row of ones gives
-// grad_bias); then grad_columns(k, p) = sum_i kernels(i, k) * grad_out(i, p) in place of the
-// columns, which the samples scatter to grad_input (atomics) and turn into their offset and mask
-// gradients (each sample one thread: no atomics). At the end the block's sums go to
-// partials[blockIdx.x] (reduced by reduce_kernel).
+// Blocks over tiles blockIdx.x + k * gridDim.x. Per tile: load the grad_output tile (zero past the
+// last pixel), channel-major and pixel-major; grad_columns(k, p) = sum_i kernels(i, k) * grad_out(i,
+// p) into the column tile; one pass over the samples (each one thread, the only neighbour loads of
+// the tile) scatters them to grad_input (atomics), writes the offset and mask gradients (no atomics)
+// and leaves the column values in the tile; then grad_kernels(i, k) += sum_p grad_out(i, p) *
+// columns(k, p) into the block's shared sums (the tile's row of ones gives grad_bias). At the end the
+// block's sums go to partials[blockIdx.x] (reduced by reduce_kernel).
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kFusedThreads)
     fused_backward_kernel(const scalar_t* __restrict__ grad_output, const scalar_t* __restrict__ input,
@@ -393,10 +404,10 @@ __global__ void __launch_bounds__(kFusedThreads)
   const int64_t pixels = g.out_h * g.out_w, tiles = (pixels + kTile - 1) / kTile;
   load_kernels(weight, static_cast<const scalar_t*>(nullptr), out_channels, rows, rows_stride, 1, kernels);
   for (int e = threadIdx.x; e < out_channels * rows; e += blockDim.x) sums[e] = acc_t(0);
+  for (int t = threadIdx.x; t < kTile; t += blockDim.x) columns[(rows - 1) * tile_stride + t] = acc_t(1);
   for (int64_t tile = blockIdx.x; tile < g.batch * tiles; tile += gridDim.x) {
     const int64_t b = tile / tiles, p0 = (tile - b * tiles) * kTile;
-    __syncthreads();  // the previous tile's grad columns and grad_out are consumed
-    gather_tile(input, offset, mask, g, b, p0, tile_stride, columns);
+    __syncthreads();  // the previous tile's columns and grad_out are consumed
     for (int e = threadIdx.x; e < out_channels * kTile; e += blockDim.x) {
       const int i = e / kTile, t = e - i * kTile;
       const acc_t value =
@@ -405,16 +416,14 @@ __global__ void __launch_bounds__(kFusedThreads)
       grad_out_t[t * out_stride + i] = value;
     }
     __syncthreads();
-    block_product(grad_out_t, out_stride, columns, tile_stride, 1, out_channels, rows, kTile,
-                  [&](int i, int k, acc_t value) { sums[i * rows + k] += value; });
-    __syncthreads();
+    const int valid = static_cast<int>(pixels - p0 < kTile ? pixels - p0 : kTile);
     block_product(kernels, rows_stride, grad_out, 1, kTile, rows - 1, kTile, out_channels,
-                  [&](int k, int t, acc_t value) { columns[k * tile_stride + t] = value; });
+                  [&](int k, int t, acc_t value) { columns[k * tile_stride + t] = t < valid ? value : acc_t(0); });
     __syncthreads();
     for (int item = threadIdx.x; item < g.offset_groups * taps * kTile; item += blockDim.x) {
       const int t = item % kTile, og_tap = item / kTile, og = og_tap / taps, tap = og_tap - og * taps;
       const int64_t p = p0 + t;
-      if (p >= pixels) continue;
+      if (p >= pixels) continue;  // its columns stay zero
       const int64_t ho = p / g.out_w, wo = p - ho * g.out_w;
       const SampleRow r{0, b, og, tap};
       const Sample<acc_t> s = load_sample<scalar_t, acc_t>(offset, mask, g, r, ho, wo, p);
@@ -423,6 +432,9 @@ __global__ void __launch_bounds__(kFusedThreads)
                       columns + (og * group_channels * taps + tap) * tile_stride + t, taps * tile_stride,
                       grad_offset, grad_mask);
     }
+    __syncthreads();
+    block_product(grad_out_t, out_stride, columns, tile_stride, 1, out_channels, rows, kTile,
+                  [&](int i, int k, acc_t value) { sums[i * rows + k] += value; });
   }
   __syncthreads();
   for (int e = threadIdx.x; e < out_channels * rows; e += blockDim.x) {
