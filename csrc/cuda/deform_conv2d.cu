@@ -3,12 +3,20 @@
 // contributing zero, and is zero when y <= -1, y >= H, x <= -1 or x >= W. All arithmetic in acc_t
 // (fp32 for fp16/bf16/fp32, fp64 for fp64); int64 indexing throughout.
 //
-// Design: one thread per sample (image, offset group, tap, output pixel) computes the bilinear
-// neighbours, weights and mask once (the only integer divisions, per sample) and loops over the
-// channels of the offset group with pointer strides: im2col writes the column of each channel
+// Design, generic path: one thread per sample (image, offset group, tap, output pixel) computes the
+// bilinear neighbours, weights and mask once (the only integer divisions, per sample) and loops over
+// the channels of the offset group with pointer strides: im2col writes the column of each channel
 // (coalesced over pixels); the backward kernel reads each grad column once, scatters it to grad_input
 // (4 fp32 atomics) and sums the offset and mask gradients in registers. The GEMMs are cuBLAS through
 // the glue (csrc/cuda_glue/deform_conv2d.cpp): straight into the output, the bias as the C operand.
+// Fused path (groups == 1 and its shared memory fits, see FusedLayout; the glue chooses): a block
+// takes tiles of 64 output pixels of one image and keeps the kernels and the column tile in shared
+// memory (acc_t), the bias as a row of ones. Forward, one launch: gather the tile (the same
+// per-sample code), output = kernels x tile (block_product: fp32 FMAs, 4 x 2 register tile per
+// thread). Backward, one launch: grad tile = kernels^T x grad_out, one pass over the samples that
+// scatters it (atomics) and writes the offset and mask gradients (no atomics) and leaves the column
+// values in the tile, grad weight/bias sums += grad_out x tile^T per block in shared memory; then a
+// block-ordered (deterministic) reduction of the per-block sums.
 //
 // Cost model at the GPU shapes of bench/bench_deform_conv2d.py (B=8, 97x97 -> P=9409 pixels per
 // image, 3x3 taps, modulated, forward+backward; H200: 4.8 TB/s HBM, taken at 85% = 4.1 TB/s;
@@ -17,6 +25,7 @@
 // the `predicted H200` lines (the one place these numbers live) into the "predicted" column of
 // bench/RESULTS.md. With E = B*C*9*P column elements (C512: 347 M; C32: 21.7 M) and
 // F = 2*B*P*C*C*9 FLOPs per GEMM (C512: 355 GFLOP):
+// C512, generic path:
 //   im2col (twice: forward, and again in the backward): write E columns + read input/offset/mask,
 //     ~15 instructions per element: C512 0.380 ms fp32, 0.190 ms bf16 (HBM-bound).
 //   3 GEMMs (output, grad columns, grad weight as per-image products summed in fp32): each
@@ -30,13 +39,45 @@
 //     0.75 ms bf16.
 //   small passes (zeroed fp32 grad_input, its cast, grad_bias): ~0.11-0.15 ms; launches, 3 us each:
 //     3 per forward chunk, 6 per backward chunk, 5 more (the 1 GiB column workspace gives C512
-//     2 + 3 chunks in fp32, 1 + 2 in bf16; C32 1 + 1): 29 / 20 / 14 launches.
-// Bound: fp32 by the SGEMMs (1.55x floor); bf16 by the GEMMs at 60% of peak plus the column passes
-// and atomics, which the floor does not count (3.0x); C32 by launches and column passes.
+//     2 + 3 chunks in fp32, 1 + 2 in bf16): 29 / 20 launches.
+// C32, fused path (C = C_out = 32, R = 289 tile rows; 148 tiles per image, 1184 in all), counted in
+// clocks of one SM's L1/shared-memory data path (128 B = 1 wavefront per clock), which every phase
+// below goes through:
+//   products: block_product reads 3 shared wavefronts (one broadcast quad, two scalars) per 8 FMAs
+//     per warp and row r; its ~12 instructions per (warp, r) over 4 schedulers also take 3 clocks:
+//     67% of the fp32 FMA peak, fp32 for every dtype (no tensor cores). Per tile: forward 8 warps x
+//     289 r x 3 = 6.9 K clocks; backward grad tile 8 x 9 row quads x 32 x 3 = 6.9 K, grad weight
+//     8 x 5 column blocks x 64 x 3 = 7.7 K.
+//   neighbour loads: 2304 warp loads per tile (2 warps of pixels x 9 taps x 32 channels x 4). With
+//     the benchmark's offsets (2 N(0,1) pixels) a warp's 32 lanes land on ~10 rows: 20.7 sectors per
+//     load in fp32, 15.3 in bf16 (counted on the host with such offsets), at 4 sectors per clock:
+//     11.9 K / 8.8 K clocks per tile, once in the forward (gather) and once in the backward (its
+//     single sample pass); the backward's 4 atomics per element into the fp32 grad_input, 20.7
+//     sectors per warp as well: 11.9 K.
+//   smaller: tile stores, 4-way-conflicted transposing stores of the kernels, weight loads: 2.1 K
+//     forward (1.9 K bf16); grad_out tile (two layouts), grad tile reads and column stores, offset and
+//     mask writes: 1.6 K backward.
+//   forward: 1184 blocks, two per SM (112.9 KB of shared memory each), 8.97 tiles per SM: 20.9 K /
+//     17.7 K clocks per tile -> 95 us fp32, 80 us bf16 (HBM: 27 / 14 MB of input, offset, mask and
+//     output, 7 / 3 us, hidden).
+//   backward: 132 blocks (one per SM: 163.0 KB), at most 9 tiles each: 40.1 K / 36.9 K clocks per
+//     tile -> 182 us fp32, 168 us bf16; zeroed fp32 grad_input (9.6 MB) 2.3 us, reduction of the
+//     132 x 9248 fp32 partial sums 1.2 us, bf16 cast of grad_input 3.5 us.
+//   launches: forward 1, backward 3 (zeroing, fused, reduction) + 1 cast in bf16: 4 / 5 x 3 us.
+//   The generic path's 0.254 / 0.163 ms C32 predictions (14-20 launches, column round trips through
+//   HBM, cuBLAS) left the neighbour sectors out; counted the same way its four passes (im2col twice,
+//   backward reads, atomics) add ~0.22 / ~0.17 ms: ~0.43 / ~0.30 ms against the fused 0.293 /
+//   0.270 ms. In bf16 the fused path gains launches and HBM traffic but loses the tensor cores.
+//   Risks: if the L1 serves one 128-byte line, not 4 sectors, per clock (10.4 / 9.4 lines per load),
+//   the neighbour terms double (both paths); the L2 traffic of the scattered loads and the latency
+//   of the backward's 8 warps per SM are not modelled.
+// Bound: C512 fp32 by the SGEMMs (1.55x floor); C512 bf16 by the GEMMs at 60% of peak plus the column
+// passes and atomics, which the floor does not count (3.0x); C32 by the L1 sectors of the scattered
+// neighbour loads and atomics, then the shared-memory products.
 // predicted H200 | deform_conv2d csfrnet-C512 fp32 B=8 97x97 fwd+bwd | 24.691 ms | fp32 SGEMM, TF32 off (floor 15.903 ms)
 // predicted H200 | deform_conv2d csfrnet-C512 bf16 B=8 97x97 fwd+bwd | 3.179 ms | bf16 GEMMs, column passes, atomics (floor 1.077 ms)
-// predicted H200 | deform_conv2d csfrnet-C32 fp32 B=8 97x97 fwd+bwd | 0.254 ms | launches, column passes, atomics (floor 0.062 ms)
-// predicted H200 | deform_conv2d csfrnet-C32 bf16 B=8 97x97 fwd+bwd | 0.163 ms | launches, column passes, atomics (floor 0.008 ms)
+// predicted H200 | deform_conv2d csfrnet-C32 fp32 B=8 97x97 fwd+bwd | 0.293 ms | L1 sectors of scattered loads and atomics, shared-memory products (floor 0.062 ms)
+// predicted H200 | deform_conv2d csfrnet-C32 bf16 B=8 97x97 fwd+bwd | 0.270 ms | L1 sectors of scattered loads and atomics, fp32 shared-memory products (floor 0.008 ms)
 #include "cuda/common.cuh"
 #include "cuda/deform_conv2d.h"
 
