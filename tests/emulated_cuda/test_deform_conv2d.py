@@ -26,6 +26,8 @@ CASES = {
     "dilation2-batch1": (1, 4, (9, 9), 4, (3, 3), 1, 2, 2, 1, 1, True),
     "partial-tile-offset-groups2": (2, 4, (9, 10), 7, (3, 3), 1, 1, 1, 1, 2, True),  # 90 pixels: 64 + 26
     "rect-kernel-stride-dilation": (3, 2, (8, 11), 3, (2, 3), (1, 2), (1, 0), (2, 1), 1, 1, False),
+    # 3 images x 3 tiles (156 pixels: 64 + 64 + 28): 3 backward blocks of 3 tiles, 3 partial sums
+    "several-blocks": (3, 2, (12, 13), 3, (3, 3), 1, 1, 1, 1, 1, True),
     "one-pixel": (2, 3, (1, 1), 2, (1, 1), 1, 0, 1, 1, 1, True),
     # fp32: fused forward (its 50228 floats of shared memory fit 227 KB = 58112 floats), generic
     # backward (76260 do not)
