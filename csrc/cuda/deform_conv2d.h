@@ -1,6 +1,7 @@
 // CUDA deformable convolution v1/v2 (CSFRNet Eq. 6) on raw pointers: the sampling kernels around
-// the GEMMs, which the glue runs with cuBLAS. Layouts (contiguous): input (B,C,H,W), offset
-// (B, 2*G*taps, Ho, Wo) as (dy, dx) pairs per tap, mask (B, G*taps, Ho, Wo) or null, columns
+// the GEMMs, which the glue runs with cuBLAS (generic path), and the fused small-channel path, which
+// does its products itself. Layouts (contiguous): input (B,C,H,W), offset (B, 2*G*taps, Ho, Wo) as
+// (dy, dx) pairs per tap, mask (B, G*taps, Ho, Wo) or null, weight (C_out, C, kh, kw), columns
 // (nb, C*taps, Ho*Wo) with row c*taps + tap for the images [b0, b0 + nb).
 #pragma once
 

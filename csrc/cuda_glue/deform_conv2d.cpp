@@ -1,14 +1,13 @@
 // CUDA registration of deform_conv2d (CSFRNet Eq. 6). Small channel counts with groups == 1 take the
 // fused path of csrc/cuda/deform_conv2d.cu when its shared memory fits (cuda::deform_fused_plan):
 // one launch forward, one plus a reduction backward, no columns in HBM. Otherwise (generic path)
-// the batch is processed in chunks whose
-// sampled columns fit a workspace budget; sampling (im2col, and one backward pass for the input,
-// offset and mask gradients) runs in csrc/cuda/deform_conv2d.cu, the GEMMs in cuBLAS through ATen's
-// bmm/baddbmm (fp32 accumulation; tensor cores for fp16/bf16, TF32 when
-// torch.backends.cuda.matmul.allow_tf32 allows it). The forward GEMM writes straight into the output
-// with the bias as its C operand (beta = 1), the weight broadcast over the chunk's images by a
+// the batch is processed in chunks whose sampled columns fit a workspace budget; sampling (im2col,
+// and one backward pass for the input, offset and mask gradients) runs in csrc/cuda/deform_conv2d.cu,
+// the GEMMs in cuBLAS through ATen's bmm/baddbmm (fp32 accumulation; tensor cores for fp16/bf16, TF32
+// when torch.backends.cuda.matmul.allow_tf32 allows it). The forward GEMM writes straight into the
+// output with the bias as its C operand (beta = 1), the weight broadcast over the chunk's images by a
 // stride-0 view (no copies); the column buffers, in the input dtype, are allocated once per call.
-// The input gradient is scattered with atomics, so the backward raises under
+// On both paths the input gradient is scattered with atomics, so the backward raises under
 // torch.use_deterministic_algorithms(True) (a warning with warn_only=True).
 #include <ATen/Context.h>
 #include <ATen/Dispatch.h>
