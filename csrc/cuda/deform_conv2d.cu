@@ -1,7 +1,8 @@
 // CUDA sampling kernels of deformable convolution v1/v2 (CSFRNet Eq. 6), torchvision's semantics:
 // a sample at (y, x) is the bilinear mix of its four neighbours, each neighbour outside the image
 // contributing zero, and is zero when y <= -1, y >= H, x <= -1 or x >= W. All arithmetic in acc_t
-// (fp32 for fp16/bf16/fp32, fp64 for fp64); int64 indexing throughout.
+// (fp32 for fp16/bf16/fp32, fp64 for fp64); int64 indexing, except the fused path's int32 indices
+// within one NHWC image (the plan checks H*W*C < 2^31).
 //
 // Design, generic path: one thread per sample (image, offset group, tap, output pixel) computes the
 // bilinear neighbours, weights and mask once (the only integer divisions, per sample) and loops over
@@ -11,12 +12,16 @@
 // the glue (csrc/cuda_glue/deform_conv2d.cpp): straight into the output, the bias as the C operand.
 // Fused path (groups == 1 and its shared memory fits, see FusedLayout; the glue chooses): a block
 // takes tiles of 64 output pixels of one image and keeps the kernels and the column tile in shared
-// memory (acc_t), the bias as a row of ones. Forward, one launch: gather the tile (the same
-// per-sample code), output = kernels x tile (block_product: fp32 FMAs, 4 x 2 register tile per
-// thread). Backward, one launch: grad tile = kernels^T x grad_out, one pass over the samples that
-// scatters it (atomics) and writes the offset and mask gradients (no atomics) and leaves the column
-// values in the tile, grad weight/bias sums += grad_out x tile^T per block in shared memory; then a
-// block-ordered (deterministic) reduction of the per-block sums.
+// memory (acc_t), the bias as a row of ones. The input is channels-last (NHWC, a copy by the glue):
+// per tile a sample pass (a thread per sample) stores the samples' records in shared memory, then a
+// channel pass gives each sample to a warp whose lanes take the channels of its offset group, so that
+// a neighbour load (and an atomic into the NHWC grad_input) is one contiguous run of channels; the
+// channel loops are the generic path's (sample_columns, sample_backward) with channel stride 1.
+// Forward, one launch: the tile, then output = kernels x tile (block_product: fp32 FMAs, 4 x 2
+// register tile per thread). Backward, one launch: grad tile = kernels^T x grad_out, the channel pass
+// scatters it (atomics), sums the offset and mask gradients over the lanes (shuffles, fixed order)
+// and leaves the column values in the tile, grad weight/bias sums += grad_out x tile^T per block in
+// shared memory; then a block-ordered (deterministic) reduction of the per-block sums.
 //
 // Cost model at the GPU shapes of bench/bench_deform_conv2d.py (B=8, 97x97 -> P=9409 pixels per
 // image, 3x3 taps, modulated, forward+backward; H200: 4.8 TB/s HBM, taken at 85% = 4.1 TB/s;
@@ -40,44 +45,57 @@
 //   small passes (zeroed fp32 grad_input, its cast, grad_bias): ~0.11-0.15 ms; launches, 3 us each:
 //     3 per forward chunk, 6 per backward chunk, 5 more (the 1 GiB column workspace gives C512
 //     2 + 3 chunks in fp32, 1 + 2 in bf16): 29 / 20 launches.
-// C32, fused path (C = C_out = 32, R = 289 tile rows; 148 tiles per image, 1184 in all), counted in
-// clocks of one SM's L1/shared-memory data path (128 B = 1 wavefront per clock), which every phase
-// below goes through:
+// C32, fused path (C = C_out = 32, R = 289 tile rows; 148 tiles per image, 1184 in all; per tile 576
+// samples, one offset group x 9 taps x 64 pixels), counted in clocks of one SM's L1/shared-memory data
+// path (128 B = 1 wavefront per clock, 4 sectors per clock for global loads and atomics, 1 warp
+// shuffle per clock) and of instruction issue (4 warp-instructions per clock); a phase takes the
+// larger of the two:
 //   products: block_product reads 3 shared wavefronts (one broadcast quad, two scalars) per 8 FMAs
 //     per warp and row r; its ~12 instructions per (warp, r) over 4 schedulers also take 3 clocks:
 //     67% of the fp32 FMA peak, fp32 for every dtype (no tensor cores). Per tile: forward 8 warps x
 //     289 r x 3 = 6.9 K clocks; backward grad tile 8 x 9 row quads x 32 x 3 = 6.9 K, grad weight
 //     8 x 5 column blocks x 64 x 3 = 7.7 K.
-//   neighbour loads: 2304 warp loads per tile (2 warps of pixels x 9 taps x 32 channels x 4). With
-//     the benchmark's offsets (2 N(0,1) pixels) a warp's 32 lanes land on ~10 rows: 20.7 sectors per
-//     load in fp32, 15.3 in bf16 (counted on the host with such offsets), at 4 sectors per clock:
-//     11.9 K / 8.8 K clocks per tile, once in the forward (gather) and once in the backward (its
-//     single sample pass); the backward's 4 atomics per element into the fp32 grad_input, 20.7
-//     sectors per warp as well: 11.9 K.
-//   smaller: tile stores, 4-way-conflicted transposing stores of the kernels, weight loads: 2.1 K
-//     forward (1.9 K bf16); grad_out tile (two layouts), grad tile reads and column stores, offset and
-//     mask writes: 1.6 K backward.
-//   forward: 1184 blocks, two per SM (112.9 KB of shared memory each), 8.97 tiles per SM: 20.9 K /
-//     17.7 K clocks per tile -> 95 us fp32, 80 us bf16 (HBM: 27 / 14 MB of input, offset, mask and
-//     output, 7 / 3 us, hidden).
-//   backward: 132 blocks (one per SM: 163.0 KB), at most 9 tiles each: 40.1 K / 36.9 K clocks per
-//     tile -> 182 us fp32, 168 us bf16; zeroed fp32 grad_input (9.6 MB) 2.3 us, reduction of the
-//     132 x 9248 fp32 partial sums 1.2 us, bf16 cast of grad_input 3.5 us.
-//   launches: forward 1, backward 3 (zeroing, fused, reduction) + 1 cast in bf16: 4 / 5 x 3 us.
-//   The generic path's 0.254 / 0.163 ms C32 predictions (14-20 launches, column round trips through
-//   HBM, cuBLAS) left the neighbour sectors out; counted the same way its four passes (im2col twice,
-//   backward reads, atomics) add ~0.22 / ~0.17 ms: ~0.43 / ~0.30 ms against the fused 0.293 /
-//   0.270 ms. In bf16 the fused path gains launches and HBM traffic but loses the tensor cores.
-//   Risks: if the L1 serves one 128-byte line, not 4 sectors, per clock (10.4 / 9.4 lines per load),
-//   the neighbour terms double (both paths); the L2 traffic of the scattered loads and the latency
-//   of the backward's 8 warps per SM are not modelled.
+//   sample pass: 576 samples, a thread each: ~120 instructions (load_sample, its int64 division
+//     for (ho, wo) included) per warp of 32 samples, 18 warps: 0.54 K, plus the records' 3 quad
+//     stores (4 wavefronts each), 0.22 K: 0.8 K clocks per tile.
+//   channel pass: per (warp, sample) 3 broadcast record loads, 4 neighbour loads of 32 channels
+//     (128 B fp32, aligned: 4 sectors, 1 clock; bf16 64 B, 2 sectors; 20.7 / 15.3 sectors per load
+//     in the pixel-per-lane layout before) and one column store without bank conflicts (lanes taps
+//     apart forward, 9 * 65 backward): 8 clocks fp32, 6 bf16; ~50 instructions (counted in the PTX:
+//     record, 4 x (predicate, address, load, FMA), store, loop) = 12.5 issue clocks, so 7.2 K per
+//     tile (both dtypes). Backward: also the grad column load, 4 fp32 atomics of 128 B (4 clocks),
+//     8 shuffles (warp_sums): 21 / 19 clocks, ~110 instructions (27.5 issue clocks): 15.8 K.
+//     Issue-bound: the per-sample work (record, reduction, lane-0 writes) is paid per 32 channels.
+//   smaller: the kernels' 4-way-conflicted transposing stores and weight loads 1.5 K (1.3 K bf16),
+//     now after the channel pass (their region first holds the records); backward grad_out tile (two
+//     layouts), offset and mask writes 1.6 K.
+//   forward: 1184 blocks, two per SM (112.9 KB of shared memory each), 8.97 tiles per SM: 0.8 +
+//     7.2 + 1.5 + 6.9 = 16.4 K (bf16 16.2 K) clocks per tile -> 74.3 us fp32, 73.4 us bf16 (was 95 /
+//     80 us, 11.9 K / 8.8 K clocks of scattered sectors per gather).
+//   backward: 132 blocks (one per SM: 190.0 KB), at most 9 tiles each: 0.8 + 1.6 + 14.6 + 15.8 =
+//     32.8 K clocks per tile -> 149.1 us both dtypes (was 182 / 168 us: 23.8 K / 20.7 K clocks of
+//     scattered loads and atomics).
+//   passes around the kernels: the NHWC copy of the input, once per forward and once per backward
+//     (9.6 MB read + written fp32: 4.7 us each; 2.35 us bf16), the zeroed NHWC fp32 grad_input 2.3 us,
+//     the reduction of the 132 x 9248 fp32 partial sums 1.2 us, grad_input back to NCHW in the input
+//     dtype 4.7 us fp32 (new), 3.5 us bf16 (the cast it replaces): 17.6 / 11.7 us.
+//   launches: forward 2 (copy, fused), backward 5 (copy, zeroing, fused, reduction, conversion):
+//     7 x 3 us = 21 us (was 4 / 5 launches).
+//   Total 74.3 + 149.1 + 17.6 + 21 = 262 us fp32, 73.4 + 149.1 + 11.7 + 21 = 255 us bf16 (was 0.293 /
+//   0.270 ms). The generic path's 0.254 / 0.163 ms C32 predictions (14-20 launches, column round
+//   trips through HBM, cuBLAS) left the neighbour sectors out; counted the same way its four passes
+//   (im2col twice, backward reads, atomics) add ~0.22 / ~0.17 ms: ~0.43 / ~0.30 ms. In bf16 the
+//   fused path gains launches and HBM traffic but loses the tensor cores.
+//   Risks: the instruction counts are read off the PTX (no SASS here); the NHWC copies are ATen
+//   permute-copies, which may run well below HBM bandwidth (at half, +9 us fp32); the L2 traffic of
+//   the loads and atomics and the latency of the backward's 8 warps per SM are not modelled.
 // Bound: C512 fp32 by the SGEMMs (1.55x floor); C512 bf16 by the GEMMs at 60% of peak plus the column
-// passes and atomics, which the floor does not count (3.0x); C32 by the L1 sectors of the scattered
-// neighbour loads and atomics, then the shared-memory products.
+// passes and atomics, which the floor does not count (3.0x); C32 by the instruction issue of the
+// channel passes (per-sample work per warp) and the shared-memory products.
 // predicted H200 | deform_conv2d csfrnet-C512 fp32 B=8 97x97 fwd+bwd | 24.691 ms | fp32 SGEMM, TF32 off (floor 15.903 ms)
 // predicted H200 | deform_conv2d csfrnet-C512 bf16 B=8 97x97 fwd+bwd | 3.179 ms | bf16 GEMMs, column passes, atomics (floor 1.077 ms)
-// predicted H200 | deform_conv2d csfrnet-C32 fp32 B=8 97x97 fwd+bwd | 0.293 ms | L1 sectors of scattered loads and atomics, shared-memory products (floor 0.062 ms)
-// predicted H200 | deform_conv2d csfrnet-C32 bf16 B=8 97x97 fwd+bwd | 0.270 ms | L1 sectors of scattered loads and atomics, fp32 shared-memory products (floor 0.008 ms)
+// predicted H200 | deform_conv2d csfrnet-C32 fp32 B=8 97x97 fwd+bwd | 0.262 ms | channel-pass issue, shared-memory products (floor 0.062 ms)
+// predicted H200 | deform_conv2d csfrnet-C32 bf16 B=8 97x97 fwd+bwd | 0.255 ms | channel-pass issue, fp32 shared-memory products (floor 0.008 ms)
 #include "cuda/common.cuh"
 #include "cuda/deform_conv2d.h"
 
@@ -90,10 +108,12 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int64_t kMaxGridY = 65535;
 
-// One sample's neighbours: plane indices, inside flags and bilinear weights.
-template <typename acc_t>
+// One sample's neighbours: indices from the group's first channel (int32 in the fused path's
+// records: with the channel offset, within one NHWC image, H*W*C < 2^31), inside flags and bilinear
+// weights.
+template <typename acc_t, typename index_t = int64_t>
 struct Sample {
-  int64_t index[4];
+  index_t index[4];
   acc_t weight[4];
   acc_t frac_y, frac_x, mask;
   bool inside[4];
@@ -116,10 +136,12 @@ __device__ SampleRow sample_row(const DeformGeometry& g, int64_t b0, int64_t row
 }
 
 // The sample of row r at output pixel p = (ho, wo): computed once per (image, offset group, tap,
-// pixel) and reused for every channel of the offset group.
+// pixel) and reused for every channel of the offset group. Neighbour (yn, xn) is at index
+// (yn * W + xn) * pixel_stride of the group's first channel: pixel_stride 1 in NCHW planes, C in an
+// NHWC image.
 template <typename scalar_t, typename acc_t>
 __device__ Sample<acc_t> load_sample(const scalar_t* offset, const scalar_t* mask, const DeformGeometry& g,
-                                     const SampleRow& r, int64_t ho, int64_t wo, int64_t p) {
+                                     const SampleRow& r, int64_t ho, int64_t wo, int64_t p, int64_t pixel_stride) {
   const int64_t taps = g.kh * g.kw, pixels = g.out_h * g.out_w;
   const int64_t row = (r.b * g.offset_groups + r.og) * taps + r.tap;
   const int64_t i = r.tap / g.kw, j = r.tap - i * g.kw;
@@ -137,7 +159,7 @@ __device__ Sample<acc_t> load_sample(const scalar_t* offset, const scalar_t* mas
   for (int n = 0; n < 4; ++n) {
     const int64_t yn = y0 + (n >> 1), xn = x0 + (n & 1);
     s.inside[n] = s.any && yn >= 0 && yn < g.height && xn >= 0 && xn < g.width;
-    s.index[n] = s.inside[n] ? yn * g.width + xn : 0;
+    s.index[n] = s.inside[n] ? (yn * g.width + xn) * pixel_stride : 0;
     const acc_t wy = (n >> 1) ? s.frac_y : acc_t(1) - s.frac_y;
     const acc_t wx = (n & 1) ? s.frac_x : acc_t(1) - s.frac_x;
     s.weight[n] = s.inside[n] ? wy * wx : acc_t(0);
@@ -158,65 +180,93 @@ __device__ GroupStart group_start(const DeformGeometry& g, const SampleRow& r, i
           ((r.local_b * g.channels + c0) * taps + r.tap) * g.out_h * g.out_w + p};
 }
 
-// The channel loop of one sample: column[c * column_stride] = mask * bilinear(image + c * plane) for
-// the channels of its offset group (`image` at the group's first one; NaN when the position is
+// The channels of a sample's offset group that one thread handles: c = first, first + step, ...
+// below count, `stride` apart in the input: every channel with the plane as stride (NCHW, the
+// generic path), or a warp's lane, lane + 32, ... with stride 1 (NHWC, the fused path).
+struct ChannelRange {
+  int64_t first, step, count, stride;
+};
+
+__device__ ChannelRange planar_channels(const DeformGeometry& g) {
+  return {0, 1, g.channels / g.offset_groups, g.height * g.width};
+}
+
+// The channel loop of one sample: column[c * column_stride] = mask * bilinear(image + c * stride) for
+// the channels c of `range` (`image` at the group's first channel; NaN when the position is
 // poisoned). Serves im2col (scalar_t columns in HBM) and the fused forward (acc_t columns in shared
 // memory).
-template <typename scalar_t, typename acc_t, typename column_t>
-__device__ void sample_columns(const Sample<acc_t>& s, const DeformGeometry& g, const scalar_t* image,
+template <typename scalar_t, typename acc_t, typename index_t, typename column_t>
+__device__ void sample_columns(const Sample<acc_t, index_t>& s, const ChannelRange& range, const scalar_t* image,
                                column_t* column, int64_t column_stride) {
-  const int64_t plane = g.height * g.width, group_channels = g.channels / g.offset_groups;
   const acc_t scale = s.column_scale();
 #pragma unroll 4
-  for (int64_t c = 0; c < group_channels; ++c, image += plane, column += column_stride) {
+  for (int64_t c = range.first; c < range.count; c += range.step) {
+    const index_t channel = static_cast<index_t>(c * range.stride);
     acc_t value = acc_t(0);
 #pragma unroll
     for (int n = 0; n < 4; ++n) {
-      if (s.inside[n]) value += s.weight[n] * convert<acc_t>(image[s.index[n]]);
+      if (s.inside[n]) value += s.weight[n] * convert<acc_t>(image[channel + s.index[n]]);
     }
-    *column = convert<column_t>(scale * value);
+    column[c * column_stride] = convert<column_t>(scale * value);
   }
 }
 
-// The backward of one sample (row r, pixel p) given its grad column (grad_column[c * column_stride]
-// for the channels of its offset group): grad_image[c] += bilinear weight * mask * grad (atomics), and
-// the offset and mask gradients of the sample written in place (no atomics; grad_mask null when mask
-// is). Serves the generic backward (const grad columns in HBM) and the fused one (grad columns in
-// shared memory, mutable): there each entry is then replaced by the sample's column value (what
-// sample_columns writes), from the neighbours this pass loads anyway, for the grad weight product.
-template <typename scalar_t, typename acc_t, typename column_t>
-__device__ void sample_backward(const Sample<acc_t>& s, const DeformGeometry& g, const SampleRow& r, int64_t p,
-                                const scalar_t* image, acc_t* grad_image, column_t* grad_column,
-                                int64_t column_stride, scalar_t* grad_offset, scalar_t* grad_mask) {
+// A sample's gradient sums over channels: d/dy, d/dx of the bilinear value (times the grad column)
+// and the grad column times the value (the mask gradient).
+template <typename acc_t>
+struct SampleGrads {
+  acc_t y, x, m;
+};
+
+// The backward of one sample over the channels of `range` given its grad column (grad_column[c *
+// column_stride]): grad_image[c] += bilinear weight * mask * grad (atomics, same indexing as image)
+// and the returned partial sums of the offset and mask gradients (write_sample_grads). Serves the
+// generic backward (const grad columns in HBM) and the fused one (grad columns in shared memory,
+// mutable): there each entry is then replaced by the sample's column value (what sample_columns
+// writes), from the neighbours this pass loads anyway, for the grad weight product.
+template <typename scalar_t, typename acc_t, typename index_t, typename column_t>
+__device__ SampleGrads<acc_t> sample_backward(const Sample<acc_t, index_t>& s, const ChannelRange& range,
+                                              const scalar_t* image, acc_t* grad_image, column_t* grad_column,
+                                              int64_t column_stride) {
   constexpr bool kRebuildColumns = !std::is_const_v<column_t>;
-  const int64_t taps = g.kh * g.kw, pixels = g.out_h * g.out_w, plane = g.height * g.width;
-  const int64_t group_channels = g.channels / g.offset_groups;
-  acc_t sum_y = acc_t(0), sum_x = acc_t(0), sum_m = acc_t(0);
+  SampleGrads<acc_t> sums{acc_t(0), acc_t(0), acc_t(0)};
   if (s.any) {
-#pragma unroll 2
-    for (int64_t c = 0; c < group_channels;
-         ++c, image += plane, grad_image += plane, grad_column += column_stride) {
-      const acc_t grad = convert<acc_t>(*grad_column);
+#pragma unroll 1
+    for (int64_t c = range.first; c < range.count; c += range.step) {
+      const index_t channel = static_cast<index_t>(c * range.stride);
+      const acc_t grad = convert<acc_t>(grad_column[c * column_stride]);
       const acc_t masked_grad = s.mask * grad;
       acc_t v[4];
 #pragma unroll
       for (int n = 0; n < 4; ++n) {
-        v[n] = s.inside[n] ? convert<acc_t>(image[s.index[n]]) : acc_t(0);
-        if (s.inside[n]) atomicAdd(grad_image + s.index[n], s.weight[n] * masked_grad);
+        v[n] = s.inside[n] ? convert<acc_t>(image[channel + s.index[n]]) : acc_t(0);
+        if (s.inside[n]) atomicAdd(grad_image + (channel + s.index[n]), s.weight[n] * masked_grad);
       }
       const acc_t value = s.weight[0] * v[0] + s.weight[1] * v[1] + s.weight[2] * v[2] + s.weight[3] * v[3];
-      sum_m += grad * value;
-      sum_y += grad * ((acc_t(1) - s.frac_x) * (v[2] - v[0]) + s.frac_x * (v[3] - v[1]));
-      sum_x += grad * ((acc_t(1) - s.frac_y) * (v[1] - v[0]) + s.frac_y * (v[3] - v[2]));
-      if constexpr (kRebuildColumns) *grad_column = s.column_scale() * value;
+      sums.m += grad * value;
+      sums.y += grad * ((acc_t(1) - s.frac_x) * (v[2] - v[0]) + s.frac_x * (v[3] - v[1]));
+      sums.x += grad * ((acc_t(1) - s.frac_y) * (v[1] - v[0]) + s.frac_y * (v[3] - v[2]));
+      if constexpr (kRebuildColumns) grad_column[c * column_stride] = s.column_scale() * value;
     }
   } else if constexpr (kRebuildColumns) {
-    for (int64_t c = 0; c < group_channels; ++c) grad_column[c * column_stride] = s.column_scale() * acc_t(0);
+    for (int64_t c = range.first; c < range.count; c += range.step) {
+      grad_column[c * column_stride] = s.column_scale() * acc_t(0);
+    }
   }
+  return sums;
+}
+
+// The offset and mask gradients of sample (row r, pixel p) from its channel sums, written in place (no
+// atomics; grad_mask null when mask is).
+template <typename scalar_t, typename acc_t, typename index_t>
+__device__ void write_sample_grads(const Sample<acc_t, index_t>& s, const SampleGrads<acc_t>& sums,
+                                   const DeformGeometry& g, const SampleRow& r, int64_t p, scalar_t* grad_offset,
+                                   scalar_t* grad_mask) {
+  const int64_t taps = g.kh * g.kw, pixels = g.out_h * g.out_w;
   const int64_t sample = (r.b * g.offset_groups + r.og) * taps + r.tap;
-  grad_offset[(2 * sample) * pixels + p] = convert<scalar_t>(s.any ? s.mask * sum_y : acc_t(0));
-  grad_offset[(2 * sample + 1) * pixels + p] = convert<scalar_t>(s.any ? s.mask * sum_x : acc_t(0));
-  if (grad_mask) grad_mask[sample * pixels + p] = convert<scalar_t>(sum_m);
+  grad_offset[(2 * sample) * pixels + p] = convert<scalar_t>(s.any ? s.mask * sums.y : acc_t(0));
+  grad_offset[(2 * sample + 1) * pixels + p] = convert<scalar_t>(s.any ? s.mask * sums.x : acc_t(0));
+  if (grad_mask) grad_mask[sample * pixels + p] = convert<scalar_t>(sums.m);
 }
 
 // Grid of the sample kernels: x over output pixels (one thread each), y over sample rows (strided
@@ -240,9 +290,9 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t column_stride = g.kh * g.kw * pixels, rows = nb * g.offset_groups * g.kh * g.kw;
   for (int64_t row = blockIdx.y; row < rows; row += gridDim.y) {
     const SampleRow r = sample_row(g, b0, row);
-    const Sample<acc_t> s = load_sample<scalar_t, acc_t>(offset, mask, g, r, ho, wo, p);
+    const Sample<acc_t> s = load_sample<scalar_t, acc_t>(offset, mask, g, r, ho, wo, p, 1);
     const GroupStart start = group_start(g, r, p);
-    sample_columns(s, g, input + start.image, columns + start.column, column_stride);
+    sample_columns(s, planar_channels(g), input + start.image, columns + start.column, column_stride);
   }
 }
 
@@ -261,37 +311,52 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t column_stride = g.kh * g.kw * pixels, rows = nb * g.offset_groups * g.kh * g.kw;
   for (int64_t row = blockIdx.y; row < rows; row += gridDim.y) {
     const SampleRow r = sample_row(g, b0, row);
-    const Sample<acc_t> s = load_sample<scalar_t, acc_t>(offset, mask, g, r, ho, wo, p);
+    const Sample<acc_t> s = load_sample<scalar_t, acc_t>(offset, mask, g, r, ho, wo, p, 1);
     const GroupStart start = group_start(g, r, p);
-    sample_backward(s, g, r, p, input + start.image, grad_input + start.image, grad_columns + start.column,
-                    column_stride, grad_offset, grad_mask);
+    const SampleGrads<acc_t> sums = sample_backward(s, planar_channels(g), input + start.image,
+                                                    grad_input + start.image, grad_columns + start.column,
+                                                    column_stride);
+    write_sample_grads(s, sums, g, r, p, grad_offset, grad_mask);
   }
 }
 
 // Fused small-channel path (groups == 1): a block owns a tile of kTile output pixels of one image and
 // keeps everything between the sampling and the output in shared memory, in acc_t: the kernels with
-// R = C*taps + 1 rows (the last one the bias) and the column tile (R, tile_stride), whose last row is
-// ones, so that the bias rides in the product (and its gradient in the grad weight product).
+// R = C*taps + 1 rows (the last one the bias) and the column tile (R x kTile entries), whose last row
+// is ones, so that the bias rides in the product (and its gradient in the grad weight product). The
+// input (and the backward's grad_input) are channels-last (NHWC): per tile a sample pass stores one
+// record per sample, then a channel pass gives each sample to a warp whose lanes take its channels,
+// so that each neighbour load (and atomic) is one contiguous run of channels.
 constexpr int kFusedThreads = 256;
 constexpr int kTile = 64;
 // The backward's blocks each take at least this many tiles (amortising their kernel load and their
 // partial grad weight), and at most one block per SM.
 constexpr int64_t kMinTilesPerBlock = 4;
+// acc_t elements of a sample record: 3 aligned quads (see record_samples).
+constexpr int kRecord = 12;
 
 __host__ __device__ inline int64_t round_up4(int64_t n) { return (n + 3) / 4 * 4; }
 
+// Samples of a tile: one per (offset group, tap, pixel).
+__host__ __device__ inline int64_t tile_samples(const DeformGeometry& g) {
+  return g.offset_groups * g.kh * g.kw * kTile;
+}
+
 // Shared-memory layout of the fused kernels, offsets in acc_t elements, every region starting on a
-// 4-element boundary (block_product reads its A operand in aligned quads). Forward: kernels (R,
-// out_stride), channel-contiguous, and the column tile, rows of kTile (read along pixels only).
-// Backward: kernels (C_out, rows_stride), grad weight sums (C_out, R), the column tile with rows
-// padded to kTile + 1 (the grad weight product reads it along R: no bank conflicts either way),
-// grad_out (C_out, kTile) and grad_out_t (kTile, out_stride). out_stride is C_out rounded up to 4,
-// plus 4: the transposing stores into those operands (lanes along R or along pixels) then conflict
-// 4-way, not 32-way. (At C_in = C_out = 32, 3x3, fp32: 112.9 KB forward, two blocks per SM; 163.0 KB
+// 4-element boundary (block_product reads its A operand in aligned quads). Column tile entry (k, t) is
+// at k * row_step + t * pixel_step. Forward: kernels (R, out_stride), channel-contiguous, whose region
+// first holds the tile's sample records (the kernels are loaded after the channel pass), and the
+// column tile pixel-major, pixel_step R rounded up to odd (the product reads it along R with lanes on
+// pixels, the channel pass writes it with lanes on channels, taps apart: no bank conflicts either
+// way for odd taps). Backward: kernels (C_out, rows_stride), grad weight sums (C_out, R), the column
+// tile row-major with rows padded to kTile + 1 (read along R and along pixels), grad_out (C_out,
+// kTile), grad_out_t (kTile, out_stride) and the sample records. out_stride is C_out rounded up to
+// 4, plus 4: the transposing stores into those operands (lanes along R or along pixels) then conflict
+// 4-way, not 32-way. (At C_in = C_out = 32, 3x3, fp32: 112.9 KB forward, two blocks per SM; 190.0 KB
 // backward, one.)
 struct FusedLayout {
-  int64_t rows, out_stride, rows_stride, tile_stride;
-  int64_t sums, columns, grad_out, grad_out_t, elements;
+  int64_t rows, out_stride, rows_stride, row_step, pixel_step;
+  int64_t records, sums, columns, grad_out, grad_out_t, elements;
 };
 
 __host__ __device__ inline FusedLayout fused_layout(const DeformGeometry& g, int64_t out_channels, bool backward) {
@@ -299,17 +364,22 @@ __host__ __device__ inline FusedLayout fused_layout(const DeformGeometry& g, int
   l.rows = g.channels * g.kh * g.kw + 1;
   l.out_stride = round_up4(out_channels) + 4;
   l.rows_stride = round_up4(l.rows);
-  l.tile_stride = backward ? kTile + 1 : kTile;
+  const int64_t records = tile_samples(g) * kRecord;
   if (!backward) {
-    l.columns = l.rows * l.out_stride;
-    l.elements = l.columns + l.rows * l.tile_stride;
+    l.row_step = 1;
+    l.pixel_step = l.rows | 1;
+    l.columns = round_up4(std::max(l.rows * l.out_stride, records));
+    l.elements = l.columns + kTile * l.pixel_step;
     return l;
   }
+  l.row_step = kTile + 1;
+  l.pixel_step = 1;
   l.sums = out_channels * l.rows_stride;
   l.columns = l.sums + round_up4(out_channels * l.rows);
-  l.grad_out = l.columns + round_up4(l.rows * l.tile_stride);
+  l.grad_out = l.columns + round_up4(l.rows * l.row_step);
   l.grad_out_t = l.grad_out + out_channels * kTile;
-  l.elements = l.grad_out_t + kTile * l.out_stride;
+  l.records = l.grad_out_t + kTile * l.out_stride;
+  l.elements = l.records + records;
   return l;
 }
 
@@ -369,33 +439,93 @@ __device__ void load_kernels(const scalar_t* weight, const scalar_t* bias, int o
   }
 }
 
-// The column tile of pixels [p0, p0 + kTile) of image b: columns[(c*taps + tap) * tile_stride + t],
-// each sample computed once per (offset group, tap, pixel) by one thread; zero past the last pixel;
-// the bias row C*taps is ones.
+// The sample pass of a tile (pixels [p0, p0 + kTile) of image b, those below `valid`): one thread per
+// sample computes it once (load_sample, NHWC indices) and stores its record at item (og * taps +
+// tap) * kTile + t: the 4 neighbours' indices within the image (int32, the plan checks H*W*C <
+// 2^31; -1 outside), their bilinear weights, then frac_y, frac_x and the column scale (mask, NaN
+// when poisoned), 3 aligned quads that the channel pass reads by broadcast.
 template <typename scalar_t, typename acc_t>
-__device__ void gather_tile(const scalar_t* input, const scalar_t* offset, const scalar_t* mask,
-                            const DeformGeometry& g, int64_t b, int64_t p0, int tile_stride, acc_t* columns) {
-  const int taps = static_cast<int>(g.kh * g.kw), group_channels = static_cast<int>(g.channels / g.offset_groups);
-  const int64_t pixels = g.out_h * g.out_w;
-  const int column_stride = taps * tile_stride;
-  for (int item = threadIdx.x; item < g.offset_groups * taps * kTile; item += blockDim.x) {
+__device__ void record_samples(const scalar_t* offset, const scalar_t* mask, const DeformGeometry& g, int64_t b,
+                               int64_t p0, int valid, acc_t* records) {
+  const int taps = static_cast<int>(g.kh * g.kw);
+  for (int item = threadIdx.x; item < tile_samples(g); item += blockDim.x) {
     const int t = item % kTile, og_tap = item / kTile, og = og_tap / taps, tap = og_tap - og * taps;
-    const int64_t p = p0 + t;
-    acc_t* column = columns + (og * group_channels * taps + tap) * tile_stride + t;
-    if (p < pixels) {
-      const int64_t ho = p / g.out_w, wo = p - ho * g.out_w;
-      const SampleRow r{0, b, og, tap};
-      const Sample<acc_t> s = load_sample<scalar_t, acc_t>(offset, mask, g, r, ho, wo, p);
-      sample_columns(s, g, input + group_start(g, r, p).image, column, column_stride);
-    } else {
-      for (int c = 0; c < group_channels; ++c) column[c * column_stride] = acc_t(0);
+    if (t >= valid) continue;
+    const int64_t p = p0 + t, ho = p / g.out_w, wo = p - ho * g.out_w;
+    const Sample<acc_t> s = load_sample<scalar_t, acc_t>(offset, mask, g, SampleRow{0, b, og, tap}, ho, wo, p,
+                                                         g.channels);
+    acc_t* record = records + int64_t(item) * kRecord;
+    Quad<int> index;
+    Quad<acc_t> weight;
+#pragma unroll
+    for (int n = 0; n < 4; ++n) {
+      index.v[n] = s.inside[n] ? static_cast<int>(s.index[n]) : -1;
+      weight.v[n] = s.weight[n];
     }
+    *reinterpret_cast<Quad<int>*>(record) = index;
+    *reinterpret_cast<Quad<acc_t>*>(record + 4) = weight;
+    *reinterpret_cast<Quad<acc_t>*>(record + 8) = Quad<acc_t>{{s.frac_y, s.frac_x, s.column_scale(), acc_t(0)}};
   }
-  for (int t = threadIdx.x; t < kTile; t += blockDim.x) columns[g.channels * taps * tile_stride + t] = acc_t(1);
 }
 
-// Block per tile (image blockIdx.x / tiles, tile blockIdx.x % tiles): gather the column tile, then
-// output(i, p) = sum_k kernels(i, k) * columns(k, p) with the bias row included (Eq. 6).
+// The sample of a record. Its mask is the column scale: the same column values, and a poisoned
+// sample has no neighbours, so that its offset and mask gradients are zero either way.
+template <typename acc_t>
+__device__ Sample<acc_t, int> read_record(const acc_t* record) {
+  const Quad<int> index = *reinterpret_cast<const Quad<int>*>(record);
+  const Quad<acc_t> weight = *reinterpret_cast<const Quad<acc_t>*>(record + 4);
+  const Quad<acc_t> rest = *reinterpret_cast<const Quad<acc_t>*>(record + 8);
+  Sample<acc_t, int> s;
+  s.any = false;
+#pragma unroll
+  for (int n = 0; n < 4; ++n) {
+    s.inside[n] = index.v[n] >= 0;
+    s.index[n] = index.v[n];  // read only when inside
+    s.weight[n] = weight.v[n];
+    s.any = s.any || s.inside[n];  // load_sample's `any`: a position within (-1, size) has a neighbour inside
+  }
+  s.frac_y = rest.v[0];
+  s.frac_x = rest.v[1];
+  s.mask = rest.v[2];
+  s.poisoned = false;
+  return s;
+}
+
+// The channel pass of a tile: for each (offset group, tap), warp w takes the pixels t = w, w + warps,
+// ... below `valid` (warp-uniform), its lanes the channels lane, lane + 32, ... of the offset group:
+// body(record, t, og, tap, lane channels).
+template <typename acc_t, typename Body>
+__device__ void for_warp_samples(const DeformGeometry& g, int valid, const acc_t* records, Body body) {
+  const int taps = static_cast<int>(g.kh * g.kw), warps = blockDim.x / 32;
+  const ChannelRange range{threadIdx.x % 32, 32, g.channels / g.offset_groups, 1};
+  for (int og_tap = 0; og_tap < g.offset_groups * taps; ++og_tap) {
+    const int og = og_tap / taps, tap = og_tap - og * taps;
+    for (int t = threadIdx.x / 32; t < valid; t += warps) {
+      body(records + (int64_t(og_tap) * kTile + t) * kRecord, t, og, tap, range);
+    }
+  }
+}
+
+// The totals over a warp's lanes of their partial sums, in lane 0, in a fixed order (deterministic),
+// 8 shuffles instead of 3 x 5: the xor-16 and xor-8 steps each halve the values a lane carries on
+// (the lane with the step's bit carries the upper half), leaving y in lanes 0-7, x in 8-15, m in
+// 16-23 (zero in 24-31); three more steps add within each 8 lanes, two more bring x and m to lane 0.
+template <typename acc_t>
+__device__ SampleGrads<acc_t> warp_sums(const SampleGrads<acc_t>& partial) {
+  constexpr unsigned kAll = 0xffffffffu;
+  const bool upper16 = threadIdx.x & 16, upper8 = threadIdx.x & 8;
+  const acc_t keep_a = upper16 ? partial.m : partial.y, keep_b = upper16 ? acc_t(0) : partial.x;
+  const acc_t send_a = upper16 ? partial.y : partial.m, send_b = upper16 ? partial.x : acc_t(0);
+  const acc_t a = keep_a + __shfl_xor_sync(kAll, send_a, 16), b = keep_b + __shfl_xor_sync(kAll, send_b, 16);
+  acc_t v = (upper8 ? b : a) + __shfl_xor_sync(kAll, upper8 ? a : b, 8);
+#pragma unroll
+  for (int lanes = 4; lanes > 0; lanes /= 2) v += __shfl_xor_sync(kAll, v, lanes);
+  return {v, __shfl_sync(kAll, v, 8), __shfl_sync(kAll, v, 16)};
+}
+
+// Block per tile (image blockIdx.x / tiles, tile blockIdx.x % tiles): the sample pass, the channel
+// pass into the column tile, then, the records consumed, the kernels in their place and
+// output(i, p) = sum_k kernels(i, k) * columns(k, p) with the bias row included (Eq. 6). input NHWC.
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kFusedThreads)
     fused_forward_kernel(const scalar_t* __restrict__ input, const scalar_t* __restrict__ offset,
@@ -405,28 +535,41 @@ __global__ void __launch_bounds__(kFusedThreads)
   FASTSEG_DYNAMIC_SHARED(shared);
   const FusedLayout l = fused_layout(g, out_channels, false);
   const int rows = static_cast<int>(l.rows), out_stride = static_cast<int>(l.out_stride);
+  const int pixel_step = static_cast<int>(l.pixel_step);
+  const int taps = static_cast<int>(g.kh * g.kw), group_channels = static_cast<int>(g.channels / g.offset_groups);
   acc_t* kernels = reinterpret_cast<acc_t*>(shared);
+  acc_t* records = kernels + l.records;
   acc_t* columns = kernels + l.columns;
   const int64_t pixels = g.out_h * g.out_w, tiles = (pixels + kTile - 1) / kTile;
   const int64_t b = blockIdx.x / tiles, p0 = (blockIdx.x - b * tiles) * kTile;
+  const int valid = static_cast<int>(pixels - p0 < kTile ? pixels - p0 : kTile);
+  record_samples(offset, mask, g, b, p0, valid, records);
+  for (int t = threadIdx.x; t < kTile; t += blockDim.x) columns[t * pixel_step + rows - 1] = acc_t(1);
+  __syncthreads();
+  const scalar_t* image = input + b * g.height * g.width * g.channels;
+  for_warp_samples(g, valid, records, [&](const acc_t* record, int t, int og, int tap, const ChannelRange& range) {
+    sample_columns(read_record(record), range, image + og * group_channels,
+                   columns + (og * group_channels * taps + tap) + t * pixel_step, int64_t(taps));
+  });
+  __syncthreads();  // the records are consumed
   load_kernels(weight, bias, out_channels, rows, 1, out_stride, kernels);
-  gather_tile(input, offset, mask, g, b, p0, kTile, columns);
   __syncthreads();
   scalar_t* out = output + b * out_channels * pixels + p0;
-  const int valid = static_cast<int>(pixels - p0 < kTile ? pixels - p0 : kTile);
-  block_product(kernels, out_stride, columns, 1, kTile, out_channels, valid, rows,
+  block_product(kernels, out_stride, columns, pixel_step, 1, out_channels, valid, rows,
                 [&](int i, int t, acc_t value) { out[i * pixels + t] = convert<scalar_t>(value); });
 }
 
 // Blocks over tiles blockIdx.x + k * gridDim.x. Per tile: load the grad_output tile (zero past the
-// last pixel), channel-major and pixel-major; grad_columns(k, p) = sum_i kernels(i, k) * grad_out(i,
-// p) into the column tile; one pass over the samples (each one thread, the only neighbour loads of
-// the tile) scatters them to grad_input (atomics), writes the offset and mask gradients (no atomics)
-// and leaves the column values in the tile; then grad_kernels(i, k) += sum_p grad_out(i, p) *
-// columns(k, p) into the block's shared sums (the tile's row of ones gives grad_bias). At the end the
-// block's sums go to partials[blockIdx.x] (reduced by reduce_kernel).
+// last pixel), channel-major and pixel-major, and the sample pass; grad_columns(k, p) = sum_i
+// kernels(i, k) * grad_out(i, p) into the column tile; the channel pass (the only neighbour loads of
+// the tile) scatters them to the NHWC grad_input (atomics, lanes on channels: contiguous), sums the
+// offset and mask gradients over the lanes (warp_sums), lane 0 writes them (no atomics), and leaves
+// the column values in the tile; then grad_kernels(i, k) += sum_p grad_out(i, p) * columns(k, p) into
+// the block's shared sums (the tile's row of ones gives grad_bias). At the end the block's sums go
+// to partials[blockIdx.x] (reduced by reduce_kernel). At most one block per SM (the plan): ptxas may
+// use the registers of the whole SM (fp64 spilled at its default).
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kFusedThreads)
+__global__ void __launch_bounds__(kFusedThreads, 1)
     fused_backward_kernel(const scalar_t* __restrict__ grad_output, const scalar_t* __restrict__ input,
                           const scalar_t* __restrict__ offset, const scalar_t* __restrict__ mask,
                           const scalar_t* __restrict__ weight, DeformGeometry g, int out_channels,
@@ -435,20 +578,23 @@ __global__ void __launch_bounds__(kFusedThreads)
   FASTSEG_DYNAMIC_SHARED(shared);
   const FusedLayout l = fused_layout(g, out_channels, true);
   const int rows = static_cast<int>(l.rows), out_stride = static_cast<int>(l.out_stride);
-  const int rows_stride = static_cast<int>(l.rows_stride), tile_stride = static_cast<int>(l.tile_stride);
+  const int rows_stride = static_cast<int>(l.rows_stride), row_step = static_cast<int>(l.row_step);
   const int taps = static_cast<int>(g.kh * g.kw), group_channels = static_cast<int>(g.channels / g.offset_groups);
   acc_t* kernels = reinterpret_cast<acc_t*>(shared);
   acc_t* sums = kernels + l.sums;
   acc_t* columns = kernels + l.columns;
   acc_t* grad_out = kernels + l.grad_out;
   acc_t* grad_out_t = kernels + l.grad_out_t;
+  acc_t* records = kernels + l.records;
   const int64_t pixels = g.out_h * g.out_w, tiles = (pixels + kTile - 1) / kTile;
+  const int64_t image_elements = g.height * g.width * g.channels;
   load_kernels(weight, static_cast<const scalar_t*>(nullptr), out_channels, rows, rows_stride, 1, kernels);
   for (int e = threadIdx.x; e < out_channels * rows; e += blockDim.x) sums[e] = acc_t(0);
-  for (int t = threadIdx.x; t < kTile; t += blockDim.x) columns[(rows - 1) * tile_stride + t] = acc_t(1);
+  for (int t = threadIdx.x; t < kTile; t += blockDim.x) columns[(rows - 1) * row_step + t] = acc_t(1);
   for (int64_t tile = blockIdx.x; tile < g.batch * tiles; tile += gridDim.x) {
     const int64_t b = tile / tiles, p0 = (tile - b * tiles) * kTile;
-    __syncthreads();  // the previous tile's columns and grad_out are consumed
+    const int valid = static_cast<int>(pixels - p0 < kTile ? pixels - p0 : kTile);
+    __syncthreads();  // the previous tile's columns, grad_out and records are consumed
     for (int e = threadIdx.x; e < out_channels * kTile; e += blockDim.x) {
       const int i = e / kTile, t = e - i * kTile;
       const acc_t value =
@@ -456,25 +602,24 @@ __global__ void __launch_bounds__(kFusedThreads)
       grad_out[e] = value;
       grad_out_t[t * out_stride + i] = value;
     }
+    record_samples(offset, mask, g, b, p0, valid, records);
     __syncthreads();
-    const int valid = static_cast<int>(pixels - p0 < kTile ? pixels - p0 : kTile);
     block_product(kernels, rows_stride, grad_out, 1, kTile, rows - 1, kTile, out_channels,
-                  [&](int k, int t, acc_t value) { columns[k * tile_stride + t] = t < valid ? value : acc_t(0); });
+                  [&](int k, int t, acc_t value) { columns[k * row_step + t] = t < valid ? value : acc_t(0); });
     __syncthreads();
-    for (int item = threadIdx.x; item < g.offset_groups * taps * kTile; item += blockDim.x) {
-      const int t = item % kTile, og_tap = item / kTile, og = og_tap / taps, tap = og_tap - og * taps;
-      const int64_t p = p0 + t;
-      if (p >= pixels) continue;  // its columns stay zero
-      const int64_t ho = p / g.out_w, wo = p - ho * g.out_w;
-      const SampleRow r{0, b, og, tap};
-      const Sample<acc_t> s = load_sample<scalar_t, acc_t>(offset, mask, g, r, ho, wo, p);
-      const int64_t image = group_start(g, r, p).image;
-      sample_backward(s, g, r, p, input + image, grad_input + image,
-                      columns + (og * group_channels * taps + tap) * tile_stride + t, taps * tile_stride,
-                      grad_offset, grad_mask);
-    }
+    const scalar_t* image = input + b * image_elements;
+    acc_t* grad_image = grad_input + b * image_elements;
+    for_warp_samples(g, valid, records, [&](const acc_t* record, int t, int og, int tap, const ChannelRange& range) {
+      const Sample<acc_t, int> s = read_record(record);
+      const int start = og * group_channels;
+      const SampleGrads<acc_t> partial = sample_backward(s, range, image + start, grad_image + start,
+                                                         columns + (start * taps + tap) * row_step + t,
+                                                         int64_t(taps) * row_step);
+      const SampleGrads<acc_t> total = warp_sums(partial);
+      if (range.first == 0) write_sample_grads(s, total, g, SampleRow{0, b, og, tap}, p0 + t, grad_offset, grad_mask);
+    });
     __syncthreads();
-    block_product(grad_out_t, out_stride, columns, tile_stride, 1, out_channels, rows, kTile,
+    block_product(grad_out_t, out_stride, columns, row_step, 1, out_channels, rows, kTile,
                   [&](int i, int k, acc_t value) { sums[i * rows + k] += value; });
   }
   __syncthreads();
@@ -537,7 +682,10 @@ cudaError_t deform_fused_plan(const DeformGeometry& g, int64_t out_channels, int
                               DeformFusedPlan* plan) {
   *plan = DeformFusedPlan{};
   const int64_t pixels = g.out_h * g.out_w;
-  if (groups != 1 || g.batch * pixels * out_channels == 0) return cudaSuccess;
+  // The sample records index within one NHWC image in int32.
+  if (groups != 1 || g.batch * pixels * out_channels == 0 || g.height * g.width * g.channels > INT32_MAX) {
+    return cudaSuccess;
+  }
   DeviceLimits limits;
   const cudaError_t error = device_limits(&limits);
   if (error != cudaSuccess) return error;

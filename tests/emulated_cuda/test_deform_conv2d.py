@@ -29,8 +29,13 @@ CASES = {
     # 3 images x 3 tiles (156 pixels: 64 + 64 + 28): 3 backward blocks of 3 tiles, 3 partial sums
     "several-blocks": (3, 2, (12, 13), 3, (3, 3), 1, 1, 1, 1, 1, True),
     "one-pixel": (2, 3, (1, 1), 2, (1, 1), 1, 0, 1, 1, 1, True),
+    # fused forward and backward, a warp's lanes on the channels of a sample's offset group: 36 (lanes
+    # loop: 32 + 4), 20 (past a half warp), 4 per group with 2 offset groups
+    "group-channels-36": (2, 36, (5, 6), 12, (3, 3), 1, 1, 1, 1, 1, True),
+    "group-channels-20": (2, 20, (6, 7), 6, (3, 3), 1, 1, 1, 1, 1, False),
+    "offset-groups2-channels8": (2, 8, (7, 6), 5, (3, 3), 1, 1, 1, 1, 2, True),
     # fp32: fused forward (its 50228 floats of shared memory fit 227 KB = 58112 floats), generic
-    # backward (76260 do not)
+    # backward (83172 do not)
     "fused-forward-only": (1, 48, (5, 6), 48, (3, 3), 1, 1, 1, 1, 1, True),
     # the generic path: groups > 1, or channels whose kernels and tile exceed shared memory
     "groups2-offset-groups2-rect": (2, 4, (6, 9), 6, (2, 3), 1, (1, 0), (2, 1), 2, 2, True),
