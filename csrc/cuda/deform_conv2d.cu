@@ -231,7 +231,7 @@ __device__ SampleGrads<acc_t> sample_backward(const Sample<acc_t, index_t>& s, c
   constexpr bool kRebuildColumns = !std::is_const_v<column_t>;
   SampleGrads<acc_t> sums{acc_t(0), acc_t(0), acc_t(0)};
   if (s.any) {
-#pragma unroll 1
+#pragma unroll 2
     for (int64_t c = range.first; c < range.count; c += range.step) {
       const index_t channel = static_cast<index_t>(c * range.stride);
       const acc_t grad = convert<acc_t>(grad_column[c * column_stride]);
