@@ -1,14 +1,27 @@
 // CUDA sampling kernels of deformable convolution v1/v2 (CSFRNet Eq. 6), torchvision's semantics:
 // a sample at (y, x) is the bilinear mix of its four neighbours, each neighbour outside the image
 // contributing zero, and is zero when y <= -1, y >= H, x <= -1 or x >= W. All arithmetic in acc_t
-// (fp32 for fp16/bf16/fp32, fp64 for fp64); int64 indexing throughout.
+// (fp32 for fp16/bf16/fp32, fp64 for fp64); int64 indexing, except the fused path's int32 indices
+// within one NHWC image (the plan checks H*W*C < 2^31).
 //
-// Design: one thread per sample (image, offset group, tap, output pixel) computes the bilinear
-// neighbours, weights and mask once (the only integer divisions, per sample) and loops over the
-// channels of the offset group with pointer strides: im2col writes the column of each channel
+// Design, generic path: one thread per sample (image, offset group, tap, output pixel) computes the
+// bilinear neighbours, weights and mask once (the only integer divisions, per sample) and loops over
+// the channels of the offset group with pointer strides: im2col writes the column of each channel
 // (coalesced over pixels); the backward kernel reads each grad column once, scatters it to grad_input
 // (4 fp32 atomics) and sums the offset and mask gradients in registers. The GEMMs are cuBLAS through
 // the glue (csrc/cuda_glue/deform_conv2d.cpp): straight into the output, the bias as the C operand.
+// Fused path (groups == 1 and its shared memory fits, see FusedLayout; the glue chooses): a block
+// takes tiles of 64 output pixels of one image and keeps the kernels and the column tile in shared
+// memory (acc_t), the bias as a row of ones. The input is channels-last (NHWC, a copy by the glue):
+// per tile a sample pass (a thread per sample) stores the samples' records in shared memory, then a
+// channel pass gives each sample to a warp whose lanes take the channels of its offset group, so that
+// a neighbour load (and an atomic into the NHWC grad_input) is one contiguous run of channels; the
+// channel loops are the generic path's (sample_columns, sample_backward) with channel stride 1.
+// Forward, one launch: the tile, then output = kernels x tile (block_product: fp32 FMAs, 4 x 2
+// register tile per thread). Backward, one launch: grad tile = kernels^T x grad_out, the channel pass
+// scatters it (atomics), sums the offset and mask gradients over the lanes (shuffles, fixed order)
+// and leaves the column values in the tile, grad weight/bias sums += grad_out x tile^T per block in
+// shared memory; then a block-ordered (deterministic) reduction of the per-block sums.
 //
 // Cost model at the GPU shapes of bench/bench_deform_conv2d.py (B=8, 97x97 -> P=9409 pixels per
 // image, 3x3 taps, modulated, forward+backward; H200: 4.8 TB/s HBM, taken at 85% = 4.1 TB/s;
@@ -17,6 +30,7 @@
 // the `predicted H200` lines (the one place these numbers live) into the "predicted" column of
 // bench/RESULTS.md. With E = B*C*9*P column elements (C512: 347 M; C32: 21.7 M) and
 // F = 2*B*P*C*C*9 FLOPs per GEMM (C512: 355 GFLOP):
+// C512, generic path:
 //   im2col (twice: forward, and again in the backward): write E columns + read input/offset/mask,
 //     ~15 instructions per element: C512 0.380 ms fp32, 0.190 ms bf16 (HBM-bound).
 //   3 GEMMs (output, grad columns, grad weight as per-image products summed in fp32): each
@@ -30,17 +44,63 @@
 //     0.75 ms bf16.
 //   small passes (zeroed fp32 grad_input, its cast, grad_bias): ~0.11-0.15 ms; launches, 3 us each:
 //     3 per forward chunk, 6 per backward chunk, 5 more (the 1 GiB column workspace gives C512
-//     2 + 3 chunks in fp32, 1 + 2 in bf16; C32 1 + 1): 29 / 20 / 14 launches.
-// Bound: fp32 by the SGEMMs (1.55x floor); bf16 by the GEMMs at 60% of peak plus the column passes
-// and atomics, which the floor does not count (3.0x); C32 by launches and column passes.
+//     2 + 3 chunks in fp32, 1 + 2 in bf16): 29 / 20 launches.
+// C32, fused path (C = C_out = 32, R = 289 tile rows; 148 tiles per image, 1184 in all; per tile 576
+// samples, one offset group x 9 taps x 64 pixels), counted in clocks of one SM's L1/shared-memory data
+// path (128 B = 1 wavefront per clock, 4 sectors per clock for global loads and atomics, 1 warp
+// shuffle per clock) and of instruction issue (4 warp-instructions per clock); a phase takes the
+// larger of the two:
+//   products: block_product reads 3 shared wavefronts (one broadcast quad, two scalars) per 8 FMAs
+//     per warp and row r; its ~12 instructions per (warp, r) over 4 schedulers also take 3 clocks:
+//     67% of the fp32 FMA peak, fp32 for every dtype (no tensor cores). Per tile: forward 8 warps x
+//     289 r x 3 = 6.9 K clocks; backward grad tile 8 x 9 row quads x 32 x 3 = 6.9 K, grad weight
+//     8 x 5 column blocks x 64 x 3 = 7.7 K.
+//   sample pass: 576 samples, a thread each: ~120 instructions (load_sample, its int64 division
+//     for (ho, wo) included) per warp of 32 samples, 18 warps: 0.54 K, plus the records' 3 quad
+//     stores (4 wavefronts each), 0.22 K: 0.8 K clocks per tile.
+//   channel pass: per (warp, sample) 3 broadcast record loads, 4 neighbour loads of 32 channels
+//     (128 B fp32, aligned: 4 sectors, 1 clock; bf16 64 B, 2 sectors; 20.7 / 15.3 sectors per load
+//     in the pixel-per-lane layout before) and one column store without bank conflicts (lanes taps
+//     apart forward, 9 * 65 backward): 8 clocks fp32, 6 bf16; ~50 instructions (counted in the PTX:
+//     record, 4 x (predicate, address, load, FMA), store, loop) = 12.5 issue clocks, so 7.2 K per
+//     tile (both dtypes). Backward: also the grad column load, 4 fp32 atomics of 128 B (4 clocks),
+//     8 shuffles (warp_sums): 21 / 19 clocks, ~110 instructions (27.5 issue clocks): 15.8 K.
+//     Issue-bound: the per-sample work (record, reduction, lane-0 writes) is paid per 32 channels.
+//   smaller: the kernels' 4-way-conflicted transposing stores and weight loads 1.5 K (1.3 K bf16),
+//     now after the channel pass (their region first holds the records); backward grad_out tile (two
+//     layouts), offset and mask writes 1.6 K.
+//   forward: 1184 blocks, two per SM (112.9 KB of shared memory each), 8.97 tiles per SM: 0.8 +
+//     7.2 + 1.5 + 6.9 = 16.4 K (bf16 16.2 K) clocks per tile -> 74.3 us fp32, 73.4 us bf16 (was 95 /
+//     80 us, 11.9 K / 8.8 K clocks of scattered sectors per gather).
+//   backward: 132 blocks (one per SM: 190.0 KB), at most 9 tiles each: 0.8 + 1.6 + 14.6 + 15.8 =
+//     32.8 K clocks per tile -> 149.1 us both dtypes (was 182 / 168 us: 23.8 K / 20.7 K clocks of
+//     scattered loads and atomics).
+//   passes around the kernels: the NHWC copy of the input, once per forward and once per backward
+//     (9.6 MB read + written fp32: 4.7 us each; 2.35 us bf16), the zeroed NHWC fp32 grad_input 2.3 us,
+//     the reduction of the 132 x 9248 fp32 partial sums 1.2 us, grad_input back to NCHW in the input
+//     dtype 4.7 us fp32 (new), 3.5 us bf16 (the cast it replaces): 17.6 / 11.7 us.
+//   launches: forward 2 (copy, fused), backward 5 (copy, zeroing, fused, reduction, conversion):
+//     7 x 3 us = 21 us (was 4 / 5 launches).
+//   Total 74.3 + 149.1 + 17.6 + 21 = 262 us fp32, 73.4 + 149.1 + 11.7 + 21 = 255 us bf16 (was 0.293 /
+//   0.270 ms). The generic path's 0.254 / 0.163 ms C32 predictions (14-20 launches, column round
+//   trips through HBM, cuBLAS) left the neighbour sectors out; counted the same way its four passes
+//   (im2col twice, backward reads, atomics) add ~0.22 / ~0.17 ms: ~0.43 / ~0.30 ms. In bf16 the
+//   fused path gains launches and HBM traffic but loses the tensor cores.
+//   Risks: the instruction counts are read off the PTX (no SASS here); the NHWC copies are ATen
+//   permute-copies, which may run well below HBM bandwidth (at half, +9 us fp32); the L2 traffic of
+//   the loads and atomics and the latency of the backward's 8 warps per SM are not modelled.
+// Bound: C512 fp32 by the SGEMMs (1.55x floor); C512 bf16 by the GEMMs at 60% of peak plus the column
+// passes and atomics, which the floor does not count (3.0x); C32 by the instruction issue of the
+// channel passes (per-sample work per warp) and the shared-memory products.
 // predicted H200 | deform_conv2d csfrnet-C512 fp32 B=8 97x97 fwd+bwd | 24.691 ms | fp32 SGEMM, TF32 off (floor 15.903 ms)
 // predicted H200 | deform_conv2d csfrnet-C512 bf16 B=8 97x97 fwd+bwd | 3.179 ms | bf16 GEMMs, column passes, atomics (floor 1.077 ms)
-// predicted H200 | deform_conv2d csfrnet-C32 fp32 B=8 97x97 fwd+bwd | 0.254 ms | launches, column passes, atomics (floor 0.062 ms)
-// predicted H200 | deform_conv2d csfrnet-C32 bf16 B=8 97x97 fwd+bwd | 0.163 ms | launches, column passes, atomics (floor 0.008 ms)
+// predicted H200 | deform_conv2d csfrnet-C32 fp32 B=8 97x97 fwd+bwd | 0.262 ms | channel-pass issue, shared-memory products (floor 0.062 ms)
+// predicted H200 | deform_conv2d csfrnet-C32 bf16 B=8 97x97 fwd+bwd | 0.255 ms | channel-pass issue, fp32 shared-memory products (floor 0.008 ms)
 #include "cuda/common.cuh"
 #include "cuda/deform_conv2d.h"
 
 #include <algorithm>
+#include <type_traits>
 
 namespace fastseg::cuda {
 namespace {
@@ -48,15 +108,20 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int64_t kMaxGridY = 65535;
 
-// One sample's neighbours: plane indices, inside flags and bilinear weights.
-template <typename acc_t>
+// One sample's neighbours: indices from the group's first channel (int32 in the fused path's
+// records: with the channel offset, within one NHWC image, H*W*C < 2^31), inside flags and bilinear
+// weights.
+template <typename acc_t, typename index_t = int64_t>
 struct Sample {
-  int64_t index[4];
+  index_t index[4];
   acc_t weight[4];
   acc_t frac_y, frac_x, mask;
   bool inside[4];
   bool any;       // some neighbour is inside (the position is finite and within (-1, size))
   bool poisoned;  // the position is not finite: NaN column, no gradient (the NaN rule of fastseg.ops)
+
+  // The factor of the sample's column values (mask * bilinear value): NaN when poisoned.
+  __device__ acc_t column_scale() const { return poisoned ? acc_t(NAN) : mask; }
 };
 
 // Row `row` of the samples of the chunk starting at image b0; rows are (local image, offset group,
@@ -71,10 +136,12 @@ __device__ SampleRow sample_row(const DeformGeometry& g, int64_t b0, int64_t row
 }
 
 // The sample of row r at output pixel p = (ho, wo): computed once per (image, offset group, tap,
-// pixel) and reused for every channel of the offset group.
+// pixel) and reused for every channel of the offset group. Neighbour (yn, xn) is at index
+// (yn * W + xn) * pixel_stride of the group's first channel: pixel_stride 1 in NCHW planes, C in an
+// NHWC image.
 template <typename scalar_t, typename acc_t>
 __device__ Sample<acc_t> load_sample(const scalar_t* offset, const scalar_t* mask, const DeformGeometry& g,
-                                     const SampleRow& r, int64_t ho, int64_t wo, int64_t p) {
+                                     const SampleRow& r, int64_t ho, int64_t wo, int64_t p, int64_t pixel_stride) {
   const int64_t taps = g.kh * g.kw, pixels = g.out_h * g.out_w;
   const int64_t row = (r.b * g.offset_groups + r.og) * taps + r.tap;
   const int64_t i = r.tap / g.kw, j = r.tap - i * g.kw;
@@ -92,7 +159,7 @@ __device__ Sample<acc_t> load_sample(const scalar_t* offset, const scalar_t* mas
   for (int n = 0; n < 4; ++n) {
     const int64_t yn = y0 + (n >> 1), xn = x0 + (n & 1);
     s.inside[n] = s.any && yn >= 0 && yn < g.height && xn >= 0 && xn < g.width;
-    s.index[n] = s.inside[n] ? yn * g.width + xn : 0;
+    s.index[n] = s.inside[n] ? (yn * g.width + xn) * pixel_stride : 0;
     const acc_t wy = (n >> 1) ? s.frac_y : acc_t(1) - s.frac_y;
     const acc_t wx = (n & 1) ? s.frac_x : acc_t(1) - s.frac_x;
     s.weight[n] = s.inside[n] ? wy * wx : acc_t(0);
@@ -113,6 +180,95 @@ __device__ GroupStart group_start(const DeformGeometry& g, const SampleRow& r, i
           ((r.local_b * g.channels + c0) * taps + r.tap) * g.out_h * g.out_w + p};
 }
 
+// The channels of a sample's offset group that one thread handles: c = first, first + step, ...
+// below count, `stride` apart in the input: every channel with the plane as stride (NCHW, the
+// generic path), or a warp's lane, lane + 32, ... with stride 1 (NHWC, the fused path).
+struct ChannelRange {
+  int64_t first, step, count, stride;
+};
+
+__device__ ChannelRange planar_channels(const DeformGeometry& g) {
+  return {0, 1, g.channels / g.offset_groups, g.height * g.width};
+}
+
+// The channel loop of one sample: column[c * column_stride] = mask * bilinear(image + c * stride) for
+// the channels c of `range` (`image` at the group's first channel; NaN when the position is
+// poisoned). Serves im2col (scalar_t columns in HBM) and the fused forward (acc_t columns in shared
+// memory).
+template <typename scalar_t, typename acc_t, typename index_t, typename column_t>
+__device__ void sample_columns(const Sample<acc_t, index_t>& s, const ChannelRange& range, const scalar_t* image,
+                               column_t* column, int64_t column_stride) {
+  const acc_t scale = s.column_scale();
+#pragma unroll 4
+  for (int64_t c = range.first; c < range.count; c += range.step) {
+    const index_t channel = static_cast<index_t>(c * range.stride);
+    acc_t value = acc_t(0);
+#pragma unroll
+    for (int n = 0; n < 4; ++n) {
+      if (s.inside[n]) value += s.weight[n] * convert<acc_t>(image[channel + s.index[n]]);
+    }
+    column[c * column_stride] = convert<column_t>(scale * value);
+  }
+}
+
+// A sample's gradient sums over channels: d/dy, d/dx of the bilinear value (times the grad column)
+// and the grad column times the value (the mask gradient).
+template <typename acc_t>
+struct SampleGrads {
+  acc_t y, x, m;
+};
+
+// The backward of one sample over the channels of `range` given its grad column (grad_column[c *
+// column_stride]): grad_image[c] += bilinear weight * mask * grad (atomics, same indexing as image)
+// and the returned partial sums of the offset and mask gradients (write_sample_grads). Serves the
+// generic backward (const grad columns in HBM) and the fused one (grad columns in shared memory,
+// mutable): there each entry is then replaced by the sample's column value (what sample_columns
+// writes), from the neighbours this pass loads anyway, for the grad weight product.
+template <typename scalar_t, typename acc_t, typename index_t, typename column_t>
+__device__ SampleGrads<acc_t> sample_backward(const Sample<acc_t, index_t>& s, const ChannelRange& range,
+                                              const scalar_t* image, acc_t* grad_image, column_t* grad_column,
+                                              int64_t column_stride) {
+  constexpr bool kRebuildColumns = !std::is_const_v<column_t>;
+  SampleGrads<acc_t> sums{acc_t(0), acc_t(0), acc_t(0)};
+  if (s.any) {
+#pragma unroll 2
+    for (int64_t c = range.first; c < range.count; c += range.step) {
+      const index_t channel = static_cast<index_t>(c * range.stride);
+      const acc_t grad = convert<acc_t>(grad_column[c * column_stride]);
+      const acc_t masked_grad = s.mask * grad;
+      acc_t v[4];
+#pragma unroll
+      for (int n = 0; n < 4; ++n) {
+        v[n] = s.inside[n] ? convert<acc_t>(image[channel + s.index[n]]) : acc_t(0);
+        if (s.inside[n]) atomicAdd(grad_image + (channel + s.index[n]), s.weight[n] * masked_grad);
+      }
+      const acc_t value = s.weight[0] * v[0] + s.weight[1] * v[1] + s.weight[2] * v[2] + s.weight[3] * v[3];
+      sums.m += grad * value;
+      sums.y += grad * ((acc_t(1) - s.frac_x) * (v[2] - v[0]) + s.frac_x * (v[3] - v[1]));
+      sums.x += grad * ((acc_t(1) - s.frac_y) * (v[1] - v[0]) + s.frac_y * (v[3] - v[2]));
+      if constexpr (kRebuildColumns) grad_column[c * column_stride] = s.column_scale() * value;
+    }
+  } else if constexpr (kRebuildColumns) {
+    for (int64_t c = range.first; c < range.count; c += range.step) {
+      grad_column[c * column_stride] = s.column_scale() * acc_t(0);
+    }
+  }
+  return sums;
+}
+
+// The offset and mask gradients of sample (row r, pixel p) from its channel sums, written in place (no
+// atomics; grad_mask null when mask is).
+template <typename scalar_t, typename acc_t, typename index_t>
+__device__ void write_sample_grads(const Sample<acc_t, index_t>& s, const SampleGrads<acc_t>& sums,
+                                   const DeformGeometry& g, const SampleRow& r, int64_t p, scalar_t* grad_offset,
+                                   scalar_t* grad_mask) {
+  const int64_t taps = g.kh * g.kw, pixels = g.out_h * g.out_w;
+  const int64_t sample = (r.b * g.offset_groups + r.og) * taps + r.tap;
+  grad_offset[(2 * sample) * pixels + p] = convert<scalar_t>(s.any ? s.mask * sums.y : acc_t(0));
+  grad_offset[(2 * sample + 1) * pixels + p] = convert<scalar_t>(s.any ? s.mask * sums.x : acc_t(0));
+  if (grad_mask) grad_mask[sample * pixels + p] = convert<scalar_t>(sums.m);
+}
+
 // Grid of the sample kernels: x over output pixels (one thread each), y over sample rows (strided
 // when there are more than 65535).
 dim3 sample_grid(const DeformGeometry& g, int64_t nb) {
@@ -131,24 +287,12 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t pixels = g.out_h * g.out_w, p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (p >= pixels) return;
   const int64_t ho = p / g.out_w, wo = p - ho * g.out_w;
-  const int64_t plane = g.height * g.width, column_stride = g.kh * g.kw * pixels;
-  const int64_t group_channels = g.channels / g.offset_groups, rows = nb * g.offset_groups * g.kh * g.kw;
+  const int64_t column_stride = g.kh * g.kw * pixels, rows = nb * g.offset_groups * g.kh * g.kw;
   for (int64_t row = blockIdx.y; row < rows; row += gridDim.y) {
     const SampleRow r = sample_row(g, b0, row);
-    const Sample<acc_t> s = load_sample<scalar_t, acc_t>(offset, mask, g, r, ho, wo, p);
-    const acc_t scale = s.poisoned ? acc_t(NAN) : s.mask;
+    const Sample<acc_t> s = load_sample<scalar_t, acc_t>(offset, mask, g, r, ho, wo, p, 1);
     const GroupStart start = group_start(g, r, p);
-    const scalar_t* image = input + start.image;
-    scalar_t* column = columns + start.column;
-#pragma unroll 4
-    for (int64_t c = 0; c < group_channels; ++c, image += plane, column += column_stride) {
-      acc_t value = acc_t(0);
-#pragma unroll
-      for (int n = 0; n < 4; ++n) {
-        if (s.inside[n]) value += s.weight[n] * convert<acc_t>(image[s.index[n]]);
-      }
-      *column = convert<scalar_t>(scale * value);
-    }
+    sample_columns(s, planar_channels(g), input + start.image, columns + start.column, column_stride);
   }
 }
 
@@ -164,38 +308,348 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t pixels = g.out_h * g.out_w, p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (p >= pixels) return;
   const int64_t ho = p / g.out_w, wo = p - ho * g.out_w;
-  const int64_t taps = g.kh * g.kw, plane = g.height * g.width, column_stride = taps * pixels;
-  const int64_t group_channels = g.channels / g.offset_groups, rows = nb * g.offset_groups * taps;
+  const int64_t column_stride = g.kh * g.kw * pixels, rows = nb * g.offset_groups * g.kh * g.kw;
   for (int64_t row = blockIdx.y; row < rows; row += gridDim.y) {
     const SampleRow r = sample_row(g, b0, row);
-    const Sample<acc_t> s = load_sample<scalar_t, acc_t>(offset, mask, g, r, ho, wo, p);
-    acc_t sum_y = acc_t(0), sum_x = acc_t(0), sum_m = acc_t(0);
-    if (s.any) {
-      const GroupStart start = group_start(g, r, p);
-      const scalar_t* image = input + start.image;
-      acc_t* grad_image = grad_input + start.image;
-      const scalar_t* grad_column = grad_columns + start.column;
-#pragma unroll 2
-      for (int64_t c = 0; c < group_channels;
-           ++c, image += plane, grad_image += plane, grad_column += column_stride) {
-        const acc_t grad = convert<acc_t>(*grad_column);
-        const acc_t masked_grad = s.mask * grad;
-        acc_t v[4];
+    const Sample<acc_t> s = load_sample<scalar_t, acc_t>(offset, mask, g, r, ho, wo, p, 1);
+    const GroupStart start = group_start(g, r, p);
+    const SampleGrads<acc_t> sums = sample_backward(s, planar_channels(g), input + start.image,
+                                                    grad_input + start.image, grad_columns + start.column,
+                                                    column_stride);
+    write_sample_grads(s, sums, g, r, p, grad_offset, grad_mask);
+  }
+}
+
+// Fused small-channel path (groups == 1): a block owns a tile of kTile output pixels of one image and
+// keeps everything between the sampling and the output in shared memory, in acc_t: the kernels with
+// R = C*taps + 1 rows (the last one the bias) and the column tile (R x kTile entries), whose last row
+// is ones, so that the bias rides in the product (and its gradient in the grad weight product). The
+// input (and the backward's grad_input) are channels-last (NHWC): per tile a sample pass stores one
+// record per sample, then a channel pass gives each sample to a warp whose lanes take its channels,
+// so that each neighbour load (and atomic) is one contiguous run of channels.
+constexpr int kFusedThreads = 256;
+constexpr int kTile = 64;
+// The backward's blocks each take at least this many tiles (amortising their kernel load and their
+// partial grad weight), and at most one block per SM.
+constexpr int64_t kMinTilesPerBlock = 4;
+// acc_t elements of a sample record: 3 aligned quads (see record_samples).
+constexpr int kRecord = 12;
+
+__host__ __device__ inline int64_t round_up4(int64_t n) { return (n + 3) / 4 * 4; }
+
+// Samples of a tile: one per (offset group, tap, pixel).
+__host__ __device__ inline int64_t tile_samples(const DeformGeometry& g) {
+  return g.offset_groups * g.kh * g.kw * kTile;
+}
+
+// Shared-memory layout of the fused kernels, offsets in acc_t elements, every region starting on a
+// 4-element boundary (block_product reads its A operand in aligned quads). Column tile entry (k, t) is
+// at k * row_step + t * pixel_step. Forward: kernels (R, out_stride), channel-contiguous, whose region
+// first holds the tile's sample records (the kernels are loaded after the channel pass), and the
+// column tile pixel-major, pixel_step R rounded up to odd (the product reads it along R with lanes on
+// pixels, the channel pass writes it with lanes on channels, taps apart: no bank conflicts either
+// way for odd taps). Backward: kernels (C_out, rows_stride), grad weight sums (C_out, R), the column
+// tile row-major with rows padded to kTile + 1 (read along R and along pixels), grad_out (C_out,
+// kTile), grad_out_t (kTile, out_stride) and the sample records. out_stride is C_out rounded up to
+// 4, plus 4: the transposing stores into those operands (lanes along R or along pixels) then conflict
+// 4-way, not 32-way. (At C_in = C_out = 32, 3x3, fp32: 112.9 KB forward, two blocks per SM; 190.0 KB
+// backward, one.)
+struct FusedLayout {
+  int64_t rows, out_stride, rows_stride, row_step, pixel_step;
+  int64_t records, sums, columns, grad_out, grad_out_t, elements;
+};
+
+__host__ __device__ inline FusedLayout fused_layout(const DeformGeometry& g, int64_t out_channels, bool backward) {
+  FusedLayout l{};
+  l.rows = g.channels * g.kh * g.kw + 1;
+  l.out_stride = round_up4(out_channels) + 4;
+  l.rows_stride = round_up4(l.rows);
+  const int64_t records = tile_samples(g) * kRecord;
+  if (!backward) {
+    l.row_step = 1;
+    l.pixel_step = l.rows | 1;
+    l.columns = round_up4(std::max(l.rows * l.out_stride, records));
+    l.elements = l.columns + kTile * l.pixel_step;
+    return l;
+  }
+  l.row_step = kTile + 1;
+  l.pixel_step = 1;
+  l.sums = out_channels * l.rows_stride;
+  l.columns = l.sums + round_up4(out_channels * l.rows);
+  l.grad_out = l.columns + round_up4(l.rows * l.row_step);
+  l.grad_out_t = l.grad_out + out_channels * kTile;
+  l.records = l.grad_out_t + kTile * l.out_stride;
+  l.elements = l.records + records;
+  return l;
+}
+
+// Four consecutive acc_t of an A operand: one 16-byte shared load for float, two for double.
+template <typename acc_t>
+struct alignas(16) Quad {
+  acc_t v[4];
+};
+
+// C(i, j) = sum_r A[r * ar + i] * B[j * bj + r * br] for i < ni, j < nj over r < nr, operands in
+// shared memory, each result handed to epilogue(i, j, value) by the one thread that computed it
+// (fixed summation order: deterministic). A warp takes 4 consecutive i: one aligned quad of A per r,
+// the same address in every lane (broadcast; A 16-byte aligned, ar a multiple of 4, readable up to
+// i = round_up4(ni) - 1, whose extra rows are never handed out); each lane takes the columns j and
+// j + 32 (consecutive B reads; out-of-range j clamped for the reads and skipped). Per r and warp: 3
+// shared wavefronts for float (1 broadcast quad, 2 B loads) and 8 FMAs.
+template <typename acc_t, typename Epilogue>
+__device__ void block_product(const acc_t* a, int ar, const acc_t* b, int bj, int br, int ni, int nj, int nr,
+                              Epilogue epilogue) {
+  const int lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  for (int i0 = threadIdx.x / 32 * 4; i0 < ni; i0 += warps * 4) {
+    for (int j0 = lane; j0 < nj + lane; j0 += 64) {
+      const acc_t* b_column[2];
+#pragma unroll
+      for (int m = 0; m < 2; ++m) b_column[m] = b + min(j0 + 32 * m, nj - 1) * bj;
+      acc_t sum[4][2] = {};
+      for (int r = 0; r < nr; ++r) {
+        const Quad<acc_t> av = *reinterpret_cast<const Quad<acc_t>*>(a + r * ar + i0);
+        const acc_t bv[2] = {b_column[0][r * br], b_column[1][r * br]};
 #pragma unroll
         for (int n = 0; n < 4; ++n) {
-          v[n] = s.inside[n] ? convert<acc_t>(image[s.index[n]]) : acc_t(0);
-          if (s.inside[n]) atomicAdd(grad_image + s.index[n], s.weight[n] * masked_grad);
+#pragma unroll
+          for (int m = 0; m < 2; ++m) sum[n][m] += av.v[n] * bv[m];
         }
-        sum_m += grad * (s.weight[0] * v[0] + s.weight[1] * v[1] + s.weight[2] * v[2] + s.weight[3] * v[3]);
-        sum_y += grad * ((acc_t(1) - s.frac_x) * (v[2] - v[0]) + s.frac_x * (v[3] - v[1]));
-        sum_x += grad * ((acc_t(1) - s.frac_y) * (v[1] - v[0]) + s.frac_y * (v[3] - v[2]));
+      }
+#pragma unroll
+      for (int n = 0; n < 4; ++n) {
+#pragma unroll
+        for (int m = 0; m < 2; ++m) {
+          if (i0 + n < ni && j0 + 32 * m < nj) epilogue(i0 + n, j0 + 32 * m, sum[n][m]);
+        }
       }
     }
-    const int64_t sample = (r.b * g.offset_groups + r.og) * taps + r.tap;
-    grad_offset[(2 * sample) * pixels + p] = convert<scalar_t>(s.any ? s.mask * sum_y : acc_t(0));
-    grad_offset[(2 * sample + 1) * pixels + p] = convert<scalar_t>(s.any ? s.mask * sum_x : acc_t(0));
-    if (grad_mask) grad_mask[sample * pixels + p] = convert<scalar_t>(sum_m);
   }
+}
+
+// kernels[i * i_stride + k * k_stride] = weight[i, k] for k < C*taps and bias[i] (0 when null) at
+// k = C*taps; weight read in order (coalesced).
+template <typename scalar_t, typename acc_t>
+__device__ void load_kernels(const scalar_t* weight, const scalar_t* bias, int out_channels, int rows, int i_stride,
+                             int k_stride, acc_t* kernels) {
+  const int sampled = rows - 1;
+  for (int e = threadIdx.x; e < out_channels * rows; e += blockDim.x) {
+    const int i = e / rows, k = e - i * rows;
+    kernels[i * i_stride + k * k_stride] = k < sampled ? convert<acc_t>(weight[int64_t(i) * sampled + k])
+                                                       : (bias ? convert<acc_t>(bias[i]) : acc_t(0));
+  }
+}
+
+// The sample pass of a tile (pixels [p0, p0 + kTile) of image b, those below `valid`): one thread per
+// sample computes it once (load_sample, NHWC indices) and stores its record at item (og * taps +
+// tap) * kTile + t: the 4 neighbours' indices within the image (int32, the plan checks H*W*C <
+// 2^31; -1 outside), their bilinear weights, then frac_y, frac_x and the column scale (mask, NaN
+// when poisoned), 3 aligned quads that the channel pass reads by broadcast.
+template <typename scalar_t, typename acc_t>
+__device__ void record_samples(const scalar_t* offset, const scalar_t* mask, const DeformGeometry& g, int64_t b,
+                               int64_t p0, int valid, acc_t* records) {
+  const int taps = static_cast<int>(g.kh * g.kw);
+  for (int item = threadIdx.x; item < tile_samples(g); item += blockDim.x) {
+    const int t = item % kTile, og_tap = item / kTile, og = og_tap / taps, tap = og_tap - og * taps;
+    if (t >= valid) continue;
+    const int64_t p = p0 + t, ho = p / g.out_w, wo = p - ho * g.out_w;
+    const Sample<acc_t> s = load_sample<scalar_t, acc_t>(offset, mask, g, SampleRow{0, b, og, tap}, ho, wo, p,
+                                                         g.channels);
+    acc_t* record = records + int64_t(item) * kRecord;
+    Quad<int> index;
+    Quad<acc_t> weight;
+#pragma unroll
+    for (int n = 0; n < 4; ++n) {
+      index.v[n] = s.inside[n] ? static_cast<int>(s.index[n]) : -1;
+      weight.v[n] = s.weight[n];
+    }
+    *reinterpret_cast<Quad<int>*>(record) = index;
+    *reinterpret_cast<Quad<acc_t>*>(record + 4) = weight;
+    *reinterpret_cast<Quad<acc_t>*>(record + 8) = Quad<acc_t>{{s.frac_y, s.frac_x, s.column_scale(), acc_t(0)}};
+  }
+}
+
+// The sample of a record. Its mask is the column scale: the same column values, and a poisoned
+// sample has no neighbours, so that its offset and mask gradients are zero either way.
+template <typename acc_t>
+__device__ Sample<acc_t, int> read_record(const acc_t* record) {
+  const Quad<int> index = *reinterpret_cast<const Quad<int>*>(record);
+  const Quad<acc_t> weight = *reinterpret_cast<const Quad<acc_t>*>(record + 4);
+  const Quad<acc_t> rest = *reinterpret_cast<const Quad<acc_t>*>(record + 8);
+  Sample<acc_t, int> s;
+  s.any = false;
+#pragma unroll
+  for (int n = 0; n < 4; ++n) {
+    s.inside[n] = index.v[n] >= 0;
+    s.index[n] = index.v[n];  // read only when inside
+    s.weight[n] = weight.v[n];
+    s.any = s.any || s.inside[n];  // load_sample's `any`: a position within (-1, size) has a neighbour inside
+  }
+  s.frac_y = rest.v[0];
+  s.frac_x = rest.v[1];
+  s.mask = rest.v[2];
+  s.poisoned = false;
+  return s;
+}
+
+// The channel pass of a tile: for each (offset group, tap), warp w takes the pixels t = w, w + warps,
+// ... below `valid` (warp-uniform), its lanes the channels lane, lane + 32, ... of the offset group:
+// body(record, t, og, tap, lane channels).
+template <typename acc_t, typename Body>
+__device__ void for_warp_samples(const DeformGeometry& g, int valid, const acc_t* records, Body body) {
+  const int taps = static_cast<int>(g.kh * g.kw), warps = blockDim.x / 32;
+  const ChannelRange range{threadIdx.x % 32, 32, g.channels / g.offset_groups, 1};
+  for (int og_tap = 0; og_tap < g.offset_groups * taps; ++og_tap) {
+    const int og = og_tap / taps, tap = og_tap - og * taps;
+    for (int t = threadIdx.x / 32; t < valid; t += warps) {
+      body(records + (int64_t(og_tap) * kTile + t) * kRecord, t, og, tap, range);
+    }
+  }
+}
+
+// The totals over a warp's lanes of their partial sums, in lane 0, in a fixed order (deterministic),
+// 8 shuffles instead of 3 x 5: the xor-16 and xor-8 steps each halve the values a lane carries on
+// (the lane with the step's bit carries the upper half), leaving y in lanes 0-7, x in 8-15, m in
+// 16-23 (zero in 24-31); three more steps add within each 8 lanes, two more bring x and m to lane 0.
+template <typename acc_t>
+__device__ SampleGrads<acc_t> warp_sums(const SampleGrads<acc_t>& partial) {
+  constexpr unsigned kAll = 0xffffffffu;
+  const bool upper16 = threadIdx.x & 16, upper8 = threadIdx.x & 8;
+  const acc_t keep_a = upper16 ? partial.m : partial.y, keep_b = upper16 ? acc_t(0) : partial.x;
+  const acc_t send_a = upper16 ? partial.y : partial.m, send_b = upper16 ? partial.x : acc_t(0);
+  const acc_t a = keep_a + __shfl_xor_sync(kAll, send_a, 16), b = keep_b + __shfl_xor_sync(kAll, send_b, 16);
+  acc_t v = (upper8 ? b : a) + __shfl_xor_sync(kAll, upper8 ? a : b, 8);
+#pragma unroll
+  for (int lanes = 4; lanes > 0; lanes /= 2) v += __shfl_xor_sync(kAll, v, lanes);
+  return {v, __shfl_sync(kAll, v, 8), __shfl_sync(kAll, v, 16)};
+}
+
+// Block per tile (image blockIdx.x / tiles, tile blockIdx.x % tiles): the sample pass, the channel
+// pass into the column tile, then, the records consumed, the kernels in their place and
+// output(i, p) = sum_k kernels(i, k) * columns(k, p) with the bias row included (Eq. 6). input NHWC.
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kFusedThreads)
+    fused_forward_kernel(const scalar_t* __restrict__ input, const scalar_t* __restrict__ offset,
+                         const scalar_t* __restrict__ mask, const scalar_t* __restrict__ weight,
+                         const scalar_t* __restrict__ bias, DeformGeometry g, int out_channels,
+                         scalar_t* __restrict__ output) {
+  FASTSEG_DYNAMIC_SHARED(shared);
+  const FusedLayout l = fused_layout(g, out_channels, false);
+  const int rows = static_cast<int>(l.rows), out_stride = static_cast<int>(l.out_stride);
+  const int pixel_step = static_cast<int>(l.pixel_step);
+  const int taps = static_cast<int>(g.kh * g.kw), group_channels = static_cast<int>(g.channels / g.offset_groups);
+  acc_t* kernels = reinterpret_cast<acc_t*>(shared);
+  acc_t* records = kernels + l.records;
+  acc_t* columns = kernels + l.columns;
+  const int64_t pixels = g.out_h * g.out_w, tiles = (pixels + kTile - 1) / kTile;
+  const int64_t b = blockIdx.x / tiles, p0 = (blockIdx.x - b * tiles) * kTile;
+  const int valid = static_cast<int>(pixels - p0 < kTile ? pixels - p0 : kTile);
+  record_samples(offset, mask, g, b, p0, valid, records);
+  for (int t = threadIdx.x; t < kTile; t += blockDim.x) columns[t * pixel_step + rows - 1] = acc_t(1);
+  __syncthreads();
+  const scalar_t* image = input + b * g.height * g.width * g.channels;
+  for_warp_samples(g, valid, records, [&](const acc_t* record, int t, int og, int tap, const ChannelRange& range) {
+    sample_columns(read_record(record), range, image + og * group_channels,
+                   columns + (og * group_channels * taps + tap) + t * pixel_step, int64_t(taps));
+  });
+  __syncthreads();  // the records are consumed
+  load_kernels(weight, bias, out_channels, rows, 1, out_stride, kernels);
+  __syncthreads();
+  scalar_t* out = output + b * out_channels * pixels + p0;
+  block_product(kernels, out_stride, columns, pixel_step, 1, out_channels, valid, rows,
+                [&](int i, int t, acc_t value) { out[i * pixels + t] = convert<scalar_t>(value); });
+}
+
+// Blocks over tiles blockIdx.x + k * gridDim.x. Per tile: load the grad_output tile (zero past the
+// last pixel), channel-major and pixel-major, and the sample pass; grad_columns(k, p) = sum_i
+// kernels(i, k) * grad_out(i, p) into the column tile; the channel pass (the only neighbour loads of
+// the tile) scatters them to the NHWC grad_input (atomics, lanes on channels: contiguous), sums the
+// offset and mask gradients over the lanes (warp_sums), lane 0 writes them (no atomics), and leaves
+// the column values in the tile; then grad_kernels(i, k) += sum_p grad_out(i, p) * columns(k, p) into
+// the block's shared sums (the tile's row of ones gives grad_bias). At the end the block's sums go
+// to partials[blockIdx.x] (reduced by reduce_kernel). At most one block per SM (the plan): ptxas may
+// use the registers of the whole SM (fp64 spilled at its default).
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kFusedThreads, 1)
+    fused_backward_kernel(const scalar_t* __restrict__ grad_output, const scalar_t* __restrict__ input,
+                          const scalar_t* __restrict__ offset, const scalar_t* __restrict__ mask,
+                          const scalar_t* __restrict__ weight, DeformGeometry g, int out_channels,
+                          acc_t* __restrict__ grad_input, scalar_t* __restrict__ grad_offset,
+                          scalar_t* __restrict__ grad_mask, acc_t* __restrict__ partials) {
+  FASTSEG_DYNAMIC_SHARED(shared);
+  const FusedLayout l = fused_layout(g, out_channels, true);
+  const int rows = static_cast<int>(l.rows), out_stride = static_cast<int>(l.out_stride);
+  const int rows_stride = static_cast<int>(l.rows_stride), row_step = static_cast<int>(l.row_step);
+  const int taps = static_cast<int>(g.kh * g.kw), group_channels = static_cast<int>(g.channels / g.offset_groups);
+  acc_t* kernels = reinterpret_cast<acc_t*>(shared);
+  acc_t* sums = kernels + l.sums;
+  acc_t* columns = kernels + l.columns;
+  acc_t* grad_out = kernels + l.grad_out;
+  acc_t* grad_out_t = kernels + l.grad_out_t;
+  acc_t* records = kernels + l.records;
+  const int64_t pixels = g.out_h * g.out_w, tiles = (pixels + kTile - 1) / kTile;
+  const int64_t image_elements = g.height * g.width * g.channels;
+  load_kernels(weight, static_cast<const scalar_t*>(nullptr), out_channels, rows, rows_stride, 1, kernels);
+  for (int e = threadIdx.x; e < out_channels * rows; e += blockDim.x) sums[e] = acc_t(0);
+  for (int t = threadIdx.x; t < kTile; t += blockDim.x) columns[(rows - 1) * row_step + t] = acc_t(1);
+  for (int64_t tile = blockIdx.x; tile < g.batch * tiles; tile += gridDim.x) {
+    const int64_t b = tile / tiles, p0 = (tile - b * tiles) * kTile;
+    const int valid = static_cast<int>(pixels - p0 < kTile ? pixels - p0 : kTile);
+    __syncthreads();  // the previous tile's columns, grad_out and records are consumed
+    for (int e = threadIdx.x; e < out_channels * kTile; e += blockDim.x) {
+      const int i = e / kTile, t = e - i * kTile;
+      const acc_t value =
+          p0 + t < pixels ? convert<acc_t>(grad_output[(b * out_channels + i) * pixels + p0 + t]) : acc_t(0);
+      grad_out[e] = value;
+      grad_out_t[t * out_stride + i] = value;
+    }
+    record_samples(offset, mask, g, b, p0, valid, records);
+    __syncthreads();
+    block_product(kernels, rows_stride, grad_out, 1, kTile, rows - 1, kTile, out_channels,
+                  [&](int k, int t, acc_t value) { columns[k * row_step + t] = t < valid ? value : acc_t(0); });
+    __syncthreads();
+    const scalar_t* image = input + b * image_elements;
+    acc_t* grad_image = grad_input + b * image_elements;
+    for_warp_samples(g, valid, records, [&](const acc_t* record, int t, int og, int tap, const ChannelRange& range) {
+      const Sample<acc_t, int> s = read_record(record);
+      const int start = og * group_channels;
+      const SampleGrads<acc_t> partial = sample_backward(s, range, image + start, grad_image + start,
+                                                         columns + (start * taps + tap) * row_step + t,
+                                                         int64_t(taps) * row_step);
+      const SampleGrads<acc_t> total = warp_sums(partial);
+      if (range.first == 0) write_sample_grads(s, total, g, SampleRow{0, b, og, tap}, p0 + t, grad_offset, grad_mask);
+    });
+    __syncthreads();
+    block_product(grad_out_t, out_stride, columns, row_step, 1, out_channels, rows, kTile,
+                  [&](int i, int k, acc_t value) { sums[i * rows + k] += value; });
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < out_channels * rows; e += blockDim.x) {
+    partials[int64_t(blockIdx.x) * out_channels * rows + e] = sums[e];
+  }
+}
+
+// grad_weight (C_out, C*taps) and grad_bias (C_out) from the backward blocks' partial sums
+// (blocks, C_out, R), added in block order (deterministic).
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    reduce_kernel(const acc_t* __restrict__ partials, int blocks, int out_channels, int rows,
+                  scalar_t* __restrict__ grad_weight, scalar_t* __restrict__ grad_bias) {
+  const int e = blockIdx.x * blockDim.x + threadIdx.x, entries = out_channels * rows;
+  if (e >= entries) return;
+  acc_t sum = acc_t(0);
+  for (int block = 0; block < blocks; ++block) sum += partials[int64_t(block) * entries + e];
+  const int i = e / rows, k = e - i * rows;
+  if (k < rows - 1) {
+    grad_weight[i * (rows - 1) + k] = convert<scalar_t>(sum);
+  } else {
+    grad_bias[i] = convert<scalar_t>(sum);
+  }
+}
+
+template <typename Kernel>
+cudaError_t allow_shared(Kernel kernel, size_t bytes) {
+  if (bytes <= 48 * 1024) return cudaSuccess;
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
 }
 
 bool no_samples(const DeformGeometry& g, int64_t nb) {
@@ -224,12 +678,74 @@ cudaError_t deform_columns_backward(const scalar_t* input, const scalar_t* grad_
   return cudaGetLastError();
 }
 
+cudaError_t deform_fused_plan(const DeformGeometry& g, int64_t out_channels, int64_t groups, size_t element_size,
+                              DeformFusedPlan* plan) {
+  *plan = DeformFusedPlan{};
+  const int64_t pixels = g.out_h * g.out_w;
+  // The sample records index within one NHWC image in int32.
+  if (groups != 1 || g.batch * pixels * out_channels == 0 || g.height * g.width * g.channels > INT32_MAX) {
+    return cudaSuccess;
+  }
+  DeviceLimits limits;
+  const cudaError_t error = device_limits(&limits);
+  if (error != cudaSuccess) return error;
+  const int64_t acc_size = element_size == sizeof(double) ? sizeof(double) : sizeof(float);
+  const int64_t forward_bytes = fused_layout(g, out_channels, false).elements * acc_size;
+  const int64_t backward_bytes = fused_layout(g, out_channels, true).elements * acc_size;
+  plan->forward = forward_bytes <= limits.shared_per_block;
+  plan->backward = backward_bytes <= limits.shared_per_block;
+  const int64_t tiles = g.batch * ceil_div(pixels, kTile);
+  plan->backward_blocks = std::min<int64_t>(limits.sms, ceil_div(tiles, kMinTilesPerBlock));
+  plan->partial_elements = plan->backward_blocks * out_channels * (g.channels * g.kh * g.kw + 1);
+  return cudaSuccess;
+}
+
+template <typename scalar_t>
+cudaError_t deform_fused_forward(const scalar_t* input, const scalar_t* offset, const scalar_t* mask,
+                                 const scalar_t* weight, const scalar_t* bias, const DeformGeometry& g,
+                                 int64_t out_channels, scalar_t* output, cudaStream_t stream) {
+  using acc_t = acc_type<scalar_t>;
+  auto kernel = fused_forward_kernel<scalar_t, acc_t>;
+  const size_t bytes = fused_layout(g, out_channels, false).elements * sizeof(acc_t);
+  const cudaError_t error = allow_shared(kernel, bytes);
+  if (error != cudaSuccess) return error;
+  const int64_t blocks = g.batch * ceil_div(g.out_h * g.out_w, kTile);
+  launch(kernel, static_cast<unsigned>(blocks), kFusedThreads, bytes, stream, input, offset, mask, weight, bias, g,
+         static_cast<int>(out_channels), output);
+  return cudaGetLastError();
+}
+
+template <typename scalar_t, typename acc_t>
+cudaError_t deform_fused_backward(const scalar_t* grad_output, const scalar_t* input, const scalar_t* offset,
+                                  const scalar_t* mask, const scalar_t* weight, const DeformGeometry& g,
+                                  int64_t out_channels, const DeformFusedPlan& plan, acc_t* grad_input,
+                                  scalar_t* grad_offset, scalar_t* grad_mask, acc_t* partials, scalar_t* grad_weight,
+                                  scalar_t* grad_bias, cudaStream_t stream) {
+  auto kernel = fused_backward_kernel<scalar_t, acc_t>;
+  const size_t bytes = fused_layout(g, out_channels, true).elements * sizeof(acc_t);
+  const cudaError_t error = allow_shared(kernel, bytes);
+  if (error != cudaSuccess) return error;
+  launch(kernel, static_cast<unsigned>(plan.backward_blocks), kFusedThreads, bytes, stream, grad_output, input, offset,
+         mask, weight, g, static_cast<int>(out_channels), grad_input, grad_offset, grad_mask, partials);
+  const int64_t entries = out_channels * (g.channels * g.kh * g.kw + 1);
+  launch(reduce_kernel<scalar_t, acc_t>, static_cast<unsigned>(ceil_div(entries, kThreads)), kThreads, 0, stream,
+         partials, static_cast<int>(plan.backward_blocks), static_cast<int>(out_channels),
+         static_cast<int>(g.channels * g.kh * g.kw + 1), grad_weight, grad_bias);
+  return cudaGetLastError();
+}
+
 #define FASTSEG_INSTANTIATE(T)                                                                                    \
   template cudaError_t deform_im2col<T>(const T*, const T*, const T*, const DeformGeometry&, int64_t, int64_t, T*,  \
                                         cudaStream_t);                                                            \
   template cudaError_t deform_columns_backward<T, acc_type<T>>(const T*, const T*, const T*, const T*,             \
                                                                const DeformGeometry&, int64_t, int64_t,           \
-                                                               acc_type<T>*, T*, T*, cudaStream_t);
+                                                               acc_type<T>*, T*, T*, cudaStream_t);           \
+  template cudaError_t deform_fused_forward<T>(const T*, const T*, const T*, const T*, const T*,                  \
+                                               const DeformGeometry&, int64_t, T*, cudaStream_t);                 \
+  template cudaError_t deform_fused_backward<T, acc_type<T>>(const T*, const T*, const T*, const T*, const T*,    \
+                                                             const DeformGeometry&, int64_t,                      \
+                                                             const DeformFusedPlan&, acc_type<T>*, T*, T*,        \
+                                                             acc_type<T>*, T*, T*, cudaStream_t);
 FASTSEG_FOR_FLOATING_TYPES(FASTSEG_INSTANTIATE)
 #undef FASTSEG_INSTANTIATE
 

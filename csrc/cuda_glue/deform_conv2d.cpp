@@ -1,11 +1,15 @@
-// CUDA registration of deform_conv2d (CSFRNet Eq. 6): the batch is processed in chunks whose
-// sampled columns fit a workspace budget; sampling (im2col, and one backward pass for the input,
-// offset and mask gradients) runs in csrc/cuda/deform_conv2d.cu, the GEMMs in cuBLAS through ATen's
-// bmm/baddbmm (fp32 accumulation; tensor cores for fp16/bf16, TF32 when
-// torch.backends.cuda.matmul.allow_tf32 allows it). The forward GEMM writes straight into the output
-// with the bias as its C operand (beta = 1), the weight broadcast over the chunk's images by a
+// CUDA registration of deform_conv2d (CSFRNet Eq. 6). Small channel counts with groups == 1 take the
+// fused path of csrc/cuda/deform_conv2d.cu when its shared memory fits (cuda::deform_fused_plan):
+// one launch forward, one plus a reduction backward, no columns in HBM; its kernels read the input
+// channels-last (one transposing copy per call) and the backward scatters into a channels-last acc_t
+// grad_input, copied back to NCHW in the input dtype (one pass). Otherwise (generic path)
+// the batch is processed in chunks whose sampled columns fit a workspace budget; sampling (im2col,
+// and one backward pass for the input, offset and mask gradients) runs in csrc/cuda/deform_conv2d.cu,
+// the GEMMs in cuBLAS through ATen's bmm/baddbmm (fp32 accumulation; tensor cores for fp16/bf16, TF32
+// when torch.backends.cuda.matmul.allow_tf32 allows it). The forward GEMM writes straight into the
+// output with the bias as its C operand (beta = 1), the weight broadcast over the chunk's images by a
 // stride-0 view (no copies); the column buffers, in the input dtype, are allocated once per call.
-// The input gradient is scattered with atomics, so the backward raises under
+// On both paths the input gradient is scattered with atomics, so the backward raises under
 // torch.use_deterministic_algorithms(True) (a warning with warn_only=True).
 #include <ATen/Context.h>
 #include <ATen/Dispatch.h>
@@ -43,6 +47,17 @@ int64_t chunk_size(const checks::DeformConvShape& s, int64_t bytes_per_element) 
   return std::clamp<int64_t>(kWorkspaceBudget / per_image, 1, std::max<int64_t>(s.batch, 1));
 }
 
+cuda::DeformFusedPlan fused_plan(const checks::DeformConvShape& s, const cuda::DeformGeometry& g,
+                                 const at::Tensor& input) {
+  cuda::DeformFusedPlan plan;
+  check_cuda(cuda::deform_fused_plan(g, s.out_channels, s.groups, input.element_size(), &plan),
+             "deform_conv2d fused plan");
+  return plan;
+}
+
+// The fused path's channels-last (B, H, W, C) copy of an input: one pass.
+at::Tensor channels_last(const at::Tensor& input) { return input.permute({0, 2, 3, 1}).contiguous(); }
+
 std::optional<at::Tensor> contiguous(const std::optional<at::Tensor>& tensor) {
   return tensor.has_value() ? std::optional<at::Tensor>(tensor->contiguous()) : std::nullopt;
 }
@@ -77,10 +92,22 @@ at::Tensor deform_conv2d_cuda(const at::Tensor& input_, const at::Tensor& offset
   const std::optional<at::Tensor> mask = contiguous(mask_);
   const int64_t group_rows = s.channels / s.groups * s.taps, group_out = s.out_channels / s.groups;
   at::Tensor output = at::empty({s.batch, s.out_channels, s.out_h, s.out_w}, input.options());
+  const cudaStream_t stream = current_stream();
+  if (fused_plan(s, g, input).forward) {
+    const std::optional<at::Tensor> bias_ = contiguous(bias);
+    const at::Tensor input_nhwc = channels_last(input_);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "deform_conv2d_cuda", [&] {
+      check_cuda(cuda::deform_fused_forward(cuda_ptr<scalar_t>(input_nhwc), cuda_ptr<scalar_t>(offset),
+                                            optional_ptr<scalar_t>(mask), cuda_ptr<scalar_t>(weight),
+                                            optional_ptr<scalar_t>(bias_), g, s.out_channels,
+                                            cuda_mutable_ptr<scalar_t>(output), stream),
+                 "deform_conv2d fused forward");
+    });
+    return output;
+  }
   const at::Tensor kernels = weight.view({s.groups, group_out, group_rows});
   const int64_t chunk = chunk_size(s, input.element_size());
   at::Tensor column_buffer = at::empty({chunk, s.groups, group_rows, s.pixels}, input.options());
-  const cudaStream_t stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "deform_conv2d_cuda", [&] {
     for (int64_t b0 = 0; b0 < s.batch; b0 += chunk) {
       const int64_t nb = std::min(chunk, s.batch - b0);
@@ -115,15 +142,38 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_co
   const std::optional<at::Tensor> mask = contiguous(mask_);
   const int64_t group_rows = s.channels / s.groups * s.taps, group_out = s.out_channels / s.groups;
   const at::ScalarType acc_type = at::toOpMathType(input.scalar_type());
-  at::Tensor grad_input_acc = at::zeros(input.sizes(), input.options().dtype(acc_type));
   at::Tensor grad_offset = at::empty_like(offset);
   at::Tensor grad_mask = mask.has_value() ? at::empty_like(*mask) : at::empty({0}, input.options());
+  const cudaStream_t stream = current_stream();
+  const cuda::DeformFusedPlan plan = fused_plan(s, g, input);
+  if (plan.backward) {
+    const at::Tensor input_nhwc = channels_last(input_);
+    at::Tensor grad_input_nhwc =
+        at::zeros({s.batch, s.height, s.width, s.channels}, input.options().dtype(acc_type));
+    at::Tensor partials = at::empty({plan.partial_elements}, input.options().dtype(acc_type));
+    at::Tensor grad_weight = at::empty_like(weight);
+    at::Tensor grad_bias = at::empty({s.out_channels}, input.options());
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "deform_conv2d_backward_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      check_cuda(cuda::deform_fused_backward(
+                     cuda_ptr<scalar_t>(grad_output), cuda_ptr<scalar_t>(input_nhwc), cuda_ptr<scalar_t>(offset),
+                     optional_ptr<scalar_t>(mask), cuda_ptr<scalar_t>(weight), g, s.out_channels, plan,
+                     grad_input_nhwc.data_ptr<acc_t>(), cuda_mutable_ptr<scalar_t>(grad_offset),
+                     mask.has_value() ? cuda_mutable_ptr<scalar_t>(grad_mask) : nullptr, partials.data_ptr<acc_t>(),
+                     cuda_mutable_ptr<scalar_t>(grad_weight), cuda_mutable_ptr<scalar_t>(grad_bias), stream),
+                 "deform_conv2d fused backward");
+    });
+    // One pass back to NCHW in the input dtype.
+    at::Tensor grad_input = at::empty(input.sizes(), input.options());
+    grad_input.copy_(grad_input_nhwc.permute({0, 3, 1, 2}));
+    return {grad_input, grad_offset, grad_weight, grad_mask, grad_bias};
+  }
+  at::Tensor grad_input_acc = at::zeros(input.sizes(), input.options().dtype(acc_type));
   at::Tensor grad_kernels = at::zeros({s.groups, group_out, group_rows}, input.options().dtype(acc_type));
   const at::Tensor kernels = weight.view({s.groups, group_out, group_rows});
   const int64_t chunk = chunk_size(s, 2 * input.element_size());
   at::Tensor column_buffer = at::empty({chunk, s.groups, group_rows, s.pixels}, input.options());
   at::Tensor grad_column_buffer = at::empty_like(column_buffer);
-  const cudaStream_t stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "deform_conv2d_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     for (int64_t b0 = 0; b0 < s.batch; b0 += chunk) {

@@ -1,6 +1,8 @@
-"""deform_conv2d's CUDA kernels (im2col; one backward pass for grad_input with atomic adds and the
-offset and mask gradients, each sample computed once per offset group) and its glue (GEMMs into the
-output, bias as the GEMM's C operand) on the emulated-CUDA layer."""
+"""deform_conv2d's CUDA kernels and glue on the emulated-CUDA layer: the fused small-channel path
+(groups == 1, shared memory fits: one-launch forward, one-launch backward plus the grad weight
+reduction) and the generic path (im2col; one backward pass for grad_input with atomic adds and the
+offset and mask gradients, each sample computed once per offset group; GEMMs into the output, bias as
+the GEMM's C operand)."""
 from __future__ import annotations
 
 import math
@@ -16,14 +18,30 @@ pytestmark = pytest.mark.emulated_cuda
 
 CASES = {
     # name: (B, C_in, (H, W), C_out, (kh, kw), stride, padding, dilation, groups, offset groups, mask)
+    # groups == 1 and small channels: the fused path (64-pixel tiles; the backward's blocks take at least
+    # 4 tiles each, so every case below with more than one tile loops over tiles in one block)
     "plain": (2, 4, (7, 7), 6, (3, 3), 1, 1, 1, 1, 1, True),
     "no-mask": (2, 4, (7, 7), 6, (3, 3), 1, 1, 1, 1, 1, False),
     "stride2-pad0": (2, 3, (9, 8), 5, (3, 3), 2, 0, 1, 1, 1, True),
     "dilation2-batch1": (1, 4, (9, 9), 4, (3, 3), 1, 2, 2, 1, 1, True),
+    "partial-tile-offset-groups2": (2, 4, (9, 10), 7, (3, 3), 1, 1, 1, 1, 2, True),  # 90 pixels: 64 + 26
+    "rect-kernel-stride-dilation": (3, 2, (8, 11), 3, (2, 3), (1, 2), (1, 0), (2, 1), 1, 1, False),
+    # 3 images x 3 tiles (156 pixels: 64 + 64 + 28): 3 backward blocks of 3 tiles, 3 partial sums
+    "several-blocks": (3, 2, (12, 13), 3, (3, 3), 1, 1, 1, 1, 1, True),
+    "one-pixel": (2, 3, (1, 1), 2, (1, 1), 1, 0, 1, 1, 1, True),
+    # fused forward and backward, a warp's lanes on the channels of a sample's offset group: 36 (lanes
+    # loop: 32 + 4), 20 (past a half warp), 4 per group with 2 offset groups
+    "group-channels-36": (2, 36, (5, 6), 12, (3, 3), 1, 1, 1, 1, 1, True),
+    "group-channels-20": (2, 20, (6, 7), 6, (3, 3), 1, 1, 1, 1, 1, False),
+    "offset-groups2-channels8": (2, 8, (7, 6), 5, (3, 3), 1, 1, 1, 1, 2, True),
+    # fp32: fused forward (its 50228 floats of shared memory fit 227 KB = 58112 floats), generic
+    # backward (83172 do not)
+    "fused-forward-only": (1, 48, (5, 6), 48, (3, 3), 1, 1, 1, 1, 1, True),
+    # the generic path: groups > 1, or channels whose kernels and tile exceed shared memory
     "groups2-offset-groups2-rect": (2, 4, (6, 9), 6, (2, 3), 1, (1, 0), (2, 1), 2, 2, True),
     "groups2-offset-groups4": (2, 8, (5, 6), 4, (3, 3), 1, 1, 1, 2, 4, True),
     "groups4-offset-groups1": (3, 8, (6, 5), 8, (3, 3), 1, 1, 1, 4, 1, False),
-    "one-pixel": (2, 3, (1, 1), 2, (1, 1), 1, 0, 1, 1, 1, True),
+    "large-channels": (2, 96, (4, 3), 8, (3, 3), 1, 1, 1, 1, 1, True),
 }
 
 
@@ -76,16 +94,19 @@ def test_matches_reference(emulated, case):
     _check(emulated, *_inputs(*CASES[case], dtype=torch.float32))
 
 
+@pytest.mark.parametrize("case", ["partial-tile-offset-groups2", "groups2-offset-groups4"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_dtypes_and_non_contiguous(emulated, dtype):
-    tensors, geometry = _inputs(*CASES["plain"][:-1], True, dtype=dtype)
+def test_dtypes_and_non_contiguous(emulated, dtype, case):
+    """Every dtype on the fused path and on the generic one."""
+    tensors, geometry = _inputs(*CASES[case], dtype=dtype)
     tensors["input"] = tensors["input"].transpose(2, 3).contiguous().transpose(2, 3)  # not contiguous
     _check(emulated, tensors, geometry)
 
 
-@pytest.mark.parametrize("case", ["plain", "groups2-offset-groups4"])
+@pytest.mark.parametrize("case", ["plain", "no-mask", "stride2-pad0", "groups2-offset-groups4"])
 def test_without_bias(emulated, case):
-    """No bias: the forward GEMM is a plain batched product into the output."""
+    """No bias: the fused forward's bias row carries zeros; the generic forward GEMM is a plain batched
+    product into the output."""
     tensors, geometry = _inputs(*CASES[case], dtype=torch.float32)
     tensors["bias"] = None
     _check(emulated, tensors, geometry)
