@@ -4,9 +4,9 @@
 // - fused (rows of P <= kLovaszFusedMaxPixels = 2^14 in fp16/bf16/fp32): fused_forward_kernel, one
 //   512-thread block per row, one launch. It writes the row's hinge errors as order-preserving
 //   descending keys (-inf for invalid pixels, so they sort last) and 16-bit values (pixel index |
-//   positive | keep) into shared memory, sorts the pairs with block_radix_sort (stable LSD, 8 passes
-//   of 4-bit digits, so tied errors keep pixel order exactly as at::sort(stable=True)), and scans
-//   the sorted row with scan_sorted_row, the scan of every path.
+//   positive | keep) into shared memory, sorts the pairs with block_radix_sort (stable LSD, 4 passes
+//   of 8-bit digits ranked per warp with __match_any_sync, so tied errors keep pixel order exactly as
+//   at::sort(stable=True)), and scans the sorted row with scan_sorted_row, the scan of every path.
 // - packed (longer fp16/bf16/fp32 rows whose keys fit 64 bits, PackedKeyLayout of lovasz_hinge.h):
 //   packed_keys_kernel writes one 64-bit key per pixel, [row][descending key of the fp32 error]
 //   [pixel][positive][valid] from the top bit; one device-wide keys-only radix sort
@@ -41,21 +41,30 @@
 // numbers live) into the "predicted" column of bench/RESULTS.md.
 // 97x97 (152 rows of 9409 pixels, fp32): the fused path. Global traffic is the floor's 18 B/element
 // (the row's weights are scattered within 37 KB that stay in L2 and leave it in whole sectors); the
-// time is the sort's, on shared memory. Per pass and 32 pixels, in wavefronts: counting 1 (key
-// loads, thread chunks of 19 words, conflict-free; the counts stay in registers); the 32-bit
-// counters (16 per thread stored, scanned: read and written; laid out conflict-free for both
-// patterns) 3 x 16 per thread, 768 per pass, 2.6 per 32 pixels; scatter 10.5 (key load 1, value
-// load 1.5, counter load and store 1 + 1, key and value stores ~3 each: 32 scattered lanes over 32
-// banks). ~14 wavefronts per 32 pixels per pass, 8 passes: ~3.5 clocks per pixel, 32.9k clocks per
-// row. Instructions, ~35 per pixel per pass (PTX of the two loops; 64-bit counting ops), 280 per
-// pixel, 2.2 clocks per pixel at 128 per clock: below the shared memory. Plus the scan (19 tiles
-// of 3 barriers and 10 shuffle steps, ~3k clocks), the sort's 40 barriers (~2k clocks) and the
-// row's 56 KB of inputs (~1.6 us): ~21 us per row. The block needs 144 KB of shared memory (12 B
-// per pixel + 34 KB of counters), one block per SM, so the 152 rows on 132 SMs take two rounds on
-// 20 SMs: 42 us, + 3 us launch; backward 11 MB at ~60% of bandwidth + launch, 7 us: 0.052 ms.
-// Bound: the shared-memory wavefronts of the sort (mostly the scattered stores) and the second
-// round of rows; nearer the floor needs a row split over a 2-block cluster (two rows per SM would
-// share one SM's shared-memory bandwidth) and fewer scatter conflicts.
+// time is the sort's, on shared memory. Per pass and 32 pixels (one warp step), in wavefronts (the
+// most distinct words in one bank, averaged by a bank model over the benchmark's rows: logits
+// uniform in [-1, 1], 5% positive, 10% ignored): ranking 6.1 (key load 1; the warp's digit counter read
+// by the peers and bumped by the highest one, 2.5 each: ~30 distinct digits of 256 over 32 banks;
+// the last pass, sign and exponent, has few digits and 1 each), scatter 9.5 (counter read 2.5,
+// value load 1, key and value stores 3 each: ~30 runs at random banks), the counters' zeroing
+// (256 per warp) and digit-major scan (4096 read and written, conflict-free) 1.3 per 32 pixels of
+// the row: ~17 wavefronts, 0.53 clocks per pixel per pass. Instructions, ~46 per pixel per pass
+// (PTX of the two loops: digit, match, rank, two __syncwarp, scatter addresses) plus __match_any_
+// sync at ~12 (taken as 8-16 ordinary instructions on sm_90; no published figure), ~58, 0.45 clocks
+// per pixel at 128 per clock: just below the shared memory, so issue and shared memory both near
+// their limits. 4 passes: ~2.1 clocks per pixel, 19.9k clocks, 10.0 us per row (the 4-bit sort's 8
+// passes of ~14 wavefronts took 32.9k). The ranking's chain through a warp's counter (load, add,
+// store, __syncwarp: ~60 clocks per step, 19 steps per pass) hides behind the other 15 warps. Plus
+// the scan (19 tiles of 3 barriers and 10 shuffle steps, ~3k clocks, 1.5 us), the sort's 24
+// barriers (~1.2k clocks, 0.6 us) and the row's 56 KB of inputs (~1.6 us): ~13.7 us per row. The
+// block needs 126 KB of shared memory (12 B per pixel: keys 4 B and values 2 B, double-buffered; +
+// 16.1 KB of counters, 16 warps x 258 x 4 B), so two blocks (253 KB) do not fit an SM's 228 KB:
+// one block per SM, and the 152 rows on 132 SMs take two rounds on 20 SMs: 27.4 us, + 3 us
+// launch; backward 11 MB at ~60% of bandwidth + launch, 7 us: 0.037 ms.
+// Bound: the shared-memory wavefronts of the sort (mostly the counter accesses and scattered stores
+// at ~3 distinct banks per 32 lanes) with instruction issue close behind, and the second round of
+// rows; nearer the floor needs a row split over a 2-block cluster (two rows per SM would need 253
+// KB) and fewer scatter conflicts.
 // 769x769 (38 rows of 591361 pixels, fp32): the packed path, r = 6 row bits, p = 20 pixel bits, a
 // sort of 38 key bits. Per element: keys 14 B (logits, labels, valid in, the 8 B key out); CUB's
 // onesweep sort of 64-bit keys, 8-bit digits: one histogram read of the keys (8 B) and
@@ -74,7 +83,7 @@
 // does not count; fewer would need fewer key bits (a per-row sort, whose 2.4 MB rows do not fit one
 // SM) or a 32-bit key. Storage: keys 2 x 180 MB and CUB's temporary storage (its alternate buffer,
 // 180 MB) from the caching allocator.
-// predicted H200 | lovasz_hinge 97x97 N=152 fwd+bwd | 0.052 ms | shared-memory radix sort, 2 rounds of rows on 20 SMs (floor 0.005 ms)
+// predicted H200 | lovasz_hinge 97x97 N=152 fwd+bwd | 0.037 ms | shared-memory radix sort, 2 rounds of rows on 20 SMs (floor 0.005 ms)
 // predicted H200 | lovasz_hinge 769x769 N=38 fwd+bwd | 0.959 ms | radix sort passes (floor 0.084 ms)
 #include "cuda/common.cuh"
 #include "cuda/lovasz_hinge.h"
@@ -96,10 +105,10 @@ constexpr unsigned kFullWarp = 0xffffffffu;
 // thread in flight before the tile's barriers (one block scanning a 591361-pixel row of the sort
 // path waits out 145 load latencies rather than 1155).
 constexpr int kGlobalScanItems = 8;
-// The fused path's block radix sort: 4-bit digits, 8 passes over the 32-bit key (an even count, so
+// The fused path's block radix sort: 8-bit digits, 4 passes over the 32-bit key (an even count, so
 // the sorted pairs end in the first of the two buffers). Values pack the pixel index (14 bits,
 // kLovaszFusedMaxPixels = 2^14) with the pixel's positive and keep flags.
-constexpr int kDigitBits = 4;
+constexpr int kDigitBits = 8;
 constexpr int kDigits = 1 << kDigitBits;
 constexpr int kKeyBits = 32;
 static_assert((kKeyBits / kDigitBits) % 2 == 0, "the sorted pairs must end in the first buffer");
@@ -390,72 +399,86 @@ struct SharedSortedRow {
   }
 };
 
-// The digit counters of block_radix_sort, counters[d][t] (digit d, thread t; 32-bit) in digit-major
-// order at word d * kCounterDigitStride + t + t / 32: a warp's counters of any digits (counting,
-// scatter: lanes t..t+31, one digit each) fall in banks (lane + warp) % 32, and the scan's reads of
-// a thread's kDigits consecutive entries (lane l: columns 16 l + k) in banks (16 l + k + l / 2) % 32,
-// distinct across the warp for both.
-constexpr int kCounterDigitStride = kScanThreads + 32;  // > the last column t + t / 32, a multiple of 32 banks
-constexpr int kCounterSlots = kDigits * kCounterDigitStride;
-static_assert(kCounterDigitStride % 32 == 0, "a digit's counters must start at bank 0");
-static_assert(kScanThreads / kDigits == 32, "the scan gives each digit's counters to one warp");
-static_assert(kLovaszFusedMaxPixels / kScanThreads < 256, "a thread's digit counts must fit 8 bits");
+// The digit counters of block_radix_sort, counters[w][d] (warp w, digit d; 32-bit) in warp-major
+// order at word w * kCounterWarpStride + d: a warp ranks and scatters through its own 256 (banks
+// (2 w + d) % 32). The scan gives thread t digit t / 2 and the kScanEntries warps from
+// (t % 2) * kScanEntries on: for each entry its lanes l read banks (l / 2 + 16 (l % 2) + c) % 32,
+// distinct, as kScanEntries * kCounterWarpStride = 16 (mod 32).
+constexpr int kCounterWarpStride = kDigits + 2;
+constexpr int kCounterSlots = kWarps * kCounterWarpStride;
+constexpr int kScanEntries = kDigits * kWarps / kScanThreads;
+static_assert(kWarps == 2 * kScanEntries, "the scan gives each digit's counters to two threads");
+static_assert((kScanEntries * kCounterWarpStride) % 32 == 16, "the scan's counter reads must be conflict-free");
+// Keys per lane of a warp's chunk, kept in registers through a pass.
+constexpr int kSortItems = kLovaszFusedMaxPixels / kScanThreads;
+static_assert(kSortItems * kScanThreads == kLovaszFusedMaxPixels, "a row must fit the lanes' registers");
 
-// Stable LSD radix sort of n (key, value) pairs by increasing key in shared memory (every thread of
-// the block calls it): keys and values hold two buffers of n each, the pairs start and end in the
-// first. Each pass is a counting sort of one kDigitBits digit: thread t owns the ranks
-// [t*chunk, (t+1)*chunk), counts its digits in registers and stores the counts in
-// counters[digit][t], the counters are scanned in
-// digit-major order (digit, then thread), and each thread scatters its pairs in order to its
-// digit's next slot, so pairs with equal keys keep their order (ties stay in pixel order).
+// Stable LSD radix sort of n <= kLovaszFusedMaxPixels (key, value) pairs by increasing key in shared
+// memory (every thread of the block calls it): keys and values hold two buffers of n each, the
+// pairs start and end in the first. Each pass is a counting sort of one kDigitBits digit: warp w
+// owns the ranks [w * 32 items, (w + 1) * 32 items) and walks them 32 at a time in order; the lanes
+// with equal digits find each other (__match_any_sync), so a key's rank among its warp's keys of
+// that digit is the warp's running count of the digit plus its peers on lower lanes, and the
+// highest peer bumps the count. The counters are scanned in digit-major order (digit, then warp),
+// and each key goes to its (digit, warp) offset plus its rank, so pairs with equal keys keep their
+// order (ties stay in pixel order).
 __device__ void block_radix_sort(unsigned* keys, unsigned short* values, unsigned* counters, int n) {
-  const int chunk = (n + kScanThreads - 1) / kScanThreads;
-  const int begin = min(n, int(threadIdx.x) * chunk), end = min(n, begin + chunk);
-  // own[d * kCounterDigitStride]: counters[d][t] of this thread t
-  unsigned* own = counters + threadIdx.x + threadIdx.x / 32;
-  // scanned[k]: the k-th of this thread's kDigits consecutive entries of the digit-major scan, the
-  // columns kDigits * (t % 32) + k of digit t / 32 (kScanThreads / kDigits = 32 threads per digit)
-  const int column = kDigits * (threadIdx.x % 32);
-  unsigned* scanned = counters + (threadIdx.x / 32) * kCounterDigitStride + column + column / 32;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const unsigned lanes_below = (1u << lane) - 1u;
+  const int items = (n + kScanThreads - 1) / kScanThreads;  // keys per lane, uniform over the block
+  const int begin = warp * 32 * items + lane;                // this lane's first key; then every 32nd
+  unsigned* own = counters + warp * kCounterWarpStride;      // own[d]: this warp's counter of digit d
+  // scanned[j * kCounterWarpStride]: entry j of this thread's kScanEntries in the digit-major scan
+  unsigned* scanned = counters + (threadIdx.x % 2) * kScanEntries * kCounterWarpStride + threadIdx.x / 2;
+  unsigned key[kSortItems], rank[kSortItems];
   for (int shift = 0; shift < kKeyBits; shift += kDigitBits) {
     const int source = (shift / kDigitBits) % 2;
     const unsigned* keys_in = keys + source * n;
     const unsigned short* values_in = values + source * n;
     unsigned* keys_out = keys + (1 - source) * n;
     unsigned short* values_out = values + (1 - source) * n;
-    // this thread's digit counts, 8 bits each (chunk <= 32): digits 0-7 in low, 8-15 in high
-    unsigned long long low = 0, high = 0;
-    for (int i = begin; i < end; ++i) {
-      const unsigned digit = (keys_in[i] >> shift) & (kDigits - 1);
-      const unsigned long long one = 1ULL << (8 * (digit % 8));
-      low += digit < 8 ? one : 0ULL;
-      high += digit < 8 ? 0ULL : one;
-    }
+    for (int d = lane; d < kDigits; d += 32) own[d] = 0;
+    __syncwarp();
 #pragma unroll
-    for (int d = 0; d < kDigits; ++d) {
-      own[d * kCounterDigitStride] = static_cast<unsigned>(((d < 8 ? low : high) >> (8 * (d % 8))) & 0xff);
+    for (int k = 0; k < kSortItems; ++k) {
+      if (k < items) {
+        const int i = begin + 32 * k;
+        const bool inside = i < n;
+        key[k] = inside ? keys_in[i] : 0u;
+        const unsigned digit = (key[k] >> shift) & (kDigits - 1);
+        // lanes past the row match only each other (kDigits is no digit)
+        const unsigned peers = __match_any_sync(kFullWarp, inside ? digit : unsigned(kDigits));
+        const unsigned count = own[digit];
+        rank[k] = count + __popc(peers & lanes_below);
+        __syncwarp();  // every peer has read the count before the highest one bumps it
+        if (inside && (peers >> lane) == 1u) own[digit] = count + __popc(peers);
+        __syncwarp();
+      }
     }
     __syncthreads();
-    int counts[kDigits];
-    int sum = 0;
+    unsigned counts[kScanEntries];
+    unsigned sum = 0;
 #pragma unroll
-    for (int k = 0; k < kDigits; ++k) {
-      counts[k] = scanned[k];
-      sum += counts[k];
+    for (int j = 0; j < kScanEntries; ++j) {
+      counts[j] = scanned[j * kCounterWarpStride];
+      sum += counts[j];
     }
-    int total;
-    int before = block_inclusive_sum(sum, total) - sum;  // its barriers order every read above before the writes
+    unsigned total;
+    unsigned before = block_inclusive_sum(sum, total) - sum;  // its barriers order every read above before the writes
 #pragma unroll
-    for (int k = 0; k < kDigits; ++k) {
-      scanned[k] = static_cast<unsigned>(before);
-      before += counts[k];
+    for (int j = 0; j < kScanEntries; ++j) {
+      scanned[j * kCounterWarpStride] = before;
+      before += counts[j];
     }
     __syncthreads();
-    for (int i = begin; i < end; ++i) {
-      const unsigned key = keys_in[i];
-      const int slot = own[((key >> shift) & (kDigits - 1)) * kCounterDigitStride]++;
-      keys_out[slot] = key;
-      values_out[slot] = values_in[i];
+#pragma unroll
+    for (int k = 0; k < kSortItems; ++k) {
+      const int i = begin + 32 * k;
+      if (k < items && i < n) {
+        const unsigned slot = own[(key[k] >> shift) & (kDigits - 1)] + rank[k];
+        keys_out[slot] = key[k];
+        values_out[slot] = values_in[i];
+      }
     }
     __syncthreads();
   }

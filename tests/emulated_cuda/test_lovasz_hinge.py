@@ -133,3 +133,30 @@ def test_many_long_rows_with_ties(emulated, dtype):
     valid[3] = False
     labels[5] = False
     _check(emulated, logits, labels, valid, reference=lovasz_hinge_reference)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("pixels", [31, 33, 511, 513, 2**14 - 1])
+def test_fused_row_ends_with_ties(emulated, pixels, dtype):
+    """Fused rows ending inside a warp's last 32 keys, with quantised logits (most errors tie in every
+    radix digit), a row of all-equal errors (logit 0) and an all-ignored row: the per-warp ranking of
+    the block sort must keep tied pixels in pixel order, which the gradients show."""
+    logits = (torch.randint(-8, 9, (4, pixels)) / 4).to(dtype)
+    labels, valid = torch.rand(4, pixels) < 0.3, torch.rand(4, pixels) < 0.9
+    logits[1] = 0
+    valid[3] = False
+    _check(emulated, logits, labels, valid, reference=lovasz_hinge_reference)
+    _check(emulated, logits[1:2], labels[1:2], None, reference=lovasz_hinge_reference)
+
+
+@pytest.mark.parametrize("mask", [0xFFFFFFFF, 0x8F0F00F1], ids=["full", "partial"])
+def test_emulated_match_any_sync(emulated, mask):
+    """The layer's __match_any_sync: each lane of the mask gets the lanes of the mask whose value has
+    its bits (all 64 of an int64: values also differ above bit 32), per warp of a 64-thread block."""
+    values = torch.randint(0, 3, (64,)) + (torch.randint(0, 2, (64,)) << 40)
+    got = emulated.match_any(values, mask)
+    lanes = [lane for lane in range(32) if (mask >> lane) & 1]
+    for t in range(64):
+        warp, lane = t - t % 32, t % 32
+        want = sum(1 << other for other in lanes if values[warp + other] == values[t]) if lane in lanes else 0
+        assert got[t].item() == want, (t, hex(got[t].item()), hex(want))

@@ -11,9 +11,9 @@
 //     are the running fiber's indices. A fiber runs until it reaches a barrier or returns.
 //   - barriers: __syncthreads() parks the fiber until every thread of the block that has not
 //     returned is parked at it; __syncwarp(mask) and the warp intrinsics (__shfl*_sync,
-//     __ballot_sync) park it until every lane named in the mask is there, then exchange values with
-//     lane semantics. A barrier nobody can pass (threads split between different barriers, a lane of
-//     the mask returned) fails the launch instead of hanging.
+//     __ballot_sync, __match_any_sync) park it until every lane named in the mask is there, then
+//     exchange values with lane semantics. A barrier nobody can pass (threads split between
+//     different barriers, a lane of the mask returned) fails the launch instead of hanging.
 //   - thread orders: between barriers the runnable fibers run in forward, reverse or a seeded
 //     shuffled order (set_thread_order), and a warp whose lanes all reach a warp barrier runs on at
 //     once, up to its next block barrier, ahead of the other warps. A kernel that reads what another
@@ -162,6 +162,20 @@ inline unsigned __ballot_sync(unsigned mask, int predicate) {
   ::fastseg::emulated::sync_warp(mask);
   return ballot;
 }
+// The lanes of `mask` whose value has the same bits as this lane's (CUDA's overloads: 32- and
+// 64-bit integers and floats).
+template <typename T>
+unsigned __match_any_sync(unsigned mask, T value) {
+  static_assert((sizeof(T) == 4 || sizeof(T) == 8) && std::is_trivially_copyable_v<T>, "match of a 32/64-bit value");
+  uint64_t bits = 0;
+  std::memcpy(&bits, &value, sizeof(T));
+  const uint64_t* slots = ::fastseg::emulated::exchange_in_warp(mask, bits);
+  unsigned peers = 0;
+  for (int lane = 0; lane < 32; ++lane) peers |= ((mask >> lane) & 1u) && slots[lane] == bits ? 1u << lane : 0u;
+  ::fastseg::emulated::sync_warp(mask);
+  return peers;
+}
+inline int __popc(unsigned value) { return __builtin_popcount(value); }
 
 // cuda_runtime.h declares this overload for nvcc only.
 template <typename T>
