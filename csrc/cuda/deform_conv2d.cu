@@ -106,7 +106,6 @@ namespace fastseg::cuda {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int64_t kMaxGridY = 65535;
 
 // One sample's neighbours: indices from the group's first channel (int32 in the fused path's
 // records: with the channel offset, within one NHWC image, H*W*C < 2^31), inside flags and bilinear
@@ -124,24 +123,17 @@ struct Sample {
   __device__ acc_t column_scale() const { return poisoned ? acc_t(NAN) : mask; }
 };
 
-// Row `row` of the samples of the chunk starting at image b0; rows are (local image, offset group,
-// tap), tap fastest.
+// A sample's image (b, and local_b within the generic path's chunk), offset group and tap.
 struct SampleRow {
   int64_t local_b, b, og, tap;
 };
 
-__device__ SampleRow sample_row(const DeformGeometry& g, int64_t b0, int64_t row) {
-  const int64_t taps = g.kh * g.kw, image_group = row / taps, local_b = image_group / g.offset_groups;
-  return {local_b, b0 + local_b, image_group - local_b * g.offset_groups, row - image_group * taps};
-}
-
 // The sample of row r at output pixel p = (ho, wo): computed once per (image, offset group, tap,
 // pixel) and reused for every channel of the offset group. Neighbour (yn, xn) is at index
-// (yn * W + xn) * pixel_stride of the group's first channel: pixel_stride 1 in NCHW planes, C in an
-// NHWC image.
+// (yn * W + xn) * C of the group's first channel in the NHWC image (both paths read channels-last).
 template <typename scalar_t, typename acc_t>
 __device__ Sample<acc_t> load_sample(const scalar_t* offset, const scalar_t* mask, const DeformGeometry& g,
-                                     const SampleRow& r, int64_t ho, int64_t wo, int64_t p, int64_t pixel_stride) {
+                                     const SampleRow& r, int64_t ho, int64_t wo, int64_t p) {
   const int64_t taps = g.kh * g.kw, pixels = g.out_h * g.out_w;
   const int64_t row = (r.b * g.offset_groups + r.og) * taps + r.tap;
   const int64_t i = r.tap / g.kw, j = r.tap - i * g.kw;
@@ -159,7 +151,7 @@ __device__ Sample<acc_t> load_sample(const scalar_t* offset, const scalar_t* mas
   for (int n = 0; n < 4; ++n) {
     const int64_t yn = y0 + (n >> 1), xn = x0 + (n & 1);
     s.inside[n] = s.any && yn >= 0 && yn < g.height && xn >= 0 && xn < g.width;
-    s.index[n] = s.inside[n] ? (yn * g.width + xn) * pixel_stride : 0;
+    s.index[n] = s.inside[n] ? (yn * g.width + xn) * g.channels : 0;
     const acc_t wy = (n >> 1) ? s.frac_y : acc_t(1) - s.frac_y;
     const acc_t wx = (n & 1) ? s.frac_x : acc_t(1) - s.frac_x;
     s.weight[n] = s.inside[n] ? wy * wx : acc_t(0);
@@ -167,29 +159,12 @@ __device__ Sample<acc_t> load_sample(const scalar_t* offset, const scalar_t* mas
   return s;
 }
 
-// Where the channel loop of a sample starts: the first channel of its offset group in the input
-// planes and in the columns (nb, C*taps, Ho*Wo); successive channels are `plane` and
-// `taps * pixels` further.
-struct GroupStart {
-  int64_t image, column;
-};
-
-__device__ GroupStart group_start(const DeformGeometry& g, const SampleRow& r, int64_t p) {
-  const int64_t taps = g.kh * g.kw, c0 = r.og * (g.channels / g.offset_groups);
-  return {(r.b * g.channels + c0) * g.height * g.width,
-          ((r.local_b * g.channels + c0) * taps + r.tap) * g.out_h * g.out_w + p};
-}
-
-// The channels of a sample's offset group that one thread handles: c = first, first + step, ...
-// below count, `stride` apart in the input: every channel with the plane as stride (NCHW, the
-// generic path), or a warp's lane, lane + 32, ... with stride 1 (NHWC, the fused path).
+// The channels of a run of a sample's offset group that one thread handles: c = first, first + step,
+// ... below count, `stride` apart in the input: a warp's lane, lane + 32, ... with stride 1 (NHWC,
+// both paths).
 struct ChannelRange {
   int64_t first, step, count, stride;
 };
-
-__device__ ChannelRange planar_channels(const DeformGeometry& g) {
-  return {0, 1, g.channels / g.offset_groups, g.height * g.width};
-}
 
 // The channel loop of one sample: column[c * column_stride] = mask * bilinear(image + c * stride) for
 // the channels c of `range` (`image` at the group's first channel; NaN when the position is
@@ -217,6 +192,23 @@ template <typename acc_t>
 struct SampleGrads {
   acc_t y, x, m;
 };
+
+// The totals over a warp's lanes of their partial sums, in lane 0, in a fixed order (deterministic),
+// 8 shuffles instead of 3 x 5: the xor-16 and xor-8 steps each halve the values a lane carries on
+// (the lane with the step's bit carries the upper half), leaving y in lanes 0-7, x in 8-15, m in
+// 16-23 (zero in 24-31); three more steps add within each 8 lanes, two more bring x and m to lane 0.
+template <typename acc_t>
+__device__ SampleGrads<acc_t> warp_sums(const SampleGrads<acc_t>& partial) {
+  constexpr unsigned kAll = 0xffffffffu;
+  const bool upper16 = threadIdx.x & 16, upper8 = threadIdx.x & 8;
+  const acc_t keep_a = upper16 ? partial.m : partial.y, keep_b = upper16 ? acc_t(0) : partial.x;
+  const acc_t send_a = upper16 ? partial.y : partial.m, send_b = upper16 ? partial.x : acc_t(0);
+  const acc_t a = keep_a + __shfl_xor_sync(kAll, send_a, 16), b = keep_b + __shfl_xor_sync(kAll, send_b, 16);
+  acc_t v = (upper8 ? b : a) + __shfl_xor_sync(kAll, upper8 ? a : b, 8);
+#pragma unroll
+  for (int lanes = 4; lanes > 0; lanes /= 2) v += __shfl_xor_sync(kAll, v, lanes);
+  return {v, __shfl_sync(kAll, v, 8), __shfl_sync(kAll, v, 16)};
+}
 
 // The backward of one sample over the channels of `range` given its grad column (grad_column[c *
 // column_stride]): grad_image[c] += bilinear weight * mask * grad (atomics, same indexing as image)
@@ -269,55 +261,99 @@ __device__ void write_sample_grads(const Sample<acc_t, index_t>& s, const Sample
   if (grad_mask) grad_mask[sample * pixels + p] = convert<scalar_t>(sums.m);
 }
 
-// Grid of the sample kernels: x over output pixels (one thread each), y over sample rows (strided
-// when there are more than 65535).
-dim3 sample_grid(const DeformGeometry& g, int64_t nb) {
-  const int64_t rows = nb * g.offset_groups * g.kh * g.kw;
-  return dim3(static_cast<unsigned>(ceil_div(g.out_h * g.out_w, kThreads)),
-              static_cast<unsigned>(std::min(rows, kMaxGridY)));
+// Samples of the generic path's chunk of nb images: one per (local image, output pixel, offset
+// group, tap), tap fastest, so that consecutive warps write consecutive column runs.
+__host__ __device__ inline int64_t chunk_samples(const DeformGeometry& g, int64_t nb) {
+  return nb * g.out_h * g.out_w * g.offset_groups * g.kh * g.kw;
 }
 
-// Thread (pixel p, rows blockIdx.y + k * gridDim.y): the columns of every channel of the sample's
-// offset group, channel-strided writes (coalesced over p).
-template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads)
-    im2col_kernel(const scalar_t* __restrict__ input, const scalar_t* __restrict__ offset,
-                  const scalar_t* __restrict__ mask, DeformGeometry g, int64_t b0, int64_t nb,
-                  scalar_t* __restrict__ columns) {
-  const int64_t pixels = g.out_h * g.out_w, p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (p >= pixels) return;
-  const int64_t ho = p / g.out_w, wo = p - ho * g.out_w;
-  const int64_t column_stride = g.kh * g.kw * pixels, rows = nb * g.offset_groups * g.kh * g.kw;
-  for (int64_t row = blockIdx.y; row < rows; row += gridDim.y) {
-    const SampleRow r = sample_row(g, b0, row);
-    const Sample<acc_t> s = load_sample<scalar_t, acc_t>(offset, mask, g, r, ho, wo, p, 1);
-    const GroupStart start = group_start(g, r, p);
-    sample_columns(s, planar_channels(g), input + start.image, columns + start.column, column_stride);
+// The sample `item` of the chunk starting at image b0, and its output pixel p.
+struct ChunkSample {
+  SampleRow r;
+  int64_t p;
+};
+
+__device__ ChunkSample chunk_sample(const DeformGeometry& g, int64_t b0, int64_t item) {
+  const int64_t taps = g.kh * g.kw, pixels = g.out_h * g.out_w, per_pixel = g.offset_groups * taps;
+  const int64_t image_pixel = item / per_pixel, og_tap = item - image_pixel * per_pixel;
+  const int64_t local_b = image_pixel / pixels, og = og_tap / taps;
+  return {SampleRow{local_b, b0 + local_b, og, og_tap - og * taps}, image_pixel - local_b * pixels};
+}
+
+// The generic path's warp-per-sample loop: warp w of the grid takes the samples w, w + warps, ...
+// (warp-uniform, so that warp_sums may shuffle), every lane computes the sample (load_sample: the
+// same offset and mask addresses in all lanes, one sector each) and body(sample, row, pixel) runs
+// on the whole warp.
+template <typename scalar_t, typename acc_t, typename Body>
+__device__ void for_chunk_samples(const scalar_t* offset, const scalar_t* mask, const DeformGeometry& g, int64_t b0,
+                                  int64_t nb, Body body) {
+  const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32), samples = chunk_samples(g, nb);
+  for (int64_t item = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32; item < samples; item += warps) {
+    const ChunkSample cs = chunk_sample(g, b0, item);
+    const int64_t ho = cs.p / g.out_w, wo = cs.p - ho * g.out_w;
+    body(load_sample<scalar_t, acc_t>(offset, mask, g, cs.r, ho, wo, cs.p), cs.r, cs.p);
   }
 }
 
-// Thread (pixel p, sample rows as in im2col_kernel): one pass over the channels of the sample's offset
-// group reads each grad column once, scatters it to grad_input (atomics) and sums the offset and mask
-// gradients, which the thread then writes (no atomics).
+// The channels of a sample's offset group split into runs at the group boundaries (each group's
+// columns are its own GEMM operand), a warp's lanes on the channels of each run: body(first channel
+// of the run, the lane's channels of it, the run's column offset). Columns (nb, groups, P, taps,
+// C/groups): row k = tap * C/groups + c of a pixel (k-major per pixel, contiguous over channels).
+template <typename Body>
+__device__ void for_group_runs(const DeformGeometry& g, int64_t groups, const SampleRow& r, int64_t p, Body body) {
+  const int64_t taps = g.kh * g.kw, pixels = g.out_h * g.out_w, group_channels = g.channels / groups;
+  const int64_t og_channels = g.channels / g.offset_groups, end = (r.og + 1) * og_channels;
+  for (int64_t c = r.og * og_channels; c < end;) {
+    const int64_t group = c / group_channels, run_end = std::min<int64_t>(end, (group + 1) * group_channels);
+    const int64_t column =
+        (((r.local_b * groups + group) * pixels + p) * taps + r.tap) * group_channels + (c - group * group_channels);
+    body(c, ChannelRange{threadIdx.x % 32, 32, run_end - c, 1}, column);
+    c = run_end;
+  }
+}
+
+// Warp per sample: the columns of every channel of the sample's offset group, lanes on channels
+// (contiguous NHWC neighbour loads and column stores).
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    im2col_kernel(const scalar_t* __restrict__ input, const scalar_t* __restrict__ offset,
+                  const scalar_t* __restrict__ mask, DeformGeometry g, int64_t groups, int64_t b0, int64_t nb,
+                  scalar_t* __restrict__ columns) {
+  for_chunk_samples<scalar_t, acc_t>(offset, mask, g, b0, nb, [&](const Sample<acc_t>& s, const SampleRow& r, int64_t p) {
+    const scalar_t* image = input + r.b * g.height * g.width * g.channels;
+    for_group_runs(g, groups, r, p, [&](int64_t c, const ChannelRange& range, int64_t column) {
+      sample_columns(s, range, image + c, columns + column, 1);
+    });
+  });
+}
+
+// Warp per sample: one pass over the channels of its offset group reads each grad column once,
+// scatters it to the NHWC grad_input (atomics, contiguous over the lanes) and sums the offset and
+// mask gradients, reduced over the lanes (warp_sums) and written by lane 0 (no atomics).
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
     columns_backward_kernel(const scalar_t* __restrict__ input, const scalar_t* __restrict__ grad_columns,
                             const scalar_t* __restrict__ offset, const scalar_t* __restrict__ mask, DeformGeometry g,
-                            int64_t b0, int64_t nb, acc_t* __restrict__ grad_input, scalar_t* __restrict__ grad_offset,
-                            scalar_t* __restrict__ grad_mask) {
-  const int64_t pixels = g.out_h * g.out_w, p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (p >= pixels) return;
-  const int64_t ho = p / g.out_w, wo = p - ho * g.out_w;
-  const int64_t column_stride = g.kh * g.kw * pixels, rows = nb * g.offset_groups * g.kh * g.kw;
-  for (int64_t row = blockIdx.y; row < rows; row += gridDim.y) {
-    const SampleRow r = sample_row(g, b0, row);
-    const Sample<acc_t> s = load_sample<scalar_t, acc_t>(offset, mask, g, r, ho, wo, p, 1);
-    const GroupStart start = group_start(g, r, p);
-    const SampleGrads<acc_t> sums = sample_backward(s, planar_channels(g), input + start.image,
-                                                    grad_input + start.image, grad_columns + start.column,
-                                                    column_stride);
-    write_sample_grads(s, sums, g, r, p, grad_offset, grad_mask);
-  }
+                            int64_t groups, int64_t b0, int64_t nb, acc_t* __restrict__ grad_input,
+                            scalar_t* __restrict__ grad_offset, scalar_t* __restrict__ grad_mask) {
+  for_chunk_samples<scalar_t, acc_t>(offset, mask, g, b0, nb, [&](const Sample<acc_t>& s, const SampleRow& r, int64_t p) {
+    const int64_t image_start = r.b * g.height * g.width * g.channels;
+    SampleGrads<acc_t> partial{acc_t(0), acc_t(0), acc_t(0)};
+    for_group_runs(g, groups, r, p, [&](int64_t c, const ChannelRange& range, int64_t column) {
+      const SampleGrads<acc_t> run = sample_backward(s, range, input + image_start + c, grad_input + image_start + c,
+                                                     grad_columns + column, 1);
+      partial.y += run.y;
+      partial.x += run.x;
+      partial.m += run.m;
+    });
+    const SampleGrads<acc_t> total = warp_sums(partial);
+    if (threadIdx.x % 32 == 0) write_sample_grads(s, total, g, r, p, grad_offset, grad_mask);
+  });
+}
+
+// Blocks of the generic sample kernels: a warp per sample, at most 2^31 - 1 blocks (grid-stride).
+unsigned chunk_blocks(const DeformGeometry& g, int64_t nb) {
+  return static_cast<unsigned>(std::min<int64_t>(ceil_div(chunk_samples(g, nb), kThreads / 32), INT32_MAX));
 }
 
 // Fused small-channel path (groups == 1): a block owns a tile of kTile output pixels of one image and
@@ -452,8 +488,7 @@ __device__ void record_samples(const scalar_t* offset, const scalar_t* mask, con
     const int t = item % kTile, og_tap = item / kTile, og = og_tap / taps, tap = og_tap - og * taps;
     if (t >= valid) continue;
     const int64_t p = p0 + t, ho = p / g.out_w, wo = p - ho * g.out_w;
-    const Sample<acc_t> s = load_sample<scalar_t, acc_t>(offset, mask, g, SampleRow{0, b, og, tap}, ho, wo, p,
-                                                         g.channels);
+    const Sample<acc_t> s = load_sample<scalar_t, acc_t>(offset, mask, g, SampleRow{0, b, og, tap}, ho, wo, p);
     acc_t* record = records + int64_t(item) * kRecord;
     Quad<int> index;
     Quad<acc_t> weight;
@@ -504,23 +539,6 @@ __device__ void for_warp_samples(const DeformGeometry& g, int valid, const acc_t
       body(records + (int64_t(og_tap) * kTile + t) * kRecord, t, og, tap, range);
     }
   }
-}
-
-// The totals over a warp's lanes of their partial sums, in lane 0, in a fixed order (deterministic),
-// 8 shuffles instead of 3 x 5: the xor-16 and xor-8 steps each halve the values a lane carries on
-// (the lane with the step's bit carries the upper half), leaving y in lanes 0-7, x in 8-15, m in
-// 16-23 (zero in 24-31); three more steps add within each 8 lanes, two more bring x and m to lane 0.
-template <typename acc_t>
-__device__ SampleGrads<acc_t> warp_sums(const SampleGrads<acc_t>& partial) {
-  constexpr unsigned kAll = 0xffffffffu;
-  const bool upper16 = threadIdx.x & 16, upper8 = threadIdx.x & 8;
-  const acc_t keep_a = upper16 ? partial.m : partial.y, keep_b = upper16 ? acc_t(0) : partial.x;
-  const acc_t send_a = upper16 ? partial.y : partial.m, send_b = upper16 ? partial.x : acc_t(0);
-  const acc_t a = keep_a + __shfl_xor_sync(kAll, send_a, 16), b = keep_b + __shfl_xor_sync(kAll, send_b, 16);
-  acc_t v = (upper8 ? b : a) + __shfl_xor_sync(kAll, upper8 ? a : b, 8);
-#pragma unroll
-  for (int lanes = 4; lanes > 0; lanes /= 2) v += __shfl_xor_sync(kAll, v, lanes);
-  return {v, __shfl_sync(kAll, v, 8), __shfl_sync(kAll, v, 16)};
 }
 
 // Block per tile (image blockIdx.x / tiles, tile blockIdx.x % tiles): the sample pass, the channel
@@ -652,29 +670,26 @@ cudaError_t allow_shared(Kernel kernel, size_t bytes) {
   return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
 }
 
-bool no_samples(const DeformGeometry& g, int64_t nb) {
-  return nb * g.offset_groups * g.kh * g.kw * g.out_h * g.out_w == 0;
-}
-
 }  // namespace
 
 template <typename scalar_t>
 cudaError_t deform_im2col(const scalar_t* input, const scalar_t* offset, const scalar_t* mask,
-                          const DeformGeometry& g, int64_t b0, int64_t nb, scalar_t* columns, cudaStream_t stream) {
-  if (no_samples(g, nb)) return cudaSuccess;
-  launch(im2col_kernel<scalar_t, acc_type<scalar_t>>, sample_grid(g, nb), kThreads, 0, stream, input, offset, mask, g,
-         b0, nb, columns);
+                          const DeformGeometry& g, int64_t groups, int64_t b0, int64_t nb, scalar_t* columns,
+                          cudaStream_t stream) {
+  if (chunk_samples(g, nb) == 0) return cudaSuccess;
+  launch(im2col_kernel<scalar_t, acc_type<scalar_t>>, chunk_blocks(g, nb), kThreads, 0, stream, input, offset, mask, g,
+         groups, b0, nb, columns);
   return cudaGetLastError();
 }
 
 template <typename scalar_t, typename acc_t>
 cudaError_t deform_columns_backward(const scalar_t* input, const scalar_t* grad_columns, const scalar_t* offset,
-                                    const scalar_t* mask, const DeformGeometry& g, int64_t b0, int64_t nb,
-                                    acc_t* grad_input, scalar_t* grad_offset, scalar_t* grad_mask,
+                                    const scalar_t* mask, const DeformGeometry& g, int64_t groups, int64_t b0,
+                                    int64_t nb, acc_t* grad_input, scalar_t* grad_offset, scalar_t* grad_mask,
                                     cudaStream_t stream) {
-  if (no_samples(g, nb)) return cudaSuccess;
-  launch(columns_backward_kernel<scalar_t, acc_t>, sample_grid(g, nb), kThreads, 0, stream, input, grad_columns,
-         offset, mask, g, b0, nb, grad_input, grad_offset, grad_mask);
+  if (chunk_samples(g, nb) == 0) return cudaSuccess;
+  launch(columns_backward_kernel<scalar_t, acc_t>, chunk_blocks(g, nb), kThreads, 0, stream, input, grad_columns,
+         offset, mask, g, groups, b0, nb, grad_input, grad_offset, grad_mask);
   return cudaGetLastError();
 }
 
@@ -735,10 +750,10 @@ cudaError_t deform_fused_backward(const scalar_t* grad_output, const scalar_t* i
 }
 
 #define FASTSEG_INSTANTIATE(T)                                                                                    \
-  template cudaError_t deform_im2col<T>(const T*, const T*, const T*, const DeformGeometry&, int64_t, int64_t, T*,  \
-                                        cudaStream_t);                                                            \
+  template cudaError_t deform_im2col<T>(const T*, const T*, const T*, const DeformGeometry&, int64_t, int64_t,       \
+                                        int64_t, T*, cudaStream_t);                                               \
   template cudaError_t deform_columns_backward<T, acc_type<T>>(const T*, const T*, const T*, const T*,             \
-                                                               const DeformGeometry&, int64_t, int64_t,           \
+                                                               const DeformGeometry&, int64_t, int64_t, int64_t,  \
                                                                acc_type<T>*, T*, T*, cudaStream_t);           \
   template cudaError_t deform_fused_forward<T>(const T*, const T*, const T*, const T*, const T*,                  \
                                                const DeformGeometry&, int64_t, T*, cudaStream_t);                 \

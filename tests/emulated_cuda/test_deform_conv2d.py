@@ -42,6 +42,12 @@ CASES = {
     "groups2-offset-groups4": (2, 8, (5, 6), 4, (3, 3), 1, 1, 1, 2, 4, True),
     "groups4-offset-groups1": (3, 8, (6, 5), 8, (3, 3), 1, 1, 1, 4, 1, False),
     "large-channels": (2, 96, (4, 3), 8, (3, 3), 1, 1, 1, 1, 1, True),
+    # generic path, a warp's lanes on the channels of a sample's offset group, split at the group
+    # boundaries: 72 channels (lanes loop 32 + 32 + 8); groups of 40 (32 + 8); groups of 36 with offset
+    # groups of 24, so that offset group 1 spans two groups (runs of 12 and 12)
+    "large-channels-72": (2, 72, (4, 5), 6, (3, 3), 1, 1, 1, 1, 1, True),
+    "groups2-channels40-offset-groups2": (2, 80, (4, 4), 4, (3, 3), 1, 1, 1, 2, 2, True),
+    "groups2-channels36-offset-groups3": (3, 72, (3, 4), 4, (3, 3), 1, 1, 1, 2, 3, False),
 }
 
 
@@ -94,7 +100,8 @@ def test_matches_reference(emulated, case):
     _check(emulated, *_inputs(*CASES[case], dtype=torch.float32))
 
 
-@pytest.mark.parametrize("case", ["partial-tile-offset-groups2", "groups2-offset-groups4"])
+@pytest.mark.parametrize("case", ["partial-tile-offset-groups2", "groups2-offset-groups4",
+                                  "groups2-channels40-offset-groups2"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_dtypes_and_non_contiguous(emulated, dtype, case):
     """Every dtype on the fused path and on the generic one."""
@@ -103,10 +110,24 @@ def test_dtypes_and_non_contiguous(emulated, dtype, case):
     _check(emulated, tensors, geometry)
 
 
-@pytest.mark.parametrize("case", ["plain", "no-mask", "stride2-pad0", "groups2-offset-groups4"])
+@pytest.mark.parametrize("case", ["plain", "no-mask", "stride2-pad0", "groups2-offset-groups4", "large-channels-72"])
 def test_without_bias(emulated, case):
     """No bias: the fused forward's bias row carries zeros; the generic forward GEMM is a plain batched
     product into the output."""
     tensors, geometry = _inputs(*CASES[case], dtype=torch.float32)
     tensors["bias"] = None
+    _check(emulated, tensors, geometry)
+
+
+@pytest.mark.parametrize("images_per_chunk", [1, 2])
+@pytest.mark.parametrize("case", ["groups2-channels36-offset-groups3", "large-channels-72"])
+def test_generic_chunks(emulated, monkeypatch, case, images_per_chunk):
+    """The generic path in several chunks of the batch (a workspace budget of one or two images'
+    forward columns; the backward's budget also holds the grad columns: one image per chunk)."""
+    batch, channels, size, out_channels, kernel, stride, padding, dilation = CASES[case][:8]
+    pair = torch.nn.modules.utils._pair
+    out_h, out_w = output_size(*size, kernel, pair(stride), pair(padding), pair(dilation))
+    column_bytes = channels * kernel[0] * kernel[1] * out_h * out_w * 4
+    monkeypatch.setenv("FASTSEG_DEFORM_CONV2D_WORKSPACE_BYTES", str(images_per_chunk * column_bytes))
+    tensors, geometry = _inputs(*CASES[case], dtype=torch.float32)
     _check(emulated, tensors, geometry)
