@@ -4,12 +4,17 @@
 // (fp32 for fp16/bf16/fp32, fp64 for fp64); int64 indexing, except the fused path's int32 indices
 // within one NHWC image (the plan checks H*W*C < 2^31).
 //
-// Design, generic path: one thread per sample (image, offset group, tap, output pixel) computes the
-// bilinear neighbours, weights and mask once (the only integer divisions, per sample) and loops over
-// the channels of the offset group with pointer strides: im2col writes the column of each channel
-// (coalesced over pixels); the backward kernel reads each grad column once, scatters it to grad_input
-// (4 fp32 atomics) and sums the offset and mask gradients in registers. The GEMMs are cuBLAS through
-// the glue (csrc/cuda_glue/deform_conv2d.cpp): straight into the output, the bias as the C operand.
+// Design, generic path: the input is channels-last (NHWC, a copy by the glue) and the columns
+// pixel-major, (nb, groups, P, taps, C/groups). A warp takes 32 samples (image, pixel, offset group,
+// tap), a lane computing one of them (bilinear neighbours, weights, mask: the only integer divisions),
+// then runs them in turn, each broadcast by shuffles, its lanes on the channels of the sample's
+// offset group (runs split at group boundaries): a neighbour load, a column store, a grad column load
+// and an atomic into the NHWC grad_input are each one contiguous run of channels. im2col writes the
+// columns; the backward kernel reads each grad column once, scatters it (4 fp32 atomics) and sums
+// the offset and mask gradients over the channels, reduced over the lanes (warp_sums). The channel
+// loops are the fused path's (sample_columns, sample_backward). The GEMMs are cuBLAS through the glue
+// (csrc/cuda_glue/deform_conv2d.cpp) on transposed views of the columns: straight into the output,
+// the bias as the C operand.
 // Fused path (groups == 1 and its shared memory fits, see FusedLayout; the glue chooses): a block
 // takes tiles of 64 output pixels of one image and keeps the kernels and the column tile in shared
 // memory (acc_t), the bias as a row of ones. The input is channels-last (NHWC, a copy by the glue):
@@ -30,21 +35,43 @@
 // the `predicted H200` lines (the one place these numbers live) into the "predicted" column of
 // bench/RESULTS.md. With E = B*C*9*P column elements (C512: 347 M; C32: 21.7 M) and
 // F = 2*B*P*C*C*9 FLOPs per GEMM (C512: 355 GFLOP):
-// C512, generic path:
-//   im2col (twice: forward, and again in the backward): write E columns + read input/offset/mask,
-//     ~15 instructions per element: C512 0.380 ms fp32, 0.190 ms bf16 (HBM-bound).
+// C512, generic path (S = B*P*9 = 677 K samples per pass; L1 sectors and issue counted as for the
+// fused path below: 4 sectors per clock per SM = 1.045 T sectors/s, 4 warp-instructions per clock
+// per SM = 1.045 T/s, 1 warp shuffle per clock per SM):
+//   im2col (twice: forward, and again in the backward): HBM: write E columns + read input/offset/mask:
+//     0.380 ms fp32, 0.190 ms bf16. L1: E/32 = 10.8 M warp steps of 32 channels, each 4 neighbour
+//     loads of 128 B (4 sectors fp32; bf16 64 B, 2) and a column store: 217 M sectors, 0.207 ms fp32;
+//     108 M, 0.104 ms bf16. Issue: ~20 warp-instructions per step (4 x (predicate, address, load,
+//     FMA), convert, scale, store, loop) = 0.207 ms, plus per sample ~8 (load_sample's ~250, once per
+//     lane of 32) and ~34 for the broadcast (16 + 2 x 4 shuffles, 0.062 ms on the shuffle pipe) and
+//     loop: 0.027 ms; ~0.23 ms. Per pass: 0.380 ms fp32 (HBM-bound), 0.23 ms bf16 (issue-bound). The
+//     NCHW design before (lanes on 32 pixels of a channel plane) left the sectors out: 20.7 sectors
+//     per neighbour load fp32, 15.3 bf16, 0.90 / 0.66 ms per pass, which bound it.
 //   3 GEMMs (output, grad columns, grad weight as per-image products summed in fp32): each
 //     max(F / rate, columns / HBM); rate = cuBLAS SGEMM at 70% of 67 TFLOP/s with TF32 off
 //     (PyTorch's default; with torch.backends.cuda.matmul.allow_tf32 = True cuBLAS runs TF32 on its
 //     own, ~300 TFLOP/s, and the fp32 C512 prediction drops to ~5.6 ms), bf16 at 60% of 989 TFLOP/s:
 //     C512 7.6 ms each fp32, 0.61 ms each bf16. The bias costs one broadcast write of the output
 //     (ATen's baddbmm copies C into the output, then the GEMM reads it with beta = 1).
-//   backward sampling: read E grad columns + input, 4*E fp32 atomics at ~2.5 T/s (an assumption:
-//     uncontended, mostly coalesced RED in L2), ~30 instructions per element: C512 0.94 ms fp32,
-//     0.75 ms bf16.
-//   small passes (zeroed fp32 grad_input, its cast, grad_bias): ~0.11-0.15 ms; launches, 3 us each:
-//     3 per forward chunk, 6 per backward chunk, 5 more (the 1 GiB column workspace gives C512
-//     2 + 3 chunks in fp32, 1 + 2 in bf16): 29 / 20 launches.
+//   backward sampling: HBM: read E grad columns + input, plus 4*E fp32 atomics at ~2.5 T/s (an
+//     assumption: uncontended RED in L2, 128 B contiguous per warp atomic): 0.94 ms fp32, 0.75 ms
+//     bf16. L1: per warp step 4 neighbour loads, 4 fp32 atomics of 128 B (4 sectors each) and the
+//     grad column load: 390 M sectors, 0.37 ms fp32; 282 M, 0.27 ms bf16. Issue: ~60 per step (loads,
+//     atomics, 3 sums' FMAs) = 0.62 ms, plus per sample the broadcast, warp_sums (8 shuffles) and
+//     lane 0's writes: ~0.66 ms. Per pass: 0.94 ms fp32, 0.75 ms bf16 (atomics and HBM); the NCHW
+//     design's loads and atomics at 20.7 sectors (15.3 for bf16 loads) were 1.76 / 1.52 ms of L1.
+//   small passes (zeroed fp32 grad_input, its conversion back to NCHW in the input dtype (the cast
+//     before), grad_bias): ~0.11-0.15 ms; the NHWC copy of the input, once per forward and once per
+//     backward (154 MB fp32 read + written: 0.075 ms each fp32, 0.038 bf16); the weight reordered
+//     tap-major per call (9.4 MB fp32 read + written, twice: 0.009 ms fp32, 0.005 bf16; its gradient's
+//     permute replaces the cast before). Launches, 3 us each: 3 per forward chunk, 6 per backward
+//     chunk, 9 more (the 1 GiB column workspace gives C512 2 + 3 chunks in fp32, 1 + 2 in bf16): 33 /
+//     24 launches (29 / 20 before).
+//   Total: the NCHW design's 24.691 ms fp32 (im2col and backward sampling as now, HBM- and
+//     atomic-bound) + NHWC copies 0.150 + weight reorder 0.009 + 4 launches 0.012 = 24.862 ms; bf16
+//     3.179 + 2 x (0.23 - 0.19) im2col issue + 0.075 + 0.005 + 0.012 = 3.351 ms. The NCHW design with
+//     its sectors counted: 24.691 + 2 x (0.90 - 0.38) + (1.76 - 0.94) = ~26.55 ms fp32, 3.179 + 2 x
+//     (0.66 - 0.19) + (1.52 - 0.75) = ~4.89 ms bf16.
 // C32, fused path (C = C_out = 32, R = 289 tile rows; 148 tiles per image, 1184 in all; per tile 576
 // samples, one offset group x 9 taps x 64 pixels), counted in clocks of one SM's L1/shared-memory data
 // path (128 B = 1 wavefront per clock, 4 sectors per clock for global loads and atomics, 1 warp
@@ -89,11 +116,11 @@
 //   Risks: the instruction counts are read off the PTX (no SASS here); the NHWC copies are ATen
 //   permute-copies, which may run well below HBM bandwidth (at half, +9 us fp32); the L2 traffic of
 //   the loads and atomics and the latency of the backward's 8 warps per SM are not modelled.
-// Bound: C512 fp32 by the SGEMMs (1.55x floor); C512 bf16 by the GEMMs at 60% of peak plus the column
-// passes and atomics, which the floor does not count (3.0x); C32 by the instruction issue of the
+// Bound: C512 fp32 by the SGEMMs (1.56x floor); C512 bf16 by the GEMMs at 60% of peak plus the column
+// passes and atomics, which the floor does not count (3.1x); C32 by the instruction issue of the
 // channel passes (per-sample work per warp) and the shared-memory products.
-// predicted H200 | deform_conv2d csfrnet-C512 fp32 B=8 97x97 fwd+bwd | 24.691 ms | fp32 SGEMM, TF32 off (floor 15.903 ms)
-// predicted H200 | deform_conv2d csfrnet-C512 bf16 B=8 97x97 fwd+bwd | 3.179 ms | bf16 GEMMs, column passes, atomics (floor 1.077 ms)
+// predicted H200 | deform_conv2d csfrnet-C512 fp32 B=8 97x97 fwd+bwd | 24.862 ms | fp32 SGEMM, TF32 off (floor 15.903 ms)
+// predicted H200 | deform_conv2d csfrnet-C512 bf16 B=8 97x97 fwd+bwd | 3.351 ms | bf16 GEMMs, column passes, atomics (floor 1.077 ms)
 // predicted H200 | deform_conv2d csfrnet-C32 fp32 B=8 97x97 fwd+bwd | 0.262 ms | channel-pass issue, shared-memory products (floor 0.062 ms)
 // predicted H200 | deform_conv2d csfrnet-C32 bf16 B=8 97x97 fwd+bwd | 0.255 ms | channel-pass issue, fp32 shared-memory products (floor 0.008 ms)
 #include "cuda/common.cuh"
@@ -280,18 +307,61 @@ __device__ ChunkSample chunk_sample(const DeformGeometry& g, int64_t b0, int64_t
   return {SampleRow{local_b, b0 + local_b, og, og_tap - og * taps}, image_pixel - local_b * pixels};
 }
 
-// The generic path's warp-per-sample loop: warp w of the grid takes the samples w, w + warps, ...
-// (warp-uniform, so that warp_sums may shuffle), every lane computes the sample (load_sample: the
-// same offset and mask addresses in all lanes, one sector each) and body(sample, row, pixel) runs
-// on the whole warp.
+// Lane `source`'s sample and pixel in every lane of the warp: 16 shuffles of 32 bits (index,
+// weights, fractions, mask, flags) and 4 of 64 (row, pixel) per sample.
+template <typename acc_t>
+__device__ Sample<acc_t> shuffle_sample(const Sample<acc_t>& s, int source) {
+  constexpr unsigned kAll = 0xffffffffu;
+  int flags = int(s.any) | int(s.poisoned) << 1;
+#pragma unroll
+  for (int n = 0; n < 4; ++n) flags |= int(s.inside[n]) << (2 + n);
+  flags = __shfl_sync(kAll, flags, source);
+  Sample<acc_t> out;
+#pragma unroll
+  for (int n = 0; n < 4; ++n) {
+    out.index[n] = __shfl_sync(kAll, s.index[n], source);
+    out.weight[n] = __shfl_sync(kAll, s.weight[n], source);
+    out.inside[n] = (flags >> (2 + n)) & 1;
+  }
+  out.frac_y = __shfl_sync(kAll, s.frac_y, source);
+  out.frac_x = __shfl_sync(kAll, s.frac_x, source);
+  out.mask = __shfl_sync(kAll, s.mask, source);
+  out.any = flags & 1;
+  out.poisoned = (flags >> 1) & 1;
+  return out;
+}
+
+__device__ ChunkSample shuffle_chunk_sample(const ChunkSample& cs, int source) {
+  constexpr unsigned kAll = 0xffffffffu;
+  const int64_t local_b = __shfl_sync(kAll, cs.r.local_b, source);
+  return {SampleRow{local_b, __shfl_sync(kAll, cs.r.b, source), __shfl_sync(kAll, cs.r.og, source),
+                    __shfl_sync(kAll, cs.r.tap, source)},
+          __shfl_sync(kAll, cs.p, source)};
+}
+
+// The generic path's warp-per-sample loop: warp w of the grid takes the samples [32 w, 32 w + 32),
+// then 32 (w + warps), ...; each lane computes one of them (load_sample, its integer divisions
+// paid once per sample, not once per lane), then the warp runs body(sample, row, pixel) on each in
+// turn, broadcast by shuffles (warp-uniform, so that warp_sums may shuffle too).
 template <typename scalar_t, typename acc_t, typename Body>
 __device__ void for_chunk_samples(const scalar_t* offset, const scalar_t* mask, const DeformGeometry& g, int64_t b0,
                                   int64_t nb, Body body) {
+  const int lane = threadIdx.x % 32;
   const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32), samples = chunk_samples(g, nb);
-  for (int64_t item = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32; item < samples; item += warps) {
-    const ChunkSample cs = chunk_sample(g, b0, item);
-    const int64_t ho = cs.p / g.out_w, wo = cs.p - ho * g.out_w;
-    body(load_sample<scalar_t, acc_t>(offset, mask, g, cs.r, ho, wo, cs.p), cs.r, cs.p);
+  for (int64_t first = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32 * 32; first < samples;
+       first += warps * 32) {
+    ChunkSample mine{};
+    Sample<acc_t> sample{};
+    if (first + lane < samples) {
+      mine = chunk_sample(g, b0, first + lane);
+      const int64_t ho = mine.p / g.out_w, wo = mine.p - ho * g.out_w;
+      sample = load_sample<scalar_t, acc_t>(offset, mask, g, mine.r, ho, wo, mine.p);
+    }
+    const int count = static_cast<int>(std::min<int64_t>(samples - first, 32));
+    for (int source = 0; source < count; ++source) {
+      const ChunkSample cs = shuffle_chunk_sample(mine, source);
+      body(shuffle_sample(sample, source), cs.r, cs.p);
+    }
   }
 }
 
@@ -351,9 +421,9 @@ __global__ void __launch_bounds__(kThreads)
   });
 }
 
-// Blocks of the generic sample kernels: a warp per sample, at most 2^31 - 1 blocks (grid-stride).
+// Blocks of the generic sample kernels: 32 samples per warp, at most 2^31 - 1 blocks (grid-stride).
 unsigned chunk_blocks(const DeformGeometry& g, int64_t nb) {
-  return static_cast<unsigned>(std::min<int64_t>(ceil_div(chunk_samples(g, nb), kThreads / 32), INT32_MAX));
+  return static_cast<unsigned>(std::min<int64_t>(ceil_div(chunk_samples(g, nb), kThreads), INT32_MAX));
 }
 
 // Fused small-channel path (groups == 1): a block owns a tile of kTile output pixels of one image and
