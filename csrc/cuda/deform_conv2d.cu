@@ -43,8 +43,8 @@
 //     loads of 128 B (4 sectors fp32; bf16 64 B, 2) and a column store: 217 M sectors, 0.207 ms fp32;
 //     108 M, 0.104 ms bf16. Issue: ~20 warp-instructions per step (4 x (predicate, address, load,
 //     FMA), convert, scale, store, loop) = 0.207 ms, plus per sample ~8 (load_sample's ~250, once per
-//     lane of 32) and ~34 for the broadcast (16 + 2 x 4 shuffles, 0.062 ms on the shuffle pipe) and
-//     loop: 0.027 ms; ~0.23 ms. Per pass: 0.380 ms fp32 (HBM-bound), 0.23 ms bf16 (issue-bound). The
+//     lane of 32) and ~36 for the broadcast (16 + 2 x 5 shuffles, 0.067 ms on the shuffle pipe) and
+//     loop: 0.031 ms; ~0.24 ms. Per pass: 0.380 ms fp32 (HBM-bound), 0.24 ms bf16 (issue-bound). The
 //     NCHW design before (lanes on 32 pixels of a channel plane) left the sectors out: 20.7 sectors
 //     per neighbour load fp32, 15.3 bf16, 0.90 / 0.66 ms per pass, which bound it.
 //   3 GEMMs (output, grad columns, grad weight as per-image products summed in fp32): each
@@ -69,7 +69,7 @@
 //     24 launches (29 / 20 before).
 //   Total: the NCHW design's 24.691 ms fp32 (im2col and backward sampling as now, HBM- and
 //     atomic-bound) + NHWC copies 0.150 + weight reorder 0.009 + 4 launches 0.012 = 24.862 ms; bf16
-//     3.179 + 2 x (0.23 - 0.19) im2col issue + 0.075 + 0.005 + 0.012 = 3.351 ms. The NCHW design with
+//     3.179 + 2 x (0.24 - 0.19) im2col issue + 0.075 + 0.005 + 0.012 = 3.371 ms. The NCHW design with
 //     its sectors counted: 24.691 + 2 x (0.90 - 0.38) + (1.76 - 0.94) = ~26.55 ms fp32, 3.179 + 2 x
 //     (0.66 - 0.19) + (1.52 - 0.75) = ~4.89 ms bf16.
 // C32, fused path (C = C_out = 32, R = 289 tile rows; 148 tiles per image, 1184 in all; per tile 576
@@ -120,7 +120,7 @@
 // passes and atomics, which the floor does not count (3.1x); C32 by the instruction issue of the
 // channel passes (per-sample work per warp) and the shared-memory products.
 // predicted H200 | deform_conv2d csfrnet-C512 fp32 B=8 97x97 fwd+bwd | 24.862 ms | fp32 SGEMM, TF32 off (floor 15.903 ms)
-// predicted H200 | deform_conv2d csfrnet-C512 bf16 B=8 97x97 fwd+bwd | 3.351 ms | bf16 GEMMs, column passes, atomics (floor 1.077 ms)
+// predicted H200 | deform_conv2d csfrnet-C512 bf16 B=8 97x97 fwd+bwd | 3.371 ms | bf16 GEMMs, column passes, atomics (floor 1.077 ms)
 // predicted H200 | deform_conv2d csfrnet-C32 fp32 B=8 97x97 fwd+bwd | 0.262 ms | channel-pass issue, shared-memory products (floor 0.062 ms)
 // predicted H200 | deform_conv2d csfrnet-C32 bf16 B=8 97x97 fwd+bwd | 0.255 ms | channel-pass issue, fp32 shared-memory products (floor 0.008 ms)
 #include "cuda/common.cuh"
@@ -308,7 +308,7 @@ __device__ ChunkSample chunk_sample(const DeformGeometry& g, int64_t b0, int64_t
 }
 
 // Lane `source`'s sample and pixel in every lane of the warp: 16 shuffles of 32 bits (index,
-// weights, fractions, mask, flags) and 4 of 64 (row, pixel) per sample.
+// weights, fractions, mask, flags) and 5 of 64 (row, pixel) per sample (fp32).
 template <typename acc_t>
 __device__ Sample<acc_t> shuffle_sample(const Sample<acc_t>& s, int source) {
   constexpr unsigned kAll = 0xffffffffu;

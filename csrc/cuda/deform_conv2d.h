@@ -26,9 +26,8 @@ cudaError_t deform_im2col(const scalar_t* input, const scalar_t* offset, const s
 
 // One pass over grad_columns (the columns' layout) for the images [b0, b0 + nb): grad_input (B, H, W,
 // C, acc_t) += bilinear weight * mask * grad_columns (atomics: not deterministic), and, written in
-// place (no atomics),
-// grad_offset = mask * sum_c grad_columns * d(sample)/d(y, x) and grad_mask = sum_c grad_columns * sample
-// (null when mask is). acc_t is float for float/__half/__nv_bfloat16 and double for double.
+// place (no atomics), grad_offset = mask * sum_c grad_columns * d(sample)/d(y, x) and grad_mask =
+// sum_c grad_columns * sample (null when mask is). acc_t is float for float/__half/__nv_bfloat16 and double for double.
 template <typename scalar_t, typename acc_t>
 cudaError_t deform_columns_backward(const scalar_t* input, const scalar_t* grad_columns, const scalar_t* offset,
                                     const scalar_t* mask, const DeformGeometry& g, int64_t groups, int64_t b0,

@@ -1,8 +1,9 @@
 """deform_conv2d's CUDA kernels and glue on the emulated-CUDA layer: the fused small-channel path
 (groups == 1, shared memory fits: one-launch forward, one-launch backward plus the grad weight
-reduction) and the generic path (im2col; one backward pass for grad_input with atomic adds and the
-offset and mask gradients, each sample computed once per offset group; GEMMs into the output, bias as
-the GEMM's C operand)."""
+reduction) and the generic path (channels-last im2col into pixel-major columns, a warp's lanes on the channels of
+a sample, runs split at group boundaries; one backward pass for grad_input with atomic adds and the
+offset and mask gradients, each sample computed once per offset group; GEMMs on transposed views of
+the columns into the output, bias as the GEMM's C operand; the batch in chunks by workspace budget)."""
 from __future__ import annotations
 
 import math
