@@ -132,3 +132,11 @@ def test_generic_chunks(emulated, monkeypatch, case, images_per_chunk):
     monkeypatch.setenv("FASTSEG_DEFORM_CONV2D_WORKSPACE_BYTES", str(images_per_chunk * column_bytes))
     tensors, geometry = _inputs(*CASES[case], dtype=torch.float32)
     _check(emulated, tensors, geometry)
+
+
+@pytest.mark.parametrize("case", ["group-channels-36", "groups2-channels40-offset-groups2"])
+def test_channels_last_input(emulated, case):
+    """An input already channels_last: both paths read it as it lies (the glue's NHWC copy is a no-op)."""
+    tensors, geometry = _inputs(*CASES[case], dtype=torch.float32)
+    tensors["input"] = tensors["input"].contiguous(memory_format=torch.channels_last)
+    _check(emulated, tensors, geometry)
