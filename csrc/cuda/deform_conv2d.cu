@@ -4,12 +4,17 @@
 // (fp32 for fp16/bf16/fp32, fp64 for fp64); int64 indexing, except the fused path's int32 indices
 // within one NHWC image (the plan checks H*W*C < 2^31).
 //
-// Design, generic path: one thread per sample (image, offset group, tap, output pixel) computes the
-// bilinear neighbours, weights and mask once (the only integer divisions, per sample) and loops over
-// the channels of the offset group with pointer strides: im2col writes the column of each channel
-// (coalesced over pixels); the backward kernel reads each grad column once, scatters it to grad_input
-// (4 fp32 atomics) and sums the offset and mask gradients in registers. The GEMMs are cuBLAS through
-// the glue (csrc/cuda_glue/deform_conv2d.cpp): straight into the output, the bias as the C operand.
+// Design, generic path: the input is channels-last (NHWC, a copy by the glue) and the columns
+// pixel-major, (nb, groups, P, taps, C/groups). A warp takes 32 samples (image, pixel, offset group,
+// tap), a lane computing one of them (bilinear neighbours, weights, mask: the only integer divisions),
+// then runs them in turn, each broadcast by shuffles, its lanes on the channels of the sample's
+// offset group (runs split at group boundaries): a neighbour load, a column store, a grad column load
+// and an atomic into the NHWC grad_input are each one contiguous run of channels. im2col writes the
+// columns; the backward kernel reads each grad column once, scatters it (4 fp32 atomics) and sums
+// the offset and mask gradients over the channels, reduced over the lanes (warp_sums). The channel
+// loops are the fused path's (sample_columns, sample_backward). The GEMMs are cuBLAS through the glue
+// (csrc/cuda_glue/deform_conv2d.cpp) on transposed views of the columns: straight into the output,
+// the bias as the C operand.
 // Fused path (groups == 1 and its shared memory fits, see FusedLayout; the glue chooses): a block
 // takes tiles of 64 output pixels of one image and keeps the kernels and the column tile in shared
 // memory (acc_t), the bias as a row of ones. The input is channels-last (NHWC, a copy by the glue):
@@ -30,21 +35,43 @@
 // the `predicted H200` lines (the one place these numbers live) into the "predicted" column of
 // bench/RESULTS.md. With E = B*C*9*P column elements (C512: 347 M; C32: 21.7 M) and
 // F = 2*B*P*C*C*9 FLOPs per GEMM (C512: 355 GFLOP):
-// C512, generic path:
-//   im2col (twice: forward, and again in the backward): write E columns + read input/offset/mask,
-//     ~15 instructions per element: C512 0.380 ms fp32, 0.190 ms bf16 (HBM-bound).
+// C512, generic path (S = B*P*9 = 677 K samples per pass; L1 sectors and issue counted as for the
+// fused path below: 4 sectors per clock per SM = 1.045 T sectors/s, 4 warp-instructions per clock
+// per SM = 1.045 T/s, 1 warp shuffle per clock per SM):
+//   im2col (twice: forward, and again in the backward): HBM: write E columns + read input/offset/mask:
+//     0.380 ms fp32, 0.190 ms bf16. L1: E/32 = 10.8 M warp steps of 32 channels, each 4 neighbour
+//     loads of 128 B (4 sectors fp32; bf16 64 B, 2) and a column store: 217 M sectors, 0.207 ms fp32;
+//     108 M, 0.104 ms bf16. Issue: ~20 warp-instructions per step (4 x (predicate, address, load,
+//     FMA), convert, scale, store, loop) = 0.207 ms, plus per sample ~8 (load_sample's ~250, once per
+//     lane of 32) and ~36 for the broadcast (16 + 2 x 5 shuffles, 0.067 ms on the shuffle pipe) and
+//     loop: 0.031 ms; ~0.24 ms. Per pass: 0.380 ms fp32 (HBM-bound), 0.24 ms bf16 (issue-bound). The
+//     NCHW design before (lanes on 32 pixels of a channel plane) left the sectors out: 20.7 sectors
+//     per neighbour load fp32, 15.3 bf16, 0.90 / 0.66 ms per pass, which bound it.
 //   3 GEMMs (output, grad columns, grad weight as per-image products summed in fp32): each
 //     max(F / rate, columns / HBM); rate = cuBLAS SGEMM at 70% of 67 TFLOP/s with TF32 off
 //     (PyTorch's default; with torch.backends.cuda.matmul.allow_tf32 = True cuBLAS runs TF32 on its
 //     own, ~300 TFLOP/s, and the fp32 C512 prediction drops to ~5.6 ms), bf16 at 60% of 989 TFLOP/s:
 //     C512 7.6 ms each fp32, 0.61 ms each bf16. The bias costs one broadcast write of the output
 //     (ATen's baddbmm copies C into the output, then the GEMM reads it with beta = 1).
-//   backward sampling: read E grad columns + input, 4*E fp32 atomics at ~2.5 T/s (an assumption:
-//     uncontended, mostly coalesced RED in L2), ~30 instructions per element: C512 0.94 ms fp32,
-//     0.75 ms bf16.
-//   small passes (zeroed fp32 grad_input, its cast, grad_bias): ~0.11-0.15 ms; launches, 3 us each:
-//     3 per forward chunk, 6 per backward chunk, 5 more (the 1 GiB column workspace gives C512
-//     2 + 3 chunks in fp32, 1 + 2 in bf16): 29 / 20 launches.
+//   backward sampling: HBM: read E grad columns + input, plus 4*E fp32 atomics at ~2.5 T/s (an
+//     assumption: uncontended RED in L2, 128 B contiguous per warp atomic): 0.94 ms fp32, 0.75 ms
+//     bf16. L1: per warp step 4 neighbour loads, 4 fp32 atomics of 128 B (4 sectors each) and the
+//     grad column load: 390 M sectors, 0.37 ms fp32; 282 M, 0.27 ms bf16. Issue: ~60 per step (loads,
+//     atomics, 3 sums' FMAs) = 0.62 ms, plus per sample the broadcast, warp_sums (8 shuffles) and
+//     lane 0's writes: ~0.66 ms. Per pass: 0.94 ms fp32, 0.75 ms bf16 (atomics and HBM); the NCHW
+//     design's loads and atomics at 20.7 sectors (15.3 for bf16 loads) were 1.76 / 1.52 ms of L1.
+//   small passes (zeroed fp32 grad_input, its conversion back to NCHW in the input dtype (the cast
+//     before), grad_bias): ~0.11-0.15 ms; the NHWC copy of the input, once per forward and once per
+//     backward (154 MB fp32 read + written: 0.075 ms each fp32, 0.038 bf16); the weight reordered
+//     tap-major per call (9.4 MB fp32 read + written, twice: 0.009 ms fp32, 0.005 bf16; its gradient's
+//     permute replaces the cast before). Launches, 3 us each: 3 per forward chunk, 6 per backward
+//     chunk, 9 more (the 1 GiB column workspace gives C512 2 + 3 chunks in fp32, 1 + 2 in bf16): 33 /
+//     24 launches (29 / 20 before).
+//   Total: the NCHW design's 24.691 ms fp32 (im2col and backward sampling as now, HBM- and
+//     atomic-bound) + NHWC copies 0.150 + weight reorder 0.009 + 4 launches 0.012 = 24.862 ms; bf16
+//     3.179 + 2 x (0.24 - 0.19) im2col issue + 0.075 + 0.005 + 0.012 = 3.371 ms. The NCHW design with
+//     its sectors counted: 24.691 + 2 x (0.90 - 0.38) + (1.76 - 0.94) = ~26.55 ms fp32, 3.179 + 2 x
+//     (0.66 - 0.19) + (1.52 - 0.75) = ~4.89 ms bf16.
 // C32, fused path (C = C_out = 32, R = 289 tile rows; 148 tiles per image, 1184 in all; per tile 576
 // samples, one offset group x 9 taps x 64 pixels), counted in clocks of one SM's L1/shared-memory data
 // path (128 B = 1 wavefront per clock, 4 sectors per clock for global loads and atomics, 1 warp
@@ -89,11 +116,11 @@
 //   Risks: the instruction counts are read off the PTX (no SASS here); the NHWC copies are ATen
 //   permute-copies, which may run well below HBM bandwidth (at half, +9 us fp32); the L2 traffic of
 //   the loads and atomics and the latency of the backward's 8 warps per SM are not modelled.
-// Bound: C512 fp32 by the SGEMMs (1.55x floor); C512 bf16 by the GEMMs at 60% of peak plus the column
-// passes and atomics, which the floor does not count (3.0x); C32 by the instruction issue of the
+// Bound: C512 fp32 by the SGEMMs (1.56x floor); C512 bf16 by the GEMMs at 60% of peak plus the column
+// passes and atomics, which the floor does not count (3.1x); C32 by the instruction issue of the
 // channel passes (per-sample work per warp) and the shared-memory products.
-// predicted H200 | deform_conv2d csfrnet-C512 fp32 B=8 97x97 fwd+bwd | 24.691 ms | fp32 SGEMM, TF32 off (floor 15.903 ms)
-// predicted H200 | deform_conv2d csfrnet-C512 bf16 B=8 97x97 fwd+bwd | 3.179 ms | bf16 GEMMs, column passes, atomics (floor 1.077 ms)
+// predicted H200 | deform_conv2d csfrnet-C512 fp32 B=8 97x97 fwd+bwd | 24.862 ms | fp32 SGEMM, TF32 off (floor 15.903 ms)
+// predicted H200 | deform_conv2d csfrnet-C512 bf16 B=8 97x97 fwd+bwd | 3.371 ms | bf16 GEMMs, column passes, atomics (floor 1.077 ms)
 // predicted H200 | deform_conv2d csfrnet-C32 fp32 B=8 97x97 fwd+bwd | 0.262 ms | channel-pass issue, shared-memory products (floor 0.062 ms)
 // predicted H200 | deform_conv2d csfrnet-C32 bf16 B=8 97x97 fwd+bwd | 0.255 ms | channel-pass issue, fp32 shared-memory products (floor 0.008 ms)
 #include "cuda/common.cuh"
@@ -106,7 +133,6 @@ namespace fastseg::cuda {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int64_t kMaxGridY = 65535;
 
 // One sample's neighbours: indices from the group's first channel (int32 in the fused path's
 // records: with the channel offset, within one NHWC image, H*W*C < 2^31), inside flags and bilinear
@@ -124,24 +150,17 @@ struct Sample {
   __device__ acc_t column_scale() const { return poisoned ? acc_t(NAN) : mask; }
 };
 
-// Row `row` of the samples of the chunk starting at image b0; rows are (local image, offset group,
-// tap), tap fastest.
+// A sample's image (b, and local_b within the generic path's chunk), offset group and tap.
 struct SampleRow {
   int64_t local_b, b, og, tap;
 };
 
-__device__ SampleRow sample_row(const DeformGeometry& g, int64_t b0, int64_t row) {
-  const int64_t taps = g.kh * g.kw, image_group = row / taps, local_b = image_group / g.offset_groups;
-  return {local_b, b0 + local_b, image_group - local_b * g.offset_groups, row - image_group * taps};
-}
-
 // The sample of row r at output pixel p = (ho, wo): computed once per (image, offset group, tap,
 // pixel) and reused for every channel of the offset group. Neighbour (yn, xn) is at index
-// (yn * W + xn) * pixel_stride of the group's first channel: pixel_stride 1 in NCHW planes, C in an
-// NHWC image.
+// (yn * W + xn) * C of the group's first channel in the NHWC image (both paths read channels-last).
 template <typename scalar_t, typename acc_t>
 __device__ Sample<acc_t> load_sample(const scalar_t* offset, const scalar_t* mask, const DeformGeometry& g,
-                                     const SampleRow& r, int64_t ho, int64_t wo, int64_t p, int64_t pixel_stride) {
+                                     const SampleRow& r, int64_t ho, int64_t wo, int64_t p) {
   const int64_t taps = g.kh * g.kw, pixels = g.out_h * g.out_w;
   const int64_t row = (r.b * g.offset_groups + r.og) * taps + r.tap;
   const int64_t i = r.tap / g.kw, j = r.tap - i * g.kw;
@@ -159,7 +178,7 @@ __device__ Sample<acc_t> load_sample(const scalar_t* offset, const scalar_t* mas
   for (int n = 0; n < 4; ++n) {
     const int64_t yn = y0 + (n >> 1), xn = x0 + (n & 1);
     s.inside[n] = s.any && yn >= 0 && yn < g.height && xn >= 0 && xn < g.width;
-    s.index[n] = s.inside[n] ? (yn * g.width + xn) * pixel_stride : 0;
+    s.index[n] = s.inside[n] ? (yn * g.width + xn) * g.channels : 0;
     const acc_t wy = (n >> 1) ? s.frac_y : acc_t(1) - s.frac_y;
     const acc_t wx = (n & 1) ? s.frac_x : acc_t(1) - s.frac_x;
     s.weight[n] = s.inside[n] ? wy * wx : acc_t(0);
@@ -167,29 +186,12 @@ __device__ Sample<acc_t> load_sample(const scalar_t* offset, const scalar_t* mas
   return s;
 }
 
-// Where the channel loop of a sample starts: the first channel of its offset group in the input
-// planes and in the columns (nb, C*taps, Ho*Wo); successive channels are `plane` and
-// `taps * pixels` further.
-struct GroupStart {
-  int64_t image, column;
-};
-
-__device__ GroupStart group_start(const DeformGeometry& g, const SampleRow& r, int64_t p) {
-  const int64_t taps = g.kh * g.kw, c0 = r.og * (g.channels / g.offset_groups);
-  return {(r.b * g.channels + c0) * g.height * g.width,
-          ((r.local_b * g.channels + c0) * taps + r.tap) * g.out_h * g.out_w + p};
-}
-
-// The channels of a sample's offset group that one thread handles: c = first, first + step, ...
-// below count, `stride` apart in the input: every channel with the plane as stride (NCHW, the
-// generic path), or a warp's lane, lane + 32, ... with stride 1 (NHWC, the fused path).
+// The channels of a run of a sample's offset group that one thread handles: c = first, first + step,
+// ... below count, `stride` apart in the input: a warp's lane, lane + 32, ... with stride 1 (NHWC,
+// both paths).
 struct ChannelRange {
   int64_t first, step, count, stride;
 };
-
-__device__ ChannelRange planar_channels(const DeformGeometry& g) {
-  return {0, 1, g.channels / g.offset_groups, g.height * g.width};
-}
 
 // The channel loop of one sample: column[c * column_stride] = mask * bilinear(image + c * stride) for
 // the channels c of `range` (`image` at the group's first channel; NaN when the position is
@@ -217,6 +219,23 @@ template <typename acc_t>
 struct SampleGrads {
   acc_t y, x, m;
 };
+
+// The totals over a warp's lanes of their partial sums, in lane 0, in a fixed order (deterministic),
+// 8 shuffles instead of 3 x 5: the xor-16 and xor-8 steps each halve the values a lane carries on
+// (the lane with the step's bit carries the upper half), leaving y in lanes 0-7, x in 8-15, m in
+// 16-23 (zero in 24-31); three more steps add within each 8 lanes, two more bring x and m to lane 0.
+template <typename acc_t>
+__device__ SampleGrads<acc_t> warp_sums(const SampleGrads<acc_t>& partial) {
+  constexpr unsigned kAll = 0xffffffffu;
+  const bool upper16 = threadIdx.x & 16, upper8 = threadIdx.x & 8;
+  const acc_t keep_a = upper16 ? partial.m : partial.y, keep_b = upper16 ? acc_t(0) : partial.x;
+  const acc_t send_a = upper16 ? partial.y : partial.m, send_b = upper16 ? partial.x : acc_t(0);
+  const acc_t a = keep_a + __shfl_xor_sync(kAll, send_a, 16), b = keep_b + __shfl_xor_sync(kAll, send_b, 16);
+  acc_t v = (upper8 ? b : a) + __shfl_xor_sync(kAll, upper8 ? a : b, 8);
+#pragma unroll
+  for (int lanes = 4; lanes > 0; lanes /= 2) v += __shfl_xor_sync(kAll, v, lanes);
+  return {v, __shfl_sync(kAll, v, 8), __shfl_sync(kAll, v, 16)};
+}
 
 // The backward of one sample over the channels of `range` given its grad column (grad_column[c *
 // column_stride]): grad_image[c] += bilinear weight * mask * grad (atomics, same indexing as image)
@@ -269,55 +288,142 @@ __device__ void write_sample_grads(const Sample<acc_t, index_t>& s, const Sample
   if (grad_mask) grad_mask[sample * pixels + p] = convert<scalar_t>(sums.m);
 }
 
-// Grid of the sample kernels: x over output pixels (one thread each), y over sample rows (strided
-// when there are more than 65535).
-dim3 sample_grid(const DeformGeometry& g, int64_t nb) {
-  const int64_t rows = nb * g.offset_groups * g.kh * g.kw;
-  return dim3(static_cast<unsigned>(ceil_div(g.out_h * g.out_w, kThreads)),
-              static_cast<unsigned>(std::min(rows, kMaxGridY)));
+// Samples of the generic path's chunk of nb images: one per (local image, output pixel, offset
+// group, tap), tap fastest, so that consecutive warps write consecutive column runs.
+__host__ __device__ inline int64_t chunk_samples(const DeformGeometry& g, int64_t nb) {
+  return nb * g.out_h * g.out_w * g.offset_groups * g.kh * g.kw;
 }
 
-// Thread (pixel p, rows blockIdx.y + k * gridDim.y): the columns of every channel of the sample's
-// offset group, channel-strided writes (coalesced over p).
-template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads)
-    im2col_kernel(const scalar_t* __restrict__ input, const scalar_t* __restrict__ offset,
-                  const scalar_t* __restrict__ mask, DeformGeometry g, int64_t b0, int64_t nb,
-                  scalar_t* __restrict__ columns) {
-  const int64_t pixels = g.out_h * g.out_w, p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (p >= pixels) return;
-  const int64_t ho = p / g.out_w, wo = p - ho * g.out_w;
-  const int64_t column_stride = g.kh * g.kw * pixels, rows = nb * g.offset_groups * g.kh * g.kw;
-  for (int64_t row = blockIdx.y; row < rows; row += gridDim.y) {
-    const SampleRow r = sample_row(g, b0, row);
-    const Sample<acc_t> s = load_sample<scalar_t, acc_t>(offset, mask, g, r, ho, wo, p, 1);
-    const GroupStart start = group_start(g, r, p);
-    sample_columns(s, planar_channels(g), input + start.image, columns + start.column, column_stride);
+// The sample `item` of the chunk starting at image b0, and its output pixel p.
+struct ChunkSample {
+  SampleRow r;
+  int64_t p;
+};
+
+__device__ ChunkSample chunk_sample(const DeformGeometry& g, int64_t b0, int64_t item) {
+  const int64_t taps = g.kh * g.kw, pixels = g.out_h * g.out_w, per_pixel = g.offset_groups * taps;
+  const int64_t image_pixel = item / per_pixel, og_tap = item - image_pixel * per_pixel;
+  const int64_t local_b = image_pixel / pixels, og = og_tap / taps;
+  return {SampleRow{local_b, b0 + local_b, og, og_tap - og * taps}, image_pixel - local_b * pixels};
+}
+
+// Lane `source`'s sample and pixel in every lane of the warp: 16 shuffles of 32 bits (index,
+// weights, fractions, mask, flags) and 5 of 64 (row, pixel) per sample (fp32).
+template <typename acc_t>
+__device__ Sample<acc_t> shuffle_sample(const Sample<acc_t>& s, int source) {
+  constexpr unsigned kAll = 0xffffffffu;
+  int flags = int(s.any) | int(s.poisoned) << 1;
+#pragma unroll
+  for (int n = 0; n < 4; ++n) flags |= int(s.inside[n]) << (2 + n);
+  flags = __shfl_sync(kAll, flags, source);
+  Sample<acc_t> out;
+#pragma unroll
+  for (int n = 0; n < 4; ++n) {
+    out.index[n] = __shfl_sync(kAll, s.index[n], source);
+    out.weight[n] = __shfl_sync(kAll, s.weight[n], source);
+    out.inside[n] = (flags >> (2 + n)) & 1;
+  }
+  out.frac_y = __shfl_sync(kAll, s.frac_y, source);
+  out.frac_x = __shfl_sync(kAll, s.frac_x, source);
+  out.mask = __shfl_sync(kAll, s.mask, source);
+  out.any = flags & 1;
+  out.poisoned = (flags >> 1) & 1;
+  return out;
+}
+
+__device__ ChunkSample shuffle_chunk_sample(const ChunkSample& cs, int source) {
+  constexpr unsigned kAll = 0xffffffffu;
+  const int64_t local_b = __shfl_sync(kAll, cs.r.local_b, source);
+  return {SampleRow{local_b, __shfl_sync(kAll, cs.r.b, source), __shfl_sync(kAll, cs.r.og, source),
+                    __shfl_sync(kAll, cs.r.tap, source)},
+          __shfl_sync(kAll, cs.p, source)};
+}
+
+// The generic path's warp-per-sample loop: warp w of the grid takes the samples [32 w, 32 w + 32),
+// then 32 (w + warps), ...; each lane computes one of them (load_sample, its integer divisions
+// paid once per sample, not once per lane), then the warp runs body(sample, row, pixel) on each in
+// turn, broadcast by shuffles (warp-uniform, so that warp_sums may shuffle too).
+template <typename scalar_t, typename acc_t, typename Body>
+__device__ void for_chunk_samples(const scalar_t* offset, const scalar_t* mask, const DeformGeometry& g, int64_t b0,
+                                  int64_t nb, Body body) {
+  const int lane = threadIdx.x % 32;
+  const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32), samples = chunk_samples(g, nb);
+  for (int64_t first = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32 * 32; first < samples;
+       first += warps * 32) {
+    ChunkSample mine{};
+    Sample<acc_t> sample{};
+    if (first + lane < samples) {
+      mine = chunk_sample(g, b0, first + lane);
+      const int64_t ho = mine.p / g.out_w, wo = mine.p - ho * g.out_w;
+      sample = load_sample<scalar_t, acc_t>(offset, mask, g, mine.r, ho, wo, mine.p);
+    }
+    const int count = static_cast<int>(std::min<int64_t>(samples - first, 32));
+    for (int source = 0; source < count; ++source) {
+      const ChunkSample cs = shuffle_chunk_sample(mine, source);
+      body(shuffle_sample(sample, source), cs.r, cs.p);
+    }
   }
 }
 
-// Thread (pixel p, sample rows as in im2col_kernel): one pass over the channels of the sample's offset
-// group reads each grad column once, scatters it to grad_input (atomics) and sums the offset and mask
-// gradients, which the thread then writes (no atomics).
+// The channels of a sample's offset group split into runs at the group boundaries (each group's
+// columns are its own GEMM operand), a warp's lanes on the channels of each run: body(first channel
+// of the run, the lane's channels of it, the run's column offset). Columns (nb, groups, P, taps,
+// C/groups): row k = tap * C/groups + c of a pixel (k-major per pixel, contiguous over channels).
+template <typename Body>
+__device__ void for_group_runs(const DeformGeometry& g, int64_t groups, const SampleRow& r, int64_t p, Body body) {
+  const int64_t taps = g.kh * g.kw, pixels = g.out_h * g.out_w, group_channels = g.channels / groups;
+  const int64_t og_channels = g.channels / g.offset_groups, end = (r.og + 1) * og_channels;
+  for (int64_t c = r.og * og_channels; c < end;) {
+    const int64_t group = c / group_channels, run_end = std::min<int64_t>(end, (group + 1) * group_channels);
+    const int64_t column =
+        (((r.local_b * groups + group) * pixels + p) * taps + r.tap) * group_channels + (c - group * group_channels);
+    body(c, ChannelRange{threadIdx.x % 32, 32, run_end - c, 1}, column);
+    c = run_end;
+  }
+}
+
+// Warp per sample: the columns of every channel of the sample's offset group, lanes on channels
+// (contiguous NHWC neighbour loads and column stores).
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    im2col_kernel(const scalar_t* __restrict__ input, const scalar_t* __restrict__ offset,
+                  const scalar_t* __restrict__ mask, DeformGeometry g, int64_t groups, int64_t b0, int64_t nb,
+                  scalar_t* __restrict__ columns) {
+  for_chunk_samples<scalar_t, acc_t>(offset, mask, g, b0, nb, [&](const Sample<acc_t>& s, const SampleRow& r, int64_t p) {
+    const scalar_t* image = input + r.b * g.height * g.width * g.channels;
+    for_group_runs(g, groups, r, p, [&](int64_t c, const ChannelRange& range, int64_t column) {
+      sample_columns(s, range, image + c, columns + column, 1);
+    });
+  });
+}
+
+// Warp per sample: one pass over the channels of its offset group reads each grad column once,
+// scatters it to the NHWC grad_input (atomics, contiguous over the lanes) and sums the offset and
+// mask gradients, reduced over the lanes (warp_sums) and written by lane 0 (no atomics).
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
     columns_backward_kernel(const scalar_t* __restrict__ input, const scalar_t* __restrict__ grad_columns,
                             const scalar_t* __restrict__ offset, const scalar_t* __restrict__ mask, DeformGeometry g,
-                            int64_t b0, int64_t nb, acc_t* __restrict__ grad_input, scalar_t* __restrict__ grad_offset,
-                            scalar_t* __restrict__ grad_mask) {
-  const int64_t pixels = g.out_h * g.out_w, p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (p >= pixels) return;
-  const int64_t ho = p / g.out_w, wo = p - ho * g.out_w;
-  const int64_t column_stride = g.kh * g.kw * pixels, rows = nb * g.offset_groups * g.kh * g.kw;
-  for (int64_t row = blockIdx.y; row < rows; row += gridDim.y) {
-    const SampleRow r = sample_row(g, b0, row);
-    const Sample<acc_t> s = load_sample<scalar_t, acc_t>(offset, mask, g, r, ho, wo, p, 1);
-    const GroupStart start = group_start(g, r, p);
-    const SampleGrads<acc_t> sums = sample_backward(s, planar_channels(g), input + start.image,
-                                                    grad_input + start.image, grad_columns + start.column,
-                                                    column_stride);
-    write_sample_grads(s, sums, g, r, p, grad_offset, grad_mask);
-  }
+                            int64_t groups, int64_t b0, int64_t nb, acc_t* __restrict__ grad_input,
+                            scalar_t* __restrict__ grad_offset, scalar_t* __restrict__ grad_mask) {
+  for_chunk_samples<scalar_t, acc_t>(offset, mask, g, b0, nb, [&](const Sample<acc_t>& s, const SampleRow& r, int64_t p) {
+    const int64_t image_start = r.b * g.height * g.width * g.channels;
+    SampleGrads<acc_t> partial{acc_t(0), acc_t(0), acc_t(0)};
+    for_group_runs(g, groups, r, p, [&](int64_t c, const ChannelRange& range, int64_t column) {
+      const SampleGrads<acc_t> run = sample_backward(s, range, input + image_start + c, grad_input + image_start + c,
+                                                     grad_columns + column, 1);
+      partial.y += run.y;
+      partial.x += run.x;
+      partial.m += run.m;
+    });
+    const SampleGrads<acc_t> total = warp_sums(partial);
+    if (threadIdx.x % 32 == 0) write_sample_grads(s, total, g, r, p, grad_offset, grad_mask);
+  });
+}
+
+// Blocks of the generic sample kernels: 32 samples per warp, at most 2^31 - 1 blocks (grid-stride).
+unsigned chunk_blocks(const DeformGeometry& g, int64_t nb) {
+  return static_cast<unsigned>(std::min<int64_t>(ceil_div(chunk_samples(g, nb), kThreads), INT32_MAX));
 }
 
 // Fused small-channel path (groups == 1): a block owns a tile of kTile output pixels of one image and
@@ -452,8 +558,7 @@ __device__ void record_samples(const scalar_t* offset, const scalar_t* mask, con
     const int t = item % kTile, og_tap = item / kTile, og = og_tap / taps, tap = og_tap - og * taps;
     if (t >= valid) continue;
     const int64_t p = p0 + t, ho = p / g.out_w, wo = p - ho * g.out_w;
-    const Sample<acc_t> s = load_sample<scalar_t, acc_t>(offset, mask, g, SampleRow{0, b, og, tap}, ho, wo, p,
-                                                         g.channels);
+    const Sample<acc_t> s = load_sample<scalar_t, acc_t>(offset, mask, g, SampleRow{0, b, og, tap}, ho, wo, p);
     acc_t* record = records + int64_t(item) * kRecord;
     Quad<int> index;
     Quad<acc_t> weight;
@@ -504,23 +609,6 @@ __device__ void for_warp_samples(const DeformGeometry& g, int valid, const acc_t
       body(records + (int64_t(og_tap) * kTile + t) * kRecord, t, og, tap, range);
     }
   }
-}
-
-// The totals over a warp's lanes of their partial sums, in lane 0, in a fixed order (deterministic),
-// 8 shuffles instead of 3 x 5: the xor-16 and xor-8 steps each halve the values a lane carries on
-// (the lane with the step's bit carries the upper half), leaving y in lanes 0-7, x in 8-15, m in
-// 16-23 (zero in 24-31); three more steps add within each 8 lanes, two more bring x and m to lane 0.
-template <typename acc_t>
-__device__ SampleGrads<acc_t> warp_sums(const SampleGrads<acc_t>& partial) {
-  constexpr unsigned kAll = 0xffffffffu;
-  const bool upper16 = threadIdx.x & 16, upper8 = threadIdx.x & 8;
-  const acc_t keep_a = upper16 ? partial.m : partial.y, keep_b = upper16 ? acc_t(0) : partial.x;
-  const acc_t send_a = upper16 ? partial.y : partial.m, send_b = upper16 ? partial.x : acc_t(0);
-  const acc_t a = keep_a + __shfl_xor_sync(kAll, send_a, 16), b = keep_b + __shfl_xor_sync(kAll, send_b, 16);
-  acc_t v = (upper8 ? b : a) + __shfl_xor_sync(kAll, upper8 ? a : b, 8);
-#pragma unroll
-  for (int lanes = 4; lanes > 0; lanes /= 2) v += __shfl_xor_sync(kAll, v, lanes);
-  return {v, __shfl_sync(kAll, v, 8), __shfl_sync(kAll, v, 16)};
 }
 
 // Block per tile (image blockIdx.x / tiles, tile blockIdx.x % tiles): the sample pass, the channel
@@ -652,29 +740,26 @@ cudaError_t allow_shared(Kernel kernel, size_t bytes) {
   return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
 }
 
-bool no_samples(const DeformGeometry& g, int64_t nb) {
-  return nb * g.offset_groups * g.kh * g.kw * g.out_h * g.out_w == 0;
-}
-
 }  // namespace
 
 template <typename scalar_t>
 cudaError_t deform_im2col(const scalar_t* input, const scalar_t* offset, const scalar_t* mask,
-                          const DeformGeometry& g, int64_t b0, int64_t nb, scalar_t* columns, cudaStream_t stream) {
-  if (no_samples(g, nb)) return cudaSuccess;
-  launch(im2col_kernel<scalar_t, acc_type<scalar_t>>, sample_grid(g, nb), kThreads, 0, stream, input, offset, mask, g,
-         b0, nb, columns);
+                          const DeformGeometry& g, int64_t groups, int64_t b0, int64_t nb, scalar_t* columns,
+                          cudaStream_t stream) {
+  if (chunk_samples(g, nb) == 0) return cudaSuccess;
+  launch(im2col_kernel<scalar_t, acc_type<scalar_t>>, chunk_blocks(g, nb), kThreads, 0, stream, input, offset, mask, g,
+         groups, b0, nb, columns);
   return cudaGetLastError();
 }
 
 template <typename scalar_t, typename acc_t>
 cudaError_t deform_columns_backward(const scalar_t* input, const scalar_t* grad_columns, const scalar_t* offset,
-                                    const scalar_t* mask, const DeformGeometry& g, int64_t b0, int64_t nb,
-                                    acc_t* grad_input, scalar_t* grad_offset, scalar_t* grad_mask,
+                                    const scalar_t* mask, const DeformGeometry& g, int64_t groups, int64_t b0,
+                                    int64_t nb, acc_t* grad_input, scalar_t* grad_offset, scalar_t* grad_mask,
                                     cudaStream_t stream) {
-  if (no_samples(g, nb)) return cudaSuccess;
-  launch(columns_backward_kernel<scalar_t, acc_t>, sample_grid(g, nb), kThreads, 0, stream, input, grad_columns,
-         offset, mask, g, b0, nb, grad_input, grad_offset, grad_mask);
+  if (chunk_samples(g, nb) == 0) return cudaSuccess;
+  launch(columns_backward_kernel<scalar_t, acc_t>, chunk_blocks(g, nb), kThreads, 0, stream, input, grad_columns,
+         offset, mask, g, groups, b0, nb, grad_input, grad_offset, grad_mask);
   return cudaGetLastError();
 }
 
@@ -735,10 +820,10 @@ cudaError_t deform_fused_backward(const scalar_t* grad_output, const scalar_t* i
 }
 
 #define FASTSEG_INSTANTIATE(T)                                                                                    \
-  template cudaError_t deform_im2col<T>(const T*, const T*, const T*, const DeformGeometry&, int64_t, int64_t, T*,  \
-                                        cudaStream_t);                                                            \
+  template cudaError_t deform_im2col<T>(const T*, const T*, const T*, const DeformGeometry&, int64_t, int64_t,       \
+                                        int64_t, T*, cudaStream_t);                                               \
   template cudaError_t deform_columns_backward<T, acc_type<T>>(const T*, const T*, const T*, const T*,             \
-                                                               const DeformGeometry&, int64_t, int64_t,           \
+                                                               const DeformGeometry&, int64_t, int64_t, int64_t,  \
                                                                acc_type<T>*, T*, T*, cudaStream_t);           \
   template cudaError_t deform_fused_forward<T>(const T*, const T*, const T*, const T*, const T*,                  \
                                                const DeformGeometry&, int64_t, T*, cudaStream_t);                 \

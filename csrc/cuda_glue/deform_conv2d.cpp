@@ -1,14 +1,19 @@
-// CUDA registration of deform_conv2d (CSFRNet Eq. 6). Small channel counts with groups == 1 take the
-// fused path of csrc/cuda/deform_conv2d.cu when its shared memory fits (cuda::deform_fused_plan):
-// one launch forward, one plus a reduction backward, no columns in HBM; its kernels read the input
-// channels-last (one transposing copy per call) and the backward scatters into a channels-last acc_t
-// grad_input, copied back to NCHW in the input dtype (one pass). Otherwise (generic path)
-// the batch is processed in chunks whose sampled columns fit a workspace budget; sampling (im2col,
-// and one backward pass for the input, offset and mask gradients) runs in csrc/cuda/deform_conv2d.cu,
-// the GEMMs in cuBLAS through ATen's bmm/baddbmm (fp32 accumulation; tensor cores for fp16/bf16, TF32
-// when torch.backends.cuda.matmul.allow_tf32 allows it). The forward GEMM writes straight into the
-// output with the bias as its C operand (beta = 1), the weight broadcast over the chunk's images by a
-// stride-0 view (no copies); the column buffers, in the input dtype, are allocated once per call.
+// CUDA registration of deform_conv2d (CSFRNet Eq. 6). Both paths read the input channels-last (one
+// transposing copy per call, none when the caller's tensor is channels_last) and the backward scatters
+// into a channels-last acc_t grad_input, copied back to NCHW in the input dtype (one pass). Small
+// channel counts with groups == 1 take the fused path of csrc/cuda/deform_conv2d.cu when its shared
+// memory fits (cuda::deform_fused_plan): one launch forward, one plus a reduction backward, no columns
+// in HBM. Otherwise (generic path) the batch is processed in chunks whose sampled columns fit a
+// workspace budget; sampling (im2col, and one backward pass for the input, offset and mask gradients)
+// runs in csrc/cuda/deform_conv2d.cu, the GEMMs in cuBLAS through ATen's bmm/baddbmm (fp32
+// accumulation; tensor cores for fp16/bf16, TF32 when torch.backends.cuda.matmul.allow_tf32 allows
+// it). Columns are pixel-major, (nb, groups, P, taps * C/groups) with k = tap * C/groups + c, so that
+// the sampling warps' channel lanes write and read them contiguously; the GEMMs take them as
+// transposed views (cuBLAS's transpose flags, no copies) and the weight reordered to (groups,
+// C_out/groups, taps, C/groups) (a small copy per call; its gradient permuted back). The forward GEMM
+// writes straight into the output with the bias as its C operand (beta = 1), the weight broadcast
+// over the chunk's images by a stride-0 view; the column buffers, in the input dtype, are allocated
+// once per call.
 // On both paths the input gradient is scattered with atomics, so the backward raises under
 // torch.use_deterministic_algorithms(True) (a warning with warn_only=True).
 #include <ATen/Context.h>
@@ -23,6 +28,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <optional>
 
 #include "checks/deform_conv2d.h"
@@ -36,6 +42,13 @@ namespace {
 // Bytes of columns (forward) or columns + their gradient (backward) materialised at once.
 constexpr int64_t kWorkspaceBudget = int64_t(1) << 30;
 
+// The budget; FASTSEG_DEFORM_CONV2D_WORKSPACE_BYTES overrides it (a seam for the tests, which force
+// several chunks on small shapes).
+int64_t workspace_budget() {
+  const char* bytes = std::getenv("FASTSEG_DEFORM_CONV2D_WORKSPACE_BYTES");
+  return bytes != nullptr ? std::max<int64_t>(std::atoll(bytes), 1) : kWorkspaceBudget;
+}
+
 // The kernels' copy of the checked shape.
 cuda::DeformGeometry cuda_geometry(const checks::DeformConvShape& s) {
   return {s.batch, s.channels, s.height, s.width, s.offset_groups, s.kh, s.kw, s.out_h, s.out_w,
@@ -44,7 +57,7 @@ cuda::DeformGeometry cuda_geometry(const checks::DeformConvShape& s) {
 
 int64_t chunk_size(const checks::DeformConvShape& s, int64_t bytes_per_element) {
   const int64_t per_image = std::max<int64_t>(s.channels * s.taps * s.pixels * bytes_per_element, 1);
-  return std::clamp<int64_t>(kWorkspaceBudget / per_image, 1, std::max<int64_t>(s.batch, 1));
+  return std::clamp<int64_t>(workspace_budget() / per_image, 1, std::max<int64_t>(s.batch, 1));
 }
 
 cuda::DeformFusedPlan fused_plan(const checks::DeformConvShape& s, const cuda::DeformGeometry& g,
@@ -55,8 +68,25 @@ cuda::DeformFusedPlan fused_plan(const checks::DeformConvShape& s, const cuda::D
   return plan;
 }
 
-// The fused path's channels-last (B, H, W, C) copy of an input: one pass.
+// The channels-last (B, H, W, C) copy of an input: one pass (none when it is channels_last already).
 at::Tensor channels_last(const at::Tensor& input) { return input.permute({0, 2, 3, 1}).contiguous(); }
+
+// The input gradient from its channels-last acc_t sums: one pass back to NCHW in the input dtype.
+at::Tensor from_channels_last(const at::Tensor& grad_input_nhwc, const at::Tensor& input) {
+  at::Tensor grad_input = at::empty(input.sizes(), input.options());
+  grad_input.copy_(grad_input_nhwc.permute({0, 3, 1, 2}));
+  return grad_input;
+}
+
+// The generic path's kernels (groups, C_out/groups, taps * C/groups), k = tap * C/groups + c like the
+// columns: the weight (C_out, C/groups, kh, kw) reordered (one small copy).
+at::Tensor tap_major_kernels(const at::Tensor& weight, const checks::DeformConvShape& s) {
+  const int64_t group_channels = s.channels / s.groups;
+  return weight.view({s.groups, s.out_channels / s.groups, group_channels, s.taps})
+      .permute({0, 1, 3, 2})
+      .contiguous()
+      .view({s.groups, s.out_channels / s.groups, s.taps * group_channels});
+}
 
 std::optional<at::Tensor> contiguous(const std::optional<at::Tensor>& tensor) {
   return tensor.has_value() ? std::optional<at::Tensor>(tensor->contiguous()) : std::nullopt;
@@ -88,15 +118,15 @@ at::Tensor deform_conv2d_cuda(const at::Tensor& input_, const at::Tensor& offset
   checks::deform_conv2d_bias(bias, s);
   const cuda::DeformGeometry g = cuda_geometry(s);
   const DeviceGuard guard(input_.device());
-  const at::Tensor input = input_.contiguous(), offset = offset_.contiguous(), weight = weight_.contiguous();
+  const at::Tensor offset = offset_.contiguous(), weight = weight_.contiguous();
   const std::optional<at::Tensor> mask = contiguous(mask_);
   const int64_t group_rows = s.channels / s.groups * s.taps, group_out = s.out_channels / s.groups;
-  at::Tensor output = at::empty({s.batch, s.out_channels, s.out_h, s.out_w}, input.options());
+  at::Tensor output = at::empty({s.batch, s.out_channels, s.out_h, s.out_w}, input_.options());
   const cudaStream_t stream = current_stream();
-  if (fused_plan(s, g, input).forward) {
+  const at::Tensor input_nhwc = channels_last(input_);
+  if (fused_plan(s, g, input_).forward) {
     const std::optional<at::Tensor> bias_ = contiguous(bias);
-    const at::Tensor input_nhwc = channels_last(input_);
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "deform_conv2d_cuda", [&] {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input_.scalar_type(), "deform_conv2d_cuda", [&] {
       check_cuda(cuda::deform_fused_forward(cuda_ptr<scalar_t>(input_nhwc), cuda_ptr<scalar_t>(offset),
                                             optional_ptr<scalar_t>(mask), cuda_ptr<scalar_t>(weight),
                                             optional_ptr<scalar_t>(bias_), g, s.out_channels,
@@ -105,21 +135,23 @@ at::Tensor deform_conv2d_cuda(const at::Tensor& input_, const at::Tensor& offset
     });
     return output;
   }
-  const at::Tensor kernels = weight.view({s.groups, group_out, group_rows});
-  const int64_t chunk = chunk_size(s, input.element_size());
-  at::Tensor column_buffer = at::empty({chunk, s.groups, group_rows, s.pixels}, input.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "deform_conv2d_cuda", [&] {
+  const at::Tensor kernels = tap_major_kernels(weight, s);
+  const int64_t chunk = chunk_size(s, input_.element_size());
+  at::Tensor column_buffer = at::empty({chunk, s.groups, s.pixels, group_rows}, input_.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input_.scalar_type(), "deform_conv2d_cuda", [&] {
     for (int64_t b0 = 0; b0 < s.batch; b0 += chunk) {
       const int64_t nb = std::min(chunk, s.batch - b0);
       at::Tensor columns = column_buffer.narrow(0, 0, nb);
-      check_cuda(cuda::deform_im2col(cuda_ptr<scalar_t>(input), cuda_ptr<scalar_t>(offset), optional_ptr<scalar_t>(mask),
-                                     g, b0, nb, cuda_mutable_ptr<scalar_t>(columns), stream),
+      check_cuda(cuda::deform_im2col(cuda_ptr<scalar_t>(input_nhwc), cuda_ptr<scalar_t>(offset),
+                                     optional_ptr<scalar_t>(mask), g, s.groups, b0, nb,
+                                     cuda_mutable_ptr<scalar_t>(columns), stream),
                  "deform_conv2d im2col");
       const at::Tensor out = output.narrow(0, b0, nb).view({nb, s.groups, group_out, s.pixels});
       for (int64_t group = 0; group < s.groups; ++group) {
         const std::optional<at::Tensor> group_bias =
             bias.has_value() ? std::optional<at::Tensor>(bias->narrow(0, group * group_out, group_out)) : std::nullopt;
-        batched_product(out.select(1, group), kernels[group], columns.select(1, group), group_bias);
+        // (K, P) operand: a transposed view of the group's (nb, P, K) columns.
+        batched_product(out.select(1, group), kernels[group], columns.select(1, group).transpose(1, 2), group_bias);
       }
     }
   });
@@ -137,23 +169,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_co
       "fastseg deform_conv2d_backward on CUDA (grad_input is scattered with atomicAdd); use backend='cpu' or "
       "backend='reference' for a deterministic backward");
   const DeviceGuard guard(input_.device());
-  const at::Tensor input = input_.contiguous(), offset = offset_.contiguous(), weight = weight_.contiguous();
+  const at::Tensor offset = offset_.contiguous(), weight = weight_.contiguous();
   const at::Tensor grad_output = grad_output_.contiguous();
   const std::optional<at::Tensor> mask = contiguous(mask_);
   const int64_t group_rows = s.channels / s.groups * s.taps, group_out = s.out_channels / s.groups;
-  const at::ScalarType acc_type = at::toOpMathType(input.scalar_type());
+  const at::ScalarType acc_type = at::toOpMathType(input_.scalar_type());
   at::Tensor grad_offset = at::empty_like(offset);
-  at::Tensor grad_mask = mask.has_value() ? at::empty_like(*mask) : at::empty({0}, input.options());
+  at::Tensor grad_mask = mask.has_value() ? at::empty_like(*mask) : at::empty({0}, input_.options());
   const cudaStream_t stream = current_stream();
-  const cuda::DeformFusedPlan plan = fused_plan(s, g, input);
+  const at::Tensor input_nhwc = channels_last(input_);
+  at::Tensor grad_input_nhwc = at::zeros({s.batch, s.height, s.width, s.channels}, input_.options().dtype(acc_type));
+  const cuda::DeformFusedPlan plan = fused_plan(s, g, input_);
   if (plan.backward) {
-    const at::Tensor input_nhwc = channels_last(input_);
-    at::Tensor grad_input_nhwc =
-        at::zeros({s.batch, s.height, s.width, s.channels}, input.options().dtype(acc_type));
-    at::Tensor partials = at::empty({plan.partial_elements}, input.options().dtype(acc_type));
+    at::Tensor partials = at::empty({plan.partial_elements}, input_.options().dtype(acc_type));
     at::Tensor grad_weight = at::empty_like(weight);
-    at::Tensor grad_bias = at::empty({s.out_channels}, input.options());
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "deform_conv2d_backward_cuda", [&] {
+    at::Tensor grad_bias = at::empty({s.out_channels}, input_.options());
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input_.scalar_type(), "deform_conv2d_backward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       check_cuda(cuda::deform_fused_backward(
                      cuda_ptr<scalar_t>(grad_output), cuda_ptr<scalar_t>(input_nhwc), cuda_ptr<scalar_t>(offset),
@@ -163,43 +194,45 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_co
                      cuda_mutable_ptr<scalar_t>(grad_weight), cuda_mutable_ptr<scalar_t>(grad_bias), stream),
                  "deform_conv2d fused backward");
     });
-    // One pass back to NCHW in the input dtype.
-    at::Tensor grad_input = at::empty(input.sizes(), input.options());
-    grad_input.copy_(grad_input_nhwc.permute({0, 3, 1, 2}));
-    return {grad_input, grad_offset, grad_weight, grad_mask, grad_bias};
+    return {from_channels_last(grad_input_nhwc, input_), grad_offset, grad_weight, grad_mask, grad_bias};
   }
-  at::Tensor grad_input_acc = at::zeros(input.sizes(), input.options().dtype(acc_type));
-  at::Tensor grad_kernels = at::zeros({s.groups, group_out, group_rows}, input.options().dtype(acc_type));
-  const at::Tensor kernels = weight.view({s.groups, group_out, group_rows});
-  const int64_t chunk = chunk_size(s, 2 * input.element_size());
-  at::Tensor column_buffer = at::empty({chunk, s.groups, group_rows, s.pixels}, input.options());
+  at::Tensor grad_kernels = at::zeros({s.groups, group_out, group_rows}, input_.options().dtype(acc_type));
+  const at::Tensor kernels = tap_major_kernels(weight, s);
+  const int64_t chunk = chunk_size(s, 2 * input_.element_size());
+  at::Tensor column_buffer = at::empty({chunk, s.groups, s.pixels, group_rows}, input_.options());
   at::Tensor grad_column_buffer = at::empty_like(column_buffer);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "deform_conv2d_backward_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input_.scalar_type(), "deform_conv2d_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     for (int64_t b0 = 0; b0 < s.batch; b0 += chunk) {
       const int64_t nb = std::min(chunk, s.batch - b0);
       at::Tensor columns = column_buffer.narrow(0, 0, nb);
       at::Tensor grad_columns = grad_column_buffer.narrow(0, 0, nb);
-      check_cuda(cuda::deform_im2col(cuda_ptr<scalar_t>(input), cuda_ptr<scalar_t>(offset), optional_ptr<scalar_t>(mask),
-                                     g, b0, nb, cuda_mutable_ptr<scalar_t>(columns), stream),
+      check_cuda(cuda::deform_im2col(cuda_ptr<scalar_t>(input_nhwc), cuda_ptr<scalar_t>(offset),
+                                     optional_ptr<scalar_t>(mask), g, s.groups, b0, nb,
+                                     cuda_mutable_ptr<scalar_t>(columns), stream),
                  "deform_conv2d im2col");
       const at::Tensor grad_out = grad_output.narrow(0, b0, nb).view({nb, s.groups, group_out, s.pixels});
-      grad_kernels.add_(at::matmul(grad_out, columns.transpose(2, 3)).sum(0, false, acc_type));
+      // (group_out, P) x (P, K) per image and group: the columns as they lie.
+      grad_kernels.add_(at::matmul(grad_out, columns).sum(0, false, acc_type));
       for (int64_t group = 0; group < s.groups; ++group) {
-        batched_product(grad_columns.select(1, group), kernels[group].t(), grad_out.select(1, group), std::nullopt);
+        // grad columns (P, K) = grad_out^T kernels, written as their transpose (K, P) = kernels^T grad_out.
+        batched_product(grad_columns.select(1, group).transpose(1, 2), kernels[group].t(), grad_out.select(1, group),
+                        std::nullopt);
       }
       check_cuda(cuda::deform_columns_backward(
-                     cuda_ptr<scalar_t>(input), cuda_ptr<scalar_t>(grad_columns), cuda_ptr<scalar_t>(offset),
-                     optional_ptr<scalar_t>(mask), g, b0, nb, grad_input_acc.data_ptr<acc_t>(),
+                     cuda_ptr<scalar_t>(input_nhwc), cuda_ptr<scalar_t>(grad_columns), cuda_ptr<scalar_t>(offset),
+                     optional_ptr<scalar_t>(mask), g, s.groups, b0, nb, grad_input_nhwc.data_ptr<acc_t>(),
                      cuda_mutable_ptr<scalar_t>(grad_offset),
                      mask.has_value() ? cuda_mutable_ptr<scalar_t>(grad_mask) : nullptr, stream),
                  "deform_conv2d columns backward");
     }
   });
-  at::Tensor grad_input = grad_input_acc.to(input.scalar_type());
-  at::Tensor grad_weight = grad_kernels.to(input.scalar_type()).view(weight.sizes());
-  at::Tensor grad_bias = grad_output.sum({0, 2, 3}, false, acc_type).to(input.scalar_type());
-  return {grad_input, grad_offset, grad_weight, grad_mask, grad_bias};
+  // grad weight (groups, C_out/groups, C/groups, taps) from the tap-major sums: one pass.
+  at::Tensor grad_weight = at::empty_like(weight);
+  grad_weight.view({s.groups, group_out, s.channels / s.groups, s.taps})
+      .copy_(grad_kernels.view({s.groups, group_out, s.taps, s.channels / s.groups}).permute({0, 1, 3, 2}));
+  at::Tensor grad_bias = grad_output.sum({0, 2, 3}, false, acc_type).to(input_.scalar_type());
+  return {from_channels_last(grad_input_nhwc, input_), grad_offset, grad_weight, grad_mask, grad_bias};
 }
 
 }  // namespace

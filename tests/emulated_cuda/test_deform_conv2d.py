@@ -1,8 +1,9 @@
 """deform_conv2d's CUDA kernels and glue on the emulated-CUDA layer: the fused small-channel path
 (groups == 1, shared memory fits: one-launch forward, one-launch backward plus the grad weight
-reduction) and the generic path (im2col; one backward pass for grad_input with atomic adds and the
-offset and mask gradients, each sample computed once per offset group; GEMMs into the output, bias as
-the GEMM's C operand)."""
+reduction) and the generic path (channels-last im2col into pixel-major columns, a warp's lanes on the channels of
+a sample, runs split at group boundaries; one backward pass for grad_input with atomic adds and the
+offset and mask gradients, each sample computed once per offset group; GEMMs on transposed views of
+the columns into the output, bias as the GEMM's C operand; the batch in chunks by workspace budget)."""
 from __future__ import annotations
 
 import math
@@ -42,6 +43,12 @@ CASES = {
     "groups2-offset-groups4": (2, 8, (5, 6), 4, (3, 3), 1, 1, 1, 2, 4, True),
     "groups4-offset-groups1": (3, 8, (6, 5), 8, (3, 3), 1, 1, 1, 4, 1, False),
     "large-channels": (2, 96, (4, 3), 8, (3, 3), 1, 1, 1, 1, 1, True),
+    # generic path, a warp's lanes on the channels of a sample's offset group, split at the group
+    # boundaries: 72 channels (lanes loop 32 + 32 + 8); groups of 40 (32 + 8); groups of 36 with offset
+    # groups of 24, so that offset group 1 spans two groups (runs of 12 and 12)
+    "large-channels-72": (2, 72, (4, 5), 6, (3, 3), 1, 1, 1, 1, 1, True),
+    "groups2-channels40-offset-groups2": (2, 80, (4, 4), 4, (3, 3), 1, 1, 1, 2, 2, True),
+    "groups2-channels36-offset-groups3": (3, 72, (3, 4), 4, (3, 3), 1, 1, 1, 2, 3, False),
 }
 
 
@@ -94,7 +101,8 @@ def test_matches_reference(emulated, case):
     _check(emulated, *_inputs(*CASES[case], dtype=torch.float32))
 
 
-@pytest.mark.parametrize("case", ["partial-tile-offset-groups2", "groups2-offset-groups4"])
+@pytest.mark.parametrize("case", ["partial-tile-offset-groups2", "groups2-offset-groups4",
+                                  "groups2-channels40-offset-groups2"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_dtypes_and_non_contiguous(emulated, dtype, case):
     """Every dtype on the fused path and on the generic one."""
@@ -103,10 +111,32 @@ def test_dtypes_and_non_contiguous(emulated, dtype, case):
     _check(emulated, tensors, geometry)
 
 
-@pytest.mark.parametrize("case", ["plain", "no-mask", "stride2-pad0", "groups2-offset-groups4"])
+@pytest.mark.parametrize("case", ["plain", "no-mask", "stride2-pad0", "groups2-offset-groups4", "large-channels-72"])
 def test_without_bias(emulated, case):
     """No bias: the fused forward's bias row carries zeros; the generic forward GEMM is a plain batched
     product into the output."""
     tensors, geometry = _inputs(*CASES[case], dtype=torch.float32)
     tensors["bias"] = None
+    _check(emulated, tensors, geometry)
+
+
+@pytest.mark.parametrize("images_per_chunk", [1, 2])
+@pytest.mark.parametrize("case", ["groups2-channels36-offset-groups3", "large-channels-72"])
+def test_generic_chunks(emulated, monkeypatch, case, images_per_chunk):
+    """The generic path in several chunks of the batch (a workspace budget of one or two images'
+    forward columns; the backward's budget also holds the grad columns: one image per chunk)."""
+    batch, channels, size, out_channels, kernel, stride, padding, dilation = CASES[case][:8]
+    pair = torch.nn.modules.utils._pair
+    out_h, out_w = output_size(*size, kernel, pair(stride), pair(padding), pair(dilation))
+    column_bytes = channels * kernel[0] * kernel[1] * out_h * out_w * 4
+    monkeypatch.setenv("FASTSEG_DEFORM_CONV2D_WORKSPACE_BYTES", str(images_per_chunk * column_bytes))
+    tensors, geometry = _inputs(*CASES[case], dtype=torch.float32)
+    _check(emulated, tensors, geometry)
+
+
+@pytest.mark.parametrize("case", ["group-channels-36", "groups2-channels40-offset-groups2"])
+def test_channels_last_input(emulated, case):
+    """An input already channels_last: both paths read it as it lies (the glue's NHWC copy is a no-op)."""
+    tensors, geometry = _inputs(*CASES[case], dtype=torch.float32)
+    tensors["input"] = tensors["input"].contiguous(memory_format=torch.channels_last)
     _check(emulated, tensors, geometry)
