@@ -28,12 +28,13 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_byte
 }
 #endif
 
-// Dynamic shared memory of the running block (the kernel's `extern __shared__` array), 16-byte aligned.
+// Dynamic shared memory of the running block (the kernel's `extern __shared__` array), 128-byte aligned
+// (wmma loads and stores need 32-byte aligned tiles).
 #ifdef FASTSEG_EMULATED_CUDA
 #define FASTSEG_DYNAMIC_SHARED(name) \
   unsigned char* name = static_cast<unsigned char*>(::fastseg::emulated::dynamic_shared_memory())
 #else
-#define FASTSEG_DYNAMIC_SHARED(name) extern __shared__ __align__(16) unsigned char name[]
+#define FASTSEG_DYNAMIC_SHARED(name) extern __shared__ __align__(128) unsigned char name[]
 #endif
 
 }  // namespace fastseg::cuda

@@ -4,12 +4,18 @@
 //   torch.ops.fastseg_emulated_cuda.to_device(tensor): a copy in device memory (same strides), so
 //     that a kernel reading past an input reads poison or faults;
 //   torch.ops.fastseg_emulated_cuda.match_any(values, mask): __match_any_sync(mask, values[t]) of
-//     every thread t of one block of values.numel() threads whose lane is in mask (0 for the others).
+//     every thread t of one block of values.numel() threads whose lane is in mask (0 for the others);
+//   torch.ops.fastseg_emulated_cuda.wmma_product(a, b, c, a_col_major, b_col_major, c_col_major, ldm):
+//     a x b + c by one warp's nvcuda::wmma calls (16x16 fp16/bf16 a and b, fp32 c), each operand laid
+//     out in memory with leading dimension ldm (row- or column-major), the result read back as stored.
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
 #include <cstdint>
+#include <cstring>
+#include <vector>
 
 #include "fastseg_emulated_cuda_glue.h"
 #include "fastseg_emulated_cuda.h"
@@ -48,10 +54,91 @@ at::Tensor match_any(const at::Tensor& values, int64_t mask) {
   return peers;
 }
 
+template <typename T, typename LayoutA, typename LayoutB>
+at::Tensor wmma_product_as(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c, bool c_col_major,
+                           int64_t ldm) {
+  namespace wmma = nvcuda::wmma;
+  constexpr bool kACol = std::is_same_v<LayoutA, wmma::col_major>, kBCol = std::is_same_v<LayoutB, wmma::col_major>;
+  // Operands in 32-byte aligned storage (64 bytes of slack), poisoned past the 16x16 entries.
+  std::vector<T> a_store(16 * ldm + 32), b_store(16 * ldm + 32);
+  std::vector<float> c_store(16 * ldm + 8), d_store(16 * ldm + 8);
+  for (auto* store : {static_cast<void*>(a_store.data()), static_cast<void*>(b_store.data())}) {
+    std::memset(store, 0xFF, a_store.size() * sizeof(T));
+  }
+  std::memset(c_store.data(), 0xFF, c_store.size() * sizeof(float));
+  std::memset(d_store.data(), 0xFF, d_store.size() * sizeof(float));
+  const auto aligned = [](auto& store) {
+    const uintptr_t data = reinterpret_cast<uintptr_t>(store.data());
+    return reinterpret_cast<typename std::decay_t<decltype(store)>::value_type*>((data + 31) / 32 * 32);
+  };
+  T* pa = aligned(a_store);
+  T* pb = aligned(b_store);
+  float* pc = aligned(c_store);
+  float* pd = aligned(d_store);
+  const at::Tensor a_in = a.contiguous(), b_in = b.contiguous(), c_in = c.contiguous();
+  const T* a_data = static_cast<const T*>(a_in.const_data_ptr());  // at::Half / BFloat16: the same bits
+  const T* b_data = static_cast<const T*>(b_in.const_data_ptr());
+  for (int r = 0; r < 16; ++r) {
+    for (int k = 0; k < 16; ++k) {
+      pa[kACol ? k * ldm + r : r * ldm + k] = a_data[r * 16 + k];
+      pb[kBCol ? k * ldm + r : r * ldm + k] = b_data[r * 16 + k];
+      pc[c_col_major ? k * ldm + r : r * ldm + k] = c_in.data_ptr<float>()[r * 16 + k];
+    }
+  }
+  const wmma::layout_t c_layout = c_col_major ? wmma::mem_col_major : wmma::mem_row_major;
+  fastseg::emulated::launch(reinterpret_cast<const void*>(&wmma_product_as<T, LayoutA, LayoutB>), dim3(1), dim3(32),
+                            0, [&] {
+                              wmma::fragment<wmma::matrix_a, 16, 16, 16, T, LayoutA> fa;
+                              wmma::fragment<wmma::matrix_b, 16, 16, 16, T, LayoutB> fb;
+                              wmma::fragment<wmma::accumulator, 16, 16, 16, float> fc;
+                              wmma::load_matrix_sync(fa, pa, unsigned(ldm));
+                              wmma::load_matrix_sync(fb, pb, unsigned(ldm));
+                              wmma::load_matrix_sync(fc, pc, unsigned(ldm), c_layout);
+                              wmma::mma_sync(fc, fa, fb, fc);
+                              wmma::store_matrix_sync(pd, fc, unsigned(ldm), c_layout);
+                            });
+  const cudaError_t error = cudaGetLastError();
+  TORCH_CHECK(error == cudaSuccess, "wmma_product: ", cudaGetErrorString(error));
+  at::Tensor d = at::empty({16, 16}, c.options());
+  for (int r = 0; r < 16; ++r) {
+    for (int k = 0; k < 16; ++k) d.data_ptr<float>()[r * 16 + k] = pd[c_col_major ? k * ldm + r : r * ldm + k];
+  }
+  return d;
+}
+
+template <typename T>
+at::Tensor wmma_product_of(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c, bool a_col_major,
+                           bool b_col_major, bool c_col_major, int64_t ldm) {
+  using Row = nvcuda::wmma::row_major;
+  using Col = nvcuda::wmma::col_major;
+  if (a_col_major) {
+    return b_col_major ? wmma_product_as<T, Col, Col>(a, b, c, c_col_major, ldm)
+                       : wmma_product_as<T, Col, Row>(a, b, c, c_col_major, ldm);
+  }
+  return b_col_major ? wmma_product_as<T, Row, Col>(a, b, c, c_col_major, ldm)
+                     : wmma_product_as<T, Row, Row>(a, b, c, c_col_major, ldm);
+}
+
+at::Tensor wmma_product(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c, bool a_col_major,
+                        bool b_col_major, bool c_col_major, int64_t ldm) {
+  TORCH_CHECK_VALUE(a.sizes() == at::IntArrayRef({16, 16}) && b.sizes() == a.sizes() && c.sizes() == a.sizes() &&
+                        a.scalar_type() == b.scalar_type() && c.scalar_type() == at::kFloat && a.device().is_cpu() &&
+                        b.device().is_cpu() && c.device().is_cpu() && ldm >= 16,
+                    "wmma_product takes 16x16 CPU a, b (fp16 or bf16) and c (fp32), ldm >= 16");
+  if (a.scalar_type() == at::kHalf) {
+    return wmma_product_of<__half>(a, b, c, a_col_major, b_col_major, c_col_major, ldm);
+  }
+  TORCH_CHECK_VALUE(a.scalar_type() == at::kBFloat16, "wmma_product: a and b fp16 or bf16");
+  return wmma_product_of<__nv_bfloat16>(a, b, c, a_col_major, b_col_major, c_col_major, ldm);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(fastseg_emulated_cuda, m) {
   m.def("set_thread_order(int order, int seed) -> ()", &set_thread_order);
   m.def("to_device(Tensor tensor) -> Tensor", &to_device);
   m.def("match_any(Tensor values, int mask) -> Tensor", &match_any);
+  m.def("wmma_product(Tensor a, Tensor b, Tensor c, bool a_col_major, bool b_col_major, bool c_col_major, int ldm) "
+        "-> Tensor",
+        &wmma_product);
 }

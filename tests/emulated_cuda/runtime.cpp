@@ -26,6 +26,7 @@ namespace {
 constexpr unsigned char kPoison = 0xFF;
 constexpr size_t kStackBytes = 256 * 1024;
 constexpr size_t kRedzone = 64 * 1024;  // on each side of the dynamic shared memory: overruns stay inside
+constexpr size_t kSharedAlignment = 128;  // of the dynamic shared memory (launch.cuh; wmma tiles need 32 B)
 constexpr unsigned kMaxThreads = 1024;
 constexpr size_t kDefaultSharedLimit = 48 * 1024;
 constexpr size_t kMaxSharedOptin = 227 * 1024;  // sm_80 is 163 KB; sm_90's 227 KB is the larger bound
@@ -222,13 +223,20 @@ void poison_shared(size_t shared_bytes) {
   Runtime& r = runtime();
   std::memset(fastseg_emulated_shared_begin, kPoison, fastseg_emulated_shared_end - fastseg_emulated_shared_begin);
   r.dynamic_bytes = shared_bytes;
-  if (shared_bytes > 0) r.dynamic_shared.assign(shared_bytes + 2 * kRedzone, kPoison);
+  if (shared_bytes > 0) r.dynamic_shared.assign(shared_bytes + 2 * kRedzone + kSharedAlignment, kPoison);
+}
+
+// The start of the lower redzone, placed so that the dynamic shared memory after it is
+// kSharedAlignment-aligned (as the kernels' extern __shared__ declaration asks).
+unsigned char* dynamic_base() {
+  const uintptr_t data = reinterpret_cast<uintptr_t>(runtime().dynamic_shared.data());
+  return reinterpret_cast<unsigned char*>((data + kSharedAlignment - 1) / kSharedAlignment * kSharedAlignment);
 }
 
 void check_redzones() {
   const Runtime& r = runtime();
   if (r.dynamic_bytes == 0) return;
-  const unsigned char* base = r.dynamic_shared.data();
+  const unsigned char* base = dynamic_base();
   for (size_t i = 0; i < kRedzone; ++i) {
     if (base[i] != kPoison || base[kRedzone + r.dynamic_bytes + i] != kPoison) {
       throw LaunchFailure(cudaErrorIllegalAddress, describe_block() + " wrote outside its " +
@@ -302,7 +310,7 @@ const uint64_t* exchange_in_warp(unsigned mask, uint64_t value) {
   return r.warp_slots.data() + warp * 32;
 }
 
-void* dynamic_shared_memory() { return runtime().dynamic_shared.data() + kRedzone; }
+void* dynamic_shared_memory() { return dynamic_base() + kRedzone; }
 
 void fault(cudaError_t error, const char* what) {
   Runtime& r = runtime();

@@ -111,6 +111,19 @@ def test_dtypes_and_non_contiguous(emulated, dtype, case):
     _check(emulated, tensors, geometry)
 
 
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("case", ["no-mask", "several-blocks", "group-channels-36", "offset-groups2-channels8"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_fused_tensor_core_products(emulated, dtype, case, bias):
+    """fp16/bf16 on the fused path, whose products run on (emulated) wmma tiles of 16: C_out (6, 3, 12,
+    5) and R = C*taps + 1 (37, 19, 325, 73) padded to 16, partial pixel tiles, mask and no mask, one
+    and several tiles per backward block."""
+    tensors, geometry = _inputs(*CASES[case], dtype=dtype)
+    if not bias:
+        tensors["bias"] = None
+    _check(emulated, tensors, geometry)
+
+
 @pytest.mark.parametrize("case", ["plain", "no-mask", "stride2-pad0", "groups2-offset-groups4", "large-channels-72"])
 def test_without_bias(emulated, case):
     """No bias: the fused forward's bias row carries zeros; the generic forward GEMM is a plain batched
@@ -140,3 +153,26 @@ def test_channels_last_input(emulated, case):
     tensors, geometry = _inputs(*CASES[case], dtype=torch.float32)
     tensors["input"] = tensors["input"].contiguous(memory_format=torch.channels_last)
     _check(emulated, tensors, geometry)
+
+
+@pytest.mark.parametrize("ldm", [16, 24, 40])
+@pytest.mark.parametrize("c_col_major", [False, True], ids=["c-row", "c-col"])
+@pytest.mark.parametrize("b_col_major", [False, True], ids=["b-row", "b-col"])
+@pytest.mark.parametrize("a_col_major", [False, True], ids=["a-row", "a-col"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_emulated_wmma(emulated, dtype, a_col_major, b_col_major, c_col_major, ldm):
+    """The layer's nvcuda::wmma (the fused path's 16-bit products): load a, b and c in every layout
+    with a leading dimension ldm, a x b + c, store: products exact, summed in fp32 (17 terms)."""
+    a, b = torch.randn(16, 16).to(dtype), torch.randn(16, 16).to(dtype)
+    c = torch.randn(16, 16)
+    got = emulated.wmma_product(a, b, c, a_col_major, b_col_major, c_col_major, ldm)
+    expected = a.double() @ b.double() + c.double()
+    bound = 17 * 2.0**-24 * (a.double().abs() @ b.double().abs() + c.double().abs())
+    assert ((got.double() - expected).abs() <= bound).all()
+
+
+def test_emulated_wmma_misaligned_ldm(emulated):
+    """A 16-bit ldm that is not a multiple of 8 elements (16 bytes) fails the launch, as on a GPU."""
+    a = torch.randn(16, 16).half()
+    with pytest.raises(RuntimeError, match="wmma"):
+        emulated.wmma_product(a, a, torch.randn(16, 16), False, False, False, 20)

@@ -230,3 +230,89 @@ T max(T a, T b) {
 }
 using std::exp;
 using std::floor;
+
+// nvcuda::wmma (<mma.h>, empty in host mode) for the 16x16x16 shapes with fp16/bf16 operands and an
+// fp32 accumulator. A fragment's storage is opaque in CUDA (spread over the lanes); here every lane
+// holds the whole tile, in fp32 (16-bit values convert exactly), so the kernels cannot touch x[].
+// Every call is warp-collective: it first parks at a full-mask warp barrier, so that a lane that
+// skips a call fails the launch as it deadlocks a GPU. Products are exact in fp32 and accumulated in
+// fp32 in k order. Pointers must be 32-byte aligned and ldm (in elements) a multiple of 16 bytes,
+// else the call faults (cudaErrorMisalignedAddress), as the PTX wmma instructions require.
+namespace nvcuda::wmma {
+
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+
+template <typename Use, int M, int N, int K, typename T, typename Layout = void>
+struct fragment {
+  static_assert(M == 16 && N == 16 && K == 16, "the emulated wmma has the 16x16x16 shape only");
+  float tile[16][16];  // tile[row][column] of the fragment's matrix
+};
+
+namespace detail {
+inline void enter(const void* pointer, unsigned ldm, size_t element_size) {
+  ::fastseg::emulated::sync_warp(0xffffffffu);
+  if (reinterpret_cast<uintptr_t>(pointer) % 32 != 0 || ldm * element_size % 16 != 0) {
+    ::fastseg::emulated::fault(cudaErrorMisalignedAddress, "wmma tile not 32-byte aligned or ldm not 16 bytes");
+  }
+}
+inline float to_float(__half v) { return __half2float(v); }
+inline float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+inline float to_float(float v) { return v; }
+}  // namespace detail
+
+template <typename Use, typename T, typename Layout>
+void load_matrix_sync(fragment<Use, 16, 16, 16, T, Layout>& f, const T* p, unsigned ldm) {
+  static_assert(std::is_same_v<Layout, row_major> || std::is_same_v<Layout, col_major>, "a or b fragment");
+  detail::enter(p, ldm, sizeof(T));
+  for (int r = 0; r < 16; ++r) {
+    for (int c = 0; c < 16; ++c) {
+      f.tile[r][c] = detail::to_float(std::is_same_v<Layout, row_major> ? p[r * ldm + c] : p[c * ldm + r]);
+    }
+  }
+}
+
+inline void load_matrix_sync(fragment<accumulator, 16, 16, 16, float>& f, const float* p, unsigned ldm,
+                             layout_t layout) {
+  detail::enter(p, ldm, sizeof(float));
+  for (int r = 0; r < 16; ++r) {
+    for (int c = 0; c < 16; ++c) f.tile[r][c] = layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r];
+  }
+}
+
+inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, float>& f, unsigned ldm,
+                              layout_t layout) {
+  detail::enter(p, ldm, sizeof(float));
+  for (int r = 0; r < 16; ++r) {
+    for (int c = 0; c < 16; ++c) (layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.tile[r][c];
+  }
+}
+
+inline void fill_fragment(fragment<accumulator, 16, 16, 16, float>& f, float value) {
+  ::fastseg::emulated::sync_warp(0xffffffffu);
+  for (auto& row : f.tile) {
+    for (float& v : row) v = value;
+  }
+}
+
+// d = a x b + c.
+template <typename T, typename LayoutA, typename LayoutB>
+void mma_sync(fragment<accumulator, 16, 16, 16, float>& d, const fragment<matrix_a, 16, 16, 16, T, LayoutA>& a,
+              const fragment<matrix_b, 16, 16, 16, T, LayoutB>& b, const fragment<accumulator, 16, 16, 16, float>& c) {
+  ::fastseg::emulated::sync_warp(0xffffffffu);
+  fragment<accumulator, 16, 16, 16, float> result;
+  for (int r = 0; r < 16; ++r) {
+    for (int col = 0; col < 16; ++col) {
+      float sum = c.tile[r][col];
+      for (int k = 0; k < 16; ++k) sum += a.tile[r][k] * b.tile[k][col];
+      result.tile[r][col] = sum;
+    }
+  }
+  d = result;
+}
+
+}  // namespace nvcuda::wmma
