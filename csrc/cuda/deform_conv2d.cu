@@ -17,13 +17,15 @@
 // the bias as the C operand.
 // Fused path (groups == 1 and its shared memory fits, see FusedLayout; the glue chooses): a block
 // takes tiles of 64 output pixels of one image and keeps the kernels and the column tile in shared
-// memory (acc_t), the bias as a row of ones. The input is channels-last (NHWC, a copy by the glue):
+// memory (acc_t; for fp16/bf16 the product operands in the input dtype, padded to 16), the bias as a
+// row of ones. The input is channels-last (NHWC, a copy by the glue):
 // per tile a sample pass (a thread per sample) stores the samples' records in shared memory, then a
 // channel pass gives each sample to a warp whose lanes take the channels of its offset group, so that
 // a neighbour load (and an atomic into the NHWC grad_input) is one contiguous run of channels; the
 // channel loops are the generic path's (sample_columns, sample_backward) with channel stride 1.
-// Forward, one launch: the tile, then output = kernels x tile (block_product: fp32 FMAs, 4 x 2
-// register tile per thread). Backward, one launch: grad tile = kernels^T x grad_out, the channel pass
+// Forward, one launch: the tile, then output = kernels x tile (tile_product: fp32/fp64 FMAs, 4 x 2
+// register tile per thread; fp16/bf16 wmma 16x16x16 tiles on the tensor cores, fp32 sums).
+// Backward, one launch: grad tile = kernels^T x grad_out (the same product), the channel pass
 // scatters it (atomics), sums the offset and mask gradients over the lanes (shuffles, fixed order)
 // and leaves the column values in the tile, grad weight/bias sums += grad_out x tile^T per block in
 // shared memory; then a block-ordered (deterministic) reduction of the per-block sums.
@@ -77,11 +79,22 @@
 // path (128 B = 1 wavefront per clock, 4 sectors per clock for global loads and atomics, 1 warp
 // shuffle per clock) and of instruction issue (4 warp-instructions per clock); a phase takes the
 // larger of the two:
-//   products: block_product reads 3 shared wavefronts (one broadcast quad, two scalars) per 8 FMAs
-//     per warp and row r; its ~12 instructions per (warp, r) over 4 schedulers also take 3 clocks:
-//     67% of the fp32 FMA peak, fp32 for every dtype (no tensor cores). Per tile: forward 8 warps x
-//     289 r x 3 = 6.9 K clocks; backward grad tile 8 x 9 row quads x 32 x 3 = 6.9 K, grad weight
-//     8 x 5 column blocks x 64 x 3 = 7.7 K.
+//   products, fp32: block_product reads 3 shared wavefronts (one broadcast quad, two scalars) per 8
+//     FMAs per warp and row r; its ~12 instructions per (warp, r) over 4 schedulers also take 3
+//     clocks: 67% of the fp32 FMA peak. Per tile: forward 8 warps x 289 r x 3 = 6.9 K clocks;
+//     backward grad tile 8 x 9 row quads x 32 x 3 = 6.9 K, grad weight 8 x 5 column blocks x 64 x 3
+//     = 7.7 K (fp32 for every dtype before the tensor-core products).
+//   products, bf16/fp16 (wmma_product): an mma_sync of 16x16x16 is 8192 FLOPs, 8 clocks at ~1024
+//     dense FLOP/clk/SM (mma.sync-class, about half the wgmma peak), and loads 2 operand tiles of
+//     512 B (4 wavefronts each, rows padded by 16 B: no bank conflicts): 8 clocks, so the tensor pipe
+//     and the loads take the same time and overlap; each 16x16 output tile adds its fp32 staging
+//     store (8 wavefronts), the lanes' reads of it (8 steps, 2-way: 16) and the epilogue's shared
+//     stores. Forward (R = 289 -> 304, C_out 32): 8 tiles x 19 slices = 152 mma: 1.2 K clocks of
+//     loads + 0.2 K staging = 1.4 K. Backward grad tile (288 x 64 over C_out = 32): 72 tiles x 2 =
+//     144 mma, 1.15 K; staging 1.7 K; the bf16 column stores (2-way) 1.15 K: 4.0 K. Grad weight
+//     (32 x 289 -> 304 over 64 pixels): 38 tiles x 4 = 152 mma, 1.2 K; staging 0.9 K; the fp32 sums'
+//     read-add-write (2-way) 1.2 K: 3.3 K. Issue (~6 instructions per mma, ~10 per epilogue step)
+//     stays below these.
 //   sample pass: 576 samples, a thread each: ~120 instructions (load_sample, its int64 division
 //     for (ho, wo) included) per warp of 32 samples, 18 warps: 0.54 K, plus the records' 3 quad
 //     stores (4 wavefronts each), 0.22 K: 0.8 K clocks per tile.
@@ -91,40 +104,49 @@
 //     apart forward, 9 * 65 backward): 8 clocks fp32, 6 bf16; ~50 instructions (counted in the PTX:
 //     record, 4 x (predicate, address, load, FMA), store, loop) = 12.5 issue clocks, so 7.2 K per
 //     tile (both dtypes). Backward: also the grad column load, 4 fp32 atomics of 128 B (4 clocks),
-//     8 shuffles (warp_sums): 21 / 19 clocks, ~110 instructions (27.5 issue clocks): 15.8 K.
+//     8 shuffles (warp_sums): 21 / 19 clocks, ~110 instructions (27.5 issue clocks): 15.8 K. The
+//     16-bit column tile costs bf16 the column store 2 wavefronts forward (lanes 18 B apart: 7
+//     clocks) and 4 each for the backward's grad column load and store (lanes 9 rows of 144 B apart,
+//     4-way: 25 clocks), both still below the issue clocks.
 //     Issue-bound: the per-sample work (record, reduction, lane-0 writes) is paid per 32 channels.
 //   smaller: the kernels' 4-way-conflicted transposing stores and weight loads 1.5 K (1.3 K bf16),
 //     now after the channel pass (their region first holds the records); backward grad_out tile (two
 //     layouts), offset and mask writes 1.6 K.
-//   forward: 1184 blocks, two per SM (112.9 KB of shared memory each), 8.97 tiles per SM: 0.8 +
-//     7.2 + 1.5 + 6.9 = 16.4 K (bf16 16.2 K) clocks per tile -> 74.3 us fp32, 73.4 us bf16 (was 95 /
-//     80 us, 11.9 K / 8.8 K clocks of scattered sectors per gather).
-//   backward: 132 blocks (one per SM: 190.0 KB), at most 9 tiles each: 0.8 + 1.6 + 14.6 + 15.8 =
-//     32.8 K clocks per tile -> 149.1 us both dtypes (was 182 / 168 us: 23.8 K / 20.7 K clocks of
-//     scattered loads and atomics).
+//   forward: 1184 blocks, two per SM (113.0 KB of shared memory each fp32, 76.0 KB bf16), 8.97 tiles
+//     per SM: 0.8 + 7.2 + 1.5 + 6.9 = 16.4 K clocks per tile fp32 -> 74.3 us; bf16 0.8 + 7.2 + 1.3 +
+//     1.4 = 10.7 K -> 48.5 us (73.4 us with fp32 products; 80 us before the channel pass, 8.8 K
+//     clocks of scattered sectors per gather).
+//   backward: 132 blocks (one per SM: 190.1 KB fp32, 144.9 KB bf16), at most 9 tiles each: 0.8 +
+//     1.6 + 14.6 + 15.8 = 32.8 K clocks per tile fp32 -> 149.1 us; bf16 0.8 + 1.6 + 4.0 + 3.3 +
+//     15.8 = 25.5 K -> 115.9 us (149.1 us with fp32 products; 168 us before the channel pass).
 //   passes around the kernels: the NHWC copy of the input, once per forward and once per backward
 //     (9.6 MB read + written fp32: 4.7 us each; 2.35 us bf16), the zeroed NHWC fp32 grad_input 2.3 us,
 //     the reduction of the 132 x 9248 fp32 partial sums 1.2 us, grad_input back to NCHW in the input
 //     dtype 4.7 us fp32 (new), 3.5 us bf16 (the cast it replaces): 17.6 / 11.7 us.
 //   launches: forward 2 (copy, fused), backward 5 (copy, zeroing, fused, reduction, conversion):
 //     7 x 3 us = 21 us (was 4 / 5 launches).
-//   Total 74.3 + 149.1 + 17.6 + 21 = 262 us fp32, 73.4 + 149.1 + 11.7 + 21 = 255 us bf16 (was 0.293 /
-//   0.270 ms). The generic path's 0.254 / 0.163 ms C32 predictions (14-20 launches, column round
-//   trips through HBM, cuBLAS) left the neighbour sectors out; counted the same way its four passes
+//   Total 74.3 + 149.1 + 17.6 + 21 = 262 us fp32, 48.5 + 115.9 + 11.7 + 21 = 197 us bf16 (0.255 ms with
+//   fp32 products; 0.293 / 0.270 ms before the channel pass). The generic path's 0.254 / 0.163 ms C32
+//   predictions (14-20 launches, column round trips through HBM, cuBLAS) left the neighbour sectors
+//   out; counted the same way its four passes
 //   (im2col twice, backward reads, atomics) add ~0.22 / ~0.17 ms: ~0.43 / ~0.30 ms. In bf16 the
-//   fused path gains launches and HBM traffic but loses the tensor cores.
+//   fused path gains launches and HBM traffic and keeps the tensor cores for its products.
 //   Risks: the instruction counts are read off the PTX (no SASS here); the NHWC copies are ATen
 //   permute-copies, which may run well below HBM bandwidth (at half, +9 us fp32); the L2 traffic of
-//   the loads and atomics and the latency of the backward's 8 warps per SM are not modelled.
+//   the loads and atomics and the latency of the backward's 8 warps per SM are not modelled; the
+//   1024 FLOP/clk/SM of mma.sync and the wmma loads' wavefronts are assumed, not read off SASS.
 // Bound: C512 fp32 by the SGEMMs (1.56x floor); C512 bf16 by the GEMMs at 60% of peak plus the column
 // passes and atomics, which the floor does not count (3.1x); C32 by the instruction issue of the
-// channel passes (per-sample work per warp) and the shared-memory products.
+// channel passes (per-sample work per warp) and the shared-memory products (bf16: their operand
+// loads and fp32 staging, the tensor cores keep pace).
 // predicted H200 | deform_conv2d csfrnet-C512 fp32 B=8 97x97 fwd+bwd | 24.862 ms | fp32 SGEMM, TF32 off (floor 15.903 ms)
 // predicted H200 | deform_conv2d csfrnet-C512 bf16 B=8 97x97 fwd+bwd | 3.371 ms | bf16 GEMMs, column passes, atomics (floor 1.077 ms)
 // predicted H200 | deform_conv2d csfrnet-C32 fp32 B=8 97x97 fwd+bwd | 0.262 ms | channel-pass issue, shared-memory products (floor 0.062 ms)
-// predicted H200 | deform_conv2d csfrnet-C32 bf16 B=8 97x97 fwd+bwd | 0.255 ms | channel-pass issue, fp32 shared-memory products (floor 0.008 ms)
+// predicted H200 | deform_conv2d csfrnet-C32 bf16 B=8 97x97 fwd+bwd | 0.197 ms | channel-pass issue, wmma operand loads and staging (floor 0.008 ms)
 #include "cuda/common.cuh"
 #include "cuda/deform_conv2d.h"
+
+#include <mma.h>
 
 #include <algorithm>
 #include <type_traits>
@@ -195,8 +217,8 @@ struct ChannelRange {
 
 // The channel loop of one sample: column[c * column_stride] = mask * bilinear(image + c * stride) for
 // the channels c of `range` (`image` at the group's first channel; NaN when the position is
-// poisoned). Serves im2col (scalar_t columns in HBM) and the fused forward (acc_t columns in shared
-// memory).
+// poisoned). Serves im2col (scalar_t columns in HBM) and the fused forward (operand_type columns in
+// shared memory).
 template <typename scalar_t, typename acc_t, typename index_t, typename column_t>
 __device__ void sample_columns(const Sample<acc_t, index_t>& s, const ChannelRange& range, const scalar_t* image,
                                column_t* column, int64_t column_stride) {
@@ -265,11 +287,11 @@ __device__ SampleGrads<acc_t> sample_backward(const Sample<acc_t, index_t>& s, c
       sums.m += grad * value;
       sums.y += grad * ((acc_t(1) - s.frac_x) * (v[2] - v[0]) + s.frac_x * (v[3] - v[1]));
       sums.x += grad * ((acc_t(1) - s.frac_y) * (v[1] - v[0]) + s.frac_y * (v[3] - v[2]));
-      if constexpr (kRebuildColumns) grad_column[c * column_stride] = s.column_scale() * value;
+      if constexpr (kRebuildColumns) grad_column[c * column_stride] = convert<column_t>(s.column_scale() * value);
     }
   } else if constexpr (kRebuildColumns) {
     for (int64_t c = range.first; c < range.count; c += range.step) {
-      grad_column[c * column_stride] = s.column_scale() * acc_t(0);
+      grad_column[c * column_stride] = convert<column_t>(s.column_scale() * acc_t(0));
     }
   }
   return sums;
@@ -427,7 +449,8 @@ unsigned chunk_blocks(const DeformGeometry& g, int64_t nb) {
 }
 
 // Fused small-channel path (groups == 1): a block owns a tile of kTile output pixels of one image and
-// keeps everything between the sampling and the output in shared memory, in acc_t: the kernels with
+// keeps everything between the sampling and the output in shared memory (acc_t, the products'
+// operands in operand_type): the kernels with
 // R = C*taps + 1 rows (the last one the bias) and the column tile (R x kTile entries), whose last row
 // is ones, so that the bias rides in the product (and its gradient in the grad weight product). The
 // input (and the backward's grad_input) are channels-last (NHWC): per tile a sample pass stores one
@@ -441,51 +464,80 @@ constexpr int64_t kMinTilesPerBlock = 4;
 // acc_t elements of a sample record: 3 aligned quads (see record_samples).
 constexpr int kRecord = 12;
 
-__host__ __device__ inline int64_t round_up4(int64_t n) { return (n + 3) / 4 * 4; }
+__host__ __device__ inline int64_t round_up(int64_t n, int64_t multiple) {
+  return (n + multiple - 1) / multiple * multiple;
+}
 
 // Samples of a tile: one per (offset group, tap, pixel).
 __host__ __device__ inline int64_t tile_samples(const DeformGeometry& g) {
   return g.offset_groups * g.kh * g.kw * kTile;
 }
 
-// Shared-memory layout of the fused kernels, offsets in acc_t elements, every region starting on a
-// 4-element boundary (block_product reads its A operand in aligned quads). Column tile entry (k, t) is
-// at k * row_step + t * pixel_step. Forward: kernels (R, out_stride), channel-contiguous, whose region
-// first holds the tile's sample records (the kernels are loaded after the channel pass), and the
-// column tile pixel-major, pixel_step R rounded up to odd (the product reads it along R with lanes on
-// pixels, the channel pass writes it with lanes on channels, taps apart: no bank conflicts either
-// way for odd taps). Backward: kernels (C_out, rows_stride), grad weight sums (C_out, R), the column
-// tile row-major with rows padded to kTile + 1 (read along R and along pixels), grad_out (C_out,
-// kTile), grad_out_t (kTile, out_stride) and the sample records. out_stride is C_out rounded up to
-// 4, plus 4: the transposing stores into those operands (lanes along R or along pixels) then conflict
-// 4-way, not 32-way. (At C_in = C_out = 32, 3x3, fp32: 112.9 KB forward, two blocks per SM; 190.0 KB
-// backward, one.)
+// The type of the products' operands in shared memory: the input dtype for fp16/bf16 (tensor-core
+// products, the column tile rounded once to it as the generic path's im2col rounds its columns),
+// acc_t otherwise.
+template <typename scalar_t>
+using operand_type = std::conditional_t<sizeof(scalar_t) == 2, scalar_t, acc_type<scalar_t>>;
+
+// wmma's 16x16 staging tile of one warp: fp32, rows 20 floats apart (80 bytes, a multiple of the 16
+// that store_matrix_sync asks).
+constexpr int kStageStride = 20;
+constexpr int64_t kStageBytes = int64_t(kFusedThreads / 32) * 16 * kStageStride * sizeof(float);
+
+// Shared-memory layout of the fused kernels, offsets in bytes, every region 128-byte aligned (wmma
+// tiles need 32 bytes, block_product's quads 16). Operands in operand_type (element_size bytes, 2 for
+// the tensor-core products), records in acc_t, the backward's grad weight sums in acc_t, the wmma
+// staging tiles in fp32. out_rows and k_rows are C_out and R = C*taps + 1, rounded up to 16 for the
+// tensor-core products, whose padding rows are zero in both operands of a sum (k) and ignored
+// elsewhere. Column tile entry (k, t) is at k * row_step + t * pixel_step. Forward: kernels (k_rows
+// rows of out_stride, channel-contiguous: wmma's matrix_a col_major), whose region first holds the
+// tile's sample records (the kernels are loaded after the channel pass), and the column tile
+// pixel-major (matrix_b col_major), pixel_step R rounded up to odd fp32 (the product reads it along R
+// with lanes on pixels, the channel pass writes it with lanes on channels, taps apart: no bank
+// conflicts either way for odd taps), k_rows + 8 for 16-bit (16 bytes of padding per row against the
+// wmma loads' bank conflicts). Backward: kernels (out_rows, rows_stride), grad weight sums (C_out,
+// R), the column tile row-major with rows padded to kTile + 1 (kTile + 8 for 16-bit), grad_out
+// (out_rows, grad_out_stride), grad_out_t (kTile, out_stride) and the sample records. out_stride is
+// C_out rounded up to 4, plus 4 (fp32: the transposing stores into those operands, lanes along R or
+// along pixels, then conflict 4-way, not 32-way), out_rows + 8 for 16-bit. C_in = C_out = 32, 3x3:
+// fp32 113.0 KB forward, two blocks per SM; 190.1 KB backward, one. bf16/fp16: 76.0 KB forward (the
+// records' 27.6 KB over the kernels' 24.3 KB, 39.9 KB of columns, 10.2 KB of staging), two blocks
+// per SM; 144.9 KB backward, one (the plan's blocks).
 struct FusedLayout {
-  int64_t rows, out_stride, rows_stride, row_step, pixel_step;
-  int64_t records, sums, columns, grad_out, grad_out_t, elements;
+  int64_t rows, out_rows, k_rows, out_stride, rows_stride, row_step, pixel_step, grad_out_stride;
+  int64_t records, sums, columns, grad_out, grad_out_t, staging, bytes;
 };
 
-__host__ __device__ inline FusedLayout fused_layout(const DeformGeometry& g, int64_t out_channels, bool backward) {
+__host__ __device__ inline FusedLayout fused_layout(const DeformGeometry& g, int64_t out_channels, bool backward,
+                                                    int64_t element_size) {
+  constexpr int64_t kAlign = 128;
+  const bool tensor_cores = element_size == 2;
+  const int64_t acc_size = element_size == 8 ? 8 : 4, operand_size = tensor_cores ? 2 : acc_size;
   FusedLayout l{};
   l.rows = g.channels * g.kh * g.kw + 1;
-  l.out_stride = round_up4(out_channels) + 4;
-  l.rows_stride = round_up4(l.rows);
-  const int64_t records = tile_samples(g) * kRecord;
+  l.out_rows = tensor_cores ? round_up(out_channels, 16) : out_channels;
+  l.k_rows = tensor_cores ? round_up(l.rows, 16) : l.rows;
+  l.out_stride = tensor_cores ? l.out_rows + 8 : round_up(out_channels, 4) + 4;
+  const int64_t record_bytes = tile_samples(g) * kRecord * acc_size;
   if (!backward) {
     l.row_step = 1;
-    l.pixel_step = l.rows | 1;
-    l.columns = round_up4(std::max(l.rows * l.out_stride, records));
-    l.elements = l.columns + kTile * l.pixel_step;
+    l.pixel_step = tensor_cores ? l.k_rows + 8 : l.rows | 1;
+    l.columns = round_up(std::max(l.k_rows * l.out_stride * operand_size, record_bytes), kAlign);
+    l.staging = round_up(l.columns + kTile * l.pixel_step * operand_size, kAlign);
+    l.bytes = l.staging + (tensor_cores ? kStageBytes : 0);
     return l;
   }
-  l.row_step = kTile + 1;
+  l.rows_stride = tensor_cores ? l.k_rows + 8 : round_up(l.rows, 4);
+  l.row_step = tensor_cores ? kTile + 8 : kTile + 1;
   l.pixel_step = 1;
-  l.sums = out_channels * l.rows_stride;
-  l.columns = l.sums + round_up4(out_channels * l.rows);
-  l.grad_out = l.columns + round_up4(l.rows * l.row_step);
-  l.grad_out_t = l.grad_out + out_channels * kTile;
-  l.records = l.grad_out_t + kTile * l.out_stride;
-  l.elements = l.records + records;
+  l.grad_out_stride = tensor_cores ? kTile + 8 : kTile;
+  l.sums = round_up(l.out_rows * l.rows_stride * operand_size, kAlign);
+  l.columns = round_up(l.sums + out_channels * l.rows * acc_size, kAlign);
+  l.grad_out = round_up(l.columns + l.k_rows * l.row_step * operand_size, kAlign);
+  l.grad_out_t = round_up(l.grad_out + l.out_rows * l.grad_out_stride * operand_size, kAlign);
+  l.records = round_up(l.grad_out_t + kTile * l.out_stride * operand_size, kAlign);
+  l.staging = round_up(l.records + record_bytes, kAlign);
+  l.bytes = l.staging + (tensor_cores ? kStageBytes : 0);
   return l;
 }
 
@@ -532,16 +584,74 @@ __device__ void block_product(const acc_t* a, int ar, const acc_t* b, int bj, in
   }
 }
 
+// block_product's C on the tensor cores (16-bit A and B, fp32 sums): a warp takes 16x16 output tiles
+// (warp-uniform loop: every wmma call is warp-collective), sums the 16-deep slices of r with
+// mma_sync (A col_major with ldm ar; B col_major with ldm bj, or row_major with ldm br, by
+// LayoutB), stores the tile to its fp32 staging tile, and its lanes hand the entries inside (ni, nj)
+// to the epilogue, 8 each (deterministic: fixed tiles and slices). The operands must be readable up
+// to i, j, r rounded up to 16, ldm a multiple of 8, the tiles 32-byte aligned; rows r in [nr,
+// round_up(nr, 16)) zero in both operands.
+template <typename LayoutB, typename T, typename Epilogue>
+__device__ void wmma_product(const T* a, int ar, const T* b, int ldb, int ni, int nj, int nr, float* staging,
+                             Epilogue epilogue) {
+  namespace wmma = nvcuda::wmma;
+  constexpr bool kBColMajor = std::is_same_v<LayoutB, wmma::col_major>;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  const int tiles_j = (nj + 15) / 16, tiles = (ni + 15) / 16 * tiles_j;
+  float* stage = staging + warp * 16 * kStageStride;
+  for (int tile = warp; tile < tiles; tile += warps) {
+    const int i0 = tile / tiles_j * 16, j0 = (tile - tile / tiles_j * tiles_j) * 16;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> sum;
+    wmma::fill_fragment(sum, 0.0f);
+    for (int r0 = 0; r0 < nr; r0 += 16) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::col_major> fa;
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, T, LayoutB> fb;
+      wmma::load_matrix_sync(fa, a + r0 * ar + i0, ar);
+      wmma::load_matrix_sync(fb, b + (kBColMajor ? j0 * ldb + r0 : r0 * ldb + j0), ldb);
+      wmma::mma_sync(sum, fa, fb, sum);
+    }
+    wmma::store_matrix_sync(stage, sum, kStageStride, wmma::mem_row_major);
+    __syncwarp();
+    for (int e = lane; e < 256; e += 32) {
+      const int i = i0 + e / 16, j = j0 + e % 16;
+      if (i < ni && j < nj) epilogue(i, j, stage[e / 16 * kStageStride + e % 16]);
+    }
+    __syncwarp();  // the staging tile is read before the next tile's store
+  }
+}
+
+// The one product of the fused kernels: block_product (fp32 FMAs) for fp32/fp64 operands, wmma_product
+// (tensor cores, staging in `staging`) for 16-bit ones, with block_product's operand and epilogue
+// contract (B's layout from its strides: bj == 1 is row_major, else br == 1 is col_major).
+template <typename T, typename Epilogue>
+__device__ void tile_product(const T* a, int ar, const T* b, int bj, int br, int ni, int nj, int nr, float* staging,
+                             Epilogue epilogue) {
+  if constexpr (sizeof(T) == 2) {
+    if (bj == 1) {
+      wmma_product<nvcuda::wmma::row_major>(a, ar, b, br, ni, nj, nr, staging, epilogue);
+    } else {
+      wmma_product<nvcuda::wmma::col_major>(a, ar, b, bj, ni, nj, nr, staging, epilogue);
+    }
+  } else {
+    block_product(a, ar, b, bj, br, ni, nj, nr, epilogue);
+  }
+}
+
 // kernels[i * i_stride + k * k_stride] = weight[i, k] for k < C*taps and bias[i] (0 when null) at
-// k = C*taps; weight read in order (coalesced).
-template <typename scalar_t, typename acc_t>
-__device__ void load_kernels(const scalar_t* weight, const scalar_t* bias, int out_channels, int rows, int i_stride,
-                             int k_stride, acc_t* kernels) {
+// k = C*taps, zero for the padding i in [out_channels, out_rows) and k in [rows, k_rows); weight read
+// in order (coalesced).
+template <typename scalar_t, typename operand_t>
+__device__ void load_kernels(const scalar_t* weight, const scalar_t* bias, int out_channels, int rows, int out_rows,
+                             int k_rows, int i_stride, int k_stride, operand_t* kernels) {
+  using acc_t = acc_type<scalar_t>;
   const int sampled = rows - 1;
-  for (int e = threadIdx.x; e < out_channels * rows; e += blockDim.x) {
-    const int i = e / rows, k = e - i * rows;
-    kernels[i * i_stride + k * k_stride] = k < sampled ? convert<acc_t>(weight[int64_t(i) * sampled + k])
-                                                       : (bias ? convert<acc_t>(bias[i]) : acc_t(0));
+  for (int e = threadIdx.x; e < out_rows * k_rows; e += blockDim.x) {
+    const int i = e / k_rows, k = e - i * k_rows;
+    const acc_t value = i >= out_channels || k >= rows ? acc_t(0)
+                        : k < sampled                  ? convert<acc_t>(weight[int64_t(i) * sampled + k])
+                        : bias                         ? convert<acc_t>(bias[i])
+                                                       : acc_t(0);
+    kernels[i * i_stride + k * k_stride] = convert<operand_t>(value);
   }
 }
 
@@ -620,19 +730,26 @@ __global__ void __launch_bounds__(kFusedThreads)
                          const scalar_t* __restrict__ mask, const scalar_t* __restrict__ weight,
                          const scalar_t* __restrict__ bias, DeformGeometry g, int out_channels,
                          scalar_t* __restrict__ output) {
+  using operand_t = operand_type<scalar_t>;
   FASTSEG_DYNAMIC_SHARED(shared);
-  const FusedLayout l = fused_layout(g, out_channels, false);
-  const int rows = static_cast<int>(l.rows), out_stride = static_cast<int>(l.out_stride);
-  const int pixel_step = static_cast<int>(l.pixel_step);
+  const FusedLayout l = fused_layout(g, out_channels, false, sizeof(scalar_t));
+  const int rows = static_cast<int>(l.rows), k_rows = static_cast<int>(l.k_rows);
+  const int out_stride = static_cast<int>(l.out_stride), pixel_step = static_cast<int>(l.pixel_step);
   const int taps = static_cast<int>(g.kh * g.kw), group_channels = static_cast<int>(g.channels / g.offset_groups);
-  acc_t* kernels = reinterpret_cast<acc_t*>(shared);
-  acc_t* records = kernels + l.records;
-  acc_t* columns = kernels + l.columns;
+  operand_t* kernels = reinterpret_cast<operand_t*>(shared);
+  acc_t* records = reinterpret_cast<acc_t*>(shared);
+  operand_t* columns = reinterpret_cast<operand_t*>(shared + l.columns);
+  float* staging = reinterpret_cast<float*>(shared + l.staging);
   const int64_t pixels = g.out_h * g.out_w, tiles = (pixels + kTile - 1) / kTile;
   const int64_t b = blockIdx.x / tiles, p0 = (blockIdx.x - b * tiles) * kTile;
   const int valid = static_cast<int>(pixels - p0 < kTile ? pixels - p0 : kTile);
   record_samples(offset, mask, g, b, p0, valid, records);
-  for (int t = threadIdx.x; t < kTile; t += blockDim.x) columns[t * pixel_step + rows - 1] = acc_t(1);
+  // The bias row of ones, then the zero padding rows of the tensor-core products.
+  const int tail = k_rows - rows + 1;
+  for (int e = threadIdx.x; e < kTile * tail; e += blockDim.x) {
+    const int t = e / tail, k = rows - 1 + (e - t * tail);
+    columns[t * pixel_step + k] = convert<operand_t>(acc_t(k == rows - 1 ? 1 : 0));
+  }
   __syncthreads();
   const scalar_t* image = input + b * g.height * g.width * g.channels;
   for_warp_samples(g, valid, records, [&](const acc_t* record, int t, int og, int tap, const ChannelRange& range) {
@@ -640,22 +757,23 @@ __global__ void __launch_bounds__(kFusedThreads)
                    columns + (og * group_channels * taps + tap) + t * pixel_step, int64_t(taps));
   });
   __syncthreads();  // the records are consumed
-  load_kernels(weight, bias, out_channels, rows, 1, out_stride, kernels);
+  load_kernels(weight, bias, out_channels, rows, static_cast<int>(l.out_rows), k_rows, 1, out_stride, kernels);
   __syncthreads();
   scalar_t* out = output + b * out_channels * pixels + p0;
-  block_product(kernels, out_stride, columns, pixel_step, 1, out_channels, valid, rows,
-                [&](int i, int t, acc_t value) { out[i * pixels + t] = convert<scalar_t>(value); });
+  tile_product(kernels, out_stride, columns, pixel_step, 1, out_channels, valid, rows, staging,
+               [&](int i, int t, acc_t value) { out[i * pixels + t] = convert<scalar_t>(value); });
 }
 
 // Blocks over tiles blockIdx.x + k * gridDim.x. Per tile: load the grad_output tile (zero past the
-// last pixel), channel-major and pixel-major, and the sample pass; grad_columns(k, p) = sum_i
-// kernels(i, k) * grad_out(i, p) into the column tile; the channel pass (the only neighbour loads of
-// the tile) scatters them to the NHWC grad_input (atomics, lanes on channels: contiguous), sums the
-// offset and mask gradients over the lanes (warp_sums), lane 0 writes them (no atomics), and leaves
-// the column values in the tile; then grad_kernels(i, k) += sum_p grad_out(i, p) * columns(k, p) into
-// the block's shared sums (the tile's row of ones gives grad_bias). At the end the block's sums go
-// to partials[blockIdx.x] (reduced by reduce_kernel). At most one block per SM (the plan): ptxas may
-// use the registers of the whole SM (fp64 spilled at its default).
+// last pixel and in the padding rows), channel-major and pixel-major, and the sample pass;
+// grad_columns(k, p) = sum_i kernels(i, k) * grad_out(i, p) into the column tile (in operand_t: the
+// input dtype for fp16/bf16, as the generic path's grad columns); the channel pass (the only
+// neighbour loads of the tile) scatters them to the NHWC grad_input (atomics, lanes on channels:
+// contiguous), sums the offset and mask gradients over the lanes (warp_sums), lane 0 writes them (no
+// atomics), and leaves the column values in the tile; then grad_kernels(i, k) += sum_p grad_out(i, p)
+// * columns(k, p) into the block's shared sums (the tile's row of ones gives grad_bias). At the end
+// the block's sums go to partials[blockIdx.x] (reduced by reduce_kernel). At most one block per SM
+// (the plan): ptxas may use the registers of the whole SM (fp64 spilled at its default).
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kFusedThreads, 1)
     fused_backward_kernel(const scalar_t* __restrict__ grad_output, const scalar_t* __restrict__ input,
@@ -663,37 +781,46 @@ __global__ void __launch_bounds__(kFusedThreads, 1)
                           const scalar_t* __restrict__ weight, DeformGeometry g, int out_channels,
                           acc_t* __restrict__ grad_input, scalar_t* __restrict__ grad_offset,
                           scalar_t* __restrict__ grad_mask, acc_t* __restrict__ partials) {
+  using operand_t = operand_type<scalar_t>;
   FASTSEG_DYNAMIC_SHARED(shared);
-  const FusedLayout l = fused_layout(g, out_channels, true);
-  const int rows = static_cast<int>(l.rows), out_stride = static_cast<int>(l.out_stride);
-  const int rows_stride = static_cast<int>(l.rows_stride), row_step = static_cast<int>(l.row_step);
+  const FusedLayout l = fused_layout(g, out_channels, true, sizeof(scalar_t));
+  const int rows = static_cast<int>(l.rows), out_rows = static_cast<int>(l.out_rows);
+  const int out_stride = static_cast<int>(l.out_stride), rows_stride = static_cast<int>(l.rows_stride);
+  const int row_step = static_cast<int>(l.row_step), grad_out_stride = static_cast<int>(l.grad_out_stride);
   const int taps = static_cast<int>(g.kh * g.kw), group_channels = static_cast<int>(g.channels / g.offset_groups);
-  acc_t* kernels = reinterpret_cast<acc_t*>(shared);
-  acc_t* sums = kernels + l.sums;
-  acc_t* columns = kernels + l.columns;
-  acc_t* grad_out = kernels + l.grad_out;
-  acc_t* grad_out_t = kernels + l.grad_out_t;
-  acc_t* records = kernels + l.records;
+  operand_t* kernels = reinterpret_cast<operand_t*>(shared);
+  acc_t* sums = reinterpret_cast<acc_t*>(shared + l.sums);
+  operand_t* columns = reinterpret_cast<operand_t*>(shared + l.columns);
+  operand_t* grad_out = reinterpret_cast<operand_t*>(shared + l.grad_out);
+  operand_t* grad_out_t = reinterpret_cast<operand_t*>(shared + l.grad_out_t);
+  acc_t* records = reinterpret_cast<acc_t*>(shared + l.records);
+  float* staging = reinterpret_cast<float*>(shared + l.staging);
   const int64_t pixels = g.out_h * g.out_w, tiles = (pixels + kTile - 1) / kTile;
   const int64_t image_elements = g.height * g.width * g.channels;
-  load_kernels(weight, static_cast<const scalar_t*>(nullptr), out_channels, rows, rows_stride, 1, kernels);
+  load_kernels(weight, static_cast<const scalar_t*>(nullptr), out_channels, rows, out_rows,
+               static_cast<int>(l.k_rows), rows_stride, 1, kernels);
   for (int e = threadIdx.x; e < out_channels * rows; e += blockDim.x) sums[e] = acc_t(0);
-  for (int t = threadIdx.x; t < kTile; t += blockDim.x) columns[(rows - 1) * row_step + t] = acc_t(1);
+  for (int t = threadIdx.x; t < kTile; t += blockDim.x) {
+    columns[(rows - 1) * row_step + t] = convert<operand_t>(acc_t(1));
+  }
   for (int64_t tile = blockIdx.x; tile < g.batch * tiles; tile += gridDim.x) {
     const int64_t b = tile / tiles, p0 = (tile - b * tiles) * kTile;
     const int valid = static_cast<int>(pixels - p0 < kTile ? pixels - p0 : kTile);
     __syncthreads();  // the previous tile's columns, grad_out and records are consumed
-    for (int e = threadIdx.x; e < out_channels * kTile; e += blockDim.x) {
+    for (int e = threadIdx.x; e < out_rows * kTile; e += blockDim.x) {
       const int i = e / kTile, t = e - i * kTile;
-      const acc_t value =
-          p0 + t < pixels ? convert<acc_t>(grad_output[(b * out_channels + i) * pixels + p0 + t]) : acc_t(0);
-      grad_out[e] = value;
+      const operand_t value = convert<operand_t>(
+          i < out_channels && p0 + t < pixels ? convert<acc_t>(grad_output[(b * out_channels + i) * pixels + p0 + t])
+                                              : acc_t(0));
+      grad_out[i * grad_out_stride + t] = value;
       grad_out_t[t * out_stride + i] = value;
     }
     record_samples(offset, mask, g, b, p0, valid, records);
     __syncthreads();
-    block_product(kernels, rows_stride, grad_out, 1, kTile, rows - 1, kTile, out_channels,
-                  [&](int k, int t, acc_t value) { columns[k * row_step + t] = t < valid ? value : acc_t(0); });
+    tile_product(kernels, rows_stride, grad_out, 1, grad_out_stride, rows - 1, kTile, out_channels, staging,
+                 [&](int k, int t, acc_t value) {
+                   columns[k * row_step + t] = convert<operand_t>(t < valid ? value : acc_t(0));
+                 });
     __syncthreads();
     const scalar_t* image = input + b * image_elements;
     acc_t* grad_image = grad_input + b * image_elements;
@@ -707,8 +834,8 @@ __global__ void __launch_bounds__(kFusedThreads, 1)
       if (range.first == 0) write_sample_grads(s, total, g, SampleRow{0, b, og, tap}, p0 + t, grad_offset, grad_mask);
     });
     __syncthreads();
-    block_product(grad_out_t, out_stride, columns, row_step, 1, out_channels, rows, kTile,
-                  [&](int i, int k, acc_t value) { sums[i * rows + k] += value; });
+    tile_product(grad_out_t, out_stride, columns, row_step, 1, out_channels, rows, kTile, staging,
+                 [&](int i, int k, acc_t value) { sums[i * rows + k] += value; });
   }
   __syncthreads();
   for (int e = threadIdx.x; e < out_channels * rows; e += blockDim.x) {
@@ -774,9 +901,9 @@ cudaError_t deform_fused_plan(const DeformGeometry& g, int64_t out_channels, int
   DeviceLimits limits;
   const cudaError_t error = device_limits(&limits);
   if (error != cudaSuccess) return error;
-  const int64_t acc_size = element_size == sizeof(double) ? sizeof(double) : sizeof(float);
-  const int64_t forward_bytes = fused_layout(g, out_channels, false).elements * acc_size;
-  const int64_t backward_bytes = fused_layout(g, out_channels, true).elements * acc_size;
+  const int64_t size = static_cast<int64_t>(element_size);
+  const int64_t forward_bytes = fused_layout(g, out_channels, false, size).bytes;
+  const int64_t backward_bytes = fused_layout(g, out_channels, true, size).bytes;
   plan->forward = forward_bytes <= limits.shared_per_block;
   plan->backward = backward_bytes <= limits.shared_per_block;
   const int64_t tiles = g.batch * ceil_div(pixels, kTile);
@@ -791,7 +918,7 @@ cudaError_t deform_fused_forward(const scalar_t* input, const scalar_t* offset, 
                                  int64_t out_channels, scalar_t* output, cudaStream_t stream) {
   using acc_t = acc_type<scalar_t>;
   auto kernel = fused_forward_kernel<scalar_t, acc_t>;
-  const size_t bytes = fused_layout(g, out_channels, false).elements * sizeof(acc_t);
+  const size_t bytes = fused_layout(g, out_channels, false, sizeof(scalar_t)).bytes;
   const cudaError_t error = allow_shared(kernel, bytes);
   if (error != cudaSuccess) return error;
   const int64_t blocks = g.batch * ceil_div(g.out_h * g.out_w, kTile);
@@ -807,7 +934,7 @@ cudaError_t deform_fused_backward(const scalar_t* grad_output, const scalar_t* i
                                   scalar_t* grad_offset, scalar_t* grad_mask, acc_t* partials, scalar_t* grad_weight,
                                   scalar_t* grad_bias, cudaStream_t stream) {
   auto kernel = fused_backward_kernel<scalar_t, acc_t>;
-  const size_t bytes = fused_layout(g, out_channels, true).elements * sizeof(acc_t);
+  const size_t bytes = fused_layout(g, out_channels, true, sizeof(scalar_t)).bytes;
   const cudaError_t error = allow_shared(kernel, bytes);
   if (error != cudaSuccess) return error;
   launch(kernel, static_cast<unsigned>(plan.backward_blocks), kFusedThreads, bytes, stream, grad_output, input, offset,

@@ -37,12 +37,14 @@ cudaError_t deform_columns_backward(const scalar_t* input, const scalar_t* grad_
 // Fused small-channel path (groups == 1), one launch per pass: a block keeps the kernels (C_out x
 // (C*taps + 1), the bias included), a column tile of 64 output pixels ((C*taps + 1) x 64, 65 in the
 // backward) and one record per sample of the tile (12 acc_t per (offset group, tap, pixel); in the
-// forward they share the kernels' place) in shared memory, in acc_t; the backward also its grad
-// weight sums (as large as the kernels) and the grad_output tile (C_out x 64, twice). Its input, and
-// the backward's grad_input, are channels-last (B, H, W, C). `forward` / `backward` say whether that
-// fits the device's shared memory per block (227 KB on sm_90; at C_in = C_out = C, 3x3, one offset
-// group: forward up to C = 52 in fp32/fp16/bf16 and 32 in fp64, backward up to 36 and 20) and
-// H*W*C < 2^31; otherwise, or with groups > 1, the glue runs the generic path.
+// forward they share the kernels' place) in shared memory, in acc_t (fp16/bf16: the kernels, the
+// tiles and the grad_output tile in the input dtype, padded to 16 for the tensor cores, plus fp32
+// staging tiles); the backward also its grad weight sums (as large as the kernels, acc_t) and the
+// grad_output tile (C_out x 64, twice). Its input, and the backward's grad_input, are channels-last
+// (B, H, W, C). `forward` / `backward` say whether that fits the device's shared memory per block
+// (227 KB on sm_90; at C_in = C_out = C, 3x3, one offset group: forward up to C = 52 in fp32, 79 in
+// fp16/bf16 and 32 in fp64, backward up to 36, 46 and 20) and H*W*C < 2^31; otherwise, or with
+// groups > 1, the glue runs the generic path.
 struct DeformFusedPlan {
   bool forward = false, backward = false;
   int64_t backward_blocks = 0;   // at most one per SM, at least 4 tiles each
