@@ -176,11 +176,8 @@ cudaError_t class_avg_pool_forward(const scalar_t* features, const int64_t* labe
   int* partial_counts = reinterpret_cast<int*>(partial_sums + plan.splits * batch * num_classes * channels);
   const int64_t pixels_per_split = ceil_div(std::max<int64_t>(pixels, 1), plan.splits);
   auto kernel = partial_sums_kernel<scalar_t, acc_t>;
-  if (plan.shared_bytes > 48 * 1024) {
-    cudaError_t error = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             static_cast<int>(plan.shared_bytes));
-    if (error != cudaSuccess) return error;
-  }
+  const cudaError_t error = allow_shared(kernel, plan.shared_bytes);
+  if (error != cudaSuccess) return error;
   const dim3 grid(static_cast<unsigned>(plan.splits), static_cast<unsigned>(ceil_div(channels, kLanes)),
                   static_cast<unsigned>(batch));  // channels >= 1: the caller rejects empty features
   launch(kernel, grid, plan.warps * kLanes, plan.shared_bytes, stream, features, labels, channels, pixels, num_classes,

@@ -73,4 +73,12 @@ inline cudaError_t device_limits(DeviceLimits* limits) {
   return cudaDeviceGetAttribute(&limits->shared_per_block, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
 }
 
+// Lets `kernel` launch with `bytes` of dynamic shared memory: above the default 48 KB a kernel must
+// opt in (no stream work: allowed while a stream captures a CUDA graph).
+template <typename Kernel>
+cudaError_t allow_shared(Kernel kernel, size_t bytes) {
+  if (bytes <= 48 * 1024) return cudaSuccess;
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+}
+
 }  // namespace fastseg::cuda

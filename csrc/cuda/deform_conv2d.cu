@@ -209,13 +209,12 @@ __device__ Sample<acc_t> load_sample(const scalar_t* offset, const scalar_t* mas
 }
 
 // The channels of a run of a sample's offset group that one thread handles: c = first, first + step,
-// ... below count, `stride` apart in the input: a warp's lane, lane + 32, ... with stride 1 (NHWC,
-// both paths).
+// ... below count (a warp's lane, lane + 32, ...), adjacent in the NHWC input (both paths).
 struct ChannelRange {
-  int64_t first, step, count, stride;
+  int64_t first, step, count;
 };
 
-// The channel loop of one sample: column[c * column_stride] = mask * bilinear(image + c * stride) for
+// The channel loop of one sample: column[c * column_stride] = mask * bilinear(image + c) for
 // the channels c of `range` (`image` at the group's first channel; NaN when the position is
 // poisoned). Serves im2col (scalar_t columns in HBM) and the fused forward (operand_type columns in
 // shared memory).
@@ -225,7 +224,7 @@ __device__ void sample_columns(const Sample<acc_t, index_t>& s, const ChannelRan
   const acc_t scale = s.column_scale();
 #pragma unroll 4
   for (int64_t c = range.first; c < range.count; c += range.step) {
-    const index_t channel = static_cast<index_t>(c * range.stride);
+    const index_t channel = static_cast<index_t>(c);
     acc_t value = acc_t(0);
 #pragma unroll
     for (int n = 0; n < 4; ++n) {
@@ -274,7 +273,7 @@ __device__ SampleGrads<acc_t> sample_backward(const Sample<acc_t, index_t>& s, c
   if (s.any) {
 #pragma unroll 2
     for (int64_t c = range.first; c < range.count; c += range.step) {
-      const index_t channel = static_cast<index_t>(c * range.stride);
+      const index_t channel = static_cast<index_t>(c);
       const acc_t grad = convert<acc_t>(grad_column[c * column_stride]);
       const acc_t masked_grad = s.mask * grad;
       acc_t v[4];
@@ -399,7 +398,7 @@ __device__ void for_group_runs(const DeformGeometry& g, int64_t groups, const Sa
     const int64_t group = c / group_channels, run_end = std::min<int64_t>(end, (group + 1) * group_channels);
     const int64_t column =
         (((r.local_b * groups + group) * pixels + p) * taps + r.tap) * group_channels + (c - group * group_channels);
-    body(c, ChannelRange{threadIdx.x % 32, 32, run_end - c, 1}, column);
+    body(c, ChannelRange{threadIdx.x % 32, 32, run_end - c}, column);
     c = run_end;
   }
 }
@@ -712,7 +711,7 @@ __device__ Sample<acc_t, int> read_record(const acc_t* record) {
 template <typename acc_t, typename Body>
 __device__ void for_warp_samples(const DeformGeometry& g, int valid, const acc_t* records, Body body) {
   const int taps = static_cast<int>(g.kh * g.kw), warps = blockDim.x / 32;
-  const ChannelRange range{threadIdx.x % 32, 32, g.channels / g.offset_groups, 1};
+  const ChannelRange range{threadIdx.x % 32, 32, g.channels / g.offset_groups};
   for (int og_tap = 0; og_tap < g.offset_groups * taps; ++og_tap) {
     const int og = og_tap / taps, tap = og_tap - og * taps;
     for (int t = threadIdx.x / 32; t < valid; t += warps) {
@@ -859,12 +858,6 @@ __global__ void __launch_bounds__(kThreads)
   } else {
     grad_bias[i] = convert<scalar_t>(sum);
   }
-}
-
-template <typename Kernel>
-cudaError_t allow_shared(Kernel kernel, size_t bytes) {
-  if (bytes <= 48 * 1024) return cudaSuccess;
-  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
 }
 
 }  // namespace

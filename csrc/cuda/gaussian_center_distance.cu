@@ -558,11 +558,8 @@ cudaError_t gaussian_center_distance_backward(const scalar_t* grad_phi, const sc
   acc_t* partial_margins = partial_centers + layout.centers_elements;
   auto kernel = backward_kernel<scalar_t, acc_t>;
   const size_t shared_bytes = sizeof(acc_t) * kBackwardSharedElements;
-  if (shared_bytes > 48 * 1024) {
-    const cudaError_t error =
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared_bytes));
-    if (error != cudaSuccess) return error;
-  }
+  const cudaError_t error = allow_shared(kernel, shared_bytes);
+  if (error != cudaSuccess) return error;
   const dim3 grid(static_cast<unsigned>(plan.slices), static_cast<unsigned>(batch));
   launch(kernel, grid, kThreads, shared_bytes, stream, grad_phi, embeddings, centers, margins, delta_acc, channels,
          pixels, classes, plan.tiles_per_slice, grad_embeddings, grad_centers, grad_margins, partial_centers,

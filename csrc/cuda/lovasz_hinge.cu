@@ -569,11 +569,8 @@ cudaError_t lovasz_hinge_fused(const scalar_t* logits, const bool* labels, const
   if (rows == 0) return cudaSuccess;
   auto kernel = fused_forward_kernel<scalar_t>;
   const size_t shared_bytes = fused_shared_bytes(pixels);
-  if (shared_bytes > 48 * 1024) {
-    const cudaError_t error =
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared_bytes));
-    if (error != cudaSuccess) return error;
-  }
+  const cudaError_t error = allow_shared(kernel, shared_bytes);
+  if (error != cudaSuccess) return error;
   launch(kernel, static_cast<unsigned>(rows), kScanThreads, shared_bytes, stream, logits, labels, valid, pixels, losses,
          weights);
   return cudaGetLastError();
