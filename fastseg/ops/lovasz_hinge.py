@@ -146,7 +146,8 @@ def lovasz_hinge(
 
     Args:
         logits: (N, P) floating point scores, positive for the positive class.
-        labels: (N, P) bool, or integer in {0, 1} (checked where valid).
+        labels: (N, P) bool, or integer in {0, 1} (checked where valid: a ValueError on the CPU, a
+            device-side assertion on a GPU, which fails the next synchronising call).
         valid: (N, P) bool, the pixels that take part; None for all.
         backend: one of ``fastseg.ops.BACKENDS``; None uses the process default.
 
@@ -166,7 +167,9 @@ def lovasz_hinge(
             outside = (labels != 0) & (labels != 1)
             if valid is not None:
                 outside &= valid
-            if bool(outside.any()):
+            if labels.device.type != "cpu":  # no host sync (fastseg.ops.checks.check_labels does the same)
+                torch._assert_async(~outside.any(), "labels must be 0 or 1 where valid")
+            elif bool(outside.any()):
                 raise ValueError(f"labels must be 0 or 1 where valid, got {int(labels[outside][0])}")
         labels = labels != 0
     return lovasz_rows(logits, labels, valid, backend)

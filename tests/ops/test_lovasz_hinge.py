@@ -264,3 +264,19 @@ _Y = torch.ones(2, 5, dtype=torch.bool)
 def test_bad_input_names_the_argument(logits, labels, valid, message):
     with pytest.raises(ValueError, match=message):
         ops.lovasz_hinge(logits, labels, valid)
+
+
+@pytest.mark.cuda
+def test_cuda_integer_labels_are_checked_without_a_host_sync():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine")
+    logits = torch.randn(4, 300, device="cuda")
+    labels = torch.randint(0, 2, (4, 300), device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any host sync inside raises
+    try:
+        losses = ops.lovasz_hinge(logits, labels)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    expected = ops.lovasz_hinge(logits.cpu(), labels.cpu().bool(), backend="reference")
+    torch.testing.assert_close(losses.cpu(), expected)
