@@ -194,19 +194,30 @@ def _forward_kernel(
 
 
 @triton.jit
-def _grad_columns(grad_output, weight_t, b, group, tap, local_c, mask_c, offs_l, mask_l, L, C_out, taps,
+def _grad_out_tile(grad_output, b, group, offs_n, mask_n, offs_l, mask_l, L, C_out, group_out):
+    """grad_out rows offs_n of the group (BN channels, BM pixels) of one image."""
+    return tl.load(grad_output + (b * C_out + group * group_out + offs_n[:, None]).to(tl.int64) * L + offs_l[None, :],
+                   mask=mask_n[:, None] & mask_l[None, :], other=0.0)
+
+
+@triton.jit
+def _grad_columns(grad_output, resident, weight_t, b, group, tap, local_c, mask_c, offs_l, mask_l, L, C_out, taps,
                   group_channels, group_out, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
-                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """grad_columns chunk (BK channels, BM pixels) of one tap = W^T (BK, group_out) @ grad_out (group_out, BM)."""
+                  RESIDENT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """grad_columns chunk (BK channels, BM pixels) of one tap = W^T (BK, group_out) @ grad_out (group_out, BM); with
+    RESIDENT the grad_out operand is `resident`, the program's whole tile (BLOCK_N >= group_out, one reduction step),
+    else it is reloaded in BLOCK_N-row steps."""
     grad_col = tl.zeros([BLOCK_K, BLOCK_M], dtype=ACC)
     for n0 in range(0, group_out, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         mask_n = offs_n < group_out
         w_tile = tl.load(weight_t + ((group * group_out + offs_n[None, :]) * taps + tap) * group_channels
                          + local_c[:, None], mask=mask_c[:, None] & mask_n[None, :], other=0.0)
-        g_tile = tl.load(grad_output + (b * C_out + group * group_out + offs_n[:, None]).to(tl.int64) * L
-                         + offs_l[None, :], mask=mask_n[:, None] & mask_l[None, :], other=0.0)
-        grad_col = tl.dot(w_tile.to(DOT), g_tile.to(DOT), grad_col, input_precision=PRECISION, out_dtype=ACC)
+        if RESIDENT:
+            g_tile = resident
+        else:
+            g_tile = _grad_out_tile(grad_output, b, group, offs_n, mask_n, offs_l, mask_l, L, C_out, group_out).to(DOT)
+        grad_col = tl.dot(w_tile.to(DOT), g_tile, grad_col, input_precision=PRECISION, out_dtype=ACC)
     return grad_col
 
 
@@ -215,14 +226,19 @@ def _backward_data_kernel(
     grad_output, input, offset, mask, weight_t, grad_input, grad_offset, grad_mask,
     C, H, W, L, W_out, C_out, kw, taps, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     offset_groups, group_channels, group_out, offset_group_channels, segment,
-    HAS_MASK: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_MASK: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr, RESIDENT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """One pixel tile of one image: for every (tap, offset group) the grad_columns chunks of the group's channels
-    -> grad_input (atomics), and grad_offset / grad_mask of the (pixels, tap, offset group), stored once."""
+    -> grad_input (atomics), and grad_offset / grad_mask of the (pixels, tap, offset group), stored once. RESIDENT
+    (one conv group, BLOCK_N >= C_out): the program's grad_out tile is loaded once, before the loops."""
     b = tl.program_id(1).to(tl.int64)
     offs_l = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_l = offs_l < L
+    resident = grad_output
+    if RESIDENT:
+        offs_n = tl.arange(0, BLOCK_N)
+        resident = _grad_out_tile(grad_output, b, 0, offs_n, offs_n < C_out, offs_l, mask_l, L, C_out, C_out).to(DOT)
     for tap in range(taps):
         for og in range(offset_groups):
             y, x, m = _sample_position(offset, mask, b, og, tap, offs_l, mask_l, L, W_out, kw, stride_h, stride_w,
@@ -236,9 +252,9 @@ def _backward_data_kernel(
                 for k0 in range(0, segment, BLOCK_K):
                     offs_k = k0 + tl.arange(0, BLOCK_K)
                     mask_c = offs_k < segment
-                    grad_col = _grad_columns(grad_output, weight_t, b, group, tap,
+                    grad_col = _grad_columns(grad_output, resident, weight_t, b, group, tap,
                                              c_start - group * group_channels + offs_k, mask_c, offs_l, mask_l, L,
-                                             C_out, taps, group_channels, group_out, ACC, DOT, PRECISION,
+                                             C_out, taps, group_channels, group_out, ACC, DOT, PRECISION, RESIDENT,
                                              BLOCK_M, BLOCK_N, BLOCK_K)
                     channel_base = ((b * C + c_start + offs_k) * H).to(tl.int64) * W
                     # grad_input: col2im scatter of mask * bilinear weight * grad_columns
@@ -299,8 +315,7 @@ def _backward_weight_kernel(
         y0, x0, fy, fx, inside, finite = _corners(y, x, H, W)
         channel_base = ((b * C + c_start + offs_k) * H).to(tl.int64) * W
         columns = _column_chunk(input, channel_base, y0, x0, fy, fx, m, finite, H, W, mask_c, ACC)
-        g_tile = tl.load(grad_output + (b * C_out + group * group_out + offs_n[:, None]).to(tl.int64) * L
-                         + offs_l[None, :], mask=mask_n[:, None] & mask_l[None, :], other=0.0)
+        g_tile = _grad_out_tile(grad_output, b, group, offs_n, mask_n, offs_l, mask_l, L, C_out, group_out)
         acc = tl.dot(g_tile.to(DOT), tl.trans(columns.to(DOT)), acc, input_precision=PRECISION, out_dtype=ACC)
     out = partial_weight + ((split * C_out + group * group_out + offs_n[:, None]) * taps + tap) * group_channels \
         + s0 + offs_k[None, :]
@@ -408,8 +423,17 @@ def backward(grad_output, input, offset, weight, mask, stride, padding, dilation
     groups = geo["C"] // geo["group_channels"]
     dtypes = _dtypes(input.dtype, input.device)
     acc_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
-    # grad_columns: output channels are the reduction, 64 at a time; the accumulator is 32 x 64
-    blocks = _tiles(64, _pow2_block(geo["group_out"], 64), _pow2_block(geo["segment"], 32), accumulator=32 * 64)
+    # grad_columns (32 channels x 64 pixels): output channels are the reduction. With one conv group and C_out within
+    # _output_block's bound (tile <= 64 KB: 512 x 64 bf16/fp16, 256 fp32, 128 fp64) the program's grad_out tile stays
+    # on chip (RESIDENT, one reduction step) and 8 warps hold the chunk (sm_90 compile, bf16: 228-255 registers per
+    # thread, no spills; 4 warps spill); else the tile is reloaded 64 rows at a time and the accumulator is 32 x 64
+    block_k = _pow2_block(geo["segment"], 32)
+    whole = _output_block(geo["C_out"], dtypes["DOT"])
+    resident = groups == 1 and whole >= geo["C_out"]
+    if resident:
+        blocks = dict(BLOCK_M=64, BLOCK_N=whole, BLOCK_K=block_k, num_warps=8)
+    else:
+        blocks = _tiles(64, _pow2_block(geo["group_out"], 64), block_k, accumulator=32 * 64)
     weight_t = _transposed_weight(weight)
     grad_input = torch.zeros(input.shape, device=input.device, dtype=acc_dtype)
     # every element of grad_offset / grad_mask is stored exactly once by the data kernel
@@ -420,7 +444,7 @@ def backward(grad_output, input, offset, weight, mask, stride, padding, dilation
     l_tiles = triton.cdiv(geo["L"], blocks["BLOCK_M"])
     _backward_data_kernel[(l_tiles, batch)](
         grad_output, input, offset, mask_arg, weight_t, grad_input, grad_offset, grad_mask if has_mask else grad_offset,
-        **geo, HAS_MASK=has_mask, **dtypes, **blocks,
+        **geo, HAS_MASK=has_mask, **dtypes, RESIDENT=resident, **blocks,
     )
     # grad_out is re-read once per K chunk: 64 channels per chunk halve that traffic (cost model above)
     block_n, block_k = _output_block(geo["group_out"], dtypes["DOT"]), _pow2_block(geo["segment"], 64)
