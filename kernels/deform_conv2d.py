@@ -13,11 +13,12 @@ the benchmark = 590 KB) does not fit in an SM (228 KB), so the K chunks, not the
 blocks, form the outer loop.
 
 Backward: the data kernel owns (pixel tile, image) and walks (tap, offset group): it builds each
-grad_columns chunk = W^T chunk @ grad_out tile, scatters it into grad_input (atomics: pixels share
-input positions) and reduces it against the sampling derivative into grad_offset/grad_mask, which it
-stores once (no atomics: the program covers every channel of the offset group). The weight kernel
-owns (output-channel block, K chunk, split of the (image, pixel tile) items) and accumulates
-grad_out @ columns^T, gathering each chunk once per program; splits are summed deterministically.
+grad_columns chunk = W^T chunk @ grad_out tile (with one conv group and a tile of at most 64 KB the
+tile is loaded once per program and stays on chip, else it is reloaded per chunk), scatters it into
+grad_input (atomics: pixels share input positions) and reduces it against the sampling derivative
+into grad_offset/grad_mask, which it stores once (no atomics: the program covers every channel of the
+offset group). The weight kernel owns (output-channel block, K chunk, split of the (image, pixel tile)
+items) and accumulates grad_out @ columns^T, gathering each chunk once per program; splits are summed deterministically.
 Because of the grad_input atomics the backward refuses torch.use_deterministic_algorithms(True).
 
 Dots: fp16/bf16 operands with fp32 accumulation; fp32 in TF32 when
@@ -26,9 +27,10 @@ Under the interpreter (CPU tensors) fp16/bf16 products run in fp32 and fp32 in "
 
 Cost model, H200 (4.8 TB/s HBM, 989 TFLOP/s dense bf16, 495 TF32, 67 fp32; 132 SMs at 1.98 GHz), at the
 shapes of bench/bench_deform_conv2d.py: B=8, 97x97 -> P = 75272 output pixels, 3x3 kernel, modulated.
-Assumed, to be measured: ~10 TB/s from L2 to the SMs; ~100 G sector atomics/s in L2; a gather sample
-costs 4 loads (32 lanes/clk/SM) + ~12 ALU ops; Triton overlaps the gather with the MMAs only partly
-(no warp specialisation), so a kernel is predicted as max(MMA, L2 traffic) + gather + atomics.
+Assumed, to be measured: ~10 TB/s from L2 to the SMs; ~100 G sector atomics/s in L2; shared memory
+128 B/clk/SM; a gather sample costs 4 loads (32 lanes/clk/SM) + ~12 ALU ops; Triton overlaps the gather
+with the MMAs only partly (no warp specialisation), so a kernel is predicted as max(MMA, L2 traffic,
+shared-memory traffic) + gather + atomics.
   csfrnet-C512 (512 -> 512, K = 9*512 = 4608):
     FLOPs: one GEMM = 2*P*512*4608 = 355 GFLOP; forward 1 GEMM, backward 2 (grad_columns, grad_weight).
     HBM bytes (bf16): input 77 MB + output 77 MB + offset/mask 4 MB + weight 5 MB = 163 MB per pass = 0.034 ms,
@@ -40,23 +42,34 @@ costs 4 loads (32 lanes/clk/SM) + ~12 ALU ops; Triton overlaps the gather with t
       in bf16 (512 output channels per program). Predicted bf16 0.55 + 0.2 = 0.75 ms (48% of the floor,
       bound by the weight stream: BLOCK_M=128 halves it at twice the accumulator). fp32: the stream doubles
       (11 GB = 1.1 ms) and so do the gather passes (256 channels per program): TF32 1.5 ms (48%).
-    backward data: per (tap, 32-channel chunk) the W^T chunk and the 512 x 64 grad_out tile come again from L2:
-      N*K*P*2 B*(1/64 + 1/32) = 16.6 GB = 1.7 ms; one gather pass 0.2 ms; grad_input scatter 1.39 G fp32
-      atomics, pixels on the lanes so a warp's 32 land in ~4 sectors: 0.17 G sector atomics = 1.7 ms.
-      Predicted ~3.6 ms (floor 0.36): bound by L2 traffic and the atomics; fp32 (TF32) 3.3 + 0.2 + 1.7 = 5.2 ms.
+    backward data: the program's 512 x 64 grad_out tile (64 KB bf16) is loaded once (77 MB in all, in the HBM
+      bytes above) and only the W^T chunk (32 KB) comes from L2 per (tap, 32-channel chunk): N*K*P*2 B/64 =
+      1176 tiles * 4.7 MB = 5.5 GB = 0.55 ms (the per-chunk reload added N*K*P*2 B/32 = 11.1 GB: 16.6 GB = 1.7 ms).
+      On chip, shared memory: an sm_90 compile (Triton 3.9, offline) hoists the tile's local_alloc out of the loops;
+      held in registers it would need 128 per thread at 8 warps (mma.sync's B layout repeats it on both channel
+      warps) beside the ~230 of the chunk's gathers and scatters. The dots are mma.sync m16n8k16 (32 channels < 64,
+      no wgmma), 8 warps as 2 x 4 over (channels, pixels): each warp ldmatrix-reads 16 W^T rows (16 KB) and 16
+      tile columns (16 KB), plus the 32 KB W^T store = 288 KB per chunk; 1176*144 chunks / 132 SMs = 1283 per SM
+      * 288 KB / 128 B/clk = 2.96 M clk = 1.49 ms (the reload path's 4 warps move the same 288 KB per chunk, hidden
+      before under its 1.7 ms of L2). 96 KB of shared memory and 255 registers (no spills) allow 1 program per SM.
+      One gather pass 0.2 ms; grad_input scatter 1.39 G fp32 atomics, pixels on the lanes so a warp's 32 land in ~4
+      sectors: 0.17 G sector atomics = 1.7 ms. Predicted max(MMA 0.36, L2 0.55, shared 1.49) + 0.2 + 1.7 = 3.4 ms
+      (floor 0.36): bound by the shared-memory operand reads and the atomics. fp32 (TF32): the 128 KB tile
+      exceeds the 64 KB bound, the reload path stays: 3.3 + 0.2 + 1.7 = 5.2 ms.
     backward weight: grad_out (77 MB) streamed once per 64-channel K chunk: 72 x 77 MB = 5.5 GB = 0.55 ms; one
       gather pass (bf16). Predicted 0.75 ms (48%); fp32 (TF32) 1.1 + two gather passes = 1.5 ms.
     fp32 with allow_tf32 False (PyTorch's default, so the benchmark's fp32 rows): the dots run as FMAs on the
       CUDA cores, assumed at ~50% of 67 TFLOP/s: ~10.6 ms per GEMM, which hides the streams and the gather.
-    forward+backward predicted bf16 ~5.1 ms vs floor 1.08 ms (21%); TF32 ~8.2 ms vs 2.15 ms (26%); fp32
-      "ieee" ~34 ms vs 15.9 ms (47%; the 3 GEMMs + the data kernel's 1.7 ms of atomics). The
-      backward data kernel is the gap: a real fix keeps the grad_out tile on chip across the K chunks
-      (or materialises grad_columns per image with a tensor-core GEMM) and scatters without atomics.
+    forward+backward predicted bf16 0.75 + 3.4 + 0.75 = ~4.9 ms vs floor 1.08 ms (22%); TF32 ~8.2 ms vs 2.15 ms
+      (26%); fp32 "ieee" ~34 ms vs 15.9 ms (47%; the 3 GEMMs + the data kernel's 1.7 ms of atomics). The backward
+      data kernel is still the gap: its dots with 64 pixels as M (wgmma reading the tile from shared memory, 192 KB
+      per chunk at 8 warps = 1.0 ms) spill 104 B in the same compile, and the scatter needs to lose its atomics.
   csfrnet-C32 (32 -> 32, K = 288): 1.4 GFLOP per GEMM (1.4 us bf16); 14 MB per pass in bf16 (3 us);
-    22 M samples (~13 us per gather pass), 87 M atomics (~0.1 ms): latency and atomics bound.
+    22 M samples (~13 us per gather pass), 87 M atomics (~0.1 ms): latency and atomics bound (the on-chip
+    32 x 64 grad_out tile saves 8 reloads of 4 KB per program, 39 MB of L2: unchanged).
     Predicted forward ~20 us, forward+backward ~0.15 ms.
   predicted H200 triton | deform_conv2d csfrnet-C512 fp32 B=8 97x97 fwd+bwd | 34 ms | fp32 FMA dots (floor 15.9 ms)
-  predicted H200 triton | deform_conv2d csfrnet-C512 bf16 B=8 97x97 fwd+bwd | 5.1 ms | L2, atomics (floor 1.08 ms)
+  predicted H200 triton | deform_conv2d csfrnet-C512 bf16 B=8 97x97 fwd+bwd | 4.9 ms | smem, atomics (floor 1.08 ms)
   predicted H200 triton | deform_conv2d csfrnet-C32 bf16 B=8 97x97 fwd+bwd | 0.15 ms | atomics, latency (floor 0.008 ms)
 Nothing here has run on a GPU: the predictions stand until measured.
 """
