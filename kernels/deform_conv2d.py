@@ -53,9 +53,11 @@ shared-memory traffic) + gather + atomics.
       * 288 KB / 128 B/clk = 2.96 M clk = 1.49 ms (the reload path's 4 warps move the same 288 KB per chunk, hidden
       before under its 1.7 ms of L2). 96 KB of shared memory and 255 registers (no spills) allow 1 program per SM.
       One gather pass 0.2 ms; grad_input scatter 1.39 G fp32 atomics, pixels on the lanes so a warp's 32 land in ~4
-      sectors: 0.17 G sector atomics = 1.7 ms. Predicted max(MMA 0.36, L2 0.55, shared 1.49) + 0.2 + 1.7 = 3.4 ms
-      (floor 0.36): bound by the shared-memory operand reads and the atomics. fp32 (TF32): the 128 KB tile
-      exceeds the 64 KB bound, the reload path stays: 3.3 + 0.2 + 1.7 = 5.2 ms.
+      sectors: 0.17 G sector atomics = 1.7 ms, as fire-and-forget REDG (sem="relaxed"; the default acq_rel compiles
+      each of a thread's 32 atomics per chunk to MEMBAR.ALL.GPU + ATOMG + CCTL.IVALL, an L1 flush, in sm_90 SASS).
+      Predicted max(MMA 0.36, L2 0.55, shared 1.49) + 0.2 + 1.7 = 3.4 ms (floor 0.36): bound by the shared-memory
+      operand reads and the atomics. fp32 (TF32): the 128 KB tile exceeds the 64 KB bound, the reload path stays:
+      3.3 + 0.2 + 1.7 = 5.2 ms.
     backward weight: grad_out (77 MB) streamed once per 64-channel K chunk: 72 x 77 MB = 5.5 GB = 0.55 ms; one
       gather pass (bf16). Predicted 0.75 ms (48%); fp32 (TF32) 1.1 + two gather passes = 1.5 ms.
     fp32 with allow_tf32 False (PyTorch's default, so the benchmark's fp32 rows): the dots run as FMAs on the
@@ -158,13 +160,14 @@ def _column_chunk(input, channel_base, y0, x0, fy, fx, m, finite, H, W, mask_c, 
 
 @triton.jit
 def _scatter_corner(grad_input, channel_base, y0, x0, fy, fx, grad, H, W, mask_c, DY: tl.constexpr, DX: tl.constexpr):
-    """grad_input[neighbour (y0 + DY, x0 + DX)] += its bilinear weight * grad, for a (BK, BM) chunk (atomics)."""
+    """grad_input[neighbour (y0 + DY, x0 + DX)] += its bilinear weight * grad, for a (BK, BM) chunk (atomics, relaxed:
+    Triton's default acq_rel fences each one)."""
     r = y0 + DY
     c = x0 + DX
     weight = (fy * DY + (1 - fy) * (1 - DY)) * (fx * DX + (1 - fx) * (1 - DX))
     ok = (r >= 0) & (r < H) & (c >= 0) & (c < W)
     tl.atomic_add(grad_input + channel_base[:, None] + (r * W + c)[None, :], grad * weight[None, :],
-                  mask=mask_c[:, None] & ok[None, :])
+                  mask=mask_c[:, None] & ok[None, :], sem="relaxed")
 
 
 @triton.jit
@@ -438,7 +441,7 @@ def backward(grad_output, input, offset, weight, mask, stride, padding, dilation
     acc_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
     # grad_columns (32 channels x 64 pixels): output channels are the reduction. With one conv group and C_out within
     # _output_block's bound (tile <= 64 KB: 512 x 64 bf16/fp16, 256 fp32, 128 fp64) the program's grad_out tile stays
-    # on chip (RESIDENT, one reduction step) and 8 warps hold the chunk (sm_90 compile, bf16: 228-255 registers per
+    # on chip (RESIDENT, one reduction step) and 8 warps hold the chunk (sm_90 compile, bf16: 222-255 registers per
     # thread, no spills; 4 warps spill); else the tile is reloaded 64 rows at a time and the accumulator is 32 x 64
     block_k = _pow2_block(geo["segment"], 32)
     whole = _output_block(geo["C_out"], dtypes["DOT"])
