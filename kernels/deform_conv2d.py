@@ -13,11 +13,12 @@ the benchmark = 590 KB) does not fit in an SM (228 KB), so the K chunks, not the
 blocks, form the outer loop.
 
 Backward: the data kernel owns (pixel tile, image) and walks (tap, offset group): it builds each
-grad_columns chunk = W^T chunk @ grad_out tile, scatters it into grad_input (atomics: pixels share
-input positions) and reduces it against the sampling derivative into grad_offset/grad_mask, which it
-stores once (no atomics: the program covers every channel of the offset group). The weight kernel
-owns (output-channel block, K chunk, split of the (image, pixel tile) items) and accumulates
-grad_out @ columns^T, gathering each chunk once per program; splits are summed deterministically.
+grad_columns chunk = W^T chunk @ grad_out tile (with one conv group and a tile of at most 64 KB the
+tile is loaded once per program and stays on chip, else it is reloaded per chunk), scatters it into
+grad_input (atomics: pixels share input positions) and reduces it against the sampling derivative
+into grad_offset/grad_mask, which it stores once (no atomics: the program covers every channel of the
+offset group). The weight kernel owns (output-channel block, K chunk, split of the (image, pixel tile)
+items) and accumulates grad_out @ columns^T, gathering each chunk once per program; splits are summed deterministically.
 Because of the grad_input atomics the backward refuses torch.use_deterministic_algorithms(True).
 
 Dots: fp16/bf16 operands with fp32 accumulation; fp32 in TF32 when
@@ -26,9 +27,10 @@ Under the interpreter (CPU tensors) fp16/bf16 products run in fp32 and fp32 in "
 
 Cost model, H200 (4.8 TB/s HBM, 989 TFLOP/s dense bf16, 495 TF32, 67 fp32; 132 SMs at 1.98 GHz), at the
 shapes of bench/bench_deform_conv2d.py: B=8, 97x97 -> P = 75272 output pixels, 3x3 kernel, modulated.
-Assumed, to be measured: ~10 TB/s from L2 to the SMs; ~100 G sector atomics/s in L2; a gather sample
-costs 4 loads (32 lanes/clk/SM) + ~12 ALU ops; Triton overlaps the gather with the MMAs only partly
-(no warp specialisation), so a kernel is predicted as max(MMA, L2 traffic) + gather + atomics.
+Assumed, to be measured: ~10 TB/s from L2 to the SMs; ~100 G sector atomics/s in L2; shared memory
+128 B/clk/SM; a gather sample costs 4 loads (32 lanes/clk/SM) + ~12 ALU ops; Triton overlaps the gather
+with the MMAs only partly (no warp specialisation), so a kernel is predicted as max(MMA, L2 traffic,
+shared-memory traffic) + gather + atomics.
   csfrnet-C512 (512 -> 512, K = 9*512 = 4608):
     FLOPs: one GEMM = 2*P*512*4608 = 355 GFLOP; forward 1 GEMM, backward 2 (grad_columns, grad_weight).
     HBM bytes (bf16): input 77 MB + output 77 MB + offset/mask 4 MB + weight 5 MB = 163 MB per pass = 0.034 ms,
@@ -40,23 +42,36 @@ costs 4 loads (32 lanes/clk/SM) + ~12 ALU ops; Triton overlaps the gather with t
       in bf16 (512 output channels per program). Predicted bf16 0.55 + 0.2 = 0.75 ms (48% of the floor,
       bound by the weight stream: BLOCK_M=128 halves it at twice the accumulator). fp32: the stream doubles
       (11 GB = 1.1 ms) and so do the gather passes (256 channels per program): TF32 1.5 ms (48%).
-    backward data: per (tap, 32-channel chunk) the W^T chunk and the 512 x 64 grad_out tile come again from L2:
-      N*K*P*2 B*(1/64 + 1/32) = 16.6 GB = 1.7 ms; one gather pass 0.2 ms; grad_input scatter 1.39 G fp32
-      atomics, pixels on the lanes so a warp's 32 land in ~4 sectors: 0.17 G sector atomics = 1.7 ms.
-      Predicted ~3.6 ms (floor 0.36): bound by L2 traffic and the atomics; fp32 (TF32) 3.3 + 0.2 + 1.7 = 5.2 ms.
+    backward data: the program's 512 x 64 grad_out tile (64 KB bf16) is loaded once (77 MB in all, in the HBM
+      bytes above) and only the W^T chunk (32 KB) comes from L2 per (tap, 32-channel chunk): N*K*P*2 B/64 =
+      1176 tiles * 4.7 MB = 5.5 GB = 0.55 ms (the per-chunk reload added N*K*P*2 B/32 = 11.1 GB: 16.6 GB = 1.7 ms).
+      On chip, shared memory: an sm_90 compile (Triton 3.9, offline) hoists the tile's local_alloc out of the loops;
+      held in registers it would need 128 per thread at 8 warps (mma.sync's B layout repeats it on both channel
+      warps) beside the ~230 of the chunk's gathers and scatters. The dots are mma.sync m16n8k16 (32 channels < 64,
+      no wgmma), 8 warps as 2 x 4 over (channels, pixels): each warp ldmatrix-reads 16 W^T rows (16 KB) and 16
+      tile columns (16 KB), plus the 32 KB W^T store = 288 KB per chunk; 1176*144 chunks / 132 SMs = 1283 per SM
+      * 288 KB / 128 B/clk = 2.96 M clk = 1.49 ms (the reload path's 4 warps move the same 288 KB per chunk, hidden
+      before under its 1.7 ms of L2). 96 KB of shared memory and 255 registers (no spills) allow 1 program per SM.
+      One gather pass 0.2 ms; grad_input scatter 1.39 G fp32 atomics, pixels on the lanes so a warp's 32 land in ~4
+      sectors: 0.17 G sector atomics = 1.7 ms, as fire-and-forget REDG (sem="relaxed"; the default acq_rel compiles
+      each of a thread's 32 atomics per chunk to MEMBAR.ALL.GPU + ATOMG + CCTL.IVALL, an L1 flush, in sm_90 SASS).
+      Predicted max(MMA 0.36, L2 0.55, shared 1.49) + 0.2 + 1.7 = 3.4 ms (floor 0.36): bound by the shared-memory
+      operand reads and the atomics. fp32 (TF32): the 128 KB tile exceeds the 64 KB bound, the reload path stays:
+      3.3 + 0.2 + 1.7 = 5.2 ms.
     backward weight: grad_out (77 MB) streamed once per 64-channel K chunk: 72 x 77 MB = 5.5 GB = 0.55 ms; one
       gather pass (bf16). Predicted 0.75 ms (48%); fp32 (TF32) 1.1 + two gather passes = 1.5 ms.
     fp32 with allow_tf32 False (PyTorch's default, so the benchmark's fp32 rows): the dots run as FMAs on the
       CUDA cores, assumed at ~50% of 67 TFLOP/s: ~10.6 ms per GEMM, which hides the streams and the gather.
-    forward+backward predicted bf16 ~5.1 ms vs floor 1.08 ms (21%); TF32 ~8.2 ms vs 2.15 ms (26%); fp32
-      "ieee" ~34 ms vs 15.9 ms (47%; the 3 GEMMs + the data kernel's 1.7 ms of atomics). The
-      backward data kernel is the gap: a real fix keeps the grad_out tile on chip across the K chunks
-      (or materialises grad_columns per image with a tensor-core GEMM) and scatters without atomics.
+    forward+backward predicted bf16 0.75 + 3.4 + 0.75 = ~4.9 ms vs floor 1.08 ms (22%); TF32 ~8.2 ms vs 2.15 ms
+      (26%); fp32 "ieee" ~34 ms vs 15.9 ms (47%; the 3 GEMMs + the data kernel's 1.7 ms of atomics). The backward
+      data kernel is still the gap: its dots with 64 pixels as M (wgmma reading the tile from shared memory, 192 KB
+      per chunk at 8 warps = 1.0 ms) spill 104 B in the same compile, and the scatter needs to lose its atomics.
   csfrnet-C32 (32 -> 32, K = 288): 1.4 GFLOP per GEMM (1.4 us bf16); 14 MB per pass in bf16 (3 us);
-    22 M samples (~13 us per gather pass), 87 M atomics (~0.1 ms): latency and atomics bound.
+    22 M samples (~13 us per gather pass), 87 M atomics (~0.1 ms): latency and atomics bound (the on-chip
+    32 x 64 grad_out tile saves 8 reloads of 4 KB per program, 39 MB of L2: unchanged).
     Predicted forward ~20 us, forward+backward ~0.15 ms.
   predicted H200 triton | deform_conv2d csfrnet-C512 fp32 B=8 97x97 fwd+bwd | 34 ms | fp32 FMA dots (floor 15.9 ms)
-  predicted H200 triton | deform_conv2d csfrnet-C512 bf16 B=8 97x97 fwd+bwd | 5.1 ms | L2, atomics (floor 1.08 ms)
+  predicted H200 triton | deform_conv2d csfrnet-C512 bf16 B=8 97x97 fwd+bwd | 4.9 ms | smem, atomics (floor 1.08 ms)
   predicted H200 triton | deform_conv2d csfrnet-C32 bf16 B=8 97x97 fwd+bwd | 0.15 ms | atomics, latency (floor 0.008 ms)
 Nothing here has run on a GPU: the predictions stand until measured.
 """
@@ -145,13 +160,14 @@ def _column_chunk(input, channel_base, y0, x0, fy, fx, m, finite, H, W, mask_c, 
 
 @triton.jit
 def _scatter_corner(grad_input, channel_base, y0, x0, fy, fx, grad, H, W, mask_c, DY: tl.constexpr, DX: tl.constexpr):
-    """grad_input[neighbour (y0 + DY, x0 + DX)] += its bilinear weight * grad, for a (BK, BM) chunk (atomics)."""
+    """grad_input[neighbour (y0 + DY, x0 + DX)] += its bilinear weight * grad, for a (BK, BM) chunk (atomics, relaxed:
+    Triton's default acq_rel fences each one)."""
     r = y0 + DY
     c = x0 + DX
     weight = (fy * DY + (1 - fy) * (1 - DY)) * (fx * DX + (1 - fx) * (1 - DX))
     ok = (r >= 0) & (r < H) & (c >= 0) & (c < W)
     tl.atomic_add(grad_input + channel_base[:, None] + (r * W + c)[None, :], grad * weight[None, :],
-                  mask=mask_c[:, None] & ok[None, :])
+                  mask=mask_c[:, None] & ok[None, :], sem="relaxed")
 
 
 @triton.jit
@@ -194,19 +210,30 @@ def _forward_kernel(
 
 
 @triton.jit
-def _grad_columns(grad_output, weight_t, b, group, tap, local_c, mask_c, offs_l, mask_l, L, C_out, taps,
+def _grad_out_tile(grad_output, b, group, offs_n, mask_n, offs_l, mask_l, L, C_out, group_out):
+    """grad_out rows offs_n of the group (BN channels, BM pixels) of one image."""
+    return tl.load(grad_output + (b * C_out + group * group_out + offs_n[:, None]).to(tl.int64) * L + offs_l[None, :],
+                   mask=mask_n[:, None] & mask_l[None, :], other=0.0)
+
+
+@triton.jit
+def _grad_columns(grad_output, resident, weight_t, b, group, tap, local_c, mask_c, offs_l, mask_l, L, C_out, taps,
                   group_channels, group_out, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
-                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """grad_columns chunk (BK channels, BM pixels) of one tap = W^T (BK, group_out) @ grad_out (group_out, BM)."""
+                  RESIDENT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """grad_columns chunk (BK channels, BM pixels) of one tap = W^T (BK, group_out) @ grad_out (group_out, BM); with
+    RESIDENT the grad_out operand is `resident`, the program's whole tile (BLOCK_N >= group_out, one reduction step),
+    else it is reloaded in BLOCK_N-row steps."""
     grad_col = tl.zeros([BLOCK_K, BLOCK_M], dtype=ACC)
     for n0 in range(0, group_out, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         mask_n = offs_n < group_out
         w_tile = tl.load(weight_t + ((group * group_out + offs_n[None, :]) * taps + tap) * group_channels
                          + local_c[:, None], mask=mask_c[:, None] & mask_n[None, :], other=0.0)
-        g_tile = tl.load(grad_output + (b * C_out + group * group_out + offs_n[:, None]).to(tl.int64) * L
-                         + offs_l[None, :], mask=mask_n[:, None] & mask_l[None, :], other=0.0)
-        grad_col = tl.dot(w_tile.to(DOT), g_tile.to(DOT), grad_col, input_precision=PRECISION, out_dtype=ACC)
+        if RESIDENT:
+            g_tile = resident
+        else:
+            g_tile = _grad_out_tile(grad_output, b, group, offs_n, mask_n, offs_l, mask_l, L, C_out, group_out).to(DOT)
+        grad_col = tl.dot(w_tile.to(DOT), g_tile, grad_col, input_precision=PRECISION, out_dtype=ACC)
     return grad_col
 
 
@@ -215,14 +242,19 @@ def _backward_data_kernel(
     grad_output, input, offset, mask, weight_t, grad_input, grad_offset, grad_mask,
     C, H, W, L, W_out, C_out, kw, taps, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     offset_groups, group_channels, group_out, offset_group_channels, segment,
-    HAS_MASK: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_MASK: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr, RESIDENT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """One pixel tile of one image: for every (tap, offset group) the grad_columns chunks of the group's channels
-    -> grad_input (atomics), and grad_offset / grad_mask of the (pixels, tap, offset group), stored once."""
+    -> grad_input (atomics), and grad_offset / grad_mask of the (pixels, tap, offset group), stored once. RESIDENT
+    (one conv group, BLOCK_N >= C_out): the program's grad_out tile is loaded once, before the loops."""
     b = tl.program_id(1).to(tl.int64)
     offs_l = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_l = offs_l < L
+    resident = grad_output
+    if RESIDENT:
+        offs_n = tl.arange(0, BLOCK_N)
+        resident = _grad_out_tile(grad_output, b, 0, offs_n, offs_n < C_out, offs_l, mask_l, L, C_out, C_out).to(DOT)
     for tap in range(taps):
         for og in range(offset_groups):
             y, x, m = _sample_position(offset, mask, b, og, tap, offs_l, mask_l, L, W_out, kw, stride_h, stride_w,
@@ -236,9 +268,9 @@ def _backward_data_kernel(
                 for k0 in range(0, segment, BLOCK_K):
                     offs_k = k0 + tl.arange(0, BLOCK_K)
                     mask_c = offs_k < segment
-                    grad_col = _grad_columns(grad_output, weight_t, b, group, tap,
+                    grad_col = _grad_columns(grad_output, resident, weight_t, b, group, tap,
                                              c_start - group * group_channels + offs_k, mask_c, offs_l, mask_l, L,
-                                             C_out, taps, group_channels, group_out, ACC, DOT, PRECISION,
+                                             C_out, taps, group_channels, group_out, ACC, DOT, PRECISION, RESIDENT,
                                              BLOCK_M, BLOCK_N, BLOCK_K)
                     channel_base = ((b * C + c_start + offs_k) * H).to(tl.int64) * W
                     # grad_input: col2im scatter of mask * bilinear weight * grad_columns
@@ -299,8 +331,7 @@ def _backward_weight_kernel(
         y0, x0, fy, fx, inside, finite = _corners(y, x, H, W)
         channel_base = ((b * C + c_start + offs_k) * H).to(tl.int64) * W
         columns = _column_chunk(input, channel_base, y0, x0, fy, fx, m, finite, H, W, mask_c, ACC)
-        g_tile = tl.load(grad_output + (b * C_out + group * group_out + offs_n[:, None]).to(tl.int64) * L
-                         + offs_l[None, :], mask=mask_n[:, None] & mask_l[None, :], other=0.0)
+        g_tile = _grad_out_tile(grad_output, b, group, offs_n, mask_n, offs_l, mask_l, L, C_out, group_out)
         acc = tl.dot(g_tile.to(DOT), tl.trans(columns.to(DOT)), acc, input_precision=PRECISION, out_dtype=ACC)
     out = partial_weight + ((split * C_out + group * group_out + offs_n[:, None]) * taps + tap) * group_channels \
         + s0 + offs_k[None, :]
@@ -408,8 +439,17 @@ def backward(grad_output, input, offset, weight, mask, stride, padding, dilation
     groups = geo["C"] // geo["group_channels"]
     dtypes = _dtypes(input.dtype, input.device)
     acc_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
-    # grad_columns: output channels are the reduction, 64 at a time; the accumulator is 32 x 64
-    blocks = _tiles(64, _pow2_block(geo["group_out"], 64), _pow2_block(geo["segment"], 32), accumulator=32 * 64)
+    # grad_columns (32 channels x 64 pixels): output channels are the reduction. With one conv group and C_out within
+    # _output_block's bound (tile <= 64 KB: 512 x 64 bf16/fp16, 256 fp32, 128 fp64) the program's grad_out tile stays
+    # on chip (RESIDENT, one reduction step) and 8 warps hold the chunk (sm_90 compile, bf16: 222-255 registers per
+    # thread, no spills; 4 warps spill); else the tile is reloaded 64 rows at a time and the accumulator is 32 x 64
+    block_k = _pow2_block(geo["segment"], 32)
+    whole = _output_block(geo["C_out"], dtypes["DOT"])
+    resident = groups == 1 and whole >= geo["C_out"]
+    if resident:
+        blocks = dict(BLOCK_M=64, BLOCK_N=whole, BLOCK_K=block_k, num_warps=8)
+    else:
+        blocks = _tiles(64, _pow2_block(geo["group_out"], 64), block_k, accumulator=32 * 64)
     weight_t = _transposed_weight(weight)
     grad_input = torch.zeros(input.shape, device=input.device, dtype=acc_dtype)
     # every element of grad_offset / grad_mask is stored exactly once by the data kernel
@@ -420,7 +460,7 @@ def backward(grad_output, input, offset, weight, mask, stride, padding, dilation
     l_tiles = triton.cdiv(geo["L"], blocks["BLOCK_M"])
     _backward_data_kernel[(l_tiles, batch)](
         grad_output, input, offset, mask_arg, weight_t, grad_input, grad_offset, grad_mask if has_mask else grad_offset,
-        **geo, HAS_MASK=has_mask, **dtypes, **blocks,
+        **geo, HAS_MASK=has_mask, **dtypes, RESIDENT=resident, **blocks,
     )
     # grad_out is re-read once per K chunk: 64 channels per chunk halve that traffic (cost model above)
     block_n, block_k = _output_block(geo["group_out"], dtypes["DOT"]), _pow2_block(geo["segment"], 64)

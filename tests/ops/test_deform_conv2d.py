@@ -166,9 +166,11 @@ RANDOM_CASES = {
     "groups3-offset-groups2": (1, 12, 5, 6, 3, 1, 1, 1, 3, 2, True),
     # Triton tiles: 81 pixels = a full and a partial tile of 64 (3 tiles of 32 in the weight gradient); 72 channels
     # of one segment = 3 chunks of 32 (2 of 64 in the weight gradient), the last partial; 272 output channels = a
-    # full and a partial block of 256 in fp32 (5 reduction chunks of 64 in grad_columns)
+    # full and a partial block of 256 in fp32 (5 reduction chunks of 64 in grad_columns: over the 256 fp32 rows of
+    # the on-chip grad_out tile, so the reload path); 200 output channels: one on-chip tile of 256 rows, 56 masked
     "pixel-tiles-channel-chunks": (1, 72, 9, 6, 3, 1, 1, 1, 1, 1, True),
     "two-output-channel-blocks": (1, 4, 4, 272, 2, 1, 0, 1, 1, 1, True),
+    "resident-grad-out-tile": (1, 4, 4, 200, 2, 1, 0, 1, 1, 1, True),
 }
 CPP_ONLY_CASES = {"batch33"}  # large batch: the C++ backend only, to keep the interpreter's time short
 
