@@ -209,28 +209,63 @@ __device__ Sample<acc_t> load_sample(const scalar_t* offset, const scalar_t* mas
 }
 
 // The channels of a run of a sample's offset group that one thread handles: c = first, first + step,
-// ... below count (a warp's lane, lane + 32, ...), adjacent in the NHWC input (both paths).
+// ... below count (a warp's lane, lane + 32, ...), adjacent in the NHWC input (both paths). With
+// pairs (V = 2, the fused path when they are aligned) c is even and the thread also takes c + 1.
 struct ChannelRange {
   int64_t first, step, count;
 };
 
+// V adjacent elements, loaded (and, for fp32 on sm_90, added atomically) by one instruction: V = 2
+// needs the address aligned to 2 * sizeof(T) (float2, __half2 / __nv_bfloat162 as 32 bits, double2).
+template <typename T, int V>
+struct alignas(V * sizeof(T)) Vec {
+  T v[V];
+};
+
+template <int V, typename T>
+__device__ __forceinline__ Vec<T, V> load_vec(const T* address) {
+  return *reinterpret_cast<const Vec<T, V>*>(address);
+}
+
+// address[0, V) += value[0, V) (atomics): one float2 atomic for an fp32 pair on sm_90 (the
+// emulated layer has it too), else one atomic per element.
+template <int V, typename acc_t>
+__device__ __forceinline__ void atomic_add_vec(acc_t* address, const acc_t (&value)[V]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+  constexpr bool kVectorAtomics = false;
+#else
+  constexpr bool kVectorAtomics = true;
+#endif
+  if constexpr (kVectorAtomics && V == 2 && std::is_same_v<acc_t, float>) {
+    atomicAdd(reinterpret_cast<float2*>(address), make_float2(value[0], value[1]));
+  } else {
+#pragma unroll
+    for (int v = 0; v < V; ++v) atomicAdd(address + v, value[v]);
+  }
+}
+
 // The channel loop of one sample: column[c * column_stride] = mask * bilinear(image + c) for
 // the channels c of `range` (`image` at the group's first channel; NaN when the position is
-// poisoned). Serves im2col (scalar_t columns in HBM) and the fused forward (operand_type columns in
-// shared memory).
-template <typename scalar_t, typename acc_t, typename index_t, typename column_t>
+// poisoned), V adjacent channels per step (vector loads). Serves im2col (scalar_t columns in HBM)
+// and the fused forward (operand_type columns in shared memory).
+template <int V, typename scalar_t, typename acc_t, typename index_t, typename column_t>
 __device__ void sample_columns(const Sample<acc_t, index_t>& s, const ChannelRange& range, const scalar_t* image,
                                column_t* column, int64_t column_stride) {
   const acc_t scale = s.column_scale();
 #pragma unroll 4
   for (int64_t c = range.first; c < range.count; c += range.step) {
     const index_t channel = static_cast<index_t>(c);
-    acc_t value = acc_t(0);
+    acc_t value[V] = {};
 #pragma unroll
     for (int n = 0; n < 4; ++n) {
-      if (s.inside[n]) value += s.weight[n] * convert<acc_t>(image[channel + s.index[n]]);
+      if (s.inside[n]) {
+        const Vec<scalar_t, V> x = load_vec<V>(image + (channel + s.index[n]));
+#pragma unroll
+        for (int v = 0; v < V; ++v) value[v] += s.weight[n] * convert<acc_t>(x.v[v]);
+      }
     }
-    column[c * column_stride] = convert<column_t>(scale * value);
+#pragma unroll
+    for (int v = 0; v < V; ++v) column[(c + v) * column_stride] = convert<column_t>(scale * value[v]);
   }
 }
 
@@ -241,30 +276,35 @@ struct SampleGrads {
   acc_t y, x, m;
 };
 
-// The totals over a warp's lanes of their partial sums, in lane 0, in a fixed order (deterministic),
-// 8 shuffles instead of 3 x 5: the xor-16 and xor-8 steps each halve the values a lane carries on
-// (the lane with the step's bit carries the upper half), leaving y in lanes 0-7, x in 8-15, m in
-// 16-23 (zero in 24-31); three more steps add within each 8 lanes, two more bring x and m to lane 0.
-template <typename acc_t>
+// The totals over `kLanes` lanes (a warp, or a half-warp: xor and width stay inside it) of their
+// partial sums, in its first lane, in a fixed order (deterministic), 8 shuffles for a warp instead
+// of 3 x 5 (7 for a half-warp instead of 3 x 4): the xor-H and xor-Q steps (H = kLanes / 2, Q =
+// kLanes / 4) each halve the values a lane carries on (the lane with the step's bit carries the
+// upper half), leaving y in lanes [0, Q), x in [Q, 2Q), m in [2Q, 3Q) (zero in the rest); log2(Q)
+// more steps add within each Q lanes, two more bring x and m to the first lane.
+template <int kLanes, typename acc_t>
 __device__ SampleGrads<acc_t> warp_sums(const SampleGrads<acc_t>& partial) {
   constexpr unsigned kAll = 0xffffffffu;
-  const bool upper16 = threadIdx.x & 16, upper8 = threadIdx.x & 8;
-  const acc_t keep_a = upper16 ? partial.m : partial.y, keep_b = upper16 ? acc_t(0) : partial.x;
-  const acc_t send_a = upper16 ? partial.y : partial.m, send_b = upper16 ? partial.x : acc_t(0);
-  const acc_t a = keep_a + __shfl_xor_sync(kAll, send_a, 16), b = keep_b + __shfl_xor_sync(kAll, send_b, 16);
-  acc_t v = (upper8 ? b : a) + __shfl_xor_sync(kAll, upper8 ? a : b, 8);
+  constexpr int kHalf = kLanes / 2, kQuarter = kLanes / 4;
+  const bool upper_half = threadIdx.x & kHalf, upper_quarter = threadIdx.x & kQuarter;
+  const acc_t keep_a = upper_half ? partial.m : partial.y, keep_b = upper_half ? acc_t(0) : partial.x;
+  const acc_t send_a = upper_half ? partial.y : partial.m, send_b = upper_half ? partial.x : acc_t(0);
+  const acc_t a = keep_a + __shfl_xor_sync(kAll, send_a, kHalf, kLanes);
+  const acc_t b = keep_b + __shfl_xor_sync(kAll, send_b, kHalf, kLanes);
+  acc_t v = (upper_quarter ? b : a) + __shfl_xor_sync(kAll, upper_quarter ? a : b, kQuarter, kLanes);
 #pragma unroll
-  for (int lanes = 4; lanes > 0; lanes /= 2) v += __shfl_xor_sync(kAll, v, lanes);
-  return {v, __shfl_sync(kAll, v, 8), __shfl_sync(kAll, v, 16)};
+  for (int lanes = kQuarter / 2; lanes > 0; lanes /= 2) v += __shfl_xor_sync(kAll, v, lanes, kLanes);
+  return {v, __shfl_sync(kAll, v, kQuarter, kLanes), __shfl_sync(kAll, v, 2 * kQuarter, kLanes)};
 }
 
 // The backward of one sample over the channels of `range` given its grad column (grad_column[c *
-// column_stride]): grad_image[c] += bilinear weight * mask * grad (atomics, same indexing as image)
-// and the returned partial sums of the offset and mask gradients (write_sample_grads). Serves the
-// generic backward (const grad columns in HBM) and the fused one (grad columns in shared memory,
-// mutable): there each entry is then replaced by the sample's column value (what sample_columns
-// writes), from the neighbours this pass loads anyway, for the grad weight product.
-template <typename scalar_t, typename acc_t, typename index_t, typename column_t>
+// column_stride]): grad_image[c] += bilinear weight * mask * grad (atomics, same indexing as image;
+// V adjacent channels per step: vector loads and, for fp32 pairs, vector atomics) and the returned
+// partial sums of the offset and mask gradients (write_sample_grads). Serves the generic backward
+// (const grad columns in HBM) and the fused one (grad columns in shared memory, mutable): there each
+// entry is then replaced by the sample's column value (what sample_columns writes), from the
+// neighbours this pass loads anyway, for the grad weight product.
+template <int V, typename scalar_t, typename acc_t, typename index_t, typename column_t>
 __device__ SampleGrads<acc_t> sample_backward(const Sample<acc_t, index_t>& s, const ChannelRange& range,
                                               const scalar_t* image, acc_t* grad_image, column_t* grad_column,
                                               int64_t column_stride) {
@@ -274,23 +314,43 @@ __device__ SampleGrads<acc_t> sample_backward(const Sample<acc_t, index_t>& s, c
 #pragma unroll 2
     for (int64_t c = range.first; c < range.count; c += range.step) {
       const index_t channel = static_cast<index_t>(c);
-      const acc_t grad = convert<acc_t>(grad_column[c * column_stride]);
-      const acc_t masked_grad = s.mask * grad;
-      acc_t v[4];
+      acc_t grad[V], masked_grad[V], v[4][V];
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        grad[k] = convert<acc_t>(grad_column[(c + k) * column_stride]);
+        masked_grad[k] = s.mask * grad[k];
+      }
 #pragma unroll
       for (int n = 0; n < 4; ++n) {
-        v[n] = s.inside[n] ? convert<acc_t>(image[channel + s.index[n]]) : acc_t(0);
-        if (s.inside[n]) atomicAdd(grad_image + (channel + s.index[n]), s.weight[n] * masked_grad);
+        if (s.inside[n]) {
+          const Vec<scalar_t, V> x = load_vec<V>(image + (channel + s.index[n]));
+          acc_t scattered[V];
+#pragma unroll
+          for (int k = 0; k < V; ++k) {
+            v[n][k] = convert<acc_t>(x.v[k]);
+            scattered[k] = s.weight[n] * masked_grad[k];
+          }
+          atomic_add_vec<V>(grad_image + (channel + s.index[n]), scattered);
+        } else {
+#pragma unroll
+          for (int k = 0; k < V; ++k) v[n][k] = acc_t(0);
+        }
       }
-      const acc_t value = s.weight[0] * v[0] + s.weight[1] * v[1] + s.weight[2] * v[2] + s.weight[3] * v[3];
-      sums.m += grad * value;
-      sums.y += grad * ((acc_t(1) - s.frac_x) * (v[2] - v[0]) + s.frac_x * (v[3] - v[1]));
-      sums.x += grad * ((acc_t(1) - s.frac_y) * (v[1] - v[0]) + s.frac_y * (v[3] - v[2]));
-      if constexpr (kRebuildColumns) grad_column[c * column_stride] = convert<column_t>(s.column_scale() * value);
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        const acc_t value = s.weight[0] * v[0][k] + s.weight[1] * v[1][k] + s.weight[2] * v[2][k] + s.weight[3] * v[3][k];
+        sums.m += grad[k] * value;
+        sums.y += grad[k] * ((acc_t(1) - s.frac_x) * (v[2][k] - v[0][k]) + s.frac_x * (v[3][k] - v[1][k]));
+        sums.x += grad[k] * ((acc_t(1) - s.frac_y) * (v[1][k] - v[0][k]) + s.frac_y * (v[3][k] - v[2][k]));
+        if constexpr (kRebuildColumns) {
+          grad_column[(c + k) * column_stride] = convert<column_t>(s.column_scale() * value);
+        }
+      }
     }
   } else if constexpr (kRebuildColumns) {
     for (int64_t c = range.first; c < range.count; c += range.step) {
-      grad_column[c * column_stride] = convert<column_t>(s.column_scale() * acc_t(0));
+#pragma unroll
+      for (int k = 0; k < V; ++k) grad_column[(c + k) * column_stride] = convert<column_t>(s.column_scale() * acc_t(0));
     }
   }
   return sums;
@@ -413,7 +473,7 @@ __global__ void __launch_bounds__(kThreads)
   for_chunk_samples<scalar_t, acc_t>(offset, mask, g, b0, nb, [&](const Sample<acc_t>& s, const SampleRow& r, int64_t p) {
     const scalar_t* image = input + r.b * g.height * g.width * g.channels;
     for_group_runs(g, groups, r, p, [&](int64_t c, const ChannelRange& range, int64_t column) {
-      sample_columns(s, range, image + c, columns + column, 1);
+      sample_columns<1>(s, range, image + c, columns + column, 1);
     });
   });
 }
@@ -431,13 +491,13 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t image_start = r.b * g.height * g.width * g.channels;
     SampleGrads<acc_t> partial{acc_t(0), acc_t(0), acc_t(0)};
     for_group_runs(g, groups, r, p, [&](int64_t c, const ChannelRange& range, int64_t column) {
-      const SampleGrads<acc_t> run = sample_backward(s, range, input + image_start + c, grad_input + image_start + c,
+      const SampleGrads<acc_t> run = sample_backward<1>(s, range, input + image_start + c, grad_input + image_start + c,
                                                      grad_columns + column, 1);
       partial.y += run.y;
       partial.x += run.x;
       partial.m += run.m;
     });
-    const SampleGrads<acc_t> total = warp_sums(partial);
+    const SampleGrads<acc_t> total = warp_sums<32>(partial);
     if (threadIdx.x % 32 == 0) write_sample_grads(s, total, g, r, p, grad_offset, grad_mask);
   });
 }
@@ -705,25 +765,41 @@ __device__ Sample<acc_t, int> read_record(const acc_t* record) {
   return s;
 }
 
-// The channel pass of a tile: for each (offset group, tap), warp w takes the pixels t = w, w + warps,
-// ... below `valid` (warp-uniform), its lanes the channels lane, lane + 32, ... of the offset group:
-// body(record, t, og, tap, lane channels).
-template <typename acc_t, typename Body>
+// The channel pass of a tile, V channels per lane: a sample takes 32 / V lanes (a warp, or a
+// half-warp for pairs), which cover 32 channels per step. For each (offset group, tap), warp w takes
+// the pixels t = V w + h, then V (w + warps) + h, ... (h its half for pairs; warp-uniform steps, so
+// that warp_sums may shuffle), its lanes the channels V * (lane % (32 / V)) + 32 j of the offset
+// group: body(record, t, og, tap, lane channels); for t >= valid (the odd last pixel of a pair) the
+// lanes' channel range is empty.
+template <int V, typename acc_t, typename Body>
 __device__ void for_warp_samples(const DeformGeometry& g, int valid, const acc_t* records, Body body) {
+  constexpr int kLanes = 32 / V;
   const int taps = static_cast<int>(g.kh * g.kw), warps = blockDim.x / 32;
-  const ChannelRange range{threadIdx.x % 32, 32, g.channels / g.offset_groups};
+  const int lane = threadIdx.x % kLanes, half = threadIdx.x % 32 / kLanes;
+  const int64_t group_channels = g.channels / g.offset_groups;
   for (int og_tap = 0; og_tap < g.offset_groups * taps; ++og_tap) {
     const int og = og_tap / taps, tap = og_tap - og * taps;
-    for (int t = threadIdx.x / 32; t < valid; t += warps) {
-      body(records + (int64_t(og_tap) * kTile + t) * kRecord, t, og, tap, range);
+    for (int t0 = threadIdx.x / 32 * V; t0 < valid; t0 += warps * V) {
+      const int t = t0 + half;
+      body(records + (int64_t(og_tap) * kTile + t) * kRecord, t, og, tap,
+           ChannelRange{V * lane, 32, t < valid ? group_channels : 0});
     }
   }
+}
+
+// Channels per lane of the fused channel pass: pairs when every pair load (and grad_input pair
+// atomic) is aligned, that is channels-last with an even channel count per offset group (even group
+// starts and pixel strides) and `buffers` aligned to two elements; else one (the same code).
+template <typename... T>
+int fused_pair_width(const DeformGeometry& g, const T*... buffers) {
+  const bool aligned = ((reinterpret_cast<uintptr_t>(buffers) % (2 * sizeof(T)) == 0) && ...);
+  return (g.channels / g.offset_groups) % 2 == 0 && aligned ? 2 : 1;
 }
 
 // Block per tile (image blockIdx.x / tiles, tile blockIdx.x % tiles): the sample pass, the channel
 // pass into the column tile, then, the records consumed, the kernels in their place and
 // output(i, p) = sum_k kernels(i, k) * columns(k, p) with the bias row included (Eq. 6). input NHWC.
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, typename acc_t, int V>
 __global__ void __launch_bounds__(kFusedThreads)
     fused_forward_kernel(const scalar_t* __restrict__ input, const scalar_t* __restrict__ offset,
                          const scalar_t* __restrict__ mask, const scalar_t* __restrict__ weight,
@@ -751,8 +827,8 @@ __global__ void __launch_bounds__(kFusedThreads)
   }
   __syncthreads();
   const scalar_t* image = input + b * g.height * g.width * g.channels;
-  for_warp_samples(g, valid, records, [&](const acc_t* record, int t, int og, int tap, const ChannelRange& range) {
-    sample_columns(read_record(record), range, image + og * group_channels,
+  for_warp_samples<V>(g, valid, records, [&](const acc_t* record, int t, int og, int tap, const ChannelRange& range) {
+    sample_columns<V>(read_record(record), range, image + og * group_channels,
                    columns + (og * group_channels * taps + tap) + t * pixel_step, int64_t(taps));
   });
   __syncthreads();  // the records are consumed
@@ -773,7 +849,7 @@ __global__ void __launch_bounds__(kFusedThreads)
 // * columns(k, p) into the block's shared sums (the tile's row of ones gives grad_bias). At the end
 // the block's sums go to partials[blockIdx.x] (reduced by reduce_kernel). At most one block per SM
 // (the plan): ptxas may use the registers of the whole SM (fp64 spilled at its default).
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, typename acc_t, int V>
 __global__ void __launch_bounds__(kFusedThreads, 1)
     fused_backward_kernel(const scalar_t* __restrict__ grad_output, const scalar_t* __restrict__ input,
                           const scalar_t* __restrict__ offset, const scalar_t* __restrict__ mask,
@@ -823,14 +899,14 @@ __global__ void __launch_bounds__(kFusedThreads, 1)
     __syncthreads();
     const scalar_t* image = input + b * image_elements;
     acc_t* grad_image = grad_input + b * image_elements;
-    for_warp_samples(g, valid, records, [&](const acc_t* record, int t, int og, int tap, const ChannelRange& range) {
+    for_warp_samples<V>(g, valid, records, [&](const acc_t* record, int t, int og, int tap, const ChannelRange& range) {
       const Sample<acc_t, int> s = read_record(record);
       const int start = og * group_channels;
-      const SampleGrads<acc_t> partial = sample_backward(s, range, image + start, grad_image + start,
+      const SampleGrads<acc_t> partial = sample_backward<V>(s, range, image + start, grad_image + start,
                                                          columns + (start * taps + tap) * row_step + t,
                                                          int64_t(taps) * row_step);
-      const SampleGrads<acc_t> total = warp_sums(partial);
-      if (range.first == 0) write_sample_grads(s, total, g, SampleRow{0, b, og, tap}, p0 + t, grad_offset, grad_mask);
+      const SampleGrads<acc_t> total = warp_sums<32 / V>(partial);
+      if (range.first == 0 && t < valid) write_sample_grads(s, total, g, SampleRow{0, b, og, tap}, p0 + t, grad_offset, grad_mask);
     });
     __syncthreads();
     tile_product(grad_out_t, out_stride, columns, row_step, 1, out_channels, rows, kTile, staging,
@@ -910,7 +986,8 @@ cudaError_t deform_fused_forward(const scalar_t* input, const scalar_t* offset, 
                                  const scalar_t* weight, const scalar_t* bias, const DeformGeometry& g,
                                  int64_t out_channels, scalar_t* output, cudaStream_t stream) {
   using acc_t = acc_type<scalar_t>;
-  auto kernel = fused_forward_kernel<scalar_t, acc_t>;
+  auto kernel = fused_pair_width(g, input) == 2 ? fused_forward_kernel<scalar_t, acc_t, 2>
+                                                : fused_forward_kernel<scalar_t, acc_t, 1>;
   const size_t bytes = fused_layout(g, out_channels, false, sizeof(scalar_t)).bytes;
   const cudaError_t error = allow_shared(kernel, bytes);
   if (error != cudaSuccess) return error;
@@ -926,7 +1003,8 @@ cudaError_t deform_fused_backward(const scalar_t* grad_output, const scalar_t* i
                                   int64_t out_channels, const DeformFusedPlan& plan, acc_t* grad_input,
                                   scalar_t* grad_offset, scalar_t* grad_mask, acc_t* partials, scalar_t* grad_weight,
                                   scalar_t* grad_bias, cudaStream_t stream) {
-  auto kernel = fused_backward_kernel<scalar_t, acc_t>;
+  auto kernel = fused_pair_width(g, input, grad_input) == 2 ? fused_backward_kernel<scalar_t, acc_t, 2>
+                                                            : fused_backward_kernel<scalar_t, acc_t, 1>;
   const size_t bytes = fused_layout(g, out_channels, true, sizeof(scalar_t)).bytes;
   const cudaError_t error = allow_shared(kernel, bytes);
   if (error != cudaSuccess) return error;
