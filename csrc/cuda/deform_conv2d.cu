@@ -224,6 +224,10 @@ struct alignas(V * sizeof(T)) Vec {
 
 template <int V, typename T>
 __device__ __forceinline__ Vec<T, V> load_vec(const T* address) {
+#ifdef FASTSEG_EMULATED_CUDA
+  // The host's loads do not fault where a GPU's would: the emulated layer checks.
+  ::fastseg::emulated::check_alignment(address, sizeof(Vec<T, V>), "vector load at an address not aligned to its size");
+#endif
   return *reinterpret_cast<const Vec<T, V>*>(address);
 }
 

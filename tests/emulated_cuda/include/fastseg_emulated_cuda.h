@@ -33,7 +33,8 @@
 //   - atomics are plain read-modify-writes: fibers switch only at barriers, so they are atomic; the
 //     16-bit float ones round the fp32 sum to nearest even, as the hardware does, and a vector atomic
 //     (a 16-bit pair, sm_90's float2) at an address not aligned to its size fails the launch
-//     (cudaErrorMisalignedAddress).
+//     (cudaErrorMisalignedAddress); a kernel's vector loads ask check_alignment themselves (the
+//     host's loads never fault).
 //   - libraries: the device-wide radix sort of csrc/cuda/radix_sort.cuh (CUB under nvcc) is a host
 //     LSD radix sort with CUB's temporary-storage contract (radix_sort_keys below).
 // Errors are sticky like the runtime's: cudaGetLastError() returns and clears the first one, and
@@ -85,8 +86,8 @@ void* dynamic_shared_memory();
 // block, as a GPU reports a faulting instruction (an exception cannot leave a fiber).
 void fault(cudaError_t error, const char* what);
 
-// A vector atomic needs an address aligned to its size (4 bytes for a 16-bit pair, 8 for float2),
-// else the instruction faults; `what` names it in the error.
+// A vector atomic or load needs an address aligned to its size (4 bytes for a 16-bit pair, 8 for
+// float2), else the instruction faults; `what` names it in the error.
 inline void check_alignment(const void* address, uintptr_t bytes, const char* what) {
   if (reinterpret_cast<uintptr_t>(address) % bytes != 0) fault(cudaErrorMisalignedAddress, what);
 }
