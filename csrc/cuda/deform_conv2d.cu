@@ -20,9 +20,12 @@
 // memory (acc_t; for fp16/bf16 the product operands in the input dtype, padded to 16), the bias as a
 // row of ones. The input is channels-last (NHWC, a copy by the glue):
 // per tile a sample pass (a thread per sample) stores the samples' records in shared memory, then a
-// channel pass gives each sample to a warp whose lanes take the channels of its offset group, so that
-// a neighbour load (and an atomic into the NHWC grad_input) is one contiguous run of channels; the
-// channel loops are the generic path's (sample_columns, sample_backward) with channel stride 1.
+// channel pass gives each sample to a half-warp whose lanes take two adjacent channels each of its
+// offset group (V = 2: a warp runs two samples per step; pair loads, fp32 pair atomics on sm_90),
+// or, when the channels per offset group are odd or a buffer is not pair-aligned, to a warp with
+// one channel per lane (V = 1, the same code), so that a neighbour load (and an atomic into the NHWC
+// grad_input) is one contiguous run of channels; the channel loops are the generic path's
+// (sample_columns, sample_backward, which the generic path runs with V = 1) with channel stride 1.
 // Forward, one launch: the tile, then output = kernels x tile (tile_product: fp32/fp64 FMAs, 4 x 2
 // register tile per thread; fp16/bf16 wmma 16x16x16 tiles on the tensor cores, fp32 sums).
 // Backward, one launch: grad tile = kernels^T x grad_out (the same product), the channel pass
@@ -98,40 +101,55 @@
 //   sample pass: 576 samples, a thread each: ~120 instructions (load_sample, its int64 division
 //     for (ho, wo) included) per warp of 32 samples, 18 warps: 0.54 K, plus the records' 3 quad
 //     stores (4 wavefronts each), 0.22 K: 0.8 K clocks per tile.
-//   channel pass: per (warp, sample) 3 broadcast record loads, 4 neighbour loads of 32 channels
-//     (128 B fp32, aligned: 4 sectors, 1 clock; bf16 64 B, 2 sectors; 20.7 / 15.3 sectors per load
-//     in the pixel-per-lane layout before) and one column store without bank conflicts (lanes taps
-//     apart forward, 9 * 65 backward): 8 clocks fp32, 6 bf16; ~50 instructions (counted in the PTX:
-//     record, 4 x (predicate, address, load, FMA), store, loop) = 12.5 issue clocks, so 7.2 K per
-//     tile (both dtypes). Backward: also the grad column load, 4 fp32 atomics of 128 B (4 clocks),
-//     8 shuffles (warp_sums): 21 / 19 clocks, ~110 instructions (27.5 issue clocks): 15.8 K. The
-//     16-bit column tile costs bf16 the column store 2 wavefronts forward (lanes 18 B apart: 7
-//     clocks) and 4 each for the backward's grad column load and store (lanes 9 rows of 144 B apart,
-//     4-way: 25 clocks), both still below the issue clocks.
-//     Issue-bound: the per-sample work (record, reduction, lane-0 writes) is paid per 32 channels.
+//   channel pass (C = 32 is even: V = 2, a half-warp per sample, two samples per warp step): per
+//     sample 3 broadcast record loads, 4 neighbour loads of 32 channels (a pair per lane: 128 B
+//     fp32, aligned, 4 sectors; bf16 64 B, 2 sectors; one instruction now loads both half-warps'
+//     samples, 8 / 4 sectors; 20.7 / 15.3 sectors per load in the pixel-per-lane layout before) and
+//     32 column entries, 2 stores per step without bank conflicts (the half-warps' pixels are odd
+//     rows apart: lanes on even banks, the other half on odd ones; forward channels 18 taps apart,
+//     backward 18 rows of 65): 8 clocks fp32, 6 bf16 per sample. Issue, counted in the SASS of the
+//     sm_90 cubin (cuobjdump -sass; the path of one step of C = 32 with all four neighbours inside:
+//     records, predicates, 64-bit addresses, loads, FMAs, stores, loop): 105 instructions per warp
+//     step fp32, 126 bf16 (the pair's conversions), 52.5 / 63 per sample = 13.1 / 15.8 issue clocks:
+//     576 x 52.5 / 4 = 7.6 K per tile fp32, 9.1 K bf16. Backward: also the grad column loads, 4
+//     float2 atomics (RED.F32x2) of 2 x 128 B per step (4 clocks per sample), 7 shuffles per step
+//     (warp_sums of 16 lanes) for two samples: 16.5 / 14.5 clocks per sample; 247 / 249
+//     instructions per step, 123.5 / 124.5 per sample (30.9 / 31.1 issue clocks): 17.8 / 17.9 K. The
+//     16-bit column tile costs bf16 the column stores ~2 wavefronts per sample forward (7 clocks) and
+//     4 each for the backward's grad column loads and stores (channels 18 rows of 144 B apart, 4-way;
+//     the two samples' entries share words: 20.5 clocks), both still below the issue clocks.
+//     The one-channel loops (V = 1, what ran for every C before) count 86 / 96 SASS instructions
+//     per (warp, sample) forward fp32 / bf16, 222 / 223 backward (the PTX estimate that stood here,
+//     ~50 / ~110, undercounted): 12.4 / 13.8 K and 32.0 / 32.1 K per tile; pairs cut the channel
+//     pass's issue by 39 / 34% forward and 44% backward. Still issue-bound: the per-sample work
+//     (record, 64-bit addresses, reduction, lane-0 writes) is now paid per half-warp of 32 channels.
 //   smaller: the kernels' 4-way-conflicted transposing stores and weight loads 1.5 K (1.3 K bf16),
 //     now after the channel pass (their region first holds the records); backward grad_out tile (two
 //     layouts), offset and mask writes 1.6 K.
 //   forward: 1184 blocks, two per SM (113.0 KB of shared memory each fp32, 76.0 KB bf16), 8.97 tiles
-//     per SM: 0.8 + 7.2 + 1.5 + 6.9 = 16.4 K clocks per tile fp32 -> 74.3 us; bf16 0.8 + 7.2 + 1.3 +
-//     1.4 = 10.7 K -> 48.5 us (73.4 us with fp32 products; 80 us before the channel pass, 8.8 K
-//     clocks of scattered sectors per gather).
+//     per SM at 1.98 GHz: 0.8 + 7.6 + 1.5 + 6.9 = 16.8 K clocks per tile fp32 -> 76.1 us; bf16 0.8 +
+//     9.1 + 1.3 + 1.4 = 12.6 K -> 57.1 us (one channel per lane, SASS-counted: 21.6 K -> 97.9 us fp32,
+//     17.3 K -> 78.4 us bf16).
 //   backward: 132 blocks (one per SM: 190.1 KB fp32, 144.9 KB bf16), at most 9 tiles each: 0.8 +
-//     1.6 + 14.6 + 15.8 = 32.8 K clocks per tile fp32 -> 149.1 us; bf16 0.8 + 1.6 + 4.0 + 3.3 +
-//     15.8 = 25.5 K -> 115.9 us (149.1 us with fp32 products; 168 us before the channel pass).
+//     1.6 + 14.6 + 17.8 = 34.8 K clocks per tile fp32 -> 158.2 us; bf16 0.8 + 1.6 + 4.0 + 3.3 +
+//     17.9 = 27.6 K -> 125.5 us (one channel per lane: 49.0 K -> 222.7 us fp32, 41.8 K -> 190.0 us
+//     bf16).
 //   passes around the kernels: the NHWC copy of the input, once per forward and once per backward
 //     (9.6 MB read + written fp32: 4.7 us each; 2.35 us bf16), the zeroed NHWC fp32 grad_input 2.3 us,
 //     the reduction of the 132 x 9248 fp32 partial sums 1.2 us, grad_input back to NCHW in the input
 //     dtype 4.7 us fp32 (new), 3.5 us bf16 (the cast it replaces): 17.6 / 11.7 us.
 //   launches: forward 2 (copy, fused), backward 5 (copy, zeroing, fused, reduction, conversion):
 //     7 x 3 us = 21 us (was 4 / 5 launches).
-//   Total 74.3 + 149.1 + 17.6 + 21 = 262 us fp32, 48.5 + 115.9 + 11.7 + 21 = 197 us bf16 (0.255 ms with
-//   fp32 products; 0.293 / 0.270 ms before the channel pass). The generic path's 0.254 / 0.163 ms C32
-//   predictions (14-20 launches, column round trips through HBM, cuBLAS) left the neighbour sectors
-//   out; counted the same way its four passes
-//   (im2col twice, backward reads, atomics) add ~0.22 / ~0.17 ms: ~0.43 / ~0.30 ms. In bf16 the
+//   Total 76.1 + 158.2 + 17.6 + 21 = 273 us fp32, 57.1 + 125.5 + 11.7 + 21 = 215 us bf16. One channel
+//   per lane counted the same way (SASS): 97.9 + 222.7 + 17.6 + 21 = 359 us fp32, 78.4 + 190.0 + 11.7
+//   + 21 = 301 us bf16; the 262 / 197 us that stood here took the PTX estimate. The generic path's
+//   0.254 / 0.163 ms C32 predictions (14-20 launches, column round trips through HBM, cuBLAS) left
+//   the neighbour sectors out; counted the same way its four passes (im2col twice, backward reads,
+//   atomics) add ~0.22 / ~0.17 ms: ~0.43 / ~0.30 ms. In bf16 the
 //   fused path gains launches and HBM traffic and keeps the tensor cores for its products.
-//   Risks: the instruction counts are read off the PTX (no SASS here); the NHWC copies are ATen
+//   Risks: the channel pass's instruction counts are one path of the SASS (all neighbours inside;
+//   an edge sample skips loads), issue at 4 per clock assumed (no dual issue, no stalls); the
+//   products' counts are still PTX estimates; the NHWC copies are ATen
 //   permute-copies, which may run well below HBM bandwidth (at half, +9 us fp32); the L2 traffic of
 //   the loads and atomics and the latency of the backward's 8 warps per SM are not modelled; the
 //   1024 FLOP/clk/SM of mma.sync and the wmma loads' wavefronts are assumed, not read off SASS.
@@ -141,8 +159,8 @@
 // loads and fp32 staging, the tensor cores keep pace).
 // predicted H200 | deform_conv2d csfrnet-C512 fp32 B=8 97x97 fwd+bwd | 24.862 ms | fp32 SGEMM, TF32 off (floor 15.903 ms)
 // predicted H200 | deform_conv2d csfrnet-C512 bf16 B=8 97x97 fwd+bwd | 3.371 ms | bf16 GEMMs, column passes, atomics (floor 1.077 ms)
-// predicted H200 | deform_conv2d csfrnet-C32 fp32 B=8 97x97 fwd+bwd | 0.262 ms | channel-pass issue, shared-memory products (floor 0.062 ms)
-// predicted H200 | deform_conv2d csfrnet-C32 bf16 B=8 97x97 fwd+bwd | 0.197 ms | channel-pass issue, wmma operand loads and staging (floor 0.008 ms)
+// predicted H200 | deform_conv2d csfrnet-C32 fp32 B=8 97x97 fwd+bwd | 0.273 ms | channel-pass issue, shared-memory products (floor 0.062 ms)
+// predicted H200 | deform_conv2d csfrnet-C32 bf16 B=8 97x97 fwd+bwd | 0.215 ms | channel-pass issue, wmma operand loads and staging (floor 0.008 ms)
 #include "cuda/common.cuh"
 #include "cuda/deform_conv2d.h"
 
@@ -342,7 +360,8 @@ __device__ SampleGrads<acc_t> sample_backward(const Sample<acc_t, index_t>& s, c
       }
 #pragma unroll
       for (int k = 0; k < V; ++k) {
-        const acc_t value = s.weight[0] * v[0][k] + s.weight[1] * v[1][k] + s.weight[2] * v[2][k] + s.weight[3] * v[3][k];
+        const acc_t value =
+            s.weight[0] * v[0][k] + s.weight[1] * v[1][k] + s.weight[2] * v[2][k] + s.weight[3] * v[3][k];
         sums.m += grad[k] * value;
         sums.y += grad[k] * ((acc_t(1) - s.frac_x) * (v[2][k] - v[0][k]) + s.frac_x * (v[3][k] - v[1][k]));
         sums.x += grad[k] * ((acc_t(1) - s.frac_y) * (v[1][k] - v[0][k]) + s.frac_y * (v[3][k] - v[2][k]));
@@ -848,8 +867,8 @@ __global__ void __launch_bounds__(kFusedThreads)
 // grad_columns(k, p) = sum_i kernels(i, k) * grad_out(i, p) into the column tile (in operand_t: the
 // input dtype for fp16/bf16, as the generic path's grad columns); the channel pass (the only
 // neighbour loads of the tile) scatters them to the NHWC grad_input (atomics, lanes on channels:
-// contiguous), sums the offset and mask gradients over the lanes (warp_sums), lane 0 writes them (no
-// atomics), and leaves the column values in the tile; then grad_kernels(i, k) += sum_p grad_out(i, p)
+// contiguous; V channels per lane), sums the offset and mask gradients over the sample's 32 / V lanes
+// (warp_sums), its first lane writes them (no atomics), and leaves the column values in the tile; then grad_kernels(i, k) += sum_p grad_out(i, p)
 // * columns(k, p) into the block's shared sums (the tile's row of ones gives grad_bias). At the end
 // the block's sums go to partials[blockIdx.x] (reduced by reduce_kernel). At most one block per SM
 // (the plan): ptxas may use the registers of the whole SM (fp64 spilled at its default).
@@ -910,7 +929,9 @@ __global__ void __launch_bounds__(kFusedThreads, 1)
                                                          columns + (start * taps + tap) * row_step + t,
                                                          int64_t(taps) * row_step);
       const SampleGrads<acc_t> total = warp_sums<32 / V>(partial);
-      if (range.first == 0 && t < valid) write_sample_grads(s, total, g, SampleRow{0, b, og, tap}, p0 + t, grad_offset, grad_mask);
+      if (range.first == 0 && t < valid) {
+        write_sample_grads(s, total, g, SampleRow{0, b, og, tap}, p0 + t, grad_offset, grad_mask);
+      }
     });
     __syncthreads();
     tile_product(grad_out_t, out_stride, columns, row_step, 1, out_channels, rows, kTile, staging,
