@@ -155,7 +155,7 @@
 //   1024 FLOP/clk/SM of mma.sync and the wmma loads' wavefronts are assumed, not read off SASS.
 // Bound: C512 fp32 by the SGEMMs (1.56x floor); C512 bf16 by the GEMMs at 60% of peak plus the column
 // passes and atomics, which the floor does not count (3.1x); C32 by the instruction issue of the
-// channel passes (per-sample work per warp) and the shared-memory products (bf16: their operand
+// channel passes (per-sample work per half-warp) and the shared-memory products (bf16: their operand
 // loads and fp32 staging, the tensor cores keep pace).
 // predicted H200 | deform_conv2d csfrnet-C512 fp32 B=8 97x97 fwd+bwd | 24.862 ms | fp32 SGEMM, TF32 off (floor 15.903 ms)
 // predicted H200 | deform_conv2d csfrnet-C512 bf16 B=8 97x97 fwd+bwd | 3.371 ms | bf16 GEMMs, column passes, atomics (floor 1.077 ms)
