@@ -20,9 +20,12 @@
 // memory (acc_t; for fp16/bf16 the product operands in the input dtype, padded to 16), the bias as a
 // row of ones. The input is channels-last (NHWC, a copy by the glue):
 // per tile a sample pass (a thread per sample) stores the samples' records in shared memory, then a
-// channel pass gives each sample to a warp whose lanes take the channels of its offset group, so that
-// a neighbour load (and an atomic into the NHWC grad_input) is one contiguous run of channels; the
-// channel loops are the generic path's (sample_columns, sample_backward) with channel stride 1.
+// channel pass gives each sample to a half-warp whose lanes take two adjacent channels each of its
+// offset group (V = 2: a warp runs two samples per step; pair loads, fp32 pair atomics on sm_90),
+// or, when the channels per offset group are odd or a buffer is not pair-aligned, to a warp with
+// one channel per lane (V = 1, the same code), so that a neighbour load (and an atomic into the NHWC
+// grad_input) is one contiguous run of channels; the channel loops are the generic path's
+// (sample_columns, sample_backward, which the generic path runs with V = 1) with channel stride 1.
 // Forward, one launch: the tile, then output = kernels x tile (tile_product: fp32/fp64 FMAs, 4 x 2
 // register tile per thread; fp16/bf16 wmma 16x16x16 tiles on the tensor cores, fp32 sums).
 // Backward, one launch: grad tile = kernels^T x grad_out (the same product), the channel pass
@@ -98,51 +101,66 @@
 //   sample pass: 576 samples, a thread each: ~120 instructions (load_sample, its int64 division
 //     for (ho, wo) included) per warp of 32 samples, 18 warps: 0.54 K, plus the records' 3 quad
 //     stores (4 wavefronts each), 0.22 K: 0.8 K clocks per tile.
-//   channel pass: per (warp, sample) 3 broadcast record loads, 4 neighbour loads of 32 channels
-//     (128 B fp32, aligned: 4 sectors, 1 clock; bf16 64 B, 2 sectors; 20.7 / 15.3 sectors per load
-//     in the pixel-per-lane layout before) and one column store without bank conflicts (lanes taps
-//     apart forward, 9 * 65 backward): 8 clocks fp32, 6 bf16; ~50 instructions (counted in the PTX:
-//     record, 4 x (predicate, address, load, FMA), store, loop) = 12.5 issue clocks, so 7.2 K per
-//     tile (both dtypes). Backward: also the grad column load, 4 fp32 atomics of 128 B (4 clocks),
-//     8 shuffles (warp_sums): 21 / 19 clocks, ~110 instructions (27.5 issue clocks): 15.8 K. The
-//     16-bit column tile costs bf16 the column store 2 wavefronts forward (lanes 18 B apart: 7
-//     clocks) and 4 each for the backward's grad column load and store (lanes 9 rows of 144 B apart,
-//     4-way: 25 clocks), both still below the issue clocks.
-//     Issue-bound: the per-sample work (record, reduction, lane-0 writes) is paid per 32 channels.
+//   channel pass (C = 32 is even: V = 2, a half-warp per sample, two samples per warp step): per
+//     sample 3 broadcast record loads, 4 neighbour loads of 32 channels (a pair per lane: 128 B
+//     fp32, aligned, 4 sectors; bf16 64 B, 2 sectors; one instruction now loads both half-warps'
+//     samples, 8 / 4 sectors; 20.7 / 15.3 sectors per load in the pixel-per-lane layout before) and
+//     32 column entries, 2 stores per step without bank conflicts (the half-warps' pixels are odd
+//     rows apart: lanes on even banks, the other half on odd ones; forward channels 18 taps apart,
+//     backward 18 rows of 65): 8 clocks fp32, 6 bf16 per sample. Issue, counted in the SASS of the
+//     sm_90 cubin (cuobjdump -sass; the path of one step of C = 32 with all four neighbours inside:
+//     records, predicates, 64-bit addresses, loads, FMAs, stores, loop): 105 instructions per warp
+//     step fp32, 126 bf16 (the pair's conversions), 52.5 / 63 per sample = 13.1 / 15.8 issue clocks:
+//     576 x 52.5 / 4 = 7.6 K per tile fp32, 9.1 K bf16. Backward: also the grad column loads, 4
+//     float2 atomics (RED.F32x2) of 2 x 128 B per step (4 clocks per sample), 7 shuffles per step
+//     (warp_sums of 16 lanes) for two samples: 16.5 / 14.5 clocks per sample; 247 / 249
+//     instructions per step, 123.5 / 124.5 per sample (30.9 / 31.1 issue clocks): 17.8 / 17.9 K. The
+//     16-bit column tile costs bf16 the column stores ~2 wavefronts per sample forward (7 clocks) and
+//     4 each for the backward's grad column loads and stores (channels 18 rows of 144 B apart, 4-way;
+//     the two samples' entries share words: 20.5 clocks), both still below the issue clocks.
+//     The one-channel loops (V = 1, what ran for every C before) count 86 / 96 SASS instructions
+//     per (warp, sample) forward fp32 / bf16, 222 / 223 backward (the PTX estimate that stood here,
+//     ~50 / ~110, undercounted): 12.4 / 13.8 K and 32.0 / 32.1 K per tile; pairs cut the channel
+//     pass's issue by 39 / 34% forward and 44% backward. Still issue-bound: the per-sample work
+//     (record, 64-bit addresses, reduction, lane-0 writes) is now paid per half-warp of 32 channels.
 //   smaller: the kernels' 4-way-conflicted transposing stores and weight loads 1.5 K (1.3 K bf16),
 //     now after the channel pass (their region first holds the records); backward grad_out tile (two
 //     layouts), offset and mask writes 1.6 K.
 //   forward: 1184 blocks, two per SM (113.0 KB of shared memory each fp32, 76.0 KB bf16), 8.97 tiles
-//     per SM: 0.8 + 7.2 + 1.5 + 6.9 = 16.4 K clocks per tile fp32 -> 74.3 us; bf16 0.8 + 7.2 + 1.3 +
-//     1.4 = 10.7 K -> 48.5 us (73.4 us with fp32 products; 80 us before the channel pass, 8.8 K
-//     clocks of scattered sectors per gather).
+//     per SM at 1.98 GHz: 0.8 + 7.6 + 1.5 + 6.9 = 16.8 K clocks per tile fp32 -> 76.1 us; bf16 0.8 +
+//     9.1 + 1.3 + 1.4 = 12.6 K -> 57.1 us (one channel per lane, SASS-counted: 21.6 K -> 97.9 us fp32,
+//     17.3 K -> 78.4 us bf16).
 //   backward: 132 blocks (one per SM: 190.1 KB fp32, 144.9 KB bf16), at most 9 tiles each: 0.8 +
-//     1.6 + 14.6 + 15.8 = 32.8 K clocks per tile fp32 -> 149.1 us; bf16 0.8 + 1.6 + 4.0 + 3.3 +
-//     15.8 = 25.5 K -> 115.9 us (149.1 us with fp32 products; 168 us before the channel pass).
+//     1.6 + 14.6 + 17.8 = 34.8 K clocks per tile fp32 -> 158.2 us; bf16 0.8 + 1.6 + 4.0 + 3.3 +
+//     17.9 = 27.6 K -> 125.5 us (one channel per lane: 49.0 K -> 222.7 us fp32, 41.8 K -> 190.0 us
+//     bf16).
 //   passes around the kernels: the NHWC copy of the input, once per forward and once per backward
 //     (9.6 MB read + written fp32: 4.7 us each; 2.35 us bf16), the zeroed NHWC fp32 grad_input 2.3 us,
 //     the reduction of the 132 x 9248 fp32 partial sums 1.2 us, grad_input back to NCHW in the input
 //     dtype 4.7 us fp32 (new), 3.5 us bf16 (the cast it replaces): 17.6 / 11.7 us.
 //   launches: forward 2 (copy, fused), backward 5 (copy, zeroing, fused, reduction, conversion):
 //     7 x 3 us = 21 us (was 4 / 5 launches).
-//   Total 74.3 + 149.1 + 17.6 + 21 = 262 us fp32, 48.5 + 115.9 + 11.7 + 21 = 197 us bf16 (0.255 ms with
-//   fp32 products; 0.293 / 0.270 ms before the channel pass). The generic path's 0.254 / 0.163 ms C32
-//   predictions (14-20 launches, column round trips through HBM, cuBLAS) left the neighbour sectors
-//   out; counted the same way its four passes
-//   (im2col twice, backward reads, atomics) add ~0.22 / ~0.17 ms: ~0.43 / ~0.30 ms. In bf16 the
+//   Total 76.1 + 158.2 + 17.6 + 21 = 273 us fp32, 57.1 + 125.5 + 11.7 + 21 = 215 us bf16. One channel
+//   per lane counted the same way (SASS): 97.9 + 222.7 + 17.6 + 21 = 359 us fp32, 78.4 + 190.0 + 11.7
+//   + 21 = 301 us bf16; the 262 / 197 us that stood here took the PTX estimate. The generic path's
+//   0.254 / 0.163 ms C32 predictions (14-20 launches, column round trips through HBM, cuBLAS) left
+//   the neighbour sectors out; counted the same way its four passes (im2col twice, backward reads,
+//   atomics) add ~0.22 / ~0.17 ms: ~0.43 / ~0.30 ms. In bf16 the
 //   fused path gains launches and HBM traffic and keeps the tensor cores for its products.
-//   Risks: the instruction counts are read off the PTX (no SASS here); the NHWC copies are ATen
+//   Risks: the channel pass's instruction counts are one path of the SASS (all neighbours inside;
+//   an edge sample skips loads), issue at 4 per clock assumed (no dual issue, no stalls); the
+//   products' counts are still PTX estimates; the NHWC copies are ATen
 //   permute-copies, which may run well below HBM bandwidth (at half, +9 us fp32); the L2 traffic of
 //   the loads and atomics and the latency of the backward's 8 warps per SM are not modelled; the
 //   1024 FLOP/clk/SM of mma.sync and the wmma loads' wavefronts are assumed, not read off SASS.
 // Bound: C512 fp32 by the SGEMMs (1.56x floor); C512 bf16 by the GEMMs at 60% of peak plus the column
 // passes and atomics, which the floor does not count (3.1x); C32 by the instruction issue of the
-// channel passes (per-sample work per warp) and the shared-memory products (bf16: their operand
+// channel passes (per-sample work per half-warp) and the shared-memory products (bf16: their operand
 // loads and fp32 staging, the tensor cores keep pace).
 // predicted H200 | deform_conv2d csfrnet-C512 fp32 B=8 97x97 fwd+bwd | 24.862 ms | fp32 SGEMM, TF32 off (floor 15.903 ms)
 // predicted H200 | deform_conv2d csfrnet-C512 bf16 B=8 97x97 fwd+bwd | 3.371 ms | bf16 GEMMs, column passes, atomics (floor 1.077 ms)
-// predicted H200 | deform_conv2d csfrnet-C32 fp32 B=8 97x97 fwd+bwd | 0.262 ms | channel-pass issue, shared-memory products (floor 0.062 ms)
-// predicted H200 | deform_conv2d csfrnet-C32 bf16 B=8 97x97 fwd+bwd | 0.197 ms | channel-pass issue, wmma operand loads and staging (floor 0.008 ms)
+// predicted H200 | deform_conv2d csfrnet-C32 fp32 B=8 97x97 fwd+bwd | 0.273 ms | channel-pass issue, shared-memory products (floor 0.062 ms)
+// predicted H200 | deform_conv2d csfrnet-C32 bf16 B=8 97x97 fwd+bwd | 0.215 ms | channel-pass issue, wmma operand loads and staging (floor 0.008 ms)
 #include "cuda/common.cuh"
 #include "cuda/deform_conv2d.h"
 
@@ -209,28 +227,67 @@ __device__ Sample<acc_t> load_sample(const scalar_t* offset, const scalar_t* mas
 }
 
 // The channels of a run of a sample's offset group that one thread handles: c = first, first + step,
-// ... below count (a warp's lane, lane + 32, ...), adjacent in the NHWC input (both paths).
+// ... below count (a warp's lane, lane + 32, ...), adjacent in the NHWC input (both paths). With
+// pairs (V = 2, the fused path when they are aligned) c is even and the thread also takes c + 1.
 struct ChannelRange {
   int64_t first, step, count;
 };
 
+// V adjacent elements, loaded (and, for fp32 on sm_90, added atomically) by one instruction: V = 2
+// needs the address aligned to 2 * sizeof(T) (float2, __half2 / __nv_bfloat162 as 32 bits, double2).
+template <typename T, int V>
+struct alignas(V * sizeof(T)) Vec {
+  T v[V];
+};
+
+template <int V, typename T>
+__device__ __forceinline__ Vec<T, V> load_vec(const T* address) {
+#ifdef FASTSEG_EMULATED_CUDA
+  // The host's loads do not fault where a GPU's would: the emulated layer checks.
+  ::fastseg::emulated::check_alignment(address, sizeof(Vec<T, V>), "vector load at an address not aligned to its size");
+#endif
+  return *reinterpret_cast<const Vec<T, V>*>(address);
+}
+
+// address[0, V) += value[0, V) (atomics): one float2 atomic for an fp32 pair on sm_90 (the
+// emulated layer has it too), else one atomic per element.
+template <int V, typename acc_t>
+__device__ __forceinline__ void atomic_add_vec(acc_t* address, const acc_t (&value)[V]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+  constexpr bool kVectorAtomics = false;
+#else
+  constexpr bool kVectorAtomics = true;
+#endif
+  if constexpr (kVectorAtomics && V == 2 && std::is_same_v<acc_t, float>) {
+    atomicAdd(reinterpret_cast<float2*>(address), make_float2(value[0], value[1]));
+  } else {
+#pragma unroll
+    for (int v = 0; v < V; ++v) atomicAdd(address + v, value[v]);
+  }
+}
+
 // The channel loop of one sample: column[c * column_stride] = mask * bilinear(image + c) for
 // the channels c of `range` (`image` at the group's first channel; NaN when the position is
-// poisoned). Serves im2col (scalar_t columns in HBM) and the fused forward (operand_type columns in
-// shared memory).
-template <typename scalar_t, typename acc_t, typename index_t, typename column_t>
+// poisoned), V adjacent channels per step (vector loads). Serves im2col (scalar_t columns in HBM)
+// and the fused forward (operand_type columns in shared memory).
+template <int V, typename scalar_t, typename acc_t, typename index_t, typename column_t>
 __device__ void sample_columns(const Sample<acc_t, index_t>& s, const ChannelRange& range, const scalar_t* image,
                                column_t* column, int64_t column_stride) {
   const acc_t scale = s.column_scale();
 #pragma unroll 4
   for (int64_t c = range.first; c < range.count; c += range.step) {
     const index_t channel = static_cast<index_t>(c);
-    acc_t value = acc_t(0);
+    acc_t value[V] = {};
 #pragma unroll
     for (int n = 0; n < 4; ++n) {
-      if (s.inside[n]) value += s.weight[n] * convert<acc_t>(image[channel + s.index[n]]);
+      if (s.inside[n]) {
+        const Vec<scalar_t, V> x = load_vec<V>(image + (channel + s.index[n]));
+#pragma unroll
+        for (int v = 0; v < V; ++v) value[v] += s.weight[n] * convert<acc_t>(x.v[v]);
+      }
     }
-    column[c * column_stride] = convert<column_t>(scale * value);
+#pragma unroll
+    for (int v = 0; v < V; ++v) column[(c + v) * column_stride] = convert<column_t>(scale * value[v]);
   }
 }
 
@@ -241,30 +298,35 @@ struct SampleGrads {
   acc_t y, x, m;
 };
 
-// The totals over a warp's lanes of their partial sums, in lane 0, in a fixed order (deterministic),
-// 8 shuffles instead of 3 x 5: the xor-16 and xor-8 steps each halve the values a lane carries on
-// (the lane with the step's bit carries the upper half), leaving y in lanes 0-7, x in 8-15, m in
-// 16-23 (zero in 24-31); three more steps add within each 8 lanes, two more bring x and m to lane 0.
-template <typename acc_t>
+// The totals over `kLanes` lanes (a warp, or a half-warp: xor and width stay inside it) of their
+// partial sums, in its first lane, in a fixed order (deterministic), 8 shuffles for a warp instead
+// of 3 x 5 (7 for a half-warp instead of 3 x 4): the xor-H and xor-Q steps (H = kLanes / 2, Q =
+// kLanes / 4) each halve the values a lane carries on (the lane with the step's bit carries the
+// upper half), leaving y in lanes [0, Q), x in [Q, 2Q), m in [2Q, 3Q) (zero in the rest); log2(Q)
+// more steps add within each Q lanes, two more bring x and m to the first lane.
+template <int kLanes, typename acc_t>
 __device__ SampleGrads<acc_t> warp_sums(const SampleGrads<acc_t>& partial) {
   constexpr unsigned kAll = 0xffffffffu;
-  const bool upper16 = threadIdx.x & 16, upper8 = threadIdx.x & 8;
-  const acc_t keep_a = upper16 ? partial.m : partial.y, keep_b = upper16 ? acc_t(0) : partial.x;
-  const acc_t send_a = upper16 ? partial.y : partial.m, send_b = upper16 ? partial.x : acc_t(0);
-  const acc_t a = keep_a + __shfl_xor_sync(kAll, send_a, 16), b = keep_b + __shfl_xor_sync(kAll, send_b, 16);
-  acc_t v = (upper8 ? b : a) + __shfl_xor_sync(kAll, upper8 ? a : b, 8);
+  constexpr int kHalf = kLanes / 2, kQuarter = kLanes / 4;
+  const bool upper_half = threadIdx.x & kHalf, upper_quarter = threadIdx.x & kQuarter;
+  const acc_t keep_a = upper_half ? partial.m : partial.y, keep_b = upper_half ? acc_t(0) : partial.x;
+  const acc_t send_a = upper_half ? partial.y : partial.m, send_b = upper_half ? partial.x : acc_t(0);
+  const acc_t a = keep_a + __shfl_xor_sync(kAll, send_a, kHalf, kLanes);
+  const acc_t b = keep_b + __shfl_xor_sync(kAll, send_b, kHalf, kLanes);
+  acc_t v = (upper_quarter ? b : a) + __shfl_xor_sync(kAll, upper_quarter ? a : b, kQuarter, kLanes);
 #pragma unroll
-  for (int lanes = 4; lanes > 0; lanes /= 2) v += __shfl_xor_sync(kAll, v, lanes);
-  return {v, __shfl_sync(kAll, v, 8), __shfl_sync(kAll, v, 16)};
+  for (int lanes = kQuarter / 2; lanes > 0; lanes /= 2) v += __shfl_xor_sync(kAll, v, lanes, kLanes);
+  return {v, __shfl_sync(kAll, v, kQuarter, kLanes), __shfl_sync(kAll, v, 2 * kQuarter, kLanes)};
 }
 
 // The backward of one sample over the channels of `range` given its grad column (grad_column[c *
-// column_stride]): grad_image[c] += bilinear weight * mask * grad (atomics, same indexing as image)
-// and the returned partial sums of the offset and mask gradients (write_sample_grads). Serves the
-// generic backward (const grad columns in HBM) and the fused one (grad columns in shared memory,
-// mutable): there each entry is then replaced by the sample's column value (what sample_columns
-// writes), from the neighbours this pass loads anyway, for the grad weight product.
-template <typename scalar_t, typename acc_t, typename index_t, typename column_t>
+// column_stride]): grad_image[c] += bilinear weight * mask * grad (atomics, same indexing as image;
+// V adjacent channels per step: vector loads and, for fp32 pairs, vector atomics) and the returned
+// partial sums of the offset and mask gradients (write_sample_grads). Serves the generic backward
+// (const grad columns in HBM) and the fused one (grad columns in shared memory, mutable): there each
+// entry is then replaced by the sample's column value (what sample_columns writes), from the
+// neighbours this pass loads anyway, for the grad weight product.
+template <int V, typename scalar_t, typename acc_t, typename index_t, typename column_t>
 __device__ SampleGrads<acc_t> sample_backward(const Sample<acc_t, index_t>& s, const ChannelRange& range,
                                               const scalar_t* image, acc_t* grad_image, column_t* grad_column,
                                               int64_t column_stride) {
@@ -274,23 +336,44 @@ __device__ SampleGrads<acc_t> sample_backward(const Sample<acc_t, index_t>& s, c
 #pragma unroll 2
     for (int64_t c = range.first; c < range.count; c += range.step) {
       const index_t channel = static_cast<index_t>(c);
-      const acc_t grad = convert<acc_t>(grad_column[c * column_stride]);
-      const acc_t masked_grad = s.mask * grad;
-      acc_t v[4];
+      acc_t grad[V], masked_grad[V], v[4][V];
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        grad[k] = convert<acc_t>(grad_column[(c + k) * column_stride]);
+        masked_grad[k] = s.mask * grad[k];
+      }
 #pragma unroll
       for (int n = 0; n < 4; ++n) {
-        v[n] = s.inside[n] ? convert<acc_t>(image[channel + s.index[n]]) : acc_t(0);
-        if (s.inside[n]) atomicAdd(grad_image + (channel + s.index[n]), s.weight[n] * masked_grad);
+        if (s.inside[n]) {
+          const Vec<scalar_t, V> x = load_vec<V>(image + (channel + s.index[n]));
+          acc_t scattered[V];
+#pragma unroll
+          for (int k = 0; k < V; ++k) {
+            v[n][k] = convert<acc_t>(x.v[k]);
+            scattered[k] = s.weight[n] * masked_grad[k];
+          }
+          atomic_add_vec<V>(grad_image + (channel + s.index[n]), scattered);
+        } else {
+#pragma unroll
+          for (int k = 0; k < V; ++k) v[n][k] = acc_t(0);
+        }
       }
-      const acc_t value = s.weight[0] * v[0] + s.weight[1] * v[1] + s.weight[2] * v[2] + s.weight[3] * v[3];
-      sums.m += grad * value;
-      sums.y += grad * ((acc_t(1) - s.frac_x) * (v[2] - v[0]) + s.frac_x * (v[3] - v[1]));
-      sums.x += grad * ((acc_t(1) - s.frac_y) * (v[1] - v[0]) + s.frac_y * (v[3] - v[2]));
-      if constexpr (kRebuildColumns) grad_column[c * column_stride] = convert<column_t>(s.column_scale() * value);
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        const acc_t value =
+            s.weight[0] * v[0][k] + s.weight[1] * v[1][k] + s.weight[2] * v[2][k] + s.weight[3] * v[3][k];
+        sums.m += grad[k] * value;
+        sums.y += grad[k] * ((acc_t(1) - s.frac_x) * (v[2][k] - v[0][k]) + s.frac_x * (v[3][k] - v[1][k]));
+        sums.x += grad[k] * ((acc_t(1) - s.frac_y) * (v[1][k] - v[0][k]) + s.frac_y * (v[3][k] - v[2][k]));
+        if constexpr (kRebuildColumns) {
+          grad_column[(c + k) * column_stride] = convert<column_t>(s.column_scale() * value);
+        }
+      }
     }
   } else if constexpr (kRebuildColumns) {
     for (int64_t c = range.first; c < range.count; c += range.step) {
-      grad_column[c * column_stride] = convert<column_t>(s.column_scale() * acc_t(0));
+#pragma unroll
+      for (int k = 0; k < V; ++k) grad_column[(c + k) * column_stride] = convert<column_t>(s.column_scale() * acc_t(0));
     }
   }
   return sums;
@@ -413,7 +496,7 @@ __global__ void __launch_bounds__(kThreads)
   for_chunk_samples<scalar_t, acc_t>(offset, mask, g, b0, nb, [&](const Sample<acc_t>& s, const SampleRow& r, int64_t p) {
     const scalar_t* image = input + r.b * g.height * g.width * g.channels;
     for_group_runs(g, groups, r, p, [&](int64_t c, const ChannelRange& range, int64_t column) {
-      sample_columns(s, range, image + c, columns + column, 1);
+      sample_columns<1>(s, range, image + c, columns + column, 1);
     });
   });
 }
@@ -431,13 +514,13 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t image_start = r.b * g.height * g.width * g.channels;
     SampleGrads<acc_t> partial{acc_t(0), acc_t(0), acc_t(0)};
     for_group_runs(g, groups, r, p, [&](int64_t c, const ChannelRange& range, int64_t column) {
-      const SampleGrads<acc_t> run = sample_backward(s, range, input + image_start + c, grad_input + image_start + c,
+      const SampleGrads<acc_t> run = sample_backward<1>(s, range, input + image_start + c, grad_input + image_start + c,
                                                      grad_columns + column, 1);
       partial.y += run.y;
       partial.x += run.x;
       partial.m += run.m;
     });
-    const SampleGrads<acc_t> total = warp_sums(partial);
+    const SampleGrads<acc_t> total = warp_sums<32>(partial);
     if (threadIdx.x % 32 == 0) write_sample_grads(s, total, g, r, p, grad_offset, grad_mask);
   });
 }
@@ -705,25 +788,41 @@ __device__ Sample<acc_t, int> read_record(const acc_t* record) {
   return s;
 }
 
-// The channel pass of a tile: for each (offset group, tap), warp w takes the pixels t = w, w + warps,
-// ... below `valid` (warp-uniform), its lanes the channels lane, lane + 32, ... of the offset group:
-// body(record, t, og, tap, lane channels).
-template <typename acc_t, typename Body>
+// The channel pass of a tile, V channels per lane: a sample takes 32 / V lanes (a warp, or a
+// half-warp for pairs), which cover 32 channels per step. For each (offset group, tap), warp w takes
+// the pixels t = V w + h, then V (w + warps) + h, ... (h its half for pairs; warp-uniform steps, so
+// that warp_sums may shuffle), its lanes the channels V * (lane % (32 / V)) + 32 j of the offset
+// group: body(record, t, og, tap, lane channels); for t >= valid (the odd last pixel of a pair) the
+// lanes' channel range is empty.
+template <int V, typename acc_t, typename Body>
 __device__ void for_warp_samples(const DeformGeometry& g, int valid, const acc_t* records, Body body) {
+  constexpr int kLanes = 32 / V;
   const int taps = static_cast<int>(g.kh * g.kw), warps = blockDim.x / 32;
-  const ChannelRange range{threadIdx.x % 32, 32, g.channels / g.offset_groups};
+  const int lane = threadIdx.x % kLanes, half = threadIdx.x % 32 / kLanes;
+  const int64_t group_channels = g.channels / g.offset_groups;
   for (int og_tap = 0; og_tap < g.offset_groups * taps; ++og_tap) {
     const int og = og_tap / taps, tap = og_tap - og * taps;
-    for (int t = threadIdx.x / 32; t < valid; t += warps) {
-      body(records + (int64_t(og_tap) * kTile + t) * kRecord, t, og, tap, range);
+    for (int t0 = threadIdx.x / 32 * V; t0 < valid; t0 += warps * V) {
+      const int t = t0 + half;
+      body(records + (int64_t(og_tap) * kTile + t) * kRecord, t, og, tap,
+           ChannelRange{V * lane, 32, t < valid ? group_channels : 0});
     }
   }
+}
+
+// Channels per lane of the fused channel pass: pairs when every pair load (and grad_input pair
+// atomic) is aligned, that is channels-last with an even channel count per offset group (even group
+// starts and pixel strides) and `buffers` aligned to two elements; else one (the same code).
+template <typename... T>
+int fused_pair_width(const DeformGeometry& g, const T*... buffers) {
+  const bool aligned = ((reinterpret_cast<uintptr_t>(buffers) % (2 * sizeof(T)) == 0) && ...);
+  return (g.channels / g.offset_groups) % 2 == 0 && aligned ? 2 : 1;
 }
 
 // Block per tile (image blockIdx.x / tiles, tile blockIdx.x % tiles): the sample pass, the channel
 // pass into the column tile, then, the records consumed, the kernels in their place and
 // output(i, p) = sum_k kernels(i, k) * columns(k, p) with the bias row included (Eq. 6). input NHWC.
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, typename acc_t, int V>
 __global__ void __launch_bounds__(kFusedThreads)
     fused_forward_kernel(const scalar_t* __restrict__ input, const scalar_t* __restrict__ offset,
                          const scalar_t* __restrict__ mask, const scalar_t* __restrict__ weight,
@@ -751,8 +850,8 @@ __global__ void __launch_bounds__(kFusedThreads)
   }
   __syncthreads();
   const scalar_t* image = input + b * g.height * g.width * g.channels;
-  for_warp_samples(g, valid, records, [&](const acc_t* record, int t, int og, int tap, const ChannelRange& range) {
-    sample_columns(read_record(record), range, image + og * group_channels,
+  for_warp_samples<V>(g, valid, records, [&](const acc_t* record, int t, int og, int tap, const ChannelRange& range) {
+    sample_columns<V>(read_record(record), range, image + og * group_channels,
                    columns + (og * group_channels * taps + tap) + t * pixel_step, int64_t(taps));
   });
   __syncthreads();  // the records are consumed
@@ -768,12 +867,12 @@ __global__ void __launch_bounds__(kFusedThreads)
 // grad_columns(k, p) = sum_i kernels(i, k) * grad_out(i, p) into the column tile (in operand_t: the
 // input dtype for fp16/bf16, as the generic path's grad columns); the channel pass (the only
 // neighbour loads of the tile) scatters them to the NHWC grad_input (atomics, lanes on channels:
-// contiguous), sums the offset and mask gradients over the lanes (warp_sums), lane 0 writes them (no
-// atomics), and leaves the column values in the tile; then grad_kernels(i, k) += sum_p grad_out(i, p)
+// contiguous; V channels per lane), sums the offset and mask gradients over the sample's 32 / V lanes
+// (warp_sums), its first lane writes them (no atomics), and leaves the column values in the tile; then grad_kernels(i, k) += sum_p grad_out(i, p)
 // * columns(k, p) into the block's shared sums (the tile's row of ones gives grad_bias). At the end
 // the block's sums go to partials[blockIdx.x] (reduced by reduce_kernel). At most one block per SM
 // (the plan): ptxas may use the registers of the whole SM (fp64 spilled at its default).
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, typename acc_t, int V>
 __global__ void __launch_bounds__(kFusedThreads, 1)
     fused_backward_kernel(const scalar_t* __restrict__ grad_output, const scalar_t* __restrict__ input,
                           const scalar_t* __restrict__ offset, const scalar_t* __restrict__ mask,
@@ -823,14 +922,16 @@ __global__ void __launch_bounds__(kFusedThreads, 1)
     __syncthreads();
     const scalar_t* image = input + b * image_elements;
     acc_t* grad_image = grad_input + b * image_elements;
-    for_warp_samples(g, valid, records, [&](const acc_t* record, int t, int og, int tap, const ChannelRange& range) {
+    for_warp_samples<V>(g, valid, records, [&](const acc_t* record, int t, int og, int tap, const ChannelRange& range) {
       const Sample<acc_t, int> s = read_record(record);
       const int start = og * group_channels;
-      const SampleGrads<acc_t> partial = sample_backward(s, range, image + start, grad_image + start,
+      const SampleGrads<acc_t> partial = sample_backward<V>(s, range, image + start, grad_image + start,
                                                          columns + (start * taps + tap) * row_step + t,
                                                          int64_t(taps) * row_step);
-      const SampleGrads<acc_t> total = warp_sums(partial);
-      if (range.first == 0) write_sample_grads(s, total, g, SampleRow{0, b, og, tap}, p0 + t, grad_offset, grad_mask);
+      const SampleGrads<acc_t> total = warp_sums<32 / V>(partial);
+      if (range.first == 0 && t < valid) {
+        write_sample_grads(s, total, g, SampleRow{0, b, og, tap}, p0 + t, grad_offset, grad_mask);
+      }
     });
     __syncthreads();
     tile_product(grad_out_t, out_stride, columns, row_step, 1, out_channels, rows, kTile, staging,
@@ -910,7 +1011,8 @@ cudaError_t deform_fused_forward(const scalar_t* input, const scalar_t* offset, 
                                  const scalar_t* weight, const scalar_t* bias, const DeformGeometry& g,
                                  int64_t out_channels, scalar_t* output, cudaStream_t stream) {
   using acc_t = acc_type<scalar_t>;
-  auto kernel = fused_forward_kernel<scalar_t, acc_t>;
+  auto kernel = fused_pair_width(g, input) == 2 ? fused_forward_kernel<scalar_t, acc_t, 2>
+                                                : fused_forward_kernel<scalar_t, acc_t, 1>;
   const size_t bytes = fused_layout(g, out_channels, false, sizeof(scalar_t)).bytes;
   const cudaError_t error = allow_shared(kernel, bytes);
   if (error != cudaSuccess) return error;
@@ -926,7 +1028,8 @@ cudaError_t deform_fused_backward(const scalar_t* grad_output, const scalar_t* i
                                   int64_t out_channels, const DeformFusedPlan& plan, acc_t* grad_input,
                                   scalar_t* grad_offset, scalar_t* grad_mask, acc_t* partials, scalar_t* grad_weight,
                                   scalar_t* grad_bias, cudaStream_t stream) {
-  auto kernel = fused_backward_kernel<scalar_t, acc_t>;
+  auto kernel = fused_pair_width(g, input, grad_input) == 2 ? fused_backward_kernel<scalar_t, acc_t, 2>
+                                                            : fused_backward_kernel<scalar_t, acc_t, 1>;
   const size_t bytes = fused_layout(g, out_channels, true, sizeof(scalar_t)).bytes;
   const cudaError_t error = allow_shared(kernel, bytes);
   if (error != cudaSuccess) return error;

@@ -8,6 +8,9 @@
 //   torch.ops.fastseg_emulated_cuda.wmma_product(a, b, c, a_col_major, b_col_major, c_col_major, ldm):
 //     a x b + c by one warp's nvcuda::wmma calls (16x16 fp16/bf16 a and b, fp32 c), each operand laid
 //     out in memory with leading dimension ldm (row- or column-major), the result read back as stored.
+//   torch.ops.fastseg_emulated_cuda.atomic_add_float2(target, index, values): a copy of the fp32 vector
+//     target after thread t of one block of index.numel() threads ran atomicAdd((float2*)(target +
+//     index[t]), (values[2t], values[2t + 1])) (sm_90's vector atomic); an odd index faults.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros_like.h>
@@ -132,6 +135,31 @@ at::Tensor wmma_product(const at::Tensor& a, const at::Tensor& b, const at::Tens
   return wmma_product_of<__nv_bfloat16>(a, b, c, a_col_major, b_col_major, c_col_major, ldm);
 }
 
+at::Tensor atomic_add_float2(const at::Tensor& target, const at::Tensor& index, const at::Tensor& values) {
+  TORCH_CHECK_VALUE(target.dim() == 1 && target.scalar_type() == at::kFloat && index.dim() == 1 &&
+                        index.scalar_type() == at::kLong && index.numel() <= 1024 &&
+                        values.scalar_type() == at::kFloat && values.numel() == 2 * index.numel() &&
+                        target.device().is_cpu() && index.device().is_cpu() && values.device().is_cpu(),
+                    "atomic_add_float2 takes CPU fp32 target, int64 index (at most 1024) and 2 fp32 values each");
+  at::Tensor result = target.clone(at::MemoryFormat::Contiguous);  // 64-byte aligned storage
+  const at::Tensor in = index.contiguous(), add = values.contiguous();
+  float* data = result.data_ptr<float>();
+  const int64_t* at = in.data_ptr<int64_t>();
+  for (int64_t t = 0; t < in.numel(); ++t) {
+    TORCH_CHECK_VALUE(at[t] >= 0 && at[t] + 2 <= result.numel(), "atomic_add_float2: index out of range");
+  }
+  const float* value = add.data_ptr<float>();
+  fastseg::emulated::launch(reinterpret_cast<const void*>(&atomic_add_float2), dim3(1), dim3(unsigned(in.numel())), 0,
+                            [&] {
+                              const unsigned t = threadIdx.x;
+                              atomicAdd(reinterpret_cast<float2*>(data + at[t]),
+                                        make_float2(value[2 * t], value[2 * t + 1]));
+                            });
+  const cudaError_t error = cudaGetLastError();
+  TORCH_CHECK(error == cudaSuccess, "atomic_add_float2: ", cudaGetErrorString(error));
+  return result;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(fastseg_emulated_cuda, m) {
@@ -141,4 +169,5 @@ TORCH_LIBRARY_FRAGMENT(fastseg_emulated_cuda, m) {
   m.def("wmma_product(Tensor a, Tensor b, Tensor c, bool a_col_major, bool b_col_major, bool c_col_major, int ldm) "
         "-> Tensor",
         &wmma_product);
+  m.def("atomic_add_float2(Tensor target, Tensor index, Tensor values) -> Tensor", &atomic_add_float2);
 }

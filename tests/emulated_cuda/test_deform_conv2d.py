@@ -14,6 +14,7 @@ import torch
 from fastseg.ops.deform_conv2d import deform_conv2d_reference, output_size
 
 from .compare import DTYPES, check_every_order, on_device
+from .extension import ORDERS, thread_order
 
 pytestmark = pytest.mark.emulated_cuda
 
@@ -35,6 +36,12 @@ CASES = {
     "group-channels-36": (2, 36, (5, 6), 12, (3, 3), 1, 1, 1, 1, 1, True),
     "group-channels-20": (2, 20, (6, 7), 6, (3, 3), 1, 1, 1, 1, 1, False),
     "offset-groups2-channels8": (2, 8, (7, 6), 5, (3, 3), 1, 1, 1, 1, 2, True),
+    # the fused channel pass takes two adjacent channels per lane (a half-warp per sample, two samples
+    # per warp step) when the channels per offset group are even, as in every case above with 49 (odd:
+    # the last pair's second half-warp idle) or 42 pixels; one per lane when they are odd: 33 (lanes
+    # loop 32 + 1), and 3 per group with an even channel count (6, 2 offset groups)
+    "odd-channels-33": (2, 33, (5, 6), 5, (3, 3), 1, 1, 1, 1, 1, True),
+    "offset-groups2-odd-group-channels": (2, 6, (5, 7), 4, (3, 3), 1, 1, 1, 1, 2, False),
     # fp32: fused forward (its 50228 floats of shared memory fit 227 KB = 58112 floats), generic
     # backward (83172 do not)
     "fused-forward-only": (1, 48, (5, 6), 48, (3, 3), 1, 1, 1, 1, 1, True),
@@ -72,7 +79,17 @@ def _inputs(batch, channels, size, out_channels, kernel, stride, padding, dilati
     return {k: None if v is None else v.to(dtype) for k, v in tensors.items()}, (stride, padding, dilation)
 
 
-def _check(emulated, tensors, geometry):
+def _channels_last_at(emulated, tensor, offset):
+    """A channels_last copy of `tensor` in device memory, `offset` elements into its buffer (an odd
+    offset: not aligned to a pair of elements)."""
+    batch, channels, height, width = tensor.shape
+    buffer = emulated.to_device(torch.zeros(offset + tensor.numel(), dtype=tensor.dtype))
+    view = buffer[offset:].view(batch, height, width, channels).permute(0, 3, 1, 2)
+    view.copy_(tensor)
+    return view
+
+
+def _check(emulated, tensors, geometry, input_offset=None):
     dtype = tensors["input"].dtype
     names = [k for k, v in tensors.items() if v is not None]
     reference = {k: v.detach().double().requires_grad_() for k, v in tensors.items() if v is not None}
@@ -83,6 +100,8 @@ def _check(emulated, tensors, geometry):
     order = ["input", "offset", "weight", "mask", "bias"]
     expected = [output] + [grads[k] for k in order if k in grads]
     t = dict(zip(tensors, on_device(emulated, *tensors.values())))
+    if input_offset is not None:
+        t["input"] = _channels_last_at(emulated, tensors["input"], input_offset)
     (grad_output,) = on_device(emulated, grad_output)
 
     def run():
@@ -153,6 +172,35 @@ def test_channels_last_input(emulated, case):
     tensors, geometry = _inputs(*CASES[case], dtype=torch.float32)
     tensors["input"] = tensors["input"].contiguous(memory_format=torch.channels_last)
     _check(emulated, tensors, geometry)
+
+
+@pytest.mark.parametrize("case", ["plain", "group-channels-36"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_channels_last_input_not_pair_aligned(emulated, dtype, case):
+    """A channels_last input one element into its buffer, read as it lies: even channel counts, but
+    pair loads would be misaligned, so the fused channel pass takes one channel per lane."""
+    tensors, geometry = _inputs(*CASES[case], dtype=dtype)
+    _check(emulated, tensors, geometry, input_offset=1)
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_emulated_float2_atomic_add(emulated, order):
+    """The layer's float2 atomicAdd (sm_90's vector atomic, the fused backward's fp32 grad_input
+    pairs): 64 threads add pairs onto 10 pairs of a vector, many onto the same pair; each element
+    gets every value aimed at it (multiples of 1/16: exact in any order)."""
+    target = torch.randint(-64, 64, (20,)) / 16
+    index = torch.randint(0, 10, (64,)) * 2
+    values = torch.randint(-64, 64, (128,)) / 16
+    expected = target.index_add(0, index, values[0::2]).index_add(0, index + 1, values[1::2])
+    with thread_order(order, 1):
+        got = emulated.atomic_add_float2(target, index, values)
+    assert torch.equal(got, expected)
+
+
+def test_emulated_float2_atomic_add_misaligned(emulated):
+    """A float2 atomic at an odd element (4 bytes past an 8-byte boundary) fails the launch, as on a GPU."""
+    with pytest.raises(RuntimeError, match="float2 atomicAdd"):
+        emulated.atomic_add_float2(torch.zeros(8), torch.tensor([0, 3]), torch.ones(4))
 
 
 @pytest.mark.parametrize("ldm", [16, 24, 40])

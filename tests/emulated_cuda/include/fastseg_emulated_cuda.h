@@ -31,8 +31,10 @@
 //     z <= 64), grid.y/z <= 65535, dynamic shared memory over 48 KB only after
 //     cudaFuncSetAttribute(MaxDynamicSharedMemorySize) raised it, never over 227 KB.
 //   - atomics are plain read-modify-writes: fibers switch only at barriers, so they are atomic; the
-//     16-bit float ones round the fp32 sum to nearest even, as the hardware does, and a pair atomic
-//     at an address that is not 4-byte aligned fails the launch (cudaErrorMisalignedAddress).
+//     16-bit float ones round the fp32 sum to nearest even, as the hardware does, and a vector atomic
+//     (a 16-bit pair, sm_90's float2) at an address not aligned to its size fails the launch
+//     (cudaErrorMisalignedAddress); a kernel's vector loads ask check_alignment themselves (the
+//     host's loads never fault).
 //   - libraries: the device-wide radix sort of csrc/cuda/radix_sort.cuh (CUB under nvcc) is a host
 //     LSD radix sort with CUB's temporary-storage contract (radix_sort_keys below).
 // Errors are sticky like the runtime's: cudaGetLastError() returns and clears the first one, and
@@ -84,11 +86,10 @@ void* dynamic_shared_memory();
 // block, as a GPU reports a faulting instruction (an exception cannot leave a fiber).
 void fault(cudaError_t error, const char* what);
 
-// A pair atomic needs a 4-byte aligned address, else the instruction faults.
-inline void check_pair_alignment(const void* address) {
-  if (reinterpret_cast<uintptr_t>(address) % 4 != 0) {
-    fault(cudaErrorMisalignedAddress, "16-bit pair atomicAdd at an address not 4-byte aligned");
-  }
+// A vector atomic or load needs an address aligned to its size (4 bytes for a 16-bit pair, 8 for
+// float2), else the instruction faults; `what` names it in the error.
+inline void check_alignment(const void* address, uintptr_t bytes, const char* what) {
+  if (reinterpret_cast<uintptr_t>(address) % bytes != 0) fault(cudaErrorMisalignedAddress, what);
 }
 
 // Thread orders between barriers: 0 forward, 1 reverse, 2 shuffled with `seed`.
@@ -207,15 +208,23 @@ inline __nv_bfloat16 atomicAdd(__nv_bfloat16* address, __nv_bfloat16 value) {
   return old;
 }
 inline __half2 atomicAdd(__half2* address, __half2 value) {
-  ::fastseg::emulated::check_pair_alignment(address);
+  ::fastseg::emulated::check_alignment(address, 4, "16-bit pair atomicAdd at an address not 4-byte aligned");
   const __half2 old = *address;
   *address = __floats2half2_rn(__low2float(old) + __low2float(value), __high2float(old) + __high2float(value));
   return old;
 }
 inline __nv_bfloat162 atomicAdd(__nv_bfloat162* address, __nv_bfloat162 value) {
-  ::fastseg::emulated::check_pair_alignment(address);
+  ::fastseg::emulated::check_alignment(address, 4, "16-bit pair atomicAdd at an address not 4-byte aligned");
   const __nv_bfloat162 old = *address;
   *address = __floats2bfloat162_rn(__low2float(old) + __low2float(value), __high2float(old) + __high2float(value));
+  return old;
+}
+// sm_90's vector atomic on an fp32 pair (atom.global.v2.f32.add, CUDA 12.1+): each element added on
+// its own (fp32 round to nearest), the address 8-byte aligned.
+inline float2 atomicAdd(float2* address, float2 value) {
+  ::fastseg::emulated::check_alignment(address, 8, "float2 atomicAdd at an address not 8-byte aligned");
+  const float2 old = *address;
+  *address = make_float2(old.x + value.x, old.y + value.y);
   return old;
 }
 
