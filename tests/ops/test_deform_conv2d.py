@@ -2,7 +2,6 @@
 torchvision.ops.deform_conv2d itself (where torchvision is installed)."""
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 
@@ -11,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.library import opcheck
 
+from allow_tf32 import set_allow_tf32
 from fastseg import ops
 from fastseg.ops.deform_conv2d import DEFORM_CONV2D, deform_conv2d_reference, output_size
 
@@ -221,18 +221,6 @@ def test_low_precision(fused):
         _compare(rounded, backend, device, dtype=dtype, atol=tolerance, rtol=tolerance)
 
 
-@contextlib.contextmanager
-def _allow_tf32(value: bool):
-    """torch.backends.cuda.matmul.allow_tf32 set to ``value`` inside, restored after (monkeypatch cannot: the
-    attribute lives behind the module's __getattr__)."""
-    previous = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = value
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = previous
-
-
 @pytest.mark.triton
 @pytest.mark.parametrize("allow_tf32", [True, False])
 def test_triton_dot_precision_follows_allow_tf32(allow_tf32):
@@ -241,7 +229,7 @@ def test_triton_dot_precision_follows_allow_tf32(allow_tf32):
     kernels = pytest.importorskip("fastseg.kernels.deform_conv2d", reason="triton is not installed")
     tl = pytest.importorskip("triton.language", reason="triton is not installed")
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    with _allow_tf32(allow_tf32):
+    with set_allow_tf32(allow_tf32):
         float32 = kernels._dtypes(torch.float32, cuda)
     assert float32 == dict(ACC=tl.float32, DOT=tl.float32, PRECISION="tf32" if allow_tf32 else "ieee")
     assert kernels._dtypes(torch.bfloat16, cuda) == dict(ACC=tl.float32, DOT=tl.bfloat16, PRECISION=None)
@@ -256,7 +244,7 @@ def test_tf32_matches_reference(fused):
         pytest.skip("TF32 exists on a GPU only")
     args = _inputs(2, 8, 6, 8, offset_groups=2)
     # TF32 keeps 10 mantissa bits of each product's operands (relative 2^-11); 72 products per output
-    with _allow_tf32(True):
+    with set_allow_tf32(True):
         _compare(args, backend, device, dtype=torch.float32, atol=1e-2, rtol=1e-2)
 
 

@@ -8,13 +8,13 @@ fails; spills do not (they are printed with the registers of every kernel and co
 """
 from __future__ import annotations
 
-import contextlib
 import importlib
 import pkgutil
 
 import pytest
 import torch
 
+from allow_tf32 import set_allow_tf32
 from triton_sm90 import SM90_SHARED_BYTES, compile_for_sm90, unavailable_reason
 
 REASON = unavailable_reason()
@@ -36,16 +36,6 @@ def _class_avg_pool(batch, channels, size, classes, dtype=F32):
     class_avg_pool.backward(centers, labels, counts)
 
 
-@contextlib.contextmanager
-def _allow_tf32(value: bool):
-    previous = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = value
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = previous
-
-
 def _deform_conv2d(batch, channels, size, out_channels, kernel, stride, padding, groups, offset_groups, mask,
                    dtype=F32, tf32=False):
     from fastseg.kernels import deform_conv2d
@@ -57,7 +47,7 @@ def _deform_conv2d(batch, channels, size, out_channels, kernel, stride, padding,
     modulation = _empty(batch, offset_groups * taps, out_size, out_size, dtype=dtype) if mask else None
     weight = _empty(out_channels, channels // groups, kernel, kernel, dtype=dtype)
     geometry = ((stride, stride), (padding, padding), (1, 1))
-    with _allow_tf32(tf32):
+    with set_allow_tf32(tf32):
         output = deform_conv2d.forward(input, offset, weight, modulation, _empty(out_channels, dtype=dtype), *geometry)
         deform_conv2d.backward(output, input, offset, weight, modulation, *geometry)
 
