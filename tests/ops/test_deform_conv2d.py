@@ -171,6 +171,9 @@ RANDOM_CASES = {
     "pixel-tiles-channel-chunks": (1, 72, 9, 6, 3, 1, 1, 1, 1, 1, True),
     "two-output-channel-blocks": (1, 4, 4, 272, 2, 1, 0, 1, 1, 1, True),
     "resident-grad-out-tile": (1, 4, 4, 200, 2, 1, 0, 1, 1, 1, True),
+    # fp32 "ieee" (FMA dots) reduce 8 at a time: 12 channels = a full and a partial chunk of 8 in the forward, 81
+    # pixels = 10 full weight-gradient tiles of 8 and one of 1 pixel; 20 of the 32 on-chip grad_out rows
+    "fma-reduction-tails": (1, 12, 9, 20, 3, 1, 1, 1, 1, 1, True),
 }
 CPP_ONLY_CASES = {"batch33"}  # large batch: the C++ backend only, to keep the interpreter's time short
 
