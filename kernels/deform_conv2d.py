@@ -50,8 +50,9 @@ shared-memory traffic) + gather + atomics.
       warps) beside the ~230 of the chunk's gathers and scatters. The dots are mma.sync m16n8k16 (32 channels < 64,
       no wgmma), 8 warps as 2 x 4 over (channels, pixels): each warp ldmatrix-reads 16 W^T rows (16 KB) and 16
       tile columns (16 KB), plus the 32 KB W^T store = 288 KB per chunk; 1176*144 chunks / 132 SMs = 1283 per SM
-      * 288 KB / 128 B/clk = 2.96 M clk = 1.49 ms (the reload path's 4 warps move the same 288 KB per chunk, hidden
-      before under its 1.7 ms of L2). 96 KB of shared memory and 255 registers (no spills) allow 1 program per SM.
+      * 288 KB / 128 B/clk = 2.96 M clk = 1.49 ms (the reload path's 8 warps move the same 288 KB per chunk, hidden
+      before under its 1.7 ms of L2). 128 KB of shared memory and 255 registers (sm_90 compile: 112 B spilled while
+      the tile is staged, none in the loops) allow 1 program per SM.
       One gather pass 0.2 ms; grad_input scatter 1.39 G fp32 atomics, pixels on the lanes so a warp's 32 land in ~4
       sectors: 0.17 G sector atomics = 1.7 ms, as fire-and-forget REDG (sem="relaxed"; the default acq_rel compiles
       each of a thread's 32 atomics per chunk to MEMBAR.ALL.GPU + ATOMG + CCTL.IVALL, an L1 flush, in sm_90 SASS).
@@ -462,15 +463,14 @@ def backward(grad_output, input, offset, weight, mask, stride, padding, dilation
     # grad_columns (32 channels x 64 pixels): output channels are the reduction. With one conv group and C_out within
     # _output_block's bound (tile <= 64 KB: 512 x 64 bf16/fp16, 256 fp32, 128 fp64) the program's grad_out tile stays
     # on chip (RESIDENT, one reduction step) and 8 warps hold the chunk (sm_90 compile, bf16: 222-255 registers per
-    # thread, no spills; 4 warps spill); else the tile is reloaded 64 rows at a time and the accumulator is 32 x 64
+    # thread, no spills; 4 warps spill); else the tile is reloaded 64 rows (FMA dots: 8) at a time, also at 8 warps (the
+    # 32 x 64 accumulator alone would take 4: the chunk's gathers and scatters spilled 260-448 B in TF32)
     block_k = _pow2_block(geo["segment"], 32)
     fma = _fma_dots(input.dtype, dtypes)
     whole = _output_block(geo["C_out"], dtypes["DOT"])
     resident = groups == 1 and whole >= geo["C_out"]
-    if resident:
-        blocks = dict(BLOCK_M=64, BLOCK_N=whole, BLOCK_K=block_k, num_warps=8)
-    else:
-        blocks = _tiles(64, _pow2_block(geo["group_out"], FMA_K if fma else 64), block_k, accumulator=32 * 64)
+    block_n = whole if resident else _pow2_block(geo["group_out"], FMA_K if fma else 64)
+    blocks = dict(BLOCK_M=64, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=8)
     weight_t = _transposed_weight(weight)
     grad_input = torch.zeros(input.shape, device=input.device, dtype=acc_dtype)
     # every element of grad_offset / grad_mask is stored exactly once by the data kernel
