@@ -68,7 +68,8 @@ shared-memory traffic) + gather + atomics.
       the forward spilled 11.4 KB per thread (ptxas fell back to 32 registers) in the chunk loop. Unchanged: the
       FMAs, the operand reads per FMA (forward 16 + 4 per k for a thread's 64 accumulators) and the bytes (a
       256 x 8 fp32 tile row is one 32 B sector). Added: 4x the chunks, a barrier each: forward 1176*2*9*64 = 1.35 M
-      chunks, each 256*64*8 = 131 k FMAs = 1024 clk of an SM's 128 FMA/clk, against ~20 clk (assumed) per barrier.
+      chunks, each 256*64*8 = 131 k FMAs = 1024 clk of an SM's 128 FMA/clk, against ~20 clk (assumed) per barrier:
+      ~2%, inside the ~34 ms below (3 x 10.6 + 1.7 = 33.5 ms).
     forward+backward predicted bf16 0.75 + 3.4 + 0.75 = ~4.9 ms vs floor 1.08 ms (22%); TF32 ~8.2 ms vs 2.15 ms
       (26%); fp32 "ieee" ~34 ms vs 15.9 ms (47%; the 3 GEMMs + the data kernel's 1.7 ms of atomics). The backward
       data kernel is still the gap: its dots with 64 pixels as M (wgmma reading the tile from shared memory, 192 KB
