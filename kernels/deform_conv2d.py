@@ -50,8 +50,9 @@ shared-memory traffic) + gather + atomics.
       warps) beside the ~230 of the chunk's gathers and scatters. The dots are mma.sync m16n8k16 (32 channels < 64,
       no wgmma), 8 warps as 2 x 4 over (channels, pixels): each warp ldmatrix-reads 16 W^T rows (16 KB) and 16
       tile columns (16 KB), plus the 32 KB W^T store = 288 KB per chunk; 1176*144 chunks / 132 SMs = 1283 per SM
-      * 288 KB / 128 B/clk = 2.96 M clk = 1.49 ms (the reload path's 4 warps move the same 288 KB per chunk, hidden
-      before under its 1.7 ms of L2). 96 KB of shared memory and 255 registers (no spills) allow 1 program per SM.
+      * 288 KB / 128 B/clk = 2.96 M clk = 1.49 ms (the reload path's 8 warps move the same 288 KB per chunk, hidden
+      before under its 1.7 ms of L2). 128 KB of shared memory and 255 registers (sm_90 compile: 112 B spilled while
+      the tile is staged, none in the loops) allow 1 program per SM.
       One gather pass 0.2 ms; grad_input scatter 1.39 G fp32 atomics, pixels on the lanes so a warp's 32 land in ~4
       sectors: 0.17 G sector atomics = 1.7 ms, as fire-and-forget REDG (sem="relaxed"; the default acq_rel compiles
       each of a thread's 32 atomics per chunk to MEMBAR.ALL.GPU + ATOMG + CCTL.IVALL, an L1 flush, in sm_90 SASS).
@@ -61,7 +62,14 @@ shared-memory traffic) + gather + atomics.
     backward weight: grad_out (77 MB) streamed once per 64-channel K chunk: 72 x 77 MB = 5.5 GB = 0.55 ms; one
       gather pass (bf16). Predicted 0.75 ms (48%); fp32 (TF32) 1.1 + two gather passes = 1.5 ms.
     fp32 with allow_tf32 False (PyTorch's default, so the benchmark's fp32 rows): the dots run as FMAs on the
-      CUDA cores, assumed at ~50% of 67 TFLOP/s: ~10.6 ms per GEMM, which hides the streams and the gather.
+      CUDA cores, assumed at ~50% of 67 TFLOP/s: ~10.6 ms per GEMM, which hides the streams and the gather. Their
+      reduction axis is 8 wide (FMA_K; forward chunks of 8 channels, weight-gradient items of 8 pixels, grad_columns
+      steps of 8 grad_out rows): Triton holds (rows + columns per thread) x K operands in registers, and at K = 32
+      the forward spilled 11.4 KB per thread (ptxas fell back to 32 registers) in the chunk loop. Unchanged: the
+      FMAs, the operand reads per FMA (forward 16 + 4 per k for a thread's 64 accumulators) and the bytes (a
+      256 x 8 fp32 tile row is one 32 B sector). Added: 4x the chunks, a barrier each: forward 1176*2*9*64 = 1.35 M
+      chunks, each 256*64*8 = 131 k FMAs = 1024 clk of an SM's 128 FMA/clk, against ~20 clk (assumed) per barrier:
+      ~2%, inside the ~34 ms below (3 x 10.6 + 1.7 = 33.5 ms).
     forward+backward predicted bf16 0.75 + 3.4 + 0.75 = ~4.9 ms vs floor 1.08 ms (22%); TF32 ~8.2 ms vs 2.15 ms
       (26%); fp32 "ieee" ~34 ms vs 15.9 ms (47%; the 3 GEMMs + the data kernel's 1.7 ms of atomics). The backward
       data kernel is still the gap: its dots with 64 pixels as M (wgmma reading the tile from shared memory, 192 KB
@@ -374,8 +382,21 @@ def _tiles(block_m: int, block_n: int, block_k: int, accumulator: int) -> dict:
 
 
 def _pow2_block(count: int, most: int) -> int:
-    """Block size along an axis of `count` elements: a power of two in [16, most], all of them when they fit."""
+    """Block size along an axis of `count` elements: a power of two in [min(16, most), most], all of them when they
+    fit."""
     return min(most, max(16, triton.next_power_of_2(count)))
+
+
+# Reduction width of a dot that runs as FMAs on the CUDA cores (fp32 "ieee"): Triton's FMA lowering keeps both
+# operands' whole reduction axis in registers, (rows + columns per thread) x K, beside the accumulator. sm_90
+# compile, C512 forward (64 accumulators, 16 + 4 operand values per k and thread): K = 32 spilled 11.4 KB, 16 0.97 KB,
+# 8 60 B (scalars kept across the tap loop, reloaded outside the chunk loop).
+FMA_K = 8
+
+
+def _fma_dots(dtype: torch.dtype, dtypes: dict) -> bool:
+    """Whether the dots run as FMAs: fp32 in "ieee" (as on a GPU with allow_tf32 False, and in the interpreter)."""
+    return dtype == torch.float32 and dtypes["PRECISION"] == "ieee"
 
 
 def _output_block(group_out: int, dot: tl.dtype) -> int:
@@ -400,7 +421,8 @@ def forward(input, offset, weight, mask, bias, stride, padding, dilation) -> tor
     output = torch.empty(batch, geo["C_out"], offset.shape[2], offset.shape[3], device=input.device, dtype=input.dtype)
     dtypes = _dtypes(input.dtype, input.device)
     block_n = _output_block(geo["group_out"], dtypes["DOT"])
-    blocks = _tiles(64, block_n, _pow2_block(geo["segment"], 32), accumulator=block_n * 64)
+    block_k = _pow2_block(geo["segment"], FMA_K if _fma_dots(input.dtype, dtypes) else 32)
+    blocks = _tiles(64, block_n, block_k, accumulator=block_n * 64)
     grid = (triton.cdiv(geo["L"], blocks["BLOCK_M"]), groups * triton.cdiv(geo["group_out"], block_n), batch)
     weight_t = _transposed_weight(weight)
     _forward_kernel[grid](
@@ -442,14 +464,14 @@ def backward(grad_output, input, offset, weight, mask, stride, padding, dilation
     # grad_columns (32 channels x 64 pixels): output channels are the reduction. With one conv group and C_out within
     # _output_block's bound (tile <= 64 KB: 512 x 64 bf16/fp16, 256 fp32, 128 fp64) the program's grad_out tile stays
     # on chip (RESIDENT, one reduction step) and 8 warps hold the chunk (sm_90 compile, bf16: 222-255 registers per
-    # thread, no spills; 4 warps spill); else the tile is reloaded 64 rows at a time and the accumulator is 32 x 64
+    # thread, no spills; 4 warps spill); else the tile is reloaded 64 rows (FMA dots: 8) at a time, also at 8 warps (the
+    # 32 x 64 accumulator alone would take 4: the chunk's gathers and scatters spilled 260-448 B in TF32)
     block_k = _pow2_block(geo["segment"], 32)
+    fma = _fma_dots(input.dtype, dtypes)
     whole = _output_block(geo["C_out"], dtypes["DOT"])
     resident = groups == 1 and whole >= geo["C_out"]
-    if resident:
-        blocks = dict(BLOCK_M=64, BLOCK_N=whole, BLOCK_K=block_k, num_warps=8)
-    else:
-        blocks = _tiles(64, _pow2_block(geo["group_out"], 64), block_k, accumulator=32 * 64)
+    block_n = whole if resident else _pow2_block(geo["group_out"], FMA_K if fma else 64)
+    blocks = dict(BLOCK_M=64, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=8)
     weight_t = _transposed_weight(weight)
     grad_input = torch.zeros(input.shape, device=input.device, dtype=acc_dtype)
     # every element of grad_offset / grad_mask is stored exactly once by the data kernel
@@ -464,7 +486,7 @@ def backward(grad_output, input, offset, weight, mask, stride, padding, dilation
     )
     # grad_out is re-read once per K chunk: 64 channels per chunk halve that traffic (cost model above)
     block_n, block_k = _output_block(geo["group_out"], dtypes["DOT"]), _pow2_block(geo["segment"], 64)
-    blocks = _tiles(32, block_n, block_k, accumulator=block_n * block_k)
+    blocks = _tiles(FMA_K if fma else 32, block_n, block_k, accumulator=block_n * block_k)
     column_programs = groups * geo["taps"] * (geo["group_channels"] // geo["segment"]) * triton.cdiv(
         geo["segment"], blocks["BLOCK_K"])
     n_programs = triton.cdiv(geo["group_out"], blocks["BLOCK_N"])

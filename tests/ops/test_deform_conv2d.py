@@ -167,10 +167,14 @@ RANDOM_CASES = {
     # Triton tiles: 81 pixels = a full and a partial tile of 64 (3 tiles of 32 in the weight gradient); 72 channels
     # of one segment = 3 chunks of 32 (2 of 64 in the weight gradient), the last partial; 272 output channels = a
     # full and a partial block of 256 in fp32 (5 reduction chunks of 64 in grad_columns: over the 256 fp32 rows of
-    # the on-chip grad_out tile, so the reload path); 200 output channels: one on-chip tile of 256 rows, 56 masked
+    # the on-chip grad_out tile, so the reload path); 200 output channels: one on-chip tile of 256 rows, 56 masked.
+    # fp32 "ieee" (FMA dots, as here in fp32) reduces 8 at a time instead of 32/32/64: test_float64_tile_tails
     "pixel-tiles-channel-chunks": (1, 72, 9, 6, 3, 1, 1, 1, 1, 1, True),
     "two-output-channel-blocks": (1, 4, 4, 272, 2, 1, 0, 1, 1, 1, True),
     "resident-grad-out-tile": (1, 4, 4, 200, 2, 1, 0, 1, 1, 1, True),
+    # fp32 "ieee" (FMA dots) reduce 8 at a time: 12 channels = a full and a partial chunk of 8 in the forward, 81
+    # pixels = 10 full weight-gradient tiles of 8 and one of 1 pixel; 20 of the 32 on-chip grad_out rows
+    "fma-reduction-tails": (1, 12, 9, 20, 3, 1, 1, 1, 1, 1, True),
 }
 CPP_ONLY_CASES = {"batch33"}  # large batch: the C++ backend only, to keep the interpreter's time short
 
@@ -202,6 +206,16 @@ def test_non_contiguous_inputs(fused):
 def test_float64_matches_reference_closely(fused):
     backend, device = fused
     args = _inputs(2, 4, 6, 3, offset_groups=2)
+    _compare(args, backend, device, dtype=torch.float64, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("case", ["pixel-tiles-channel-chunks", "two-output-channel-blocks"])
+def test_float64_tile_tails(fused, case):
+    """The partial tiles above at the tensor-core reduction widths (32-channel chunks, 32-pixel weight-gradient
+    tiles, 64-row grad_columns steps), which fp64 keeps while fp32 "ieee" reduces 8 at a time (fp64 output blocks:
+    128 channels, so 272 = 3 blocks)."""
+    backend, device = fused
+    args = _inputs(*RANDOM_CASES[case])
     _compare(args, backend, device, dtype=torch.float64, atol=1e-10, rtol=1e-10)
 
 
