@@ -1,12 +1,17 @@
 """Checks an installed fastseg built with its CUDA kernels, on a machine without a GPU.
 
 The extension loads with every symbol resolved now (RTLD_NOW, not lazily at a first call),
-build_info() reports CUDA, and every fastseg:: operator of the extension (those with a C++ CPU
-kernel; the *_triton ops are Python triton_ops, dispatched by torch.library) has a CUDA kernel. Run it
-outside the source tree, so that `import fastseg` is the installed package.
+build_info() reports CUDA, every fastseg:: operator of the extension (those with a C++ CPU
+kernel; the *_triton ops are Python triton_ops, dispatched by torch.library) has a CUDA kernel, and
+no device kernel of the fatbinary spills (cuobjdump -res-usage: a stack frame or local memory), fp64
+instantiations excepted (not a GPU benchmark dtype; printed). Run it outside the source tree, so that
+`import fastseg` is the installed package.
 """
 import ctypes
 import os
+import re
+import shutil
+import subprocess
 import sys
 
 import torch
@@ -37,3 +42,39 @@ for name in native:
 if missing:
     sys.exit(f"{len(missing)} of {len(native)} C++ fastseg ops have no CUDA kernel: {', '.join(missing)}")
 print(f"all {len(native)} C++ fastseg ops have a CUDA kernel ({len(ops) - len(native)} Triton ops besides)")
+
+
+def cuobjdump():
+    """cuobjdump of the CUDA toolkit, else the one Triton's NVIDIA backend ships; None when neither is here."""
+    home = os.environ.get("CUDA_HOME", "/usr/local/cuda")
+    for candidate in (os.path.join(home, "bin", "cuobjdump"), shutil.which("cuobjdump")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    try:
+        import triton
+    except ImportError:
+        return None
+    bundled = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    return bundled if os.access(bundled, os.X_OK) else None
+
+
+tool = cuobjdump()
+if tool is None:
+    sys.exit("no cuobjdump (CUDA toolkit or Triton's NVIDIA backend) to read the kernels' resource usage")
+report = subprocess.run([tool, "-res-usage", library], capture_output=True, text=True, check=True).stdout
+kernels = re.findall(r"Function (\S+):\s+REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", report)
+if not kernels:
+    sys.exit(f"cuobjdump -res-usage found no device kernels in {library}")
+names = subprocess.run(["c++filt"], input="\n".join(k[0] for k in kernels), capture_output=True, text=True,
+                       check=True).stdout.splitlines()
+spilling, exempt = [], []
+for name, (_, registers, stack, shared, local) in zip(names, kernels):
+    if int(stack) or int(local):
+        line = f"{name[:160]}: {registers} registers, stack {stack} B, local {local} B"
+        (exempt if "<double" in name else spilling).append(line)
+print(f"{len(kernels)} device kernels, at most {max(int(k[1]) for k in kernels)} registers, "
+      f"{len(spilling) + len(exempt)} with a stack frame or local memory")
+for line in exempt:
+    print("fp64 (allowed): " + line)
+if spilling:
+    sys.exit("kernels that spill (stack frame or local memory):\n" + "\n".join(spilling))
