@@ -8,11 +8,14 @@
 // pixel-major, (nb, groups, P, taps, C/groups). A warp takes 32 samples (image, pixel, offset group,
 // tap), a lane computing one of them (bilinear neighbours, weights, mask: the only integer divisions),
 // then runs them in turn, each broadcast by shuffles, its lanes on the channels of the sample's
-// offset group (runs split at group boundaries): a neighbour load, a column store, a grad column load
-// and an atomic into the NHWC grad_input are each one contiguous run of channels. im2col writes the
-// columns; the backward kernel reads each grad column once, scatters it (4 fp32 atomics) and sums
-// the offset and mask gradients over the channels, reduced over the lanes (warp_sums). The channel
-// loops are the fused path's (sample_columns, sample_backward). The GEMMs are cuBLAS through the glue
+// offset group (runs split at group boundaries), two adjacent channels per lane (V = 2, 64 per warp
+// step: pair loads, fp32 pair atomics on sm_90) when the channels per group and per offset group are
+// even and the buffers pair-aligned, else one (V = 1, the same code): a neighbour load, a column
+// store, a grad column load and an atomic into the NHWC grad_input are each one contiguous run of
+// channels. im2col writes the columns; the backward kernel reads each grad column once, scatters it
+// (4 fp32 atomics per channel; per pair, 4 float2 ones on sm_90) and sums the offset and mask
+// gradients over the channels, reduced over the lanes (warp_sums). The channel loops are the fused
+// path's (sample_columns, sample_backward). The GEMMs are cuBLAS through the glue
 // (csrc/cuda_glue/deform_conv2d.cpp) on transposed views of the columns: straight into the output,
 // the bias as the C operand.
 // Fused path (groups == 1 and its shared memory fits, see FusedLayout; the glue chooses): a block
@@ -25,7 +28,7 @@
 // or, when the channels per offset group are odd or a buffer is not pair-aligned, to a warp with
 // one channel per lane (V = 1, the same code), so that a neighbour load (and an atomic into the NHWC
 // grad_input) is one contiguous run of channels; the channel loops are the generic path's
-// (sample_columns, sample_backward, which the generic path runs with V = 1) with channel stride 1.
+// (sample_columns, sample_backward) with channel stride 1.
 // Forward, one launch: the tile, then output = kernels x tile (tile_product: fp32/fp64 FMAs, 4 x 2
 // register tile per thread; fp16/bf16 wmma 16x16x16 tiles on the tensor cores, fp32 sums).
 // Backward, one launch: grad tile = kernels^T x grad_out (the same product), the channel pass
@@ -46,10 +49,16 @@
 //   im2col (twice: forward, and again in the backward): HBM: write E columns + read input/offset/mask:
 //     0.380 ms fp32, 0.190 ms bf16. L1: E/32 = 10.8 M warp steps of 32 channels, each 4 neighbour
 //     loads of 128 B (4 sectors fp32; bf16 64 B, 2) and a column store: 217 M sectors, 0.207 ms fp32;
-//     108 M, 0.104 ms bf16. Issue: ~20 warp-instructions per step (4 x (predicate, address, load,
-//     FMA), convert, scale, store, loop) = 0.207 ms, plus per sample ~8 (load_sample's ~250, once per
-//     lane of 32) and ~36 for the broadcast (16 + 2 x 5 shuffles, 0.067 ms on the shuffle pipe) and
-//     loop: 0.031 ms; ~0.24 ms. Per pass: 0.380 ms fp32 (HBM-bound), 0.24 ms bf16 (issue-bound). The
+//     108 M, 0.104 ms bf16 (pairs: E/64 = 5.42 M steps of 64 channels, the same sectors). Issue,
+//     counted in the sm_90 SASS (cuobjdump -sass; im2col_kernel's inner loop, 4 steps unrolled, loads
+//     predicated): pairs (C/groups and C/offset_groups even, as at C512) 92 instructions per 4 steps
+//     fp32 (16 LDG.64, 32 FFMA, 8 FMUL, 8 STG), 154 bf16 (the pairs' PRMT/SHF unpacking, 16-bit
+//     stores): 23 / 38.5 per step, 5.42 M x 23 / 1.045 T = 0.119 ms fp32, 0.200 ms bf16; plus per
+//     sample ~8 (load_sample's ~250, once per lane of 32) and ~36 for the broadcast (16 + 2 x 5
+//     shuffles, 0.067 ms on the shuffle pipe) and loop: 0.031 ms (estimated, not SASS-counted): 0.150
+//     / 0.231 ms. Per pass: 0.380 ms fp32 (HBM-bound), 0.231 ms bf16 (issue-bound). One channel per
+//     lane (what ran before): 66 / 87 per 4 steps of 32 channels, 16.5 / 21.75 per step, 0.171 /
+//     0.226 + 0.031 = 0.202 / 0.257 ms (the ~20 per step and ~0.24 ms estimated before). The
 //     NCHW design before (lanes on 32 pixels of a channel plane) left the sectors out: 20.7 sectors
 //     per neighbour load fp32, 15.3 bf16, 0.90 / 0.66 ms per pass, which bound it.
 //   3 GEMMs (output, grad columns, grad weight as per-image products summed in fp32): each
@@ -58,13 +67,21 @@
 //     own, ~300 TFLOP/s, and the fp32 C512 prediction drops to ~5.6 ms), bf16 at 60% of 989 TFLOP/s:
 //     C512 7.6 ms each fp32, 0.61 ms each bf16. The bias costs one broadcast write of the output
 //     (ATen's baddbmm copies C into the output, then the GEMM reads it with beta = 1).
-//   backward sampling: HBM: read E grad columns + input, plus 4*E fp32 atomics at ~2.5 T/s (an
-//     assumption: uncontended RED in L2, 128 B contiguous per warp atomic): 0.94 ms fp32, 0.75 ms
-//     bf16. L1: per warp step 4 neighbour loads, 4 fp32 atomics of 128 B (4 sectors each) and the
-//     grad column load: 390 M sectors, 0.37 ms fp32; 282 M, 0.27 ms bf16. Issue: ~60 per step (loads,
-//     atomics, 3 sums' FMAs) = 0.62 ms, plus per sample the broadcast, warp_sums (8 shuffles) and
-//     lane 0's writes: ~0.66 ms. Per pass: 0.94 ms fp32, 0.75 ms bf16 (atomics and HBM); the NCHW
-//     design's loads and atomics at 20.7 sectors (15.3 for bf16 loads) were 1.76 / 1.52 ms of L1.
+//   backward sampling: HBM: read E grad columns + input: 0.380 ms fp32, 0.192 ms bf16, plus the fp32
+//     grad_input atomics at ~2.5 T atomic instructions/s (an assumption: uncontended RED in L2, 128 B
+//     contiguous per warp atomic; a float2 RED.F32x2 assumed to cost as one): pairs (sm_90) 2*E
+//     float2 atomics, 0.277 ms (4*E fp32 ones before, 0.555 ms): 0.657 ms fp32, 0.469 ms bf16 (0.94
+//     / 0.75 before). L1: per 32 channels 4 neighbour loads, 4 fp32 atomics of 128 B (4 sectors each,
+//     pairs the same sectors in half the instructions) and the grad column load: 390 M sectors, 0.37
+//     ms fp32; 282 M, 0.27 ms bf16. Issue (SASS, columns_backward_kernel's inner loop, 2 steps
+//     unrolled, all four neighbours inside): pairs 211 / 214 instructions per 2 steps fp32 / bf16
+//     (8 LDG.64, 4 grad column LDG, 8 REDG.F32x2, 32 FFMA, 32 FMUL, 16 FADD), 105.5 / 107 per step
+//     of 64 channels: 5.42 M x 105.5 / 1.045 T = 0.547 ms fp32, 0.555 ms bf16, plus per sample the broadcast, warp_sums (8
+//     shuffles) and lane 0's writes, ~0.04 ms (estimated): 0.587 / 0.595 ms. Per pass: 0.657 ms fp32
+//     (HBM and atomics), 0.595 ms bf16 (issue). One channel per lane: 167 / 149 per 2 steps of 32
+//     channels, 83.5 / 74.5 per step: 0.866 / 0.773 + 0.04 = 0.906 / 0.813 ms of issue (the ~0.66 ms
+//     estimated before), against the 0.94 / 0.75 of HBM and atomics. The NCHW design's loads and
+//     atomics at 20.7 sectors (15.3 for bf16 loads) were 1.76 / 1.52 ms of L1.
 //   small passes (zeroed fp32 grad_input, its conversion back to NCHW in the input dtype (the cast
 //     before), grad_bias): ~0.11-0.15 ms; the NHWC copy of the input, once per forward and once per
 //     backward (154 MB fp32 read + written: 0.075 ms each fp32, 0.038 bf16); the weight reordered
@@ -72,9 +89,12 @@
 //     permute replaces the cast before). Launches, 3 us each: 3 per forward chunk, 6 per backward
 //     chunk, 9 more (the 1 GiB column workspace gives C512 2 + 3 chunks in fp32, 1 + 2 in bf16): 33 /
 //     24 launches (29 / 20 before).
-//   Total: the NCHW design's 24.691 ms fp32 (im2col and backward sampling as now, HBM- and
-//     atomic-bound) + NHWC copies 0.150 + weight reorder 0.009 + 4 launches 0.012 = 24.862 ms; bf16
-//     3.179 + 2 x (0.24 - 0.19) im2col issue + 0.075 + 0.005 + 0.012 = 3.371 ms. The NCHW design with
+//   Total: the NCHW design's 24.691 ms fp32 (im2col HBM-bound as now, backward sampling 0.94 ms) +
+//     NHWC copies 0.150 + weight reorder 0.009 + 4 launches 0.012 - (0.94 - 0.657) float2 atomics =
+//     24.579 ms (24.862 with one channel per lane); bf16 3.179 (im2col 0.190, backward sampling 0.75)
+//     + 2 x (0.231 - 0.190) im2col issue - (0.75 - 0.595) backward + 0.075 + 0.005 + 0.012 = 3.198 ms
+//     (one channel per lane, SASS-counted: 3.179 + 2 x (0.257 - 0.190) + (0.813 - 0.75) + 0.092 =
+//     3.468 ms; the 3.371 that stood here took the ~0.24 / ~0.66 ms estimates). The NCHW design with
 //     its sectors counted: 24.691 + 2 x (0.90 - 0.38) + (1.76 - 0.94) = ~26.55 ms fp32, 3.179 + 2 x
 //     (0.66 - 0.19) + (1.52 - 0.75) = ~4.89 ms bf16.
 // C32, fused path (C = C_out = 32, R = 289 tile rows; 148 tiles per image, 1184 in all; per tile 576
@@ -153,12 +173,12 @@
 //   permute-copies, which may run well below HBM bandwidth (at half, +9 us fp32); the L2 traffic of
 //   the loads and atomics and the latency of the backward's 8 warps per SM are not modelled; the
 //   1024 FLOP/clk/SM of mma.sync and the wmma loads' wavefronts are assumed, not read off SASS.
-// Bound: C512 fp32 by the SGEMMs (1.56x floor); C512 bf16 by the GEMMs at 60% of peak plus the column
-// passes and atomics, which the floor does not count (3.1x); C32 by the instruction issue of the
+// Bound: C512 fp32 by the SGEMMs (1.55x floor); C512 bf16 by the GEMMs at 60% of peak plus the column
+// passes' issue, which the floor does not count (3.0x); C32 by the instruction issue of the
 // channel passes (per-sample work per half-warp) and the shared-memory products (bf16: their operand
 // loads and fp32 staging, the tensor cores keep pace).
-// predicted H200 | deform_conv2d csfrnet-C512 fp32 B=8 97x97 fwd+bwd | 24.862 ms | fp32 SGEMM, TF32 off (floor 15.903 ms)
-// predicted H200 | deform_conv2d csfrnet-C512 bf16 B=8 97x97 fwd+bwd | 3.371 ms | bf16 GEMMs, column passes, atomics (floor 1.077 ms)
+// predicted H200 | deform_conv2d csfrnet-C512 fp32 B=8 97x97 fwd+bwd | 24.579 ms | fp32 SGEMM, TF32 off (floor 15.903 ms)
+// predicted H200 | deform_conv2d csfrnet-C512 bf16 B=8 97x97 fwd+bwd | 3.198 ms | bf16 GEMMs, column passes' issue (floor 1.077 ms)
 // predicted H200 | deform_conv2d csfrnet-C32 fp32 B=8 97x97 fwd+bwd | 0.273 ms | channel-pass issue, shared-memory products (floor 0.062 ms)
 // predicted H200 | deform_conv2d csfrnet-C32 bf16 B=8 97x97 fwd+bwd | 0.215 ms | channel-pass issue, wmma operand loads and staging (floor 0.008 ms)
 #include "cuda/common.cuh"
@@ -228,7 +248,7 @@ __device__ Sample<acc_t> load_sample(const scalar_t* offset, const scalar_t* mas
 
 // The channels of a run of a sample's offset group that one thread handles: c = first, first + step,
 // ... below count (a warp's lane, lane + 32, ...), adjacent in the NHWC input (both paths). With
-// pairs (V = 2, the fused path when they are aligned) c is even and the thread also takes c + 1.
+// pairs (V = 2, when they are aligned: pair_width) c is even and the thread also takes c + 1.
 struct ChannelRange {
   int64_t first, step, count;
 };
@@ -269,12 +289,14 @@ __device__ __forceinline__ void atomic_add_vec(acc_t* address, const acc_t (&val
 // The channel loop of one sample: column[c * column_stride] = mask * bilinear(image + c) for
 // the channels c of `range` (`image` at the group's first channel; NaN when the position is
 // poisoned), V adjacent channels per step (vector loads). Serves im2col (scalar_t columns in HBM)
-// and the fused forward (operand_type columns in shared memory).
+// and the fused forward (operand_type columns in shared memory). Four steps unrolled, two for fp64
+// pairs with int64 indices (im2col's: four spill 4 bytes at ptxas' 128 registers).
 template <int V, typename scalar_t, typename acc_t, typename index_t, typename column_t>
 __device__ void sample_columns(const Sample<acc_t, index_t>& s, const ChannelRange& range, const scalar_t* image,
                                column_t* column, int64_t column_stride) {
+  constexpr int kUnroll = V * sizeof(scalar_t) > 8 && sizeof(index_t) == 8 ? 2 : 4;
   const acc_t scale = s.column_scale();
-#pragma unroll 4
+#pragma unroll kUnroll
   for (int64_t c = range.first; c < range.count; c += range.step) {
     const index_t channel = static_cast<index_t>(c);
     acc_t value[V] = {};
@@ -470,10 +492,11 @@ __device__ void for_chunk_samples(const scalar_t* offset, const scalar_t* mask, 
 }
 
 // The channels of a sample's offset group split into runs at the group boundaries (each group's
-// columns are its own GEMM operand), a warp's lanes on the channels of each run: body(first channel
-// of the run, the lane's channels of it, the run's column offset). Columns (nb, groups, P, taps,
+// columns are its own GEMM operand), a warp's lanes on the channels of each run, V adjacent ones per
+// lane (V = 2: runs start even): body(first channel of the run, the lane's channels of it, the run's
+// column offset). Columns (nb, groups, P, taps,
 // C/groups): row k = tap * C/groups + c of a pixel (k-major per pixel, contiguous over channels).
-template <typename Body>
+template <int V, typename Body>
 __device__ void for_group_runs(const DeformGeometry& g, int64_t groups, const SampleRow& r, int64_t p, Body body) {
   const int64_t taps = g.kh * g.kw, pixels = g.out_h * g.out_w, group_channels = g.channels / groups;
   const int64_t og_channels = g.channels / g.offset_groups, end = (r.og + 1) * og_channels;
@@ -481,30 +504,30 @@ __device__ void for_group_runs(const DeformGeometry& g, int64_t groups, const Sa
     const int64_t group = c / group_channels, run_end = std::min<int64_t>(end, (group + 1) * group_channels);
     const int64_t column =
         (((r.local_b * groups + group) * pixels + p) * taps + r.tap) * group_channels + (c - group * group_channels);
-    body(c, ChannelRange{threadIdx.x % 32, 32, run_end - c}, column);
+    body(c, ChannelRange{V * (threadIdx.x % 32), 32 * V, run_end - c}, column);
     c = run_end;
   }
 }
 
-// Warp per sample: the columns of every channel of the sample's offset group, lanes on channels
-// (contiguous NHWC neighbour loads and column stores).
-template <typename scalar_t, typename acc_t>
+// Warp per sample: the columns of every channel of the sample's offset group, lanes on V adjacent
+// channels each (contiguous NHWC neighbour loads and column stores).
+template <typename scalar_t, typename acc_t, int V>
 __global__ void __launch_bounds__(kThreads)
     im2col_kernel(const scalar_t* __restrict__ input, const scalar_t* __restrict__ offset,
                   const scalar_t* __restrict__ mask, DeformGeometry g, int64_t groups, int64_t b0, int64_t nb,
                   scalar_t* __restrict__ columns) {
   for_chunk_samples<scalar_t, acc_t>(offset, mask, g, b0, nb, [&](const Sample<acc_t>& s, const SampleRow& r, int64_t p) {
     const scalar_t* image = input + r.b * g.height * g.width * g.channels;
-    for_group_runs(g, groups, r, p, [&](int64_t c, const ChannelRange& range, int64_t column) {
-      sample_columns<1>(s, range, image + c, columns + column, 1);
+    for_group_runs<V>(g, groups, r, p, [&](int64_t c, const ChannelRange& range, int64_t column) {
+      sample_columns<V>(s, range, image + c, columns + column, 1);
     });
   });
 }
 
 // Warp per sample: one pass over the channels of its offset group reads each grad column once,
-// scatters it to the NHWC grad_input (atomics, contiguous over the lanes) and sums the offset and
-// mask gradients, reduced over the lanes (warp_sums) and written by lane 0 (no atomics).
-template <typename scalar_t, typename acc_t>
+// scatters it to the NHWC grad_input (atomics, contiguous over the lanes, V channels per lane) and
+// sums the offset and mask gradients, reduced over the lanes (warp_sums) and written by lane 0.
+template <typename scalar_t, typename acc_t, int V>
 __global__ void __launch_bounds__(kThreads)
     columns_backward_kernel(const scalar_t* __restrict__ input, const scalar_t* __restrict__ grad_columns,
                             const scalar_t* __restrict__ offset, const scalar_t* __restrict__ mask, DeformGeometry g,
@@ -513,8 +536,8 @@ __global__ void __launch_bounds__(kThreads)
   for_chunk_samples<scalar_t, acc_t>(offset, mask, g, b0, nb, [&](const Sample<acc_t>& s, const SampleRow& r, int64_t p) {
     const int64_t image_start = r.b * g.height * g.width * g.channels;
     SampleGrads<acc_t> partial{acc_t(0), acc_t(0), acc_t(0)};
-    for_group_runs(g, groups, r, p, [&](int64_t c, const ChannelRange& range, int64_t column) {
-      const SampleGrads<acc_t> run = sample_backward<1>(s, range, input + image_start + c, grad_input + image_start + c,
+    for_group_runs<V>(g, groups, r, p, [&](int64_t c, const ChannelRange& range, int64_t column) {
+      const SampleGrads<acc_t> run = sample_backward<V>(s, range, input + image_start + c, grad_input + image_start + c,
                                                      grad_columns + column, 1);
       partial.y += run.y;
       partial.x += run.x;
@@ -810,13 +833,14 @@ __device__ void for_warp_samples(const DeformGeometry& g, int valid, const acc_t
   }
 }
 
-// Channels per lane of the fused channel pass: pairs when every pair load (and grad_input pair
-// atomic) is aligned, that is channels-last with an even channel count per offset group (even group
-// starts and pixel strides) and `buffers` aligned to two elements; else one (the same code).
+// Channels per lane of the channel loops (both paths): pairs when every pair load (and grad_input
+// pair atomic) is aligned, that is channels-last with an even channel count per offset group and per
+// group (even run starts and pixel strides) and `buffers` aligned to two elements; else one (the same
+// code).
 template <typename... T>
-int fused_pair_width(const DeformGeometry& g, const T*... buffers) {
+int pair_width(const DeformGeometry& g, int64_t groups, const T*... buffers) {
   const bool aligned = ((reinterpret_cast<uintptr_t>(buffers) % (2 * sizeof(T)) == 0) && ...);
-  return (g.channels / g.offset_groups) % 2 == 0 && aligned ? 2 : 1;
+  return (g.channels / g.offset_groups) % 2 == 0 && (g.channels / groups) % 2 == 0 && aligned ? 2 : 1;
 }
 
 // Block per tile (image blockIdx.x / tiles, tile blockIdx.x % tiles): the sample pass, the channel
@@ -968,8 +992,10 @@ cudaError_t deform_im2col(const scalar_t* input, const scalar_t* offset, const s
                           const DeformGeometry& g, int64_t groups, int64_t b0, int64_t nb, scalar_t* columns,
                           cudaStream_t stream) {
   if (chunk_samples(g, nb) == 0) return cudaSuccess;
-  launch(im2col_kernel<scalar_t, acc_type<scalar_t>>, chunk_blocks(g, nb), kThreads, 0, stream, input, offset, mask, g,
-         groups, b0, nb, columns);
+  using acc_t = acc_type<scalar_t>;
+  auto kernel =
+      pair_width(g, groups, input) == 2 ? im2col_kernel<scalar_t, acc_t, 2> : im2col_kernel<scalar_t, acc_t, 1>;
+  launch(kernel, chunk_blocks(g, nb), kThreads, 0, stream, input, offset, mask, g, groups, b0, nb, columns);
   return cudaGetLastError();
 }
 
@@ -979,8 +1005,10 @@ cudaError_t deform_columns_backward(const scalar_t* input, const scalar_t* grad_
                                     int64_t nb, acc_t* grad_input, scalar_t* grad_offset, scalar_t* grad_mask,
                                     cudaStream_t stream) {
   if (chunk_samples(g, nb) == 0) return cudaSuccess;
-  launch(columns_backward_kernel<scalar_t, acc_t>, chunk_blocks(g, nb), kThreads, 0, stream, input, grad_columns,
-         offset, mask, g, groups, b0, nb, grad_input, grad_offset, grad_mask);
+  auto kernel = pair_width(g, groups, input, grad_input) == 2 ? columns_backward_kernel<scalar_t, acc_t, 2>
+                                                              : columns_backward_kernel<scalar_t, acc_t, 1>;
+  launch(kernel, chunk_blocks(g, nb), kThreads, 0, stream, input, grad_columns, offset, mask, g, groups, b0, nb,
+         grad_input, grad_offset, grad_mask);
   return cudaGetLastError();
 }
 
@@ -1011,7 +1039,7 @@ cudaError_t deform_fused_forward(const scalar_t* input, const scalar_t* offset, 
                                  const scalar_t* weight, const scalar_t* bias, const DeformGeometry& g,
                                  int64_t out_channels, scalar_t* output, cudaStream_t stream) {
   using acc_t = acc_type<scalar_t>;
-  auto kernel = fused_pair_width(g, input) == 2 ? fused_forward_kernel<scalar_t, acc_t, 2>
+  auto kernel = pair_width(g, 1, input) == 2 ? fused_forward_kernel<scalar_t, acc_t, 2>
                                                 : fused_forward_kernel<scalar_t, acc_t, 1>;
   const size_t bytes = fused_layout(g, out_channels, false, sizeof(scalar_t)).bytes;
   const cudaError_t error = allow_shared(kernel, bytes);
@@ -1028,7 +1056,7 @@ cudaError_t deform_fused_backward(const scalar_t* grad_output, const scalar_t* i
                                   int64_t out_channels, const DeformFusedPlan& plan, acc_t* grad_input,
                                   scalar_t* grad_offset, scalar_t* grad_mask, acc_t* partials, scalar_t* grad_weight,
                                   scalar_t* grad_bias, cudaStream_t stream) {
-  auto kernel = fused_pair_width(g, input, grad_input) == 2 ? fused_backward_kernel<scalar_t, acc_t, 2>
+  auto kernel = pair_width(g, 1, input, grad_input) == 2 ? fused_backward_kernel<scalar_t, acc_t, 2>
                                                             : fused_backward_kernel<scalar_t, acc_t, 1>;
   const size_t bytes = fused_layout(g, out_channels, true, sizeof(scalar_t)).bytes;
   const cudaError_t error = allow_shared(kernel, bytes);

@@ -56,6 +56,13 @@ CASES = {
     "large-channels-72": (2, 72, (4, 5), 6, (3, 3), 1, 1, 1, 1, 1, True),
     "groups2-channels40-offset-groups2": (2, 80, (4, 4), 4, (3, 3), 1, 1, 1, 2, 2, True),
     "groups2-channels36-offset-groups3": (3, 72, (3, 4), 4, (3, 3), 1, 1, 1, 2, 3, False),
+    # the generic path takes two adjacent channels per lane (64 per warp step) when the channels per
+    # group and per offset group are even, as in every generic case above; one per lane when either is
+    # odd: 97 channels (lanes loop 32 x 3 + 1), groups of 3 (offset groups of 6), offset groups of 3
+    # (groups of 6)
+    "large-odd-channels-97": (2, 97, (4, 3), 8, (3, 3), 1, 1, 1, 1, 1, True),
+    "groups2-odd-group-channels": (2, 6, (5, 6), 4, (3, 3), 1, 1, 1, 2, 1, True),
+    "groups2-odd-offset-group-channels": (2, 12, (4, 5), 4, (3, 3), 1, 1, 1, 2, 4, False),
 }
 
 
@@ -174,11 +181,11 @@ def test_channels_last_input(emulated, case):
     _check(emulated, tensors, geometry)
 
 
-@pytest.mark.parametrize("case", ["plain", "group-channels-36"])
+@pytest.mark.parametrize("case", ["plain", "group-channels-36", "groups2-channels40-offset-groups2"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_channels_last_input_not_pair_aligned(emulated, dtype, case):
     """A channels_last input one element into its buffer, read as it lies: even channel counts, but
-    pair loads would be misaligned, so the fused channel pass takes one channel per lane."""
+    pair loads would be misaligned, so the channel loops (fused and generic) take one channel per lane."""
     tensors, geometry = _inputs(*CASES[case], dtype=dtype)
     _check(emulated, tensors, geometry, input_offset=1)
 
