@@ -69,7 +69,10 @@ shared-memory traffic) + gather + atomics.
       FMAs, the operand reads per FMA (forward 16 + 4 per k for a thread's 64 accumulators) and the bytes (a
       256 x 8 fp32 tile row is one 32 B sector). Added: 4x the chunks, a barrier each: forward 1176*2*9*64 = 1.35 M
       chunks, each 256*64*8 = 131 k FMAs = 1024 clk of an SM's 128 FMA/clk, against ~20 clk (assumed) per barrier:
-      ~2%, inside the ~34 ms below (3 x 10.6 + 1.7 = 33.5 ms).
+      ~2%, inside the ~34 ms below (3 x 10.6 + 1.7 = 33.5 ms). Triton before 3.8 (PyTorch 2.11's 3.6) refuses fp32
+      dots narrower than 16: there K = 16 with output blocks of 64 channels on 8 warps (FMA_BLOCK_N), so the forward
+      and weight-gradient gathers run 8 times per pixel tile instead of 2 (+12 gather passes, assumed at the
+      bf16 pass's 0.2 ms x 2 for fp32: ~+5 ms, ~39 ms there; the predicted line below is Triton 3.9's).
     forward+backward predicted bf16 0.75 + 3.4 + 0.75 = ~4.9 ms vs floor 1.08 ms (22%); TF32 ~8.2 ms vs 2.15 ms
       (26%); fp32 "ieee" ~34 ms vs 15.9 ms (47%; the 3 GEMMs + the data kernel's 1.7 ms of atomics). The backward
       data kernel is still the gap: its dots with 64 pixels as M (wgmma reading the tile from shared memory, 192 KB
@@ -387,11 +390,29 @@ def _pow2_block(count: int, most: int) -> int:
     return min(most, max(16, triton.next_power_of_2(count)))
 
 
+def _fp32_min_dot_k() -> int:
+    """Narrowest reduction axis Triton's NVIDIA backend accepts for an fp32 dot (its ``min_dot_size``): 16 before
+    Triton 3.8 (3.6 is what PyTorch 2.11 ships), 8 since."""
+    major, minor = (int(part) for part in triton.__version__.split(".")[:2])
+    return 8 if (major, minor) >= (3, 8) else 16
+
+
 # Reduction width of a dot that runs as FMAs on the CUDA cores (fp32 "ieee"): Triton's FMA lowering keeps both
 # operands' whole reduction axis in registers, (rows + columns per thread) x K, beside the accumulator. sm_90
-# compile, C512 forward (64 accumulators, 16 + 4 operand values per k and thread): K = 32 spilled 11.4 KB, 16 0.97 KB,
-# 8 60 B (scalars kept across the tap loop, reloaded outside the chunk loop).
-FMA_K = 8
+# compile (Triton 3.9), C512 forward (64 accumulators, 16 + 4 operand values per k and thread): K = 32 spilled
+# 11.4 KB, 16 0.97 KB, 8 60 B (scalars kept across the tap loop, reloaded outside the chunk loop). Where K = 8 is
+# refused (Triton < 3.8), K = 16 with output blocks of at most FMA_BLOCK_N channels on FMA_WARPS warps (16
+# accumulators per thread): sm_90 compile (Triton 3.6), C512 forward 250 registers and weight gradient 204, no
+# spill, where the K = 8 tiles at K = 16 spilled 6.6 KB (ptxas fell back to 32 registers) and 0.9 KB.
+FMA_K = _fp32_min_dot_k()
+FMA_BLOCK_N, FMA_WARPS = (256, None) if FMA_K == 8 else (64, 8)
+
+
+def _fma_tiles(blocks: dict) -> dict:
+    """`blocks` of an FMA-dot kernel, narrowed to FMA_BLOCK_N output channels on FMA_WARPS warps where K = 16."""
+    if FMA_WARPS is None:
+        return blocks
+    return dict(blocks, BLOCK_N=min(blocks["BLOCK_N"], FMA_BLOCK_N), num_warps=FMA_WARPS)
 
 
 def _fma_dots(dtype: torch.dtype, dtypes: dict) -> bool:
@@ -421,9 +442,13 @@ def forward(input, offset, weight, mask, bias, stride, padding, dilation) -> tor
     output = torch.empty(batch, geo["C_out"], offset.shape[2], offset.shape[3], device=input.device, dtype=input.dtype)
     dtypes = _dtypes(input.dtype, input.device)
     block_n = _output_block(geo["group_out"], dtypes["DOT"])
-    block_k = _pow2_block(geo["segment"], FMA_K if _fma_dots(input.dtype, dtypes) else 32)
+    fma = _fma_dots(input.dtype, dtypes)
+    block_k = _pow2_block(geo["segment"], FMA_K if fma else 32)
+    # tensor-core dots: at least 8 warps, for the gather of each 64-pixel chunk (corners, masks, weights) more than for
+    # the accumulator: sm_90, C32 bf16 at 4 warps spilled 372 B (Triton 3.6), at 8 none (218 registers; 106 in 3.9)
     blocks = _tiles(64, block_n, block_k, accumulator=block_n * 64)
-    grid = (triton.cdiv(geo["L"], blocks["BLOCK_M"]), groups * triton.cdiv(geo["group_out"], block_n), batch)
+    blocks = _fma_tiles(blocks) if fma else dict(blocks, num_warps=max(8, blocks["num_warps"]))
+    grid = (triton.cdiv(geo["L"], blocks["BLOCK_M"]), groups * triton.cdiv(geo["group_out"], blocks["BLOCK_N"]), batch)
     weight_t = _transposed_weight(weight)
     _forward_kernel[grid](
         input, offset, mask if mask is not None else offset, weight_t, bias if bias is not None else weight_t, output,
@@ -487,6 +512,8 @@ def backward(grad_output, input, offset, weight, mask, stride, padding, dilation
     # grad_out is re-read once per K chunk: 64 channels per chunk halve that traffic (cost model above)
     block_n, block_k = _output_block(geo["group_out"], dtypes["DOT"]), _pow2_block(geo["segment"], 64)
     blocks = _tiles(FMA_K if fma else 32, block_n, block_k, accumulator=block_n * block_k)
+    if fma:
+        blocks = _fma_tiles(blocks)
     column_programs = groups * geo["taps"] * (geo["group_channels"] // geo["segment"]) * triton.cdiv(
         geo["segment"], blocks["BLOCK_K"])
     n_programs = triton.cdiv(geo["group_out"], blocks["BLOCK_N"])

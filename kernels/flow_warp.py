@@ -130,9 +130,11 @@ def _backward_kernel(
 
 _BLOCK_C, _BLOCK_P = 32, 64
 # The backward's four unrolled corners keep int64 offsets, masks and values of its tile live: sm_90, 4 warps,
-# BLOCK_C=32 took 190-255 registers (92 B spilled for zeros, no align); BLOCK_C=16 takes 144-152, no spill, and
-# its loop issues 3.2-3.4 instead of 3.65-3.8 (spills included) warp instructions per channel-pixel.
-_BACKWARD_BLOCK_C = 16
+# Triton 3.9: BLOCK_C=32 took 190-255 registers (92 B spilled for zeros, no align); BLOCK_C=16 144-152, no spill,
+# its loop 3.2-3.4 instead of 3.65-3.8 (spills included) warp instructions per channel-pixel. Triton 3.6 (PyTorch
+# 2.11's) spills 200-296 B at BLOCK_C=16; BLOCK_C=8 is spill-free in both (191-221 registers in 3.6, 80-88 in 3.9;
+# its loop's instructions not recounted).
+_BACKWARD_BLOCK_C = 8
 
 
 def forward(input: torch.Tensor, flow: torch.Tensor, padding_mode: str, align_corners: bool) -> torch.Tensor:

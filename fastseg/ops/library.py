@@ -36,8 +36,12 @@ _AUTOCAST_LIBRARY = torch.library.Library("fastseg", "IMPL")
 
 
 def autocast_dtype(policy: str | None, device_type: str) -> torch.dtype | None:
-    """The dtype ``policy`` casts floating inputs on ``device_type`` to; None when autocast is off there."""
-    if policy is None or not torch.amp.is_autocast_available(device_type) or not torch.is_autocast_enabled(device_type):
+    """The dtype ``policy`` casts floating inputs on ``device_type`` to; None when autocast is off there.
+
+    Only the device types the rules are registered for are asked (a tuple test, not
+    ``torch.amp.is_autocast_available``, which Dynamo in PyTorch 2.11 cannot trace: a graph break
+    per op call under ``torch.compile``)."""
+    if policy is None or device_type not in _AUTOCAST_DEVICE_TYPES or not torch.is_autocast_enabled(device_type):
         return None
     return torch.float32 if policy == "fp32" else torch.get_autocast_dtype(device_type)
 

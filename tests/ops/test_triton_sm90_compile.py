@@ -4,7 +4,9 @@ The interpreter (how CI runs the kernels) accepts code that the compiler rejects
 or shared-memory overflow. Each case runs a wrapper's forward and backward in compile_for_sm90()
 (tests/triton_sm90.py): the GPU benchmark shapes and dtypes of bench/bench_*.py, then test-sized shapes for the
 masked tails and the other constexpr branches. A compile error, more shared memory than an sm_90 block has,
-or a spill beyond SPILL_ALLOWANCE fails; registers and spills of every kernel and config are printed.
+or a spill beyond SPILL_ALLOWANCE (per Triton release) fails; registers and spills of every kernel and config are
+printed. CI runs it with two releases: its own venv's and PyTorch 2.11's Triton 3.6 (a GPU session's), which
+refuses fp32 dots narrower than 16 where 3.9 accepts 8.
 """
 from __future__ import annotations
 
@@ -122,20 +124,45 @@ CASES = {
 }
 
 
-# The spills left (Triton 3.9's ptxas), in bytes stored or loaded, whichever is larger; any other spill fails, so
-# that the spill-free configurations stay so. Each is outside the kernel's hot loop or a few reloads in it.
+# The spills left per Triton release (each compiles with its own ptxas), in bytes stored or loaded, whichever is
+# larger; any other spill fails, so that the spill-free configurations stay so. 3.9 is CI's CPU venv; 3.6 is what
+# PyTorch 2.11 ships (the lent GPU machine's), compiled by a second CI step (.ci/run). Its extra ones are the
+# tensor-core deform_conv2d kernels' gathers beside a large accumulator. A release not listed only prints them.
 SPILL_ALLOWANCE = {
-    # reloaded once per tap, none in the chunk loop
-    ("deform_conv2d csfrnet-C512 fp32", "deform_conv2d._forward_kernel"): 60,
-    # 11 reloads per (image, pixel tile) item against ~512 FMAs per thread
-    ("deform_conv2d csfrnet-C512 fp32", "deform_conv2d._backward_weight_kernel"): 52,
-    # reloaded once per tap, none in the chunk loop
-    ("deform_conv2d csfrnet-C512 bf16", "deform_conv2d._forward_kernel"): 144,
-    # in the prologue, while the resident grad_out tile is staged
-    ("deform_conv2d csfrnet-C512 bf16", "deform_conv2d._backward_data_kernel"): 112,
-    # a test-sized case, not a benchmark configuration
-    ("deform_conv2d two-output-channel-blocks tf32", "deform_conv2d._backward_weight_kernel"): 8,
+    (3, 9): {
+        # reloaded once per tap, none in the chunk loop
+        ("deform_conv2d csfrnet-C512 fp32", "deform_conv2d._forward_kernel"): 60,
+        # 11 reloads per (image, pixel tile) item against ~512 FMAs per thread
+        ("deform_conv2d csfrnet-C512 fp32", "deform_conv2d._backward_weight_kernel"): 52,
+        # reloaded once per tap, none in the chunk loop
+        ("deform_conv2d csfrnet-C512 bf16", "deform_conv2d._forward_kernel"): 144,
+        # in the prologue, while the resident grad_out tile is staged
+        ("deform_conv2d csfrnet-C512 bf16", "deform_conv2d._backward_data_kernel"): 112,
+        # a test-sized case, not a benchmark configuration
+        ("deform_conv2d two-output-channel-blocks tf32", "deform_conv2d._backward_weight_kernel"): 8,
+    },
+    (3, 6): {
+        ("class_avg_pool cityscapes-C512", "class_avg_pool._forward_kernel"): 8,
+        ("class_avg_pool cityscapes-C32", "class_avg_pool._forward_kernel"): 8,
+        ("deform_conv2d csfrnet-C512 bf16", "deform_conv2d._forward_kernel"): 196,
+        ("deform_conv2d csfrnet-C512 bf16", "deform_conv2d._backward_data_kernel"): 268,
+        ("deform_conv2d csfrnet-C32 fp32", "deform_conv2d._backward_data_kernel"): 4,
+        ("deform_conv2d csfrnet-C32 bf16", "deform_conv2d._backward_data_kernel"): 8,
+        # test-sized cases, not benchmark configurations
+        ("deform_conv2d two-output-channel-blocks tf32", "deform_conv2d._forward_kernel"): 84,
+        ("deform_conv2d two-output-channel-blocks tf32", "deform_conv2d._backward_data_kernel"): 32,
+        ("deform_conv2d resident-grad-out-tile bf16", "deform_conv2d._forward_kernel"): 108,
+        ("soft_class_pool small fp64", "soft_class_pool._grad_probs_kernel"): 32,
+    },
 }
+
+
+def _triton_release() -> tuple[int, int]:
+    import triton
+
+    major, minor = (int(part) for part in triton.__version__.split(".")[:2])
+    return major, minor
+
 
 COMPILED: dict[str, set[str]] = {}  # case -> the kernels it compiled, for test_every_kernel_is_compiled
 
@@ -151,11 +178,16 @@ def test_compiles_for_sm90(case, capsys):
         print(f"\nsm_90 {case}:")
         for kernel in compiled:
             print(f"  {kernel.describe()}{'  SPILLS' if kernel.spill_stores or kernel.spill_loads else ''}")
+    allowances = SPILL_ALLOWANCE.get(_triton_release())
+    if allowances is None:
+        with capsys.disabled():
+            print(f"  (spills not checked: no SPILL_ALLOWANCE for Triton {'.'.join(map(str, _triton_release()))})")
     for kernel in compiled:
         assert kernel.shared <= SM90_SHARED_BYTES, f"{kernel.describe()}: over sm_90's {SM90_SHARED_BYTES} B"
         spilled = max(kernel.spill_stores, kernel.spill_loads)
-        allowed = SPILL_ALLOWANCE.get((case, kernel.kernel), 0)
-        assert spilled <= allowed, f"{kernel.describe()}: spills {spilled} B, {allowed} B allowed (SPILL_ALLOWANCE)"
+        if allowances is not None:
+            allowed = allowances.get((case, kernel.kernel), 0)
+            assert spilled <= allowed, f"{kernel.describe()}: spills {spilled} B, {allowed} B allowed (SPILL_ALLOWANCE)"
 
 
 def test_every_kernel_is_compiled():
