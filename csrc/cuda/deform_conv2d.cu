@@ -247,14 +247,16 @@ __device__ Sample<acc_t> load_sample(const scalar_t* offset, const scalar_t* mas
 }
 
 // The channels of a run of a sample's offset group that one thread handles: c = first, first + step,
-// ... below count (a warp's lane, lane + 32, ...), adjacent in the NHWC input (both paths). With
-// pairs (V = 2, when they are aligned: pair_width) c is even and the thread also takes c + 1.
+// ... below count (a warp's lane, lane + 32, ...), adjacent in the NHWC input (both paths). With V > 1
+// adjacent channels per lane (V = 2 or 4, when aligned: channel_width) c is a multiple of V and the
+// thread also takes c + 1, ..., c + V - 1.
 struct ChannelRange {
   int64_t first, step, count;
 };
 
-// V adjacent elements, loaded (and, for fp32 on sm_90, added atomically) by one instruction: V = 2
-// needs the address aligned to 2 * sizeof(T) (float2, __half2 / __nv_bfloat162 as 32 bits, double2).
+// V adjacent elements, loaded (and, for fp32 on sm_90, added atomically) by one instruction of V *
+// sizeof(T) <= 16 bytes at an address aligned to that size (V = 2: float2, a 16-bit pair as 32 bits,
+// double2; V = 4: float4, four 16-bit values as 64 bits).
 template <typename T, int V>
 struct alignas(V * sizeof(T)) Vec {
   T v[V];
@@ -269,8 +271,9 @@ __device__ __forceinline__ Vec<T, V> load_vec(const T* address) {
   return *reinterpret_cast<const Vec<T, V>*>(address);
 }
 
-// address[0, V) += value[0, V) (atomics): one float2 atomic for an fp32 pair on sm_90 (the
-// emulated layer has it too), else one atomic per element.
+// address[0, V) += value[0, V) (atomics): one float2 / float4 atomic for V = 2 / 4 fp32 values on
+// sm_90 (global memory, the address aligned to 8 / 16 bytes; the emulated layer has both), else one
+// atomic per element.
 template <int V, typename acc_t>
 __device__ __forceinline__ void atomic_add_vec(acc_t* address, const acc_t (&value)[V]) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
@@ -280,6 +283,8 @@ __device__ __forceinline__ void atomic_add_vec(acc_t* address, const acc_t (&val
 #endif
   if constexpr (kVectorAtomics && V == 2 && std::is_same_v<acc_t, float>) {
     atomicAdd(reinterpret_cast<float2*>(address), make_float2(value[0], value[1]));
+  } else if constexpr (kVectorAtomics && V == 4 && std::is_same_v<acc_t, float>) {
+    atomicAdd(reinterpret_cast<float4*>(address), make_float4(value[0], value[1], value[2], value[3]));
   } else {
 #pragma unroll
     for (int v = 0; v < V; ++v) atomicAdd(address + v, value[v]);
@@ -294,7 +299,7 @@ __device__ __forceinline__ void atomic_add_vec(acc_t* address, const acc_t (&val
 template <int V, typename scalar_t, typename acc_t, typename index_t, typename column_t>
 __device__ void sample_columns(const Sample<acc_t, index_t>& s, const ChannelRange& range, const scalar_t* image,
                                column_t* column, int64_t column_stride) {
-  constexpr int kUnroll = V * sizeof(scalar_t) > 8 && sizeof(index_t) == 8 ? 2 : 4;
+  constexpr int kUnroll = sizeof(scalar_t) == 8 && V > 1 && sizeof(index_t) == 8 ? 2 : 4;
   const acc_t scale = s.column_scale();
 #pragma unroll kUnroll
   for (int64_t c = range.first; c < range.count; c += range.step) {
@@ -320,12 +325,13 @@ struct SampleGrads {
   acc_t y, x, m;
 };
 
-// The totals over `kLanes` lanes (a warp, or a half-warp: xor and width stay inside it) of their
-// partial sums, in its first lane, in a fixed order (deterministic), 8 shuffles for a warp instead
-// of 3 x 5 (7 for a half-warp instead of 3 x 4): the xor-H and xor-Q steps (H = kLanes / 2, Q =
-// kLanes / 4) each halve the values a lane carries on (the lane with the step's bit carries the
-// upper half), leaving y in lanes [0, Q), x in [Q, 2Q), m in [2Q, 3Q) (zero in the rest); log2(Q)
-// more steps add within each Q lanes, two more bring x and m to the first lane.
+// The totals over `kLanes` lanes (a warp, a half-warp or a quarter-warp: xor and width stay inside it)
+// of their partial sums, in its first lane, in a fixed order (deterministic), 8 shuffles for a warp
+// instead of 3 x 5 (7 for a half-warp instead of 3 x 4, 6 for a quarter instead of 3 x 3): the xor-H
+// and xor-Q steps (H = kLanes / 2, Q = kLanes / 4) each halve the values a lane carries on (the lane
+// with the step's bit carries the upper half), leaving y in lanes [0, Q), x in [Q, 2Q), m in [2Q,
+// 3Q) (zero in the rest); log2(Q) more steps add within each Q lanes, two more bring x and m to the
+// first lane.
 template <int kLanes, typename acc_t>
 __device__ SampleGrads<acc_t> warp_sums(const SampleGrads<acc_t>& partial) {
   constexpr unsigned kAll = 0xffffffffu;
@@ -343,7 +349,7 @@ __device__ SampleGrads<acc_t> warp_sums(const SampleGrads<acc_t>& partial) {
 
 // The backward of one sample over the channels of `range` given its grad column (grad_column[c *
 // column_stride]): grad_image[c] += bilinear weight * mask * grad (atomics, same indexing as image;
-// V adjacent channels per step: vector loads and, for fp32 pairs, vector atomics) and the returned
+// V adjacent channels per step: vector loads and, for fp32 grad_image, vector atomics) and the returned
 // partial sums of the offset and mask gradients (write_sample_grads). Serves the generic backward
 // (const grad columns in HBM) and the fused one (grad columns in shared memory, mutable): there each
 // entry is then replaced by the sample's column value (what sample_columns writes), from the
@@ -493,7 +499,7 @@ __device__ void for_chunk_samples(const scalar_t* offset, const scalar_t* mask, 
 
 // The channels of a sample's offset group split into runs at the group boundaries (each group's
 // columns are its own GEMM operand), a warp's lanes on the channels of each run, V adjacent ones per
-// lane (V = 2: runs start even): body(first channel of the run, the lane's channels of it, the run's
+// lane (32 V per warp step; runs start at multiples of V): body(first channel of the run, the lane's channels of it, the run's
 // column offset). Columns (nb, groups, P, taps,
 // C/groups): row k = tap * C/groups + c of a pixel (k-major per pixel, contiguous over channels).
 template <int V, typename Body>
@@ -811,43 +817,64 @@ __device__ Sample<acc_t, int> read_record(const acc_t* record) {
   return s;
 }
 
-// The channel pass of a tile, V channels per lane: a sample takes 32 / V lanes (a warp, or a
-// half-warp for pairs), which cover 32 channels per step. For each (offset group, tap), warp w takes
-// the pixels t = V w + h, then V (w + warps) + h, ... (h its half for pairs; warp-uniform steps, so
-// that warp_sums may shuffle), its lanes the channels V * (lane % (32 / V)) + 32 j of the offset
-// group: body(record, t, og, tap, lane channels); for t >= valid (the odd last pixel of a pair) the
-// lanes' channel range is empty.
+// The channel pass of a tile, V channels per lane: a sample takes 32 / V lanes (a warp, a half-warp
+// for V = 2, a quarter-warp for V = 4), which cover 32 channels per step, V samples per warp step.
+// For each (offset group, tap), warp w takes the pixels t = V w + h, then V (w + warps) + h, ... (h
+// the lane's part of the warp, lane / (32 / V); warp-uniform steps, so that warp_sums may shuffle),
+// its lanes the channels V * (lane % (32 / V)) + 32 j of the offset group: body(record, t, og, tap,
+// lane channels); for t >= valid (past the last pixel in the last step) the lanes' channel range is
+// empty.
 template <int V, typename acc_t, typename Body>
 __device__ void for_warp_samples(const DeformGeometry& g, int valid, const acc_t* records, Body body) {
   constexpr int kLanes = 32 / V;
   const int taps = static_cast<int>(g.kh * g.kw), warps = blockDim.x / 32;
-  const int lane = threadIdx.x % kLanes, half = threadIdx.x % 32 / kLanes;
+  const int lane = threadIdx.x % kLanes, part = threadIdx.x % 32 / kLanes;
   const int64_t group_channels = g.channels / g.offset_groups;
   for (int og_tap = 0; og_tap < g.offset_groups * taps; ++og_tap) {
     const int og = og_tap / taps, tap = og_tap - og * taps;
     for (int t0 = threadIdx.x / 32 * V; t0 < valid; t0 += warps * V) {
-      const int t = t0 + half;
+      const int t = t0 + part;
       body(records + (int64_t(og_tap) * kTile + t) * kRecord, t, og, tap,
            ChannelRange{V * lane, 32, t < valid ? group_channels : 0});
     }
   }
 }
 
-// Channels per lane of the channel loops (both paths): pairs when every pair load (and grad_input
-// pair atomic) is aligned, that is channels-last with an even channel count per offset group and per
-// group (even run starts and pixel strides) and `buffers` aligned to two elements; else one (the same
-// code).
-template <typename... T>
-int pair_width(const DeformGeometry& g, int64_t groups, const T*... buffers) {
-  const bool aligned = ((reinterpret_cast<uintptr_t>(buffers) % (2 * sizeof(T)) == 0) && ...);
-  return (g.channels / g.offset_groups) % 2 == 0 && (g.channels / groups) % 2 == 0 && aligned ? 2 : 1;
+// The widest channel loops of an input dtype: V elements in one load of at most 16 bytes (fp64: 2).
+template <typename scalar_t>
+constexpr int kMaxChannelWidth = 16 / sizeof(scalar_t) < 4 ? int(16 / sizeof(scalar_t)) : 4;
+
+// Channels per lane of the channel loops (both paths): the widest V in {4, 2, 1} (4 up to
+// kMaxChannelWidth) for which every V-vector load (and grad_input vector atomic) is aligned, that is
+// channels-last with channel counts per offset group and per group multiples of V (run starts and
+// pixel strides too) and `input` and `buffers` aligned to V elements; V = 1 always is (the same code).
+template <typename scalar_t, typename... T>
+int channel_width(const DeformGeometry& g, int64_t groups, const scalar_t* input, const T*... buffers) {
+  const auto aligned_to = [&](int64_t v) {
+    const bool aligned = reinterpret_cast<uintptr_t>(input) % (v * sizeof(scalar_t)) == 0 &&
+                         ((reinterpret_cast<uintptr_t>(buffers) % (v * sizeof(T)) == 0) && ...);
+    return (g.channels / g.offset_groups) % v == 0 && (g.channels / groups) % v == 0 && aligned;
+  };
+  return kMaxChannelWidth<scalar_t> == 4 && aligned_to(4) ? 4 : aligned_to(2) ? 2 : 1;
+}
+
+// kernel_of(std::integral_constant<int, V>{}) for V = width (1, 2, or 4 up to kMaxChannelWidth):
+// the instance of a channel-loop kernel for channel_width's choice.
+template <typename scalar_t, typename KernelOf>
+auto kernel_for_width(int width, KernelOf kernel_of) {
+  if constexpr (kMaxChannelWidth<scalar_t> == 4) {
+    if (width == 4) return kernel_of(std::integral_constant<int, 4>{});
+  }
+  return width == 2 ? kernel_of(std::integral_constant<int, 2>{}) : kernel_of(std::integral_constant<int, 1>{});
 }
 
 // Block per tile (image blockIdx.x / tiles, tile blockIdx.x % tiles): the sample pass, the channel
 // pass into the column tile, then, the records consumed, the kernels in their place and
 // output(i, p) = sum_k kernels(i, k) * columns(k, p) with the bias row included (Eq. 6). input NHWC.
+// Two blocks per SM (their shared memory at C32 allows no more): up to 128 registers, which the
+// 16-bit four-channel loops need (at ptxas' default of 64 they spilled 8 bytes).
 template <typename scalar_t, typename acc_t, int V>
-__global__ void __launch_bounds__(kFusedThreads)
+__global__ void __launch_bounds__(kFusedThreads, 2)
     fused_forward_kernel(const scalar_t* __restrict__ input, const scalar_t* __restrict__ offset,
                          const scalar_t* __restrict__ mask, const scalar_t* __restrict__ weight,
                          const scalar_t* __restrict__ bias, DeformGeometry g, int out_channels,
@@ -892,9 +919,10 @@ __global__ void __launch_bounds__(kFusedThreads)
 // input dtype for fp16/bf16, as the generic path's grad columns); the channel pass (the only
 // neighbour loads of the tile) scatters them to the NHWC grad_input (atomics, lanes on channels:
 // contiguous; V channels per lane), sums the offset and mask gradients over the sample's 32 / V lanes
-// (warp_sums), its first lane writes them (no atomics), and leaves the column values in the tile; then grad_kernels(i, k) += sum_p grad_out(i, p)
-// * columns(k, p) into the block's shared sums (the tile's row of ones gives grad_bias). At the end
-// the block's sums go to partials[blockIdx.x] (reduced by reduce_kernel). At most one block per SM
+// (warp_sums), its first lane writes them (no atomics), and leaves the column values in the tile;
+// then grad_kernels(i, k) += sum_p grad_out(i, p) * columns(k, p) into the block's shared sums (the
+// tile's row of ones gives grad_bias). At the end the block's sums go to partials[blockIdx.x]
+// (reduced by reduce_kernel). At most one block per SM
 // (the plan): ptxas may use the registers of the whole SM (fp64 spilled at its default).
 template <typename scalar_t, typename acc_t, int V>
 __global__ void __launch_bounds__(kFusedThreads, 1)
@@ -993,8 +1021,8 @@ cudaError_t deform_im2col(const scalar_t* input, const scalar_t* offset, const s
                           cudaStream_t stream) {
   if (chunk_samples(g, nb) == 0) return cudaSuccess;
   using acc_t = acc_type<scalar_t>;
-  auto kernel =
-      pair_width(g, groups, input) == 2 ? im2col_kernel<scalar_t, acc_t, 2> : im2col_kernel<scalar_t, acc_t, 1>;
+  auto kernel = kernel_for_width<scalar_t>(
+      channel_width(g, groups, input), [](auto v) { return im2col_kernel<scalar_t, acc_t, decltype(v)::value>; });
   launch(kernel, chunk_blocks(g, nb), kThreads, 0, stream, input, offset, mask, g, groups, b0, nb, columns);
   return cudaGetLastError();
 }
@@ -1005,8 +1033,9 @@ cudaError_t deform_columns_backward(const scalar_t* input, const scalar_t* grad_
                                     int64_t nb, acc_t* grad_input, scalar_t* grad_offset, scalar_t* grad_mask,
                                     cudaStream_t stream) {
   if (chunk_samples(g, nb) == 0) return cudaSuccess;
-  auto kernel = pair_width(g, groups, input, grad_input) == 2 ? columns_backward_kernel<scalar_t, acc_t, 2>
-                                                              : columns_backward_kernel<scalar_t, acc_t, 1>;
+  auto kernel = kernel_for_width<scalar_t>(channel_width(g, groups, input, grad_input), [](auto v) {
+    return columns_backward_kernel<scalar_t, acc_t, decltype(v)::value>;
+  });
   launch(kernel, chunk_blocks(g, nb), kThreads, 0, stream, input, grad_columns, offset, mask, g, groups, b0, nb,
          grad_input, grad_offset, grad_mask);
   return cudaGetLastError();
@@ -1039,8 +1068,9 @@ cudaError_t deform_fused_forward(const scalar_t* input, const scalar_t* offset, 
                                  const scalar_t* weight, const scalar_t* bias, const DeformGeometry& g,
                                  int64_t out_channels, scalar_t* output, cudaStream_t stream) {
   using acc_t = acc_type<scalar_t>;
-  auto kernel = pair_width(g, 1, input) == 2 ? fused_forward_kernel<scalar_t, acc_t, 2>
-                                                : fused_forward_kernel<scalar_t, acc_t, 1>;
+  auto kernel = kernel_for_width<scalar_t>(channel_width(g, 1, input), [](auto v) {
+    return fused_forward_kernel<scalar_t, acc_t, decltype(v)::value>;
+  });
   const size_t bytes = fused_layout(g, out_channels, false, sizeof(scalar_t)).bytes;
   const cudaError_t error = allow_shared(kernel, bytes);
   if (error != cudaSuccess) return error;
@@ -1056,8 +1086,9 @@ cudaError_t deform_fused_backward(const scalar_t* grad_output, const scalar_t* i
                                   int64_t out_channels, const DeformFusedPlan& plan, acc_t* grad_input,
                                   scalar_t* grad_offset, scalar_t* grad_mask, acc_t* partials, scalar_t* grad_weight,
                                   scalar_t* grad_bias, cudaStream_t stream) {
-  auto kernel = pair_width(g, 1, input, grad_input) == 2 ? fused_backward_kernel<scalar_t, acc_t, 2>
-                                                            : fused_backward_kernel<scalar_t, acc_t, 1>;
+  auto kernel = kernel_for_width<scalar_t>(channel_width(g, 1, input, grad_input), [](auto v) {
+    return fused_backward_kernel<scalar_t, acc_t, decltype(v)::value>;
+  });
   const size_t bytes = fused_layout(g, out_channels, true, sizeof(scalar_t)).bytes;
   const cudaError_t error = allow_shared(kernel, bytes);
   if (error != cudaSuccess) return error;
