@@ -209,6 +209,7 @@
 #include <mma.h>
 
 #include <algorithm>
+#include <cstring>
 #include <type_traits>
 
 namespace fastseg::cuda {
@@ -287,10 +288,15 @@ struct alignas(V * sizeof(T)) Vec {
 template <int V, typename T>
 __device__ __forceinline__ Vec<T, V> load_vec(const T* address) {
 #ifdef FASTSEG_EMULATED_CUDA
-  // The host's loads do not fault where a GPU's would: the emulated layer checks.
+  // The host's loads do not fault where a GPU's would: the emulated layer checks (the launch fails),
+  // and the load copies bytes (the host's aligned 16-byte load of a misaligned Vec would crash).
   ::fastseg::emulated::check_alignment(address, sizeof(Vec<T, V>), "vector load at an address not aligned to its size");
-#endif
+  Vec<T, V> value;
+  std::memcpy(&value, static_cast<const void*>(address), sizeof(value));
+  return value;
+#else
   return *reinterpret_cast<const Vec<T, V>*>(address);
+#endif
 }
 
 // address[0, V) += value[0, V) (atomics): one float2 / float4 atomic for V = 2 / 4 fp32 values on
