@@ -8,12 +8,14 @@
 // pixel-major, (nb, groups, P, taps, C/groups). A warp takes 32 samples (image, pixel, offset group,
 // tap), a lane computing one of them (bilinear neighbours, weights, mask: the only integer divisions),
 // then runs them in turn, each broadcast by shuffles, its lanes on the channels of the sample's
-// offset group (runs split at group boundaries), two adjacent channels per lane (V = 2, 64 per warp
-// step: pair loads, fp32 pair atomics on sm_90) when the channels per group and per offset group are
-// even and the buffers pair-aligned, else one (V = 1, the same code): a neighbour load, a column
-// store, a grad column load and an atomic into the NHWC grad_input are each one contiguous run of
-// channels. im2col writes the columns; the backward kernel reads each grad column once, scatters it
-// (4 fp32 atomics per channel; per pair, 4 float2 ones on sm_90) and sums the offset and mask
+// offset group (runs split at group boundaries), V adjacent channels per lane (channel_width): four
+// (V = 4, 128 per warp step: 16-byte loads fp32, 8-byte fp16/bf16, float4 atomics on sm_90) when the
+// channels per group and per offset group are multiples of 4 and the buffers 4-element aligned, else
+// two (V = 2, 64 per step: pair loads, float2 atomics) when they are even and pair-aligned, else one
+// (V = 1), the same code; fp64 takes at most two (four would be a 32-byte load). A neighbour load, a
+// column store, a grad column load and an atomic into the NHWC grad_input are each one contiguous
+// run of channels. im2col writes the columns; the backward kernel reads each grad column once,
+// scatters it (4 fp32 atomics per channel; per V channels 4 vector ones on sm_90) and sums the offset and mask
 // gradients over the channels, reduced over the lanes (warp_sums). The channel loops are the fused
 // path's (sample_columns, sample_backward). The GEMMs are cuBLAS through the glue
 // (csrc/cuda_glue/deform_conv2d.cpp) on transposed views of the columns: straight into the output,
@@ -23,12 +25,11 @@
 // memory (acc_t; for fp16/bf16 the product operands in the input dtype, padded to 16), the bias as a
 // row of ones. The input is channels-last (NHWC, a copy by the glue):
 // per tile a sample pass (a thread per sample) stores the samples' records in shared memory, then a
-// channel pass gives each sample to a half-warp whose lanes take two adjacent channels each of its
-// offset group (V = 2: a warp runs two samples per step; pair loads, fp32 pair atomics on sm_90),
-// or, when the channels per offset group are odd or a buffer is not pair-aligned, to a warp with
-// one channel per lane (V = 1, the same code), so that a neighbour load (and an atomic into the NHWC
-// grad_input) is one contiguous run of channels; the channel loops are the generic path's
-// (sample_columns, sample_backward) with channel stride 1.
+// channel pass gives each sample to 32 / V lanes, each on V adjacent channels of its offset group
+// (V from channel_width, as in the generic path): a quarter-warp for V = 4 (a warp runs four samples
+// per step), a half-warp for V = 2 (two), a warp for V = 1, so that a neighbour load (and an atomic
+// into the NHWC grad_input) is one contiguous run of channels; the channel loops are the generic
+// path's (sample_columns, sample_backward) with channel stride 1.
 // Forward, one launch: the tile, then output = kernels x tile (tile_product: fp32/fp64 FMAs, 4 x 2
 // register tile per thread; fp16/bf16 wmma 16x16x16 tiles on the tensor cores, fp32 sums).
 // Backward, one launch: grad tile = kernels^T x grad_out (the same product), the channel pass
@@ -49,15 +50,20 @@
 //   im2col (twice: forward, and again in the backward): HBM: write E columns + read input/offset/mask:
 //     0.380 ms fp32, 0.190 ms bf16. L1: E/32 = 10.8 M warp steps of 32 channels, each 4 neighbour
 //     loads of 128 B (4 sectors fp32; bf16 64 B, 2) and a column store: 217 M sectors, 0.207 ms fp32;
-//     108 M, 0.104 ms bf16 (pairs: E/64 = 5.42 M steps of 64 channels, the same sectors). Issue,
+//     108 M, 0.104 ms bf16 (fours: E/128 = 2.71 M steps of 128 channels, the same sectors). Issue,
 //     counted in the sm_90 SASS (cuobjdump -sass; im2col_kernel's inner loop, 4 steps unrolled, loads
-//     predicated): pairs (C/groups and C/offset_groups even, as at C512) 92 instructions per 4 steps
-//     fp32 (16 LDG.64, 32 FFMA, 8 FMUL, 8 STG), 154 bf16 (the pairs' PRMT/SHF unpacking, 16-bit
-//     stores): 23 / 38.5 per step, 5.42 M x 23 / 1.045 T = 0.119 ms fp32, 0.200 ms bf16; plus per
-//     sample ~8 (load_sample's ~250, once per lane of 32) and ~36 for the broadcast (16 + 2 x 5
-//     shuffles, 0.067 ms on the shuffle pipe) and loop: 0.031 ms (estimated, not SASS-counted): 0.150
-//     / 0.231 ms. Per pass: 0.380 ms fp32 (HBM-bound), 0.231 ms bf16 (issue-bound). One channel per
-//     lane (what ran before): 66 / 87 per 4 steps of 32 channels, 16.5 / 21.75 per step, 0.171 /
+//     predicated): fours (C/groups and C/offset_groups multiples of 4, as at C512) 158 instructions
+//     per 4 steps fp32 (16 LDG.128, 64 FFMA, 16 FMUL, 16 STG), 273 bf16 (16 LDG.64; each 16-bit
+//     value's PRMT/SHF/IMAD.U32 unpacking, 16 F2FP, 16 16-bit stores): 39.5 / 68.25 per step of 128
+//     channels, 2.71 M x 39.5 / 1.045 T = 0.102 ms fp32, 0.177 ms bf16; plus per sample ~8
+//     (load_sample's ~250, once per lane of 32) and ~36 for the broadcast (16 + 2 x 5 shuffles, 0.067
+//     ms on the shuffle pipe) and loop: 0.031 ms (estimated, not SASS-counted): 0.133 / 0.208 ms. Per
+//     pass: 0.380 ms fp32 (HBM-bound), 0.208 ms bf16 (issue-bound). Pairs (V = 2, what ran before):
+//     92 / 154 per 4 steps of 64 channels, 23 / 38.5 per step (46 / 77 per 128 channels), 0.119 /
+//     0.200 + 0.031 = 0.150 / 0.231 ms; fours save 14% / 11% of the loop's issue, not half: the
+//     FFMAs, FMULs, conversions and stores stay per channel, only the loads and the loop's address
+//     arithmetic are per vector (fp32 fours at 2 unrolled steps: 85 per 2 steps, 127 registers; at 4:
+//     104). One channel per lane: 66 / 87 per 4 steps of 32 channels, 16.5 / 21.75 per step, 0.171 /
 //     0.226 + 0.031 = 0.202 / 0.257 ms (the ~20 per step and ~0.24 ms estimated before). The
 //     NCHW design before (lanes on 32 pixels of a channel plane) left the sectors out: 20.7 sectors
 //     per neighbour load fp32, 15.3 bf16, 0.90 / 0.66 ms per pass, which bound it.
@@ -69,16 +75,22 @@
 //     (ATen's baddbmm copies C into the output, then the GEMM reads it with beta = 1).
 //   backward sampling: HBM: read E grad columns + input: 0.380 ms fp32, 0.192 ms bf16, plus the fp32
 //     grad_input atomics at ~2.5 T atomic instructions/s (an assumption: uncontended RED in L2, 128 B
-//     contiguous per warp atomic; a float2 RED.F32x2 assumed to cost as one): pairs (sm_90) 2*E
-//     float2 atomics, 0.277 ms (4*E fp32 ones before, 0.555 ms): 0.657 ms fp32, 0.469 ms bf16 (0.94
-//     / 0.75 before). L1: per 32 channels 4 neighbour loads, 4 fp32 atomics of 128 B (4 sectors each,
-//     pairs the same sectors in half the instructions) and the grad column load: 390 M sectors, 0.37
-//     ms fp32; 282 M, 0.27 ms bf16. Issue (SASS, columns_backward_kernel's inner loop, 2 steps
-//     unrolled, all four neighbours inside): pairs 211 / 214 instructions per 2 steps fp32 / bf16
-//     (8 LDG.64, 4 grad column LDG, 8 REDG.F32x2, 32 FFMA, 32 FMUL, 16 FADD), 105.5 / 107 per step
-//     of 64 channels: 5.42 M x 105.5 / 1.045 T = 0.547 ms fp32, 0.555 ms bf16, plus per sample the broadcast, warp_sums (8
-//     shuffles) and lane 0's writes, ~0.04 ms (estimated): 0.587 / 0.595 ms. Per pass: 0.657 ms fp32
-//     (HBM and atomics), 0.595 ms bf16 (issue). One channel per lane: 167 / 149 per 2 steps of 32
+//     contiguous per warp atomic; a float2 RED.F32x2 or float4 RED.F32x4 assumed to cost as one, not
+//     measured: at the L2's rate per 4 bytes they would stay at 0.555 ms): fours (sm_90) E float4
+//     atomics, 0.139 ms (pairs' 2*E float2 ones 0.277 ms, 4*E fp32 ones 0.555 ms): 0.519 ms fp32,
+//     0.331 ms bf16 (pairs 0.657 / 0.469, one channel per lane 0.94 / 0.75). L1: per 32 channels 4
+//     neighbour loads, 4 fp32 atomics of 128 B (4 sectors each, vectors the same sectors in 1/V of the
+//     instructions) and the grad column load: 390 M sectors, 0.37 ms fp32; 282 M, 0.27 ms bf16. Issue
+//     (SASS, columns_backward_kernel's inner loop, 2 steps unrolled, all four neighbours inside):
+//     fours 302 / 329 instructions per 2 steps fp32 / bf16 (8 LDG.128 / LDG.64, 8 grad column loads,
+//     8 REDG.F32x4, 64 FFMA, 64 FMUL, 32 FADD; bf16 also 56 unpacking), 151 / 164.5 per step of 128
+//     channels: 2.71 M x 151 / 1.045 T = 0.392 ms fp32, 0.427 ms bf16, plus per sample the broadcast,
+//     warp_sums (8 shuffles) and lane 0's writes, ~0.04 ms (estimated): 0.432 / 0.467 ms. Per pass:
+//     0.519 ms fp32 (HBM and atomics), 0.467 ms bf16 (issue). Pairs (before): 211 / 214 per 2 steps of
+//     64 channels (8 LDG.64, 4 grad column LDG, 8 REDG.F32x2, 32 FFMA, 32 FMUL, 16 FADD), 105.5 / 107
+//     per step (211 / 214 per 128 channels; fours save 28% / 23%): 5.42 M x 105.5 / 1.045 T = 0.547
+//     ms fp32, 0.555 ms bf16, + 0.04 = 0.587 / 0.595 ms; per pass 0.657 ms fp32 (HBM and atomics),
+//     0.595 ms bf16 (issue). One channel per lane: 167 / 149 per 2 steps of 32
 //     channels, 83.5 / 74.5 per step: 0.866 / 0.773 + 0.04 = 0.906 / 0.813 ms of issue (the ~0.66 ms
 //     estimated before), against the 0.94 / 0.75 of HBM and atomics. The NCHW design's loads and
 //     atomics at 20.7 sectors (15.3 for bf16 loads) were 1.76 / 1.52 ms of L1.
@@ -90,10 +102,11 @@
 //     chunk, 9 more (the 1 GiB column workspace gives C512 2 + 3 chunks in fp32, 1 + 2 in bf16): 33 /
 //     24 launches (29 / 20 before).
 //   Total: the NCHW design's 24.691 ms fp32 (im2col HBM-bound as now, backward sampling 0.94 ms) +
-//     NHWC copies 0.150 + weight reorder 0.009 + 4 launches 0.012 - (0.94 - 0.657) float2 atomics =
-//     24.579 ms (24.862 with one channel per lane); bf16 3.179 (im2col 0.190, backward sampling 0.75)
-//     + 2 x (0.231 - 0.190) im2col issue - (0.75 - 0.595) backward + 0.075 + 0.005 + 0.012 = 3.198 ms
-//     (one channel per lane, SASS-counted: 3.179 + 2 x (0.257 - 0.190) + (0.813 - 0.75) + 0.092 =
+//     NHWC copies 0.150 + weight reorder 0.009 + 4 launches 0.012 - (0.94 - 0.519) float4 atomics =
+//     24.441 ms (pairs 24.579, one channel per lane 24.862); bf16 3.179 (im2col 0.190, backward
+//     sampling 0.75) + 2 x (0.208 - 0.190) im2col issue - (0.75 - 0.467) backward + 0.075 + 0.005 +
+//     0.012 = 3.024 ms (pairs: 3.179 + 2 x (0.231 - 0.190) - (0.75 - 0.595) + 0.092 = 3.198 ms; one
+//     channel per lane, SASS-counted: 3.179 + 2 x (0.257 - 0.190) + (0.813 - 0.75) + 0.092 =
 //     3.468 ms; the 3.371 that stood here took the ~0.24 / ~0.66 ms estimates). The NCHW design with
 //     its sectors counted: 24.691 + 2 x (0.90 - 0.38) + (1.76 - 0.94) = ~26.55 ms fp32, 3.179 + 2 x
 //     (0.66 - 0.19) + (1.52 - 0.75) = ~4.89 ms bf16.
@@ -121,72 +134,82 @@
 //   sample pass: 576 samples, a thread each: ~120 instructions (load_sample, its int64 division
 //     for (ho, wo) included) per warp of 32 samples, 18 warps: 0.54 K, plus the records' 3 quad
 //     stores (4 wavefronts each), 0.22 K: 0.8 K clocks per tile.
-//   channel pass (C = 32 is even: V = 2, a half-warp per sample, two samples per warp step): per
-//     sample 3 broadcast record loads, 4 neighbour loads of 32 channels (a pair per lane: 128 B
-//     fp32, aligned, 4 sectors; bf16 64 B, 2 sectors; one instruction now loads both half-warps'
-//     samples, 8 / 4 sectors; 20.7 / 15.3 sectors per load in the pixel-per-lane layout before) and
-//     32 column entries, 2 stores per step without bank conflicts (the half-warps' pixels are odd
-//     rows apart: lanes on even banks, the other half on odd ones; forward channels 18 taps apart,
-//     backward 18 rows of 65): 8 clocks fp32, 6 bf16 per sample. Issue, counted in the SASS of the
-//     sm_90 cubin (cuobjdump -sass; the path of one step of C = 32 with all four neighbours inside:
-//     records, predicates, 64-bit addresses, loads, FMAs, stores, loop): 105 instructions per warp
-//     step fp32, 126 bf16 (the pair's conversions), 52.5 / 63 per sample = 13.1 / 15.8 issue clocks:
-//     576 x 52.5 / 4 = 7.6 K per tile fp32, 9.1 K bf16. Backward: also the grad column loads, 4
-//     float2 atomics (RED.F32x2) of 2 x 128 B per step (4 clocks per sample), 7 shuffles per step
-//     (warp_sums of 16 lanes) for two samples: 16.5 / 14.5 clocks per sample; 247 / 249
-//     instructions per step, 123.5 / 124.5 per sample (30.9 / 31.1 issue clocks): 17.8 / 17.9 K. The
-//     16-bit column tile costs bf16 the column stores ~2 wavefronts per sample forward (7 clocks) and
-//     4 each for the backward's grad column loads and stores (channels 18 rows of 144 B apart, 4-way;
-//     the two samples' entries share words: 20.5 clocks), both still below the issue clocks.
-//     The one-channel loops (V = 1, what ran for every C before) count 86 / 96 SASS instructions
-//     per (warp, sample) forward fp32 / bf16, 222 / 223 backward (the PTX estimate that stood here,
-//     ~50 / ~110, undercounted): 12.4 / 13.8 K and 32.0 / 32.1 K per tile; pairs cut the channel
-//     pass's issue by 39 / 34% forward and 44% backward. Still issue-bound: the per-sample work
-//     (record, 64-bit addresses, reduction, lane-0 writes) is now paid per half-warp of 32 channels.
+//   channel pass (C = 32 is a multiple of 4: V = 4, a quarter-warp per sample, four samples per warp
+//     step): per sample 3 broadcast record loads, 4 neighbour loads of 32 channels (four per lane:
+//     128 B fp32, aligned, 4 sectors; bf16 64 B, 2 sectors; one instruction loads the four quarter-
+//     warps' samples, 16 / 8 sectors; 20.7 / 15.3 sectors per load in the pixel-per-lane layout of
+//     old) and 32 column entries, 4 stores per warp step; fp32 without bank conflicts (lane l of
+//     quarter q on bank 4 l + q: forward channels 36 taps apart and pixels 289 apart, backward 36
+//     rows of 65): 8 clocks fp32, 6 bf16 per sample. Issue, counted in the SASS of the sm_90 cubin
+//     (cuobjdump -sass; the path of one warp step of C = 32 with all four neighbours inside: records,
+//     predicates, 64-bit addresses, loads, FMAs, stores, loop): 123 instructions per warp step fp32,
+//     148 bf16 (each value's unpacking), 30.75 / 37 per sample = 7.7 / 9.25 issue clocks, so the
+//     forward pass now meets its data path: fp32 max(8, 7.7) = 8 clocks per sample, 576 x 8 = 4.6 K
+//     per tile; bf16 (whose 16-bit stores conflict 4-way at V = 4: 4 wavefronts per sample, 2 at V =
+//     2; 9 clocks) 9.25, 5.3 K. Backward: also the grad column loads, 4 float4 atomics (RED.F32x4)
+//     of 4 x 128 B per step (4 clocks per sample), 6 shuffles per step (warp_sums of 8 lanes) for
+//     four samples: 14.5 clocks per sample fp32; bf16 18.5 with its grad column loads and stores at 4
+//     wavefronts per sample each (channels 36 rows of 144 B apart: 4-way, at V = 2 too); 289 / 325
+//     instructions per step, 72.25 / 81.25 per sample (18.1 / 20.3 issue clocks): 10.4 / 11.7 K.
+//     Pairs (V = 2, a half-warp per sample, what ran before; SASS the same way): 105 / 126 per warp
+//     step of two samples forward, 52.5 / 63 per sample = 13.1 / 15.8 clocks: 7.6 / 9.1 K per tile;
+//     backward 247 / 249 per step (7 shuffles, warp_sums of 16 lanes), 123.5 / 124.5 per sample
+//     (30.9 / 31.1 clocks): 17.8 / 17.9 K. Fours cut the channel pass's issue by 41% forward, 42% /
+//     35% backward: the record, 64-bit addresses, predicates, reduction and lane-0 writes are now paid
+//     per quarter-warp of 32 channels. The one-channel loops (V = 1) count 86 / 96 SASS instructions
+//     per (warp, sample) forward fp32 / bf16, 222 / 223 backward (the PTX estimate that once stood
+//     here, ~50 / ~110, undercounted): 12.4 / 13.8 K and 32.0 / 32.1 K per tile.
 //   smaller: the kernels' 4-way-conflicted transposing stores and weight loads 1.5 K (1.3 K bf16),
 //     now after the channel pass (their region first holds the records); backward grad_out tile (two
 //     layouts), offset and mask writes 1.6 K.
-//   forward: 1184 blocks, two per SM (113.0 KB of shared memory each fp32, 76.0 KB bf16), 8.97 tiles
-//     per SM at 1.98 GHz: 0.8 + 7.6 + 1.5 + 6.9 = 16.8 K clocks per tile fp32 -> 76.1 us; bf16 0.8 +
-//     9.1 + 1.3 + 1.4 = 12.6 K -> 57.1 us (one channel per lane, SASS-counted: 21.6 K -> 97.9 us fp32,
-//     17.3 K -> 78.4 us bf16).
+//   forward: 1184 blocks, two per SM (113.0 KB of shared memory each fp32, 76.0 KB bf16; the
+//     kernel's launch bounds say so, its registers up to 128), 8.97 tiles per SM at 1.98 GHz: 0.8 +
+//     4.6 + 1.5 + 6.9 = 13.8 K clocks per tile fp32 -> 62.5 us; bf16 0.8 + 5.3 + 1.3 + 1.4 = 8.8 K ->
+//     39.9 us (pairs: 16.8 K -> 76.1 us fp32, 12.6 K -> 57.1 us bf16; one channel per lane,
+//     SASS-counted: 21.6 K -> 97.9 us fp32, 17.3 K -> 78.4 us bf16).
 //   backward: 132 blocks (one per SM: 190.1 KB fp32, 144.9 KB bf16), at most 9 tiles each: 0.8 +
-//     1.6 + 14.6 + 17.8 = 34.8 K clocks per tile fp32 -> 158.2 us; bf16 0.8 + 1.6 + 4.0 + 3.3 +
-//     17.9 = 27.6 K -> 125.5 us (one channel per lane: 49.0 K -> 222.7 us fp32, 41.8 K -> 190.0 us
-//     bf16).
+//     1.6 + 14.6 + 10.4 = 27.4 K clocks per tile fp32 -> 124.5 us; bf16 0.8 + 1.6 + 4.0 + 3.3 +
+//     11.7 = 21.4 K -> 97.3 us (pairs: 34.8 K -> 158.2 us fp32, 27.6 K -> 125.5 us bf16; one channel
+//     per lane: 49.0 K -> 222.7 us fp32, 41.8 K -> 190.0 us bf16).
 //   passes around the kernels: the NHWC copy of the input, once per forward and once per backward
 //     (9.6 MB read + written fp32: 4.7 us each; 2.35 us bf16), the zeroed NHWC fp32 grad_input 2.3 us,
 //     the reduction of the 132 x 9248 fp32 partial sums 1.2 us, grad_input back to NCHW in the input
 //     dtype 4.7 us fp32 (new), 3.5 us bf16 (the cast it replaces): 17.6 / 11.7 us.
 //   launches: forward 2 (copy, fused), backward 5 (copy, zeroing, fused, reduction, conversion):
 //     7 x 3 us = 21 us (was 4 / 5 launches).
-//   Total 76.1 + 158.2 + 17.6 + 21 = 273 us fp32, 57.1 + 125.5 + 11.7 + 21 = 215 us bf16. One channel
-//   per lane counted the same way (SASS): 97.9 + 222.7 + 17.6 + 21 = 359 us fp32, 78.4 + 190.0 + 11.7
-//   + 21 = 301 us bf16; the 262 / 197 us that stood here took the PTX estimate. The generic path's
+//   Total 62.5 + 124.5 + 17.6 + 21 = 226 us fp32, 39.9 + 97.3 + 11.7 + 21 = 170 us bf16 (pairs: 76.1 +
+//   158.2 + 17.6 + 21 = 273 us fp32, 57.1 + 125.5 + 11.7 + 21 = 215 us bf16). One channel per lane
+//   counted the same way (SASS): 97.9 + 222.7 + 17.6 + 21 = 359 us fp32, 78.4 + 190.0 + 11.7 + 21 =
+//   301 us bf16; the 262 / 197 us that once stood here took the PTX estimate. The generic path's
 //   0.254 / 0.163 ms C32 predictions (14-20 launches, column round trips through HBM, cuBLAS) left
 //   the neighbour sectors out; counted the same way its four passes (im2col twice, backward reads,
 //   atomics) add ~0.22 / ~0.17 ms: ~0.43 / ~0.30 ms. In bf16 the
 //   fused path gains launches and HBM traffic and keeps the tensor cores for its products.
 //   Risks: the channel pass's instruction counts are one path of the SASS (all neighbours inside;
-//   an edge sample skips loads), issue at 4 per clock assumed (no dual issue, no stalls); the
+//   an edge sample skips loads), issue at 4 per clock assumed (no dual issue, no stalls); the fp32
+//   forward pass now sits at its data path (8 clocks per sample), so the 3 record loads per sample
+//   (now 4 records per LDS.128, one per quarter-warp, assumed 1 wavefront each per sample) matter;
+//   the float4 atomics' rate is assumed (above); the
 //   products' counts are still PTX estimates; the NHWC copies are ATen
 //   permute-copies, which may run well below HBM bandwidth (at half, +9 us fp32); the L2 traffic of
 //   the loads and atomics and the latency of the backward's 8 warps per SM are not modelled; the
 //   1024 FLOP/clk/SM of mma.sync and the wmma loads' wavefronts are assumed, not read off SASS.
-// Bound: C512 fp32 by the SGEMMs (1.55x floor); C512 bf16 by the GEMMs at 60% of peak plus the column
-// passes' issue, which the floor does not count (3.0x); C32 by the instruction issue of the
-// channel passes (per-sample work per half-warp) and the shared-memory products (bf16: their operand
-// loads and fp32 staging, the tensor cores keep pace).
-// predicted H200 | deform_conv2d csfrnet-C512 fp32 B=8 97x97 fwd+bwd | 24.579 ms | fp32 SGEMM, TF32 off (floor 15.903 ms)
-// predicted H200 | deform_conv2d csfrnet-C512 bf16 B=8 97x97 fwd+bwd | 3.198 ms | bf16 GEMMs, column passes' issue (floor 1.077 ms)
-// predicted H200 | deform_conv2d csfrnet-C32 fp32 B=8 97x97 fwd+bwd | 0.273 ms | channel-pass issue, shared-memory products (floor 0.062 ms)
-// predicted H200 | deform_conv2d csfrnet-C32 bf16 B=8 97x97 fwd+bwd | 0.215 ms | channel-pass issue, wmma operand loads and staging (floor 0.008 ms)
+// Bound: C512 fp32 by the SGEMMs (1.54x floor); C512 bf16 by the GEMMs at 60% of peak plus the column
+// passes' issue, which the floor does not count (2.8x); C32 fp32 by the shared-memory products (6.9 K
+// + 14.6 K clocks per tile), then the channel passes (their data path forward, issue backward); C32
+// bf16 by the channel passes' issue (per-sample work per quarter-warp, 16-bit unpacking) and 4-way
+// column-tile conflicts, then the wmma operand loads and fp32 staging (the tensor cores keep pace).
+// predicted H200 | deform_conv2d csfrnet-C512 fp32 B=8 97x97 fwd+bwd | 24.441 ms | fp32 SGEMM, TF32 off (floor 15.903 ms)
+// predicted H200 | deform_conv2d csfrnet-C512 bf16 B=8 97x97 fwd+bwd | 3.024 ms | bf16 GEMMs, column passes' issue (floor 1.077 ms)
+// predicted H200 | deform_conv2d csfrnet-C32 fp32 B=8 97x97 fwd+bwd | 0.226 ms | shared-memory products, channel passes (floor 0.062 ms)
+// predicted H200 | deform_conv2d csfrnet-C32 bf16 B=8 97x97 fwd+bwd | 0.170 ms | channel-pass issue, wmma operand loads and staging (floor 0.008 ms)
 #include "cuda/common.cuh"
 #include "cuda/deform_conv2d.h"
 
 #include <mma.h>
 
 #include <algorithm>
+#include <cstring>
 #include <type_traits>
 
 namespace fastseg::cuda {
@@ -247,14 +270,16 @@ __device__ Sample<acc_t> load_sample(const scalar_t* offset, const scalar_t* mas
 }
 
 // The channels of a run of a sample's offset group that one thread handles: c = first, first + step,
-// ... below count (a warp's lane, lane + 32, ...), adjacent in the NHWC input (both paths). With
-// pairs (V = 2, when they are aligned: pair_width) c is even and the thread also takes c + 1.
+// ... below count (a warp's lane, lane + 32, ...), adjacent in the NHWC input (both paths). With V > 1
+// adjacent channels per lane (V = 2 or 4, when aligned: channel_width) c is a multiple of V and the
+// thread also takes c + 1, ..., c + V - 1.
 struct ChannelRange {
   int64_t first, step, count;
 };
 
-// V adjacent elements, loaded (and, for fp32 on sm_90, added atomically) by one instruction: V = 2
-// needs the address aligned to 2 * sizeof(T) (float2, __half2 / __nv_bfloat162 as 32 bits, double2).
+// V adjacent elements, loaded (and, for fp32 on sm_90, added atomically) by one instruction of V *
+// sizeof(T) <= 16 bytes at an address aligned to that size (V = 2: float2, a 16-bit pair as 32 bits,
+// double2; V = 4: float4, four 16-bit values as 64 bits).
 template <typename T, int V>
 struct alignas(V * sizeof(T)) Vec {
   T v[V];
@@ -263,14 +288,20 @@ struct alignas(V * sizeof(T)) Vec {
 template <int V, typename T>
 __device__ __forceinline__ Vec<T, V> load_vec(const T* address) {
 #ifdef FASTSEG_EMULATED_CUDA
-  // The host's loads do not fault where a GPU's would: the emulated layer checks.
+  // The host's loads do not fault where a GPU's would: the emulated layer checks (the launch fails),
+  // and the load copies bytes (the host's aligned 16-byte load of a misaligned Vec would crash).
   ::fastseg::emulated::check_alignment(address, sizeof(Vec<T, V>), "vector load at an address not aligned to its size");
-#endif
+  Vec<T, V> value;
+  std::memcpy(&value, static_cast<const void*>(address), sizeof(value));
+  return value;
+#else
   return *reinterpret_cast<const Vec<T, V>*>(address);
+#endif
 }
 
-// address[0, V) += value[0, V) (atomics): one float2 atomic for an fp32 pair on sm_90 (the
-// emulated layer has it too), else one atomic per element.
+// address[0, V) += value[0, V) (atomics): one float2 / float4 atomic for V = 2 / 4 fp32 values on
+// sm_90 (global memory, the address aligned to 8 / 16 bytes; the emulated layer has both), else one
+// atomic per element.
 template <int V, typename acc_t>
 __device__ __forceinline__ void atomic_add_vec(acc_t* address, const acc_t (&value)[V]) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
@@ -280,6 +311,8 @@ __device__ __forceinline__ void atomic_add_vec(acc_t* address, const acc_t (&val
 #endif
   if constexpr (kVectorAtomics && V == 2 && std::is_same_v<acc_t, float>) {
     atomicAdd(reinterpret_cast<float2*>(address), make_float2(value[0], value[1]));
+  } else if constexpr (kVectorAtomics && V == 4 && std::is_same_v<acc_t, float>) {
+    atomicAdd(reinterpret_cast<float4*>(address), make_float4(value[0], value[1], value[2], value[3]));
   } else {
 #pragma unroll
     for (int v = 0; v < V; ++v) atomicAdd(address + v, value[v]);
@@ -294,7 +327,7 @@ __device__ __forceinline__ void atomic_add_vec(acc_t* address, const acc_t (&val
 template <int V, typename scalar_t, typename acc_t, typename index_t, typename column_t>
 __device__ void sample_columns(const Sample<acc_t, index_t>& s, const ChannelRange& range, const scalar_t* image,
                                column_t* column, int64_t column_stride) {
-  constexpr int kUnroll = V * sizeof(scalar_t) > 8 && sizeof(index_t) == 8 ? 2 : 4;
+  constexpr int kUnroll = sizeof(scalar_t) == 8 && V > 1 && sizeof(index_t) == 8 ? 2 : 4;
   const acc_t scale = s.column_scale();
 #pragma unroll kUnroll
   for (int64_t c = range.first; c < range.count; c += range.step) {
@@ -320,12 +353,13 @@ struct SampleGrads {
   acc_t y, x, m;
 };
 
-// The totals over `kLanes` lanes (a warp, or a half-warp: xor and width stay inside it) of their
-// partial sums, in its first lane, in a fixed order (deterministic), 8 shuffles for a warp instead
-// of 3 x 5 (7 for a half-warp instead of 3 x 4): the xor-H and xor-Q steps (H = kLanes / 2, Q =
-// kLanes / 4) each halve the values a lane carries on (the lane with the step's bit carries the
-// upper half), leaving y in lanes [0, Q), x in [Q, 2Q), m in [2Q, 3Q) (zero in the rest); log2(Q)
-// more steps add within each Q lanes, two more bring x and m to the first lane.
+// The totals over `kLanes` lanes (a warp, a half-warp or a quarter-warp: xor and width stay inside it)
+// of their partial sums, in its first lane, in a fixed order (deterministic), 8 shuffles for a warp
+// instead of 3 x 5 (7 for a half-warp instead of 3 x 4, 6 for a quarter instead of 3 x 3): the xor-H
+// and xor-Q steps (H = kLanes / 2, Q = kLanes / 4) each halve the values a lane carries on (the lane
+// with the step's bit carries the upper half), leaving y in lanes [0, Q), x in [Q, 2Q), m in [2Q,
+// 3Q) (zero in the rest); log2(Q) more steps add within each Q lanes, two more bring x and m to the
+// first lane.
 template <int kLanes, typename acc_t>
 __device__ SampleGrads<acc_t> warp_sums(const SampleGrads<acc_t>& partial) {
   constexpr unsigned kAll = 0xffffffffu;
@@ -343,7 +377,7 @@ __device__ SampleGrads<acc_t> warp_sums(const SampleGrads<acc_t>& partial) {
 
 // The backward of one sample over the channels of `range` given its grad column (grad_column[c *
 // column_stride]): grad_image[c] += bilinear weight * mask * grad (atomics, same indexing as image;
-// V adjacent channels per step: vector loads and, for fp32 pairs, vector atomics) and the returned
+// V adjacent channels per step: vector loads and, for fp32 grad_image, vector atomics) and the returned
 // partial sums of the offset and mask gradients (write_sample_grads). Serves the generic backward
 // (const grad columns in HBM) and the fused one (grad columns in shared memory, mutable): there each
 // entry is then replaced by the sample's column value (what sample_columns writes), from the
@@ -493,7 +527,7 @@ __device__ void for_chunk_samples(const scalar_t* offset, const scalar_t* mask, 
 
 // The channels of a sample's offset group split into runs at the group boundaries (each group's
 // columns are its own GEMM operand), a warp's lanes on the channels of each run, V adjacent ones per
-// lane (V = 2: runs start even): body(first channel of the run, the lane's channels of it, the run's
+// lane (32 V per warp step; runs start at multiples of V): body(first channel of the run, the lane's channels of it, the run's
 // column offset). Columns (nb, groups, P, taps,
 // C/groups): row k = tap * C/groups + c of a pixel (k-major per pixel, contiguous over channels).
 template <int V, typename Body>
@@ -811,43 +845,64 @@ __device__ Sample<acc_t, int> read_record(const acc_t* record) {
   return s;
 }
 
-// The channel pass of a tile, V channels per lane: a sample takes 32 / V lanes (a warp, or a
-// half-warp for pairs), which cover 32 channels per step. For each (offset group, tap), warp w takes
-// the pixels t = V w + h, then V (w + warps) + h, ... (h its half for pairs; warp-uniform steps, so
-// that warp_sums may shuffle), its lanes the channels V * (lane % (32 / V)) + 32 j of the offset
-// group: body(record, t, og, tap, lane channels); for t >= valid (the odd last pixel of a pair) the
-// lanes' channel range is empty.
+// The channel pass of a tile, V channels per lane: a sample takes 32 / V lanes (a warp, a half-warp
+// for V = 2, a quarter-warp for V = 4), which cover 32 channels per step, V samples per warp step.
+// For each (offset group, tap), warp w takes the pixels t = V w + h, then V (w + warps) + h, ... (h
+// the lane's part of the warp, lane / (32 / V); warp-uniform steps, so that warp_sums may shuffle),
+// its lanes the channels V * (lane % (32 / V)) + 32 j of the offset group: body(record, t, og, tap,
+// lane channels); for t >= valid (past the last pixel in the last step) the lanes' channel range is
+// empty.
 template <int V, typename acc_t, typename Body>
 __device__ void for_warp_samples(const DeformGeometry& g, int valid, const acc_t* records, Body body) {
   constexpr int kLanes = 32 / V;
   const int taps = static_cast<int>(g.kh * g.kw), warps = blockDim.x / 32;
-  const int lane = threadIdx.x % kLanes, half = threadIdx.x % 32 / kLanes;
+  const int lane = threadIdx.x % kLanes, part = threadIdx.x % 32 / kLanes;
   const int64_t group_channels = g.channels / g.offset_groups;
   for (int og_tap = 0; og_tap < g.offset_groups * taps; ++og_tap) {
     const int og = og_tap / taps, tap = og_tap - og * taps;
     for (int t0 = threadIdx.x / 32 * V; t0 < valid; t0 += warps * V) {
-      const int t = t0 + half;
+      const int t = t0 + part;
       body(records + (int64_t(og_tap) * kTile + t) * kRecord, t, og, tap,
            ChannelRange{V * lane, 32, t < valid ? group_channels : 0});
     }
   }
 }
 
-// Channels per lane of the channel loops (both paths): pairs when every pair load (and grad_input
-// pair atomic) is aligned, that is channels-last with an even channel count per offset group and per
-// group (even run starts and pixel strides) and `buffers` aligned to two elements; else one (the same
-// code).
-template <typename... T>
-int pair_width(const DeformGeometry& g, int64_t groups, const T*... buffers) {
-  const bool aligned = ((reinterpret_cast<uintptr_t>(buffers) % (2 * sizeof(T)) == 0) && ...);
-  return (g.channels / g.offset_groups) % 2 == 0 && (g.channels / groups) % 2 == 0 && aligned ? 2 : 1;
+// The widest channel loops of an input dtype: V elements in one load of at most 16 bytes (fp64: 2).
+template <typename scalar_t>
+constexpr int kMaxChannelWidth = 16 / sizeof(scalar_t) < 4 ? int(16 / sizeof(scalar_t)) : 4;
+
+// Channels per lane of the channel loops (both paths): the widest V in {4, 2, 1} (4 up to
+// kMaxChannelWidth) for which every V-vector load (and grad_input vector atomic) is aligned, that is
+// channels-last with channel counts per offset group and per group multiples of V (run starts and
+// pixel strides too) and `input` and `buffers` aligned to V elements; V = 1 always is (the same code).
+template <typename scalar_t, typename... T>
+int channel_width(const DeformGeometry& g, int64_t groups, const scalar_t* input, const T*... buffers) {
+  const auto aligned_to = [&](int64_t v) {
+    const bool aligned = reinterpret_cast<uintptr_t>(input) % (v * sizeof(scalar_t)) == 0 &&
+                         ((reinterpret_cast<uintptr_t>(buffers) % (v * sizeof(T)) == 0) && ...);
+    return (g.channels / g.offset_groups) % v == 0 && (g.channels / groups) % v == 0 && aligned;
+  };
+  return kMaxChannelWidth<scalar_t> == 4 && aligned_to(4) ? 4 : aligned_to(2) ? 2 : 1;
+}
+
+// kernel_of(std::integral_constant<int, V>{}) for V = width (1, 2, or 4 up to kMaxChannelWidth):
+// the instance of a channel-loop kernel for channel_width's choice.
+template <typename scalar_t, typename KernelOf>
+auto kernel_for_width(int width, KernelOf kernel_of) {
+  if constexpr (kMaxChannelWidth<scalar_t> == 4) {
+    if (width == 4) return kernel_of(std::integral_constant<int, 4>{});
+  }
+  return width == 2 ? kernel_of(std::integral_constant<int, 2>{}) : kernel_of(std::integral_constant<int, 1>{});
 }
 
 // Block per tile (image blockIdx.x / tiles, tile blockIdx.x % tiles): the sample pass, the channel
 // pass into the column tile, then, the records consumed, the kernels in their place and
 // output(i, p) = sum_k kernels(i, k) * columns(k, p) with the bias row included (Eq. 6). input NHWC.
+// Two blocks per SM (their shared memory at C32 allows no more): up to 128 registers, which the
+// 16-bit four-channel loops need (at ptxas' default of 64 they spilled 8 bytes).
 template <typename scalar_t, typename acc_t, int V>
-__global__ void __launch_bounds__(kFusedThreads)
+__global__ void __launch_bounds__(kFusedThreads, 2)
     fused_forward_kernel(const scalar_t* __restrict__ input, const scalar_t* __restrict__ offset,
                          const scalar_t* __restrict__ mask, const scalar_t* __restrict__ weight,
                          const scalar_t* __restrict__ bias, DeformGeometry g, int out_channels,
@@ -892,9 +947,10 @@ __global__ void __launch_bounds__(kFusedThreads)
 // input dtype for fp16/bf16, as the generic path's grad columns); the channel pass (the only
 // neighbour loads of the tile) scatters them to the NHWC grad_input (atomics, lanes on channels:
 // contiguous; V channels per lane), sums the offset and mask gradients over the sample's 32 / V lanes
-// (warp_sums), its first lane writes them (no atomics), and leaves the column values in the tile; then grad_kernels(i, k) += sum_p grad_out(i, p)
-// * columns(k, p) into the block's shared sums (the tile's row of ones gives grad_bias). At the end
-// the block's sums go to partials[blockIdx.x] (reduced by reduce_kernel). At most one block per SM
+// (warp_sums), its first lane writes them (no atomics), and leaves the column values in the tile;
+// then grad_kernels(i, k) += sum_p grad_out(i, p) * columns(k, p) into the block's shared sums (the
+// tile's row of ones gives grad_bias). At the end the block's sums go to partials[blockIdx.x]
+// (reduced by reduce_kernel). At most one block per SM
 // (the plan): ptxas may use the registers of the whole SM (fp64 spilled at its default).
 template <typename scalar_t, typename acc_t, int V>
 __global__ void __launch_bounds__(kFusedThreads, 1)
@@ -993,8 +1049,8 @@ cudaError_t deform_im2col(const scalar_t* input, const scalar_t* offset, const s
                           cudaStream_t stream) {
   if (chunk_samples(g, nb) == 0) return cudaSuccess;
   using acc_t = acc_type<scalar_t>;
-  auto kernel =
-      pair_width(g, groups, input) == 2 ? im2col_kernel<scalar_t, acc_t, 2> : im2col_kernel<scalar_t, acc_t, 1>;
+  auto kernel = kernel_for_width<scalar_t>(
+      channel_width(g, groups, input), [](auto v) { return im2col_kernel<scalar_t, acc_t, decltype(v)::value>; });
   launch(kernel, chunk_blocks(g, nb), kThreads, 0, stream, input, offset, mask, g, groups, b0, nb, columns);
   return cudaGetLastError();
 }
@@ -1005,8 +1061,9 @@ cudaError_t deform_columns_backward(const scalar_t* input, const scalar_t* grad_
                                     int64_t nb, acc_t* grad_input, scalar_t* grad_offset, scalar_t* grad_mask,
                                     cudaStream_t stream) {
   if (chunk_samples(g, nb) == 0) return cudaSuccess;
-  auto kernel = pair_width(g, groups, input, grad_input) == 2 ? columns_backward_kernel<scalar_t, acc_t, 2>
-                                                              : columns_backward_kernel<scalar_t, acc_t, 1>;
+  auto kernel = kernel_for_width<scalar_t>(channel_width(g, groups, input, grad_input), [](auto v) {
+    return columns_backward_kernel<scalar_t, acc_t, decltype(v)::value>;
+  });
   launch(kernel, chunk_blocks(g, nb), kThreads, 0, stream, input, grad_columns, offset, mask, g, groups, b0, nb,
          grad_input, grad_offset, grad_mask);
   return cudaGetLastError();
@@ -1039,8 +1096,9 @@ cudaError_t deform_fused_forward(const scalar_t* input, const scalar_t* offset, 
                                  const scalar_t* weight, const scalar_t* bias, const DeformGeometry& g,
                                  int64_t out_channels, scalar_t* output, cudaStream_t stream) {
   using acc_t = acc_type<scalar_t>;
-  auto kernel = pair_width(g, 1, input) == 2 ? fused_forward_kernel<scalar_t, acc_t, 2>
-                                                : fused_forward_kernel<scalar_t, acc_t, 1>;
+  auto kernel = kernel_for_width<scalar_t>(channel_width(g, 1, input), [](auto v) {
+    return fused_forward_kernel<scalar_t, acc_t, decltype(v)::value>;
+  });
   const size_t bytes = fused_layout(g, out_channels, false, sizeof(scalar_t)).bytes;
   const cudaError_t error = allow_shared(kernel, bytes);
   if (error != cudaSuccess) return error;
@@ -1056,8 +1114,9 @@ cudaError_t deform_fused_backward(const scalar_t* grad_output, const scalar_t* i
                                   int64_t out_channels, const DeformFusedPlan& plan, acc_t* grad_input,
                                   scalar_t* grad_offset, scalar_t* grad_mask, acc_t* partials, scalar_t* grad_weight,
                                   scalar_t* grad_bias, cudaStream_t stream) {
-  auto kernel = pair_width(g, 1, input, grad_input) == 2 ? fused_backward_kernel<scalar_t, acc_t, 2>
-                                                            : fused_backward_kernel<scalar_t, acc_t, 1>;
+  auto kernel = kernel_for_width<scalar_t>(channel_width(g, 1, input, grad_input), [](auto v) {
+    return fused_backward_kernel<scalar_t, acc_t, decltype(v)::value>;
+  });
   const size_t bytes = fused_layout(g, out_channels, true, sizeof(scalar_t)).bytes;
   const cudaError_t error = allow_shared(kernel, bytes);
   if (error != cudaSuccess) return error;

@@ -36,10 +36,14 @@ CASES = {
     "group-channels-36": (2, 36, (5, 6), 12, (3, 3), 1, 1, 1, 1, 1, True),
     "group-channels-20": (2, 20, (6, 7), 6, (3, 3), 1, 1, 1, 1, 1, False),
     "offset-groups2-channels8": (2, 8, (7, 6), 5, (3, 3), 1, 1, 1, 1, 2, True),
-    # the fused channel pass takes two adjacent channels per lane (a half-warp per sample, two samples
-    # per warp step) when the channels per offset group are even, as in every case above with 49 (odd:
-    # the last pair's second half-warp idle) or 42 pixels; one per lane when they are odd: 33 (lanes
-    # loop 32 + 1), and 3 per group with an even channel count (6, 2 offset groups)
+    # the fused channel pass takes V adjacent channels per lane (32 / V lanes per sample, V samples per
+    # warp step): four when the channels per offset group are a multiple of 4 (plain, dilation2-batch1,
+    # the 36, 20 and 8 above; 49 pixels: the last step's other three quarter-warps idle), two when
+    # they are even otherwise (partial-tile-offset-groups2, rect-kernel-stride-dilation, several-blocks,
+    # and: 34, lanes loop 32 + 2; 6 per offset group of 12), one when they are odd: 33 (lanes loop
+    # 32 + 1), and 3 per group with an even channel count (6, 2 offset groups)
+    "even-channels-34": (2, 34, (5, 6), 5, (3, 3), 1, 1, 1, 1, 1, True),
+    "offset-groups2-channels6": (2, 12, (5, 7), 4, (3, 3), 1, 1, 1, 1, 2, False),
     "odd-channels-33": (2, 33, (5, 6), 5, (3, 3), 1, 1, 1, 1, 1, True),
     "offset-groups2-odd-group-channels": (2, 6, (5, 7), 4, (3, 3), 1, 1, 1, 1, 2, False),
     # fp32: fused forward (its 50228 floats of shared memory fit 227 KB = 58112 floats), generic
@@ -56,10 +60,15 @@ CASES = {
     "large-channels-72": (2, 72, (4, 5), 6, (3, 3), 1, 1, 1, 1, 1, True),
     "groups2-channels40-offset-groups2": (2, 80, (4, 4), 4, (3, 3), 1, 1, 1, 2, 2, True),
     "groups2-channels36-offset-groups3": (3, 72, (3, 4), 4, (3, 3), 1, 1, 1, 2, 3, False),
-    # the generic path takes two adjacent channels per lane (64 per warp step) when the channels per
-    # group and per offset group are even, as in every generic case above; one per lane when either is
-    # odd: 97 channels (lanes loop 32 x 3 + 1), groups of 3 (offset groups of 6), offset groups of 3
-    # (groups of 6)
+    # the generic path takes V adjacent channels per lane (32 V per warp step), the largest of 4, 2, 1
+    # that divides the channels per group and per offset group: four for 96 channels, groups of 40
+    # (lanes loop 128 with 10 lanes) and groups of 36 with offset groups of 24 above; two for the
+    # groups of 2 above, 98 channels (64 + 34), groups of 6 (offset groups of 12), offset groups of 6
+    # (groups of 12); one when either is odd: 97 channels (lanes loop 32 x 3 + 1), groups of 3
+    # (offset groups of 6), offset groups of 3 (groups of 6)
+    "large-even-channels-98": (2, 98, (4, 3), 8, (3, 3), 1, 1, 1, 1, 1, False),
+    "groups2-channels6": (2, 12, (5, 6), 4, (3, 3), 1, 1, 1, 2, 1, True),
+    "groups2-channels12-offset-groups4": (2, 24, (4, 5), 4, (3, 3), 1, 1, 1, 2, 4, True),
     "large-odd-channels-97": (2, 97, (4, 3), 8, (3, 3), 1, 1, 1, 1, 1, True),
     "groups2-odd-group-channels": (2, 6, (5, 6), 4, (3, 3), 1, 1, 1, 2, 1, True),
     "groups2-odd-offset-group-channels": (2, 12, (4, 5), 4, (3, 3), 1, 1, 1, 2, 4, False),
@@ -87,8 +96,8 @@ def _inputs(batch, channels, size, out_channels, kernel, stride, padding, dilati
 
 
 def _channels_last_at(emulated, tensor, offset):
-    """A channels_last copy of `tensor` in device memory, `offset` elements into its buffer (an odd
-    offset: not aligned to a pair of elements)."""
+    """A channels_last copy of `tensor` in device memory, `offset` elements into its buffer (1: not
+    aligned to a pair of elements; 2: to a pair, not to four)."""
     batch, channels, height, width = tensor.shape
     buffer = emulated.to_device(torch.zeros(offset + tensor.numel(), dtype=tensor.dtype))
     view = buffer[offset:].view(batch, height, width, channels).permute(0, 3, 1, 2)
@@ -181,13 +190,26 @@ def test_channels_last_input(emulated, case):
     _check(emulated, tensors, geometry)
 
 
+@pytest.mark.parametrize("case", ["even-channels-34", "offset-groups2-channels6", "odd-channels-33",
+                                  "groups2-channels6", "groups2-channels12-offset-groups4",
+                                  "groups2-odd-group-channels"])
+def test_channel_widths_bf16(emulated, case):
+    """bf16 (four channels per lane: 8-byte loads) through the narrower channel widths of both paths:
+    fused two (34 channels, offset groups of 6) and one (33), generic two (groups of 6, offset groups
+    of 6) and one (groups of 3); the fours run in bf16 in test_fused_tensor_core_products (fused) and
+    test_dtypes_and_non_contiguous (generic), every case in fp32 in test_matches_reference."""
+    _check(emulated, *_inputs(*CASES[case], dtype=torch.bfloat16))
+
+
+@pytest.mark.parametrize("input_offset", [1, 2], ids=["offset1", "offset2"])
 @pytest.mark.parametrize("case", ["plain", "group-channels-36", "groups2-channels40-offset-groups2"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_channels_last_input_not_pair_aligned(emulated, dtype, case):
-    """A channels_last input one element into its buffer, read as it lies: even channel counts, but
-    pair loads would be misaligned, so the channel loops (fused and generic) take one channel per lane."""
+def test_channels_last_input_not_aligned(emulated, dtype, case, input_offset):
+    """A channels_last input one or two elements into its buffer, read as it lies: channel counts that
+    are multiples of 4, but four-channel loads would be misaligned, so the channel loops (fused and
+    generic) take two channels per lane at offset 2, one at offset 1 (pair loads misaligned too)."""
     tensors, geometry = _inputs(*CASES[case], dtype=dtype)
-    _check(emulated, tensors, geometry, input_offset=1)
+    _check(emulated, tensors, geometry, input_offset=input_offset)
 
 
 @pytest.mark.parametrize("order", ORDERS)

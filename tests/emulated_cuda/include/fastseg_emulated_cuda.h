@@ -227,6 +227,18 @@ inline float2 atomicAdd(float2* address, float2 value) {
   *address = make_float2(old.x + value.x, old.y + value.y);
   return old;
 }
+// sm_90's vector atomic on four fp32 values (atom.global.v4.f32.add, CUDA 12.1+): each element added
+// on its own, the address 16-byte aligned (check_alignment serves the 16-byte vector loads alike),
+// copied as bytes (the host's aligned 16-byte access of a misaligned float4 would crash the process
+// before the launch fails).
+inline float4 atomicAdd(float4* address, float4 value) {
+  ::fastseg::emulated::check_alignment(address, 16, "float4 atomicAdd at an address not 16-byte aligned");
+  float4 old;
+  std::memcpy(&old, static_cast<const void*>(address), sizeof(old));
+  const float4 sum = make_float4(old.x + value.x, old.y + value.y, old.z + value.z, old.w + value.w);
+  std::memcpy(static_cast<void*>(address), &sum, sizeof(sum));
+  return old;
+}
 
 // Device math the kernels call unqualified, for integer and floating arguments alike.
 template <typename T>
