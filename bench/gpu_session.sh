@@ -34,6 +34,8 @@ if [ -z "${CUDA_HOME:-}" ]; then
   done
 fi
 echo "CUDA_HOME=${CUDA_HOME:-unset}"
+# what the build runs with: pyproject's PEP 639 license string needs setuptools >= 77 (PyTorch 2.11 pins < 82)
+python3 -c 'import setuptools, torch; print("setuptools", setuptools.__version__, "torch", torch.__version__)'
 
 stamp build
 # FASTSEG_CUDA=1: a build without the CUDA kernels is a failure here, not a silent CPU-only build.
