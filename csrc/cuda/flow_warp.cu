@@ -121,16 +121,18 @@ using flow_warp::PixelCorners;
 
 constexpr int kThreads = 256;
 constexpr int64_t kChannelsPerThread = 32;
-// The default backward's tiles: kTileWidth x kTileHeight output pixels, one per thread, a warp per row.
+// The default backward's output tiles: kTileWidth x kTileHeight output pixels, one per thread, a warp per row.
 constexpr int kTileWidth = 32;
 constexpr int kTileHeight = kThreads / kTileWidth;
 constexpr int kWarps = kThreads / 32;
-// A tile splats through shared memory when its input box has at most kMaxBoxElements pixels (its
-// flush then issues at most the direct splat's 4 global atomics per pixel and channel, all
-// coalesced); the accumulator holds kAccumulatorElements (16 KB fp32, 32 KB fp64): at least 4
-// channels per pass.
-constexpr int kMaxBoxElements = 4 * kThreads;
-constexpr int kAccumulatorElements = 4096;
+// Its input tiles, owned by one block each: kInputTileWidth x kInputTileHeight input pixels, one per thread.
+constexpr int kInputTileWidth = 32;
+constexpr int kInputTileHeight = kThreads / kInputTileWidth;
+// Channels per owner block: its accumulator (acc_t) and input values (scalar_t) per input tile pixel
+// fill the 48 KB of static shared memory: 24 fp32, 32 fp16/bf16, 12 fp64.
+constexpr int owner_channels(size_t element_size) {
+  return 48 * 1024 / (kThreads * (element_size + (element_size == sizeof(double) ? sizeof(double) : sizeof(float))));
+}
 constexpr int kNoCorner = 0x7fffffff;  // min() identity of the box reduction
 
 // Fixed-point units per unit of gradient for a plane whose |grad_output| sums to `norm` (finite).
@@ -278,65 +280,7 @@ __device__ Box tile_box(const PixelCorners<acc_t>& corners, const CornerCells& c
   return {bounds[0], bounds[1], -bounds[2] - bounds[0] + 1, -bounds[3] - bounds[1] + 1};
 }
 
-// What one flush atomic adds: a pair of adjacent 16-bit elements (one aligned 4-byte word, __half2 /
-// __nv_bfloat162: the low half is the lower address) for fp16/bf16, one element for fp32/fp64.
-template <typename scalar_t>
-struct FlushUnit {
-  static constexpr int elements = 1;
-};
-template <>
-struct FlushUnit<__half> {
-  using pair_t = __half2;
-  static constexpr int elements = 2;
-  static __device__ __forceinline__ pair_t pair(float low, float high) { return __floats2half2_rn(low, high); }
-};
-template <>
-struct FlushUnit<__nv_bfloat16> {
-  using pair_t = __nv_bfloat162;
-  static constexpr int elements = 2;
-  static __device__ __forceinline__ pair_t pair(float low, float high) { return __floats2bfloat162_rn(low, high); }
-};
-
-// Adds the accumulator row `sums` at columns [column, column + elements) to the grad_input row `row`
-// (both indexed by column) with one atomic; a column outside [0, width) is not part of the row (the
-// odd head or tail of a 16-bit row: the other half goes alone, with a scalar 16-bit atomic; the
-// spare last slot of a row that needs width / 2 words has neither half).
-// An element no corner reached holds +0 (sums starting at +0 are never -0), and adding +0 to
-// grad_input (never -0 either) changes nothing: a slot of +0 only is skipped.
-template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ void flush_slot(scalar_t* row, const acc_t* sums, int column, int width) {
-  if constexpr (FlushUnit<scalar_t>::elements == 1) {
-    if (sums[column] != acc_t(0)) atomicAdd(row + column, sums[column]);
-  } else {
-    const bool has_low = column >= 0 && column < width, has_high = column + 1 < width;
-    const acc_t low = has_low ? sums[column] : acc_t(0), high = has_high ? sums[column + 1] : acc_t(0);
-    if (low == acc_t(0) && high == acc_t(0)) return;
-    if (has_low && has_high) {
-      using Unit = FlushUnit<scalar_t>;
-      atomicAdd(reinterpret_cast<typename Unit::pair_t*>(row + column), Unit::pair(low, high));
-    } else {
-      atomicAdd(row + (has_low ? column : column + 1), convert<scalar_t>(has_low ? low : high));
-    }
-  }
-}
-
-// Adds the block's accumulator, `rows` rows of `width` (row r at accumulator + r * width), to the
-// grad_input rows row_at(r), consecutive threads on consecutive columns (16-bit pairs). A 16-bit
-// row's words start one column early when the row starts at an odd element, so width / 2 + 1 slots
-// per row cover either alignment.
-template <typename scalar_t, typename acc_t, typename RowAt>
-__device__ __forceinline__ void flush(const acc_t* accumulator, int rows, int width, const RowAt& row_at) {
-  constexpr int pack = FlushUnit<scalar_t>::elements;
-  const int row_slots = width / pack + pack - 1;
-  for (int i = threadIdx.x; i < rows * row_slots; i += kThreads) {
-    const int r = i / row_slots;
-    scalar_t* row = row_at(r);
-    const int lead = static_cast<int>(reinterpret_cast<uintptr_t>(row) / sizeof(scalar_t) % pack);
-    flush_slot(row, accumulator + r * width, (i - r * row_slots) * pack - lead, width);
-  }
-}
-
-// Output pixel (px, py) of this thread in tile `tile` (row-major, tiles_x per row).
+// Output pixel (px, py) of this thread in output tile `tile` (row-major, tiles_x per row).
 struct TilePixel {
   int64_t px, py;
 };
@@ -346,124 +290,134 @@ __device__ __forceinline__ TilePixel tile_pixel(int64_t tile, int64_t tiles_x) {
           (tile / tiles_x) * kTileHeight + threadIdx.x / kTileWidth};
 }
 
-// Default backward: a block owns a kTileWidth x kTileHeight tile of output pixels of image b and a
-// chunk of channels. Its partial grad_flow as backward_fixed_point_kernel's. grad_input (zeroed, in
-// the input's dtype): when the tile's input box fits (at most kMaxBoxElements), the corners are
-// splatted into a shared fp32 (fp64) accumulator holding as many channels' boxes as fit, then each
-// (box pixel, channel) is added to grad_input by one global atomic, or each aligned pair of adjacent
-// box pixels for fp16/bf16 (flush); otherwise (large or wild flow, no corner inside) fp32/fp64 add
-// each corner to grad_input directly, and fp16/bf16 leave the tile's splat to
-// backward_deferred_kernel, marking it in deferred[b * tiles + tile] (written by chunk 0's block,
-// for every tile, so that the workspace needs no zeroing).
-template <typename scalar_t, typename acc_t>
+// Phase 1 of the default backward: boxes[b * tiles + tile] = the input box of the inside corners of
+// output tile `tile` of image b (empty when none), one block per (tile, image).
+template <typename acc_t>
 __global__ void __launch_bounds__(kThreads)
-    backward_tiles_kernel(const scalar_t* __restrict__ grad_output, const scalar_t* __restrict__ input,
-                          const acc_t* __restrict__ flow, Sampler<acc_t> s, int64_t out_height, int64_t tiles_x,
-                          int64_t channels, int64_t in_width, int64_t in_pixels, scalar_t* __restrict__ grad_input,
-                          acc_t* __restrict__ partial, unsigned char* __restrict__ deferred) {
-  __shared__ acc_t accumulator[kAccumulatorElements];
-  const int64_t b = blockIdx.z, chunk = blockIdx.y, c0 = chunk * kChannelsPerThread;
-  const int64_t c1 = min(c0 + kChannelsPerThread, channels);
+    tile_boxes_kernel(const acc_t* __restrict__ flow, Sampler<acc_t> s, int64_t out_height, int64_t tiles_x,
+                      int64_t in_width, Box* __restrict__ boxes) {
+  const int64_t b = blockIdx.y;
   const TilePixel pixel = tile_pixel(blockIdx.x, tiles_x);
-  const bool valid = pixel.px < s.out_width && pixel.py < out_height;  // tiles cut by the image border
-  const int64_t p = pixel.py * s.out_width + pixel.px;
   PixelCorners<acc_t> corners = {};  // no corner inside for a thread beyond the border
-  if (valid) corners = s.corners_at(flow, b, pixel.px, pixel.py);
-  const CornerCells cells = corner_cells(corners, in_width);
-  const Box box = tile_box(corners, cells);
-  const int64_t box_elements = int64_t(box.width) * box.height;
-  constexpr bool defers = FlushUnit<scalar_t>::elements == 2;
-  if (defers && chunk == 0 && threadIdx.x == 0) deferred[b * gridDim.x + blockIdx.x] = box_elements > kMaxBoxElements;
-  acc_t dx = acc_t(0), dy = acc_t(0);
-  if (box_elements == 0 || box_elements > kMaxBoxElements) {
-    for (int64_t c = c0; valid && c < c1; ++c) {
-      const int64_t plane = (b * channels + c) * in_pixels;
-      const acc_t g = convert<acc_t>(grad_output[(b * channels + c) * s.out_pixels + p]);
-      backward_channel(corners, input + plane, g, dx, dy, [&](int k, acc_t value) {
-        if constexpr (!defers) atomicAdd(grad_input + plane + corners.offset[k], value);
-      });
-    }
-  } else {
-    int local[4];  // corner offsets in the box
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      local[k] = (cells.row[k] - box.y0) * box.width + cells.column[k] - box.x0;  // used for inside corners only
-    }
-    const int box_size = static_cast<int>(box_elements);
-    const int64_t per_pass = kAccumulatorElements / box_size;
-    for (int64_t pass = c0; pass < c1; pass += per_pass) {
-      const int pass_channels = static_cast<int>(min(per_pass, c1 - pass));
-      const int count = pass_channels * box_size;
-      for (int i = threadIdx.x; i < count; i += kThreads) accumulator[i] = acc_t(0);
-      __syncthreads();
-      for (int j = 0; valid && j < pass_channels; ++j) {
-        const int64_t c = pass + j;
-        const acc_t g = convert<acc_t>(grad_output[(b * channels + c) * s.out_pixels + p]);
-        acc_t* box_plane = accumulator + j * box_size;
-        backward_channel(corners, input + (b * channels + c) * in_pixels, g, dx, dy,
-                         [&](int k, acc_t value) { atomicAdd(box_plane + local[k], value); });
-      }
-      __syncthreads();
-      flush<scalar_t>(accumulator, pass_channels * box.height, box.width, [&](int r) {  // r = j * box.height + box row
-        const int j = r / box.height;
-        return grad_input + (b * channels + pass + j) * in_pixels + int64_t(box.y0 + r - j * box.height) * in_width +
-               box.x0;
-      });
-      __syncthreads();  // the flush has read the accumulator before the next pass zeroes it
-    }
-  }
-  if (valid) store_partial(partial, chunk, b, p, s.out_pixels, dx, dy);
+  if (pixel.px < s.out_width && pixel.py < out_height) corners = s.corners_at(flow, b, pixel.px, pixel.py);
+  const Box box = tile_box(corners, corner_cells(corners, in_width));
+  if (threadIdx.x == 0) boxes[b * gridDim.x + blockIdx.x] = box;
 }
 
-// fp16/bf16: the splat of the tiles backward_tiles_kernel deferred (boxes over kMaxBoxElements).
-// A block owns a window of kMaxBoxElements consecutive elements of the input planes of image b and
-// a chunk of channels; per pass of kAccumulatorElements / kMaxBoxElements channels it walks every
-// deferred tile of the image (a thread per tile pixel, as there), splats the corners that fall in
-// its window into the shared fp32 accumulator and flushes the window once: an element takes one
-// flush from all deferred tiles together, whatever their number. Returns at once when the image
-// has no deferred tile (the benchmark's flow has none).
+// Slot of the chunk's grad_flow term of corner k of output pixel p of image b (x; y is out_pixels further):
+// partial[((chunk * B + b) * 4 + k) * 2 * Po + p].
+template <typename acc_t>
+__device__ __forceinline__ acc_t* corner_slot(acc_t* partial, int64_t chunk, int64_t batch, int64_t b, int k,
+                                              int64_t p, int64_t out_pixels) {
+  return partial + ((chunk * batch + b) * 4 + k) * 2 * out_pixels + p;
+}
+
+// Phase 2 of the default backward: a block owns a kInputTileWidth x kInputTileHeight tile of input
+// pixels of image b and a chunk of owner_channels<scalar_t>() channels; thread t holds tile pixel t
+// while it loads the tile's input values into shared memory and zeroes its accumulator, and while it
+// stores grad_input. In between it walks the image's output tiles in order; for each whose box
+// meets the input tile, thread t takes the tile's output pixel t, computes its corners once and, for
+// each channel, adds Eq. 1's weight * grad to the accumulator at its corners inside the input tile
+// (shared-memory atomics) and accumulates each such corner k's grad_flow term, grad * d(weight_k) /
+// d(flow) * input value, which goes to corner_slot (each (pixel, corner, chunk) has one owner
+// block). A warp none of whose corners lie in the input tile skips the channels. Every element of
+// the tile's grad_input is stored once, converted once to the input's dtype (zero where nothing lands).
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
-    backward_deferred_kernel(const scalar_t* __restrict__ grad_output, const acc_t* __restrict__ flow,
-                             Sampler<acc_t> s, int64_t out_height, int64_t tiles_x, int64_t tiles, int64_t channels,
-                             int64_t in_pixels, const unsigned char* __restrict__ deferred,
-                             scalar_t* __restrict__ grad_input) {
-  __shared__ acc_t accumulator[kAccumulatorElements];
-  constexpr int kWindow = kMaxBoxElements, kPassChannels = kAccumulatorElements / kWindow;
-  const int64_t b = blockIdx.z, c0 = blockIdx.y * kChannelsPerThread;
-  const int64_t c1 = min(c0 + kChannelsPerThread, channels);
-  const unsigned char* marks = deferred + b * tiles;
-  bool any = false;
-  for (int64_t tile = 0; tile < tiles; ++tile) any = any | (marks[tile] != 0);  // independent loads
-  if (!any) return;  // the same answer in every thread of the block
-  const int64_t w0 = int64_t(blockIdx.x) * kWindow;
-  const int width = static_cast<int>(min(int64_t(kWindow), in_pixels - w0));
-  for (int64_t pass = c0; pass < c1; pass += kPassChannels) {
-    const int pass_channels = static_cast<int>(min(int64_t(kPassChannels), c1 - pass));
-    for (int i = threadIdx.x; i < pass_channels * width; i += kThreads) accumulator[i] = acc_t(0);
-    __syncthreads();
-    for (int64_t tile = 0; tile < tiles; ++tile) {
-      if (!marks[tile]) continue;
-      const TilePixel pixel = tile_pixel(tile, tiles_x);
-      if (pixel.px >= s.out_width || pixel.py >= out_height) continue;
-      const PixelCorners<acc_t> corners = s.corners_at(flow, b, pixel.px, pixel.py);
-      const int64_t p = pixel.py * s.out_width + pixel.px;
-      for (int j = 0; j < pass_channels; ++j) {
-        const acc_t g = convert<acc_t>(grad_output[(b * channels + pass + j) * s.out_pixels + p]);
+    backward_owner_kernel(const scalar_t* __restrict__ grad_output, const scalar_t* __restrict__ input,
+                          const acc_t* __restrict__ flow, Sampler<acc_t> s, int64_t out_height, int64_t tiles_x,
+                          int64_t tiles, const Box* __restrict__ boxes, int64_t channels, int in_height, int in_width,
+                          int input_tiles_x, scalar_t* __restrict__ grad_input, acc_t* __restrict__ partial) {
+  constexpr int kChannels = owner_channels(sizeof(scalar_t));
+  __shared__ acc_t accumulator[kChannels * kThreads];  // [channel][tile pixel]
+  __shared__ scalar_t values[kChannels * kThreads];    // the input tile, same layout
+  const int64_t b = blockIdx.z, chunk = blockIdx.y, c0 = chunk * kChannels;
+  const int pass_channels = static_cast<int>(min(int64_t(kChannels), channels - c0));
+  const int x0 = static_cast<int>(blockIdx.x % input_tiles_x) * kInputTileWidth;
+  const int y0 = static_cast<int>(blockIdx.x / input_tiles_x) * kInputTileHeight;
+  const int ix = x0 + threadIdx.x % kInputTileWidth, iy = y0 + threadIdx.x / kInputTileWidth;
+  const bool owns = ix < in_width && iy < in_height;  // tiles cut by the image border
+  const int64_t in_pixels = int64_t(in_height) * in_width;
+  const int64_t element = (b * channels + c0) * in_pixels + int64_t(iy) * in_width + ix;  // channel c0
+  for (int j = 0; j < pass_channels; ++j) {
+    accumulator[j * kThreads + threadIdx.x] = acc_t(0);
+    values[j * kThreads + threadIdx.x] = owns ? input[element + j * in_pixels] : convert<scalar_t>(acc_t(0));
+  }
+  __syncthreads();
+  for (int64_t tile = 0; tile < tiles; ++tile) {
+    const Box box = boxes[b * tiles + tile];  // the same in every thread: uniform branch
+    if (box.width == 0 || box.x0 >= x0 + kInputTileWidth || box.x0 + box.width <= x0 ||
+        box.y0 >= y0 + kInputTileHeight || box.y0 + box.height <= y0) {
+      continue;
+    }
+    const TilePixel pixel = tile_pixel(tile, tiles_x);
+    PixelCorners<acc_t> corners = {};
+    if (pixel.px < s.out_width && pixel.py < out_height) corners = s.corners_at(flow, b, pixel.px, pixel.py);
+    const CornerCells cells = corner_cells(corners, in_width);
+    bool mine[4];  // inside the image and in this input tile
+    int local[4];  // its pixel in the tile
+    bool any = false;
 #pragma unroll
-        for (int k = 0; k < 4; ++k) {  // Eq. 1's weights, as backward_channel splats them
-          const int64_t local = corners.offset[k] - w0;
-          if (corners.inside[k] && local >= 0 && local < width) {
-            atomicAdd(accumulator + j * width + local, corners.weight[k] * g);
-          }
-        }
+    for (int k = 0; k < 4; ++k) {
+      const int column = cells.column[k] - x0, row = cells.row[k] - y0;
+      mine[k] = corners.inside[k] && column >= 0 && column < kInputTileWidth && row >= 0 && row < kInputTileHeight;
+      local[k] = row * kInputTileWidth + column;
+      any = any || mine[k];
+    }
+    if (__ballot_sync(0xffffffffu, any) == 0) continue;  // the warp's corners all lie in other tiles
+    if (!any) continue;
+    const int64_t p = pixel.py * s.out_width + pixel.px;
+    const scalar_t* grad = grad_output + (b * channels + c0) * s.out_pixels + p;  // channel c0
+    acc_t dx[4] = {}, dy[4] = {};
+    for (int j = 0; j < pass_channels; ++j) {
+      const acc_t g = convert<acc_t>(grad[j * s.out_pixels]);
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {  // Eq. 1 differentiated
+        if (!mine[k]) continue;
+        const int at = j * kThreads + local[k];
+        const acc_t v = convert<acc_t>(values[at]);
+        dx[k] += corners.grad_x[k] * v * g;
+        dy[k] += corners.grad_y[k] * v * g;
+        atomicAdd(accumulator + at, corners.weight[k] * g);
       }
     }
-    __syncthreads();
-    flush<scalar_t>(accumulator, pass_channels, width, [&](int j) {
-      return grad_input + (b * channels + pass + j) * in_pixels + w0;
-    });
-    __syncthreads();  // the flush has read the accumulator before the next pass zeroes it
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      if (!mine[k]) continue;
+      acc_t* slot = corner_slot(partial, chunk, int64_t(gridDim.z), b, k, p, s.out_pixels);
+      slot[0] = dx[k];
+      slot[s.out_pixels] = dy[k];
+    }
+  }
+  __syncthreads();
+  for (int j = 0; owns && j < pass_channels; ++j) {
+    grad_input[element + j * in_pixels] = convert<scalar_t>(accumulator[j * kThreads + threadIdx.x]);
+  }
+}
+
+// grad_flow of the default backward: per output pixel, the corner slots of its inside corners (the
+// corners recomputed: a corner outside the image has no owner and its slot was never written), in
+// the order chunk, corner.
+template <typename acc_t>
+__global__ void sum_corner_slots_kernel(const acc_t* __restrict__ partial, const acc_t* __restrict__ flow,
+                                        Sampler<acc_t> s, int64_t chunks, int64_t batch,
+                                        acc_t* __restrict__ grad_flow) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < batch * s.out_pixels;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t b = i / s.out_pixels, p = i - b * s.out_pixels;
+    const PixelCorners<acc_t> corners = s.corners(flow, b, p);
+    acc_t dx = acc_t(0), dy = acc_t(0);
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        if (!corners.inside[k]) continue;
+        const acc_t* slot = corner_slot(partial, chunk, batch, b, k, p, s.out_pixels);
+        dx += slot[0];
+        dy += slot[s.out_pixels];
+      }
+    }
+    grad_flow[b * 2 * s.out_pixels + p] = dx;
+    grad_flow[b * 2 * s.out_pixels + s.out_pixels + p] = dy;
   }
 }
 
@@ -591,31 +545,39 @@ cudaError_t flow_warp_forward(const scalar_t* input, const coord_t<scalar_t>* fl
 
 // Workspace element counts, in their order: the deterministic path's int64 fixed-point sums (first,
 // so that they are 8-byte aligned) and its fp32 grad_input accumulator for the planes of non-finite
-// norm (fp16/bf16 only), the per-chunk flow gradients, the deterministic path's plane norms, and
-// the atomic path's deferred-tile marks (bytes; fp16/bf16 only).
+// norm (fp16/bf16 only), the per-chunk flow gradients (the deterministic path: per pixel; the default
+// one: per pixel and corner, corner_slot), the deterministic path's plane norms, and the default
+// path's output tile boxes.
 struct BackwardWorkspace {
-  size_t fixed, accumulator, partial, norms, deferred;
+  size_t fixed, accumulator, partial, norms, boxes;
 };
 
 int64_t tile_count(const FlowWarpShape& shape) {
   return ceil_div(shape.out_width, kTileWidth) * ceil_div(shape.out_height, kTileHeight);
 }
 
+// Channel chunks of the default backward's owner blocks.
+int64_t owner_chunks(const FlowWarpShape& shape, size_t element_size) {
+  return ceil_div(shape.channels, owner_channels(element_size));
+}
+
 BackwardWorkspace backward_workspace(const FlowWarpShape& shape, size_t element_size, bool deterministic) {
-  const int64_t chunks = std::max<int64_t>(1, ceil_div(shape.channels, kChannelsPerThread));
   const size_t input_count = size_t(shape.batch * shape.channels * shape.in_height * shape.in_width);
+  const size_t per_pixel = size_t(shape.batch * shape.out_height * shape.out_width);
   const bool half = element_size < sizeof(float);
-  return {deterministic ? input_count : 0, deterministic && half ? input_count : 0,
-          size_t(chunks * shape.batch * 2 * shape.out_height * shape.out_width),
-          deterministic ? size_t(shape.batch * shape.channels) : 0,
-          !deterministic && half ? size_t(shape.batch * tile_count(shape)) : 0};
+  if (deterministic) {
+    const int64_t chunks = std::max<int64_t>(1, ceil_div(shape.channels, kChannelsPerThread));
+    return {input_count, half ? input_count : 0, size_t(chunks) * 2 * per_pixel, size_t(shape.batch * shape.channels),
+            0};
+  }
+  return {0, 0, size_t(owner_chunks(shape, element_size)) * 8 * per_pixel, 0, size_t(shape.batch * tile_count(shape))};
 }
 
 size_t flow_warp_backward_workspace(const FlowWarpShape& shape, size_t element_size, bool deterministic) {
   const size_t acc_size = element_size == sizeof(double) ? sizeof(double) : sizeof(float);
   const BackwardWorkspace counts = backward_workspace(shape, element_size, deterministic);
   return sizeof(unsigned long long) * counts.fixed + acc_size * (counts.accumulator + counts.partial + counts.norms) +
-         counts.deferred;
+         sizeof(Box) * counts.boxes;
 }
 
 template <typename scalar_t>
@@ -634,10 +596,10 @@ cudaError_t flow_warp_backward(const scalar_t* grad_output, const scalar_t* inpu
   acc_t* grad_acc = reinterpret_cast<acc_t*>(fixed + counts.fixed);
   acc_t* partial = grad_acc + counts.accumulator;
   acc_t* norms = partial + counts.partial;
-  unsigned char* deferred = reinterpret_cast<unsigned char*>(norms + counts.norms);
+  Box* boxes = reinterpret_cast<Box*>(norms + counts.norms);
   if constexpr (accumulates_in_place<scalar_t>()) grad_acc = reinterpret_cast<acc_t*>(grad_input);
   const bool splat = shape.channels > 0 && flow_count > 0;
-  if (!splat || !deterministic) {
+  if (!splat) {
     cudaError_t error = cudaMemsetAsync(grad_input, 0, size_t(input_count) * sizeof(scalar_t), stream);
     if (error != cudaSuccess) return error;
   }
@@ -657,19 +619,23 @@ cudaError_t flow_warp_backward(const scalar_t* grad_output, const scalar_t* inpu
       const dim3 plane_grid(static_cast<unsigned>(ceil_div(shape.channels, 64)), static_cast<unsigned>(shape.batch));
       launch(splat_planes_kernel<scalar_t, acc_t>, plane_grid, 64, 0, stream, grad_output, flow, sampler,
              shape.channels, in_pixels, norms, grad_acc);
+      launch(sum_chunks_kernel<acc_t>, stride_blocks(flow_count), kThreads, 0, stream, partial, grid.y, flow_count,
+             grad_flow);
     } else {
       const int64_t tiles_x = ceil_div(shape.out_width, kTileWidth), tiles = tile_count(shape);
-      launch(backward_tiles_kernel<scalar_t, acc_t>, dim3(static_cast<unsigned>(tiles), grid.y, grid.z), kThreads, 0,
-             stream, grad_output, input, flow, sampler, shape.out_height, tiles_x, shape.channels, shape.in_width,
-             in_pixels, grad_input, partial, deferred);
-      if (counts.deferred > 0 && in_pixels > 0) {
-        const dim3 windows(static_cast<unsigned>(ceil_div(in_pixels, kMaxBoxElements)), grid.y, grid.z);
-        launch(backward_deferred_kernel<scalar_t, acc_t>, windows, kThreads, 0, stream, grad_output, flow, sampler,
-               shape.out_height, tiles_x, tiles, shape.channels, in_pixels, deferred, grad_input);
-      }
+      const int64_t input_tiles_x = ceil_div(shape.in_width, kInputTileWidth);
+      const int64_t input_tiles = input_tiles_x * ceil_div(shape.in_height, kInputTileHeight);
+      const int64_t chunks = owner_chunks(shape, sizeof(scalar_t));
+      launch(tile_boxes_kernel<acc_t>, dim3(static_cast<unsigned>(tiles), grid.z), kThreads, 0, stream, flow, sampler,
+             shape.out_height, tiles_x, shape.in_width, boxes);
+      launch(backward_owner_kernel<scalar_t, acc_t>,
+             dim3(static_cast<unsigned>(input_tiles), static_cast<unsigned>(chunks), grid.z), kThreads, 0, stream,
+             grad_output, input, flow, sampler, shape.out_height, tiles_x, tiles, boxes, shape.channels,
+             static_cast<int>(shape.in_height), static_cast<int>(shape.in_width), static_cast<int>(input_tiles_x),
+             grad_input, partial);
+      launch(sum_corner_slots_kernel<acc_t>, stride_blocks(shape.batch * out_pixels), kThreads, 0, stream, partial,
+             flow, sampler, chunks, shape.batch, grad_flow);
     }
-    launch(sum_chunks_kernel<acc_t>, stride_blocks(flow_count), kThreads, 0, stream, partial, grid.y, flow_count,
-           grad_flow);
   }
   if (input_count > 0 && splat && deterministic) {
     launch(fixed_point_to_grad_kernel<scalar_t, acc_t>, stride_blocks(input_count), kThreads, 0, stream, fixed, norms,
