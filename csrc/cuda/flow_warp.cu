@@ -304,24 +304,48 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) boxes[b * gridDim.x + blockIdx.x] = box;
 }
 
-// Slot of the chunk's grad_flow term of corner k of output pixel p of image b (x; y is out_pixels further):
-// partial[((chunk * B + b) * 4 + k) * 2 * Po + p].
+// The input tiles a pixel's inside corners lie in span at most 2 x 2; quadrant_of(k) numbers corner k's
+// tile among them, 2 * (its tile row - the lowest) + (its tile column - the leftmost): the owner block
+// of that tile writes the pixel's grad_flow terms of all its corners in that tile to that quadrant's slot.
+struct CornerQuadrants {
+  int tile_row, tile_column;  // the lowest tile row and leftmost tile column of the inside corners
+
+  __device__ __forceinline__ int of(int row, int column) const {
+    return 2 * (row / kInputTileHeight - tile_row) + column / kInputTileWidth - tile_column;
+  }
+};
+
 template <typename acc_t>
-__device__ __forceinline__ acc_t* corner_slot(acc_t* partial, int64_t chunk, int64_t batch, int64_t b, int k,
-                                              int64_t p, int64_t out_pixels) {
-  return partial + ((chunk * batch + b) * 4 + k) * 2 * out_pixels + p;
+__device__ __forceinline__ CornerQuadrants corner_quadrants(const PixelCorners<acc_t>& corners,
+                                                            const CornerCells& cells) {
+  CornerQuadrants quadrants = {kNoCorner, kNoCorner};
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    if (!corners.inside[k]) continue;
+    quadrants.tile_row = min(quadrants.tile_row, cells.row[k] / kInputTileHeight);
+    quadrants.tile_column = min(quadrants.tile_column, cells.column[k] / kInputTileWidth);
+  }
+  return quadrants;
+}
+
+// Slot of the chunk's grad_flow terms, in quadrant q, of output pixel p of image b (x; y is out_pixels
+// further): partial[((chunk * B + b) * 4 + q) * 2 * Po + p].
+template <typename acc_t>
+__device__ __forceinline__ acc_t* quadrant_slot(acc_t* partial, int64_t chunk, int64_t batch, int64_t b, int q,
+                                                int64_t p, int64_t out_pixels) {
+  return partial + ((chunk * batch + b) * 4 + q) * 2 * out_pixels + p;
 }
 
 // Phase 2 of the default backward: a block owns a kInputTileWidth x kInputTileHeight tile of input
-// pixels of image b and a chunk of owner_channels<scalar_t>() channels; thread t holds tile pixel t
-// while it loads the tile's input values into shared memory and zeroes its accumulator, and while it
-// stores grad_input. In between it walks the image's output tiles in order; for each whose box
-// meets the input tile, thread t takes the tile's output pixel t, computes its corners once and, for
-// each channel, adds Eq. 1's weight * grad to the accumulator at its corners inside the input tile
-// (shared-memory atomics) and accumulates each such corner k's grad_flow term, grad * d(weight_k) /
-// d(flow) * input value, which goes to corner_slot (each (pixel, corner, chunk) has one owner
-// block). A warp none of whose corners lie in the input tile skips the channels. Every element of
-// the tile's grad_input is stored once, converted once to the input's dtype (zero where nothing lands).
+// pixels of image b and a chunk of owner_channels(sizeof(scalar_t)) channels; thread t holds tile
+// pixel t while it loads the tile's input values into shared memory and zeroes its accumulator, and
+// while it stores grad_input. In between it walks the image's output tiles in order; for each whose
+// box meets the input tile, thread t takes the tile's output pixel t, computes its corners once and,
+// for each channel, adds Eq. 1's weight * grad to the accumulator at its corners inside the input
+// tile (shared-memory atomics) and sums their grad_flow terms, grad * d(weight_k) / d(flow) * input
+// value, into the pixel's quadrant slot of this tile (one owner block per (pixel, quadrant, chunk)).
+// A warp none of whose corners lie in the input tile skips the channels. Every element of the tile's
+// grad_input is stored once, converted once to the input's dtype (zero where nothing lands).
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
     backward_owner_kernel(const scalar_t* __restrict__ grad_output, const scalar_t* __restrict__ input,
@@ -354,40 +378,43 @@ __global__ void __launch_bounds__(kThreads)
     PixelCorners<acc_t> corners = {};
     if (pixel.px < s.out_width && pixel.py < out_height) corners = s.corners_at(flow, b, pixel.px, pixel.py);
     const CornerCells cells = corner_cells(corners, in_width);
-    bool mine[4];  // inside the image and in this input tile
-    int local[4];  // its pixel in the tile
+    // Corner k's pixel in the tile, weight and d(weight)/d(flow) when it is inside the image and in this
+    // input tile; else this thread's own tile pixel and zeros: adding +0 changes no sum (a sum that
+    // starts at +0 is never -0), so every lane runs the same instructions, without branches.
+    int local[4];
+    acc_t weight[4], grad_x[4], grad_y[4];
     bool any = false;
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
       const int column = cells.column[k] - x0, row = cells.row[k] - y0;
-      mine[k] = corners.inside[k] && column >= 0 && column < kInputTileWidth && row >= 0 && row < kInputTileHeight;
-      local[k] = row * kInputTileWidth + column;
-      any = any || mine[k];
+      const bool mine =
+          corners.inside[k] && column >= 0 && column < kInputTileWidth && row >= 0 && row < kInputTileHeight;
+      local[k] = mine ? row * kInputTileWidth + column : static_cast<int>(threadIdx.x);
+      weight[k] = mine ? corners.weight[k] : acc_t(0);
+      grad_x[k] = mine ? corners.grad_x[k] : acc_t(0);
+      grad_y[k] = mine ? corners.grad_y[k] : acc_t(0);
+      any = any || mine;
     }
     if (__ballot_sync(0xffffffffu, any) == 0) continue;  // the warp's corners all lie in other tiles
     if (!any) continue;
     const int64_t p = pixel.py * s.out_width + pixel.px;
-    const scalar_t* grad = grad_output + (b * channels + c0) * s.out_pixels + p;  // channel c0
-    acc_t dx[4] = {}, dy[4] = {};
-    for (int j = 0; j < pass_channels; ++j) {
-      const acc_t g = convert<acc_t>(grad[j * s.out_pixels]);
+    const scalar_t* grad = grad_output + (b * channels + c0) * s.out_pixels + p;  // channel c0, then + Po each
+    acc_t dx = acc_t(0), dy = acc_t(0);
+    for (int j = 0; j < pass_channels; ++j, grad += s.out_pixels) {
+      const acc_t g = convert<acc_t>(*grad);
 #pragma unroll
       for (int k = 0; k < 4; ++k) {  // Eq. 1 differentiated
-        if (!mine[k]) continue;
         const int at = j * kThreads + local[k];
         const acc_t v = convert<acc_t>(values[at]);
-        dx[k] += corners.grad_x[k] * v * g;
-        dy[k] += corners.grad_y[k] * v * g;
-        atomicAdd(accumulator + at, corners.weight[k] * g);
+        dx += grad_x[k] * v * g;
+        dy += grad_y[k] * v * g;
+        atomicAdd(accumulator + at, weight[k] * g);
       }
     }
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      if (!mine[k]) continue;
-      acc_t* slot = corner_slot(partial, chunk, int64_t(gridDim.z), b, k, p, s.out_pixels);
-      slot[0] = dx[k];
-      slot[s.out_pixels] = dy[k];
-    }
+    acc_t* slot = quadrant_slot(partial, chunk, int64_t(gridDim.z), b, corner_quadrants(corners, cells).of(y0, x0), p,
+                                s.out_pixels);
+    slot[0] = dx;
+    slot[s.out_pixels] = dy;
   }
   __syncthreads();
   for (int j = 0; owns && j < pass_channels; ++j) {
@@ -395,23 +422,30 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// grad_flow of the default backward: per output pixel, the corner slots of its inside corners (the
-// corners recomputed: a corner outside the image has no owner and its slot was never written), in
-// the order chunk, corner.
+// grad_flow of the default backward: per output pixel, the slots of the quadrants its inside corners
+// lie in (recomputed: a quadrant with no inside corner has no owner and its slot was never written),
+// in the order chunk, quadrant.
 template <typename acc_t>
-__global__ void sum_corner_slots_kernel(const acc_t* __restrict__ partial, const acc_t* __restrict__ flow,
-                                        Sampler<acc_t> s, int64_t chunks, int64_t batch,
-                                        acc_t* __restrict__ grad_flow) {
+__global__ void sum_quadrant_slots_kernel(const acc_t* __restrict__ partial, const acc_t* __restrict__ flow,
+                                          Sampler<acc_t> s, int64_t chunks, int64_t batch, int64_t in_width,
+                                          acc_t* __restrict__ grad_flow) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < batch * s.out_pixels;
        i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t b = i / s.out_pixels, p = i - b * s.out_pixels;
     const PixelCorners<acc_t> corners = s.corners(flow, b, p);
+    const CornerCells cells = corner_cells(corners, in_width);
+    const CornerQuadrants quadrants = corner_quadrants(corners, cells);
+    unsigned written = 0;  // bit q: quadrant q holds an inside corner
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      if (corners.inside[k]) written |= 1u << quadrants.of(cells.row[k], cells.column[k]);
+    }
     acc_t dx = acc_t(0), dy = acc_t(0);
     for (int64_t chunk = 0; chunk < chunks; ++chunk) {
 #pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        if (!corners.inside[k]) continue;
-        const acc_t* slot = corner_slot(partial, chunk, batch, b, k, p, s.out_pixels);
+      for (int q = 0; q < 4; ++q) {
+        if (!(written >> q & 1u)) continue;
+        const acc_t* slot = quadrant_slot(partial, chunk, batch, b, q, p, s.out_pixels);
         dx += slot[0];
         dy += slot[s.out_pixels];
       }
@@ -546,7 +580,7 @@ cudaError_t flow_warp_forward(const scalar_t* input, const coord_t<scalar_t>* fl
 // Workspace element counts, in their order: the deterministic path's int64 fixed-point sums (first,
 // so that they are 8-byte aligned) and its fp32 grad_input accumulator for the planes of non-finite
 // norm (fp16/bf16 only), the per-chunk flow gradients (the deterministic path: per pixel; the default
-// one: per pixel and corner, corner_slot), the deterministic path's plane norms, and the default
+// one: per pixel and quadrant, quadrant_slot), the deterministic path's plane norms, and the default
 // path's output tile boxes.
 struct BackwardWorkspace {
   size_t fixed, accumulator, partial, norms, boxes;
@@ -633,8 +667,8 @@ cudaError_t flow_warp_backward(const scalar_t* grad_output, const scalar_t* inpu
              grad_output, input, flow, sampler, shape.out_height, tiles_x, tiles, boxes, shape.channels,
              static_cast<int>(shape.in_height), static_cast<int>(shape.in_width), static_cast<int>(input_tiles_x),
              grad_input, partial);
-      launch(sum_corner_slots_kernel<acc_t>, stride_blocks(shape.batch * out_pixels), kThreads, 0, stream, partial,
-             flow, sampler, chunks, shape.batch, grad_flow);
+      launch(sum_quadrant_slots_kernel<acc_t>, stride_blocks(shape.batch * out_pixels), kThreads, 0, stream, partial,
+             flow, sampler, chunks, shape.batch, shape.in_width, grad_flow);
     }
   }
   if (input_count > 0 && splat && deterministic) {
