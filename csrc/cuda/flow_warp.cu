@@ -128,11 +128,9 @@ constexpr int kWarps = kThreads / 32;
 // Its input tiles, owned by one block each: kInputTileWidth x kInputTileHeight input pixels, one per thread.
 constexpr int kInputTileWidth = 32;
 constexpr int kInputTileHeight = kThreads / kInputTileWidth;
-// Channels per owner block: its accumulator (acc_t) and input values (scalar_t) per input tile pixel
-// fill the 48 KB of static shared memory: 24 fp32, 32 fp16/bf16, 12 fp64.
-constexpr int owner_channels(size_t element_size) {
-  return 48 * 1024 / (kThreads * (element_size + (element_size == sizeof(double) ? sizeof(double) : sizeof(float))));
-}
+// Channels per owner block: 32 (16 fp64); its accumulator (acc_t) and input values (scalar_t) per
+// input tile pixel take 64 KB of dynamic shared memory for fp32/fp64, 48 KB for fp16/bf16.
+constexpr int owner_channels(size_t element_size) { return element_size == sizeof(double) ? 16 : 32; }
 constexpr int kNoCorner = 0x7fffffff;  // min() identity of the box reduction
 
 // Fixed-point units per unit of gradient for a plane whose |grad_output| sums to `norm` (finite).
@@ -280,14 +278,13 @@ __device__ Box tile_box(const PixelCorners<acc_t>& corners, const CornerCells& c
   return {bounds[0], bounds[1], -bounds[2] - bounds[0] + 1, -bounds[3] - bounds[1] + 1};
 }
 
-// Output pixel (px, py) of this thread in output tile `tile` (row-major, tiles_x per row).
+// Output pixel (px, py) at index t (row-major) of output tile `tile` (row-major, tiles_x per row).
 struct TilePixel {
   int64_t px, py;
 };
 
-__device__ __forceinline__ TilePixel tile_pixel(int64_t tile, int64_t tiles_x) {
-  return {(tile % tiles_x) * kTileWidth + threadIdx.x % kTileWidth,
-          (tile / tiles_x) * kTileHeight + threadIdx.x / kTileWidth};
+__device__ __forceinline__ TilePixel tile_pixel(int64_t tile, int64_t tiles_x, int t) {
+  return {(tile % tiles_x) * kTileWidth + t % kTileWidth, (tile / tiles_x) * kTileHeight + t / kTileWidth};
 }
 
 // Phase 1 of the default backward: boxes[b * tiles + tile] = the input box of the inside corners of
@@ -297,7 +294,7 @@ __global__ void __launch_bounds__(kThreads)
     tile_boxes_kernel(const acc_t* __restrict__ flow, Sampler<acc_t> s, int64_t out_height, int64_t tiles_x,
                       int64_t in_width, Box* __restrict__ boxes) {
   const int64_t b = blockIdx.y;
-  const TilePixel pixel = tile_pixel(blockIdx.x, tiles_x);
+  const TilePixel pixel = tile_pixel(blockIdx.x, tiles_x, threadIdx.x);
   PixelCorners<acc_t> corners = {};  // no corner inside for a thread beyond the border
   if (pixel.px < s.out_width && pixel.py < out_height) corners = s.corners_at(flow, b, pixel.px, pixel.py);
   const Box box = tile_box(corners, corner_cells(corners, in_width));
@@ -336,16 +333,61 @@ __device__ __forceinline__ acc_t* quadrant_slot(acc_t* partial, int64_t chunk, i
   return partial + ((chunk * batch + b) * 4 + q) * 2 * out_pixels + p;
 }
 
+// Dynamic shared memory of backward_owner_kernel: the accumulator and the input tile, both
+// [channel][tile pixel], the compacted list of the walked tile's pixels and a count per warp.
+template <typename scalar_t>
+constexpr size_t owner_shared_bytes() {
+  constexpr size_t channels = owner_channels(sizeof(scalar_t));
+  return channels * kThreads * (sizeof(acc_type<scalar_t>) + sizeof(scalar_t)) + (kThreads + kWarps) * sizeof(int);
+}
+
+// Which of output pixel (px, py)'s corners lie inside the image and in the input tile at (x0, y0):
+// corner k's pixel in the tile, weight and d(weight)/d(flow) for those; for the others this thread's
+// own tile pixel and zeros (adding +0 changes no sum: a sum that starts at +0 is never -0), so that
+// every lane of the channel loop runs the same instructions, without branches.
+template <typename acc_t>
+struct OwnedCorners {
+  int local[4];
+  acc_t weight[4], grad_x[4], grad_y[4];
+  bool any;        // some corner is in the tile
+  int quadrant;    // the tile's quadrant among the pixel's (CornerQuadrants), when `any`
+};
+
+template <typename acc_t>
+__device__ __forceinline__ OwnedCorners<acc_t> owned_corners(const Sampler<acc_t>& s, const acc_t* flow, int64_t b,
+                                                             int64_t out_height, const TilePixel& pixel, int in_width,
+                                                             int x0, int y0) {
+  PixelCorners<acc_t> corners = {};  // no corner inside for a pixel beyond the border
+  if (pixel.px < s.out_width && pixel.py < out_height) corners = s.corners_at(flow, b, pixel.px, pixel.py);
+  const CornerCells cells = corner_cells(corners, in_width);
+  OwnedCorners<acc_t> owned;
+  owned.any = false;
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    const int column = cells.column[k] - x0, row = cells.row[k] - y0;
+    const bool mine =
+        corners.inside[k] && column >= 0 && column < kInputTileWidth && row >= 0 && row < kInputTileHeight;
+    owned.local[k] = mine ? row * kInputTileWidth + column : static_cast<int>(threadIdx.x);
+    owned.weight[k] = mine ? corners.weight[k] : acc_t(0);
+    owned.grad_x[k] = mine ? corners.grad_x[k] : acc_t(0);
+    owned.grad_y[k] = mine ? corners.grad_y[k] : acc_t(0);
+    owned.any = owned.any || mine;
+  }
+  owned.quadrant = corner_quadrants(corners, cells).of(y0, x0);
+  return owned;
+}
+
 // Phase 2 of the default backward: a block owns a kInputTileWidth x kInputTileHeight tile of input
 // pixels of image b and a chunk of owner_channels(sizeof(scalar_t)) channels; thread t holds tile
 // pixel t while it loads the tile's input values into shared memory and zeroes its accumulator, and
 // while it stores grad_input. In between it walks the image's output tiles in order; for each whose
-// box meets the input tile, thread t takes the tile's output pixel t, computes its corners once and,
-// for each channel, adds Eq. 1's weight * grad to the accumulator at its corners inside the input
-// tile (shared-memory atomics) and sums their grad_flow terms, grad * d(weight_k) / d(flow) * input
-// value, into the pixel's quadrant slot of this tile (one owner block per (pixel, quadrant, chunk)).
-// A warp none of whose corners lie in the input tile skips the channels. Every element of the tile's
-// grad_input is stored once, converted once to the input's dtype (zero where nothing lands).
+// box meets the input tile, each thread takes the tile's output pixel t and tests whether a corner
+// lies in the input tile; those pixels are listed densely (warp ballots, then counts per warp), and
+// the first `listed` threads each take one, recompute its corners and, for each channel, add Eq. 1's
+// weight * grad to the accumulator at its corners in the input tile (shared-memory atomics) and sum
+// their grad_flow terms, grad * d(weight_k) / d(flow) * input value, into the pixel's quadrant slot
+// (one owner block per (pixel, quadrant, chunk)). Every element of the tile's grad_input is stored
+// once, converted once to the input's dtype (zero where nothing lands).
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
     backward_owner_kernel(const scalar_t* __restrict__ grad_output, const scalar_t* __restrict__ input,
@@ -353,8 +395,11 @@ __global__ void __launch_bounds__(kThreads)
                           int64_t tiles, const Box* __restrict__ boxes, int64_t channels, int in_height, int in_width,
                           int input_tiles_x, scalar_t* __restrict__ grad_input, acc_t* __restrict__ partial) {
   constexpr int kChannels = owner_channels(sizeof(scalar_t));
-  __shared__ acc_t accumulator[kChannels * kThreads];  // [channel][tile pixel]
-  __shared__ scalar_t values[kChannels * kThreads];    // the input tile, same layout
+  FASTSEG_DYNAMIC_SHARED(shared);
+  acc_t* accumulator = reinterpret_cast<acc_t*>(shared);                // [channel][tile pixel]
+  scalar_t* values = reinterpret_cast<scalar_t*>(accumulator + kChannels * kThreads);  // the input tile, same layout
+  int* listed = reinterpret_cast<int*>(values + kChannels * kThreads);  // [kThreads] output tile pixels
+  int* warp_counts = listed + kThreads;                                 // [kWarps]
   const int64_t b = blockIdx.z, chunk = blockIdx.y, c0 = chunk * kChannels;
   const int pass_channels = static_cast<int>(min(int64_t(kChannels), channels - c0));
   const int x0 = static_cast<int>(blockIdx.x % input_tiles_x) * kInputTileWidth;
@@ -367,36 +412,28 @@ __global__ void __launch_bounds__(kThreads)
     accumulator[j * kThreads + threadIdx.x] = acc_t(0);
     values[j * kThreads + threadIdx.x] = owns ? input[element + j * in_pixels] : convert<scalar_t>(acc_t(0));
   }
-  __syncthreads();
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   for (int64_t tile = 0; tile < tiles; ++tile) {
     const Box box = boxes[b * tiles + tile];  // the same in every thread: uniform branch
     if (box.width == 0 || box.x0 >= x0 + kInputTileWidth || box.x0 + box.width <= x0 ||
         box.y0 >= y0 + kInputTileHeight || box.y0 + box.height <= y0) {
       continue;
     }
-    const TilePixel pixel = tile_pixel(tile, tiles_x);
-    PixelCorners<acc_t> corners = {};
-    if (pixel.px < s.out_width && pixel.py < out_height) corners = s.corners_at(flow, b, pixel.px, pixel.py);
-    const CornerCells cells = corner_cells(corners, in_width);
-    // Corner k's pixel in the tile, weight and d(weight)/d(flow) when it is inside the image and in this
-    // input tile; else this thread's own tile pixel and zeros: adding +0 changes no sum (a sum that
-    // starts at +0 is never -0), so every lane runs the same instructions, without branches.
-    int local[4];
-    acc_t weight[4], grad_x[4], grad_y[4];
-    bool any = false;
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      const int column = cells.column[k] - x0, row = cells.row[k] - y0;
-      const bool mine =
-          corners.inside[k] && column >= 0 && column < kInputTileWidth && row >= 0 && row < kInputTileHeight;
-      local[k] = mine ? row * kInputTileWidth + column : static_cast<int>(threadIdx.x);
-      weight[k] = mine ? corners.weight[k] : acc_t(0);
-      grad_x[k] = mine ? corners.grad_x[k] : acc_t(0);
-      grad_y[k] = mine ? corners.grad_y[k] : acc_t(0);
-      any = any || mine;
+    const TilePixel own = tile_pixel(tile, tiles_x, threadIdx.x);
+    const bool any = owned_corners(s, flow, b, out_height, own, in_width, x0, y0).any;
+    const unsigned ballot = __ballot_sync(0xffffffffu, any);
+    if (lane == 0) warp_counts[warp] = __popc(ballot);
+    __syncthreads();  // also: the previous tile's list has been read; the first time, the tile is loaded
+    int count = 0, before = 0;
+    for (int w = 0; w < kWarps; ++w) {
+      before += w < warp ? warp_counts[w] : 0;
+      count += warp_counts[w];
     }
-    if (__ballot_sync(0xffffffffu, any) == 0) continue;  // the warp's corners all lie in other tiles
-    if (!any) continue;
+    if (any) listed[before + __popc(ballot & ((1u << lane) - 1u))] = threadIdx.x;
+    __syncthreads();  // the list is complete; warp_counts are read
+    if (static_cast<int>(threadIdx.x) >= count) continue;  // whole warps but the last
+    const TilePixel pixel = tile_pixel(tile, tiles_x, listed[threadIdx.x]);
+    const OwnedCorners<acc_t> owned = owned_corners(s, flow, b, out_height, pixel, in_width, x0, y0);
     const int64_t p = pixel.py * s.out_width + pixel.px;
     const scalar_t* grad = grad_output + (b * channels + c0) * s.out_pixels + p;  // channel c0, then + Po each
     acc_t dx = acc_t(0), dy = acc_t(0);
@@ -404,15 +441,14 @@ __global__ void __launch_bounds__(kThreads)
       const acc_t g = convert<acc_t>(*grad);
 #pragma unroll
       for (int k = 0; k < 4; ++k) {  // Eq. 1 differentiated
-        const int at = j * kThreads + local[k];
+        const int at = j * kThreads + owned.local[k];
         const acc_t v = convert<acc_t>(values[at]);
-        dx += grad_x[k] * v * g;
-        dy += grad_y[k] * v * g;
-        atomicAdd(accumulator + at, weight[k] * g);
+        dx += owned.grad_x[k] * v * g;
+        dy += owned.grad_y[k] * v * g;
+        atomicAdd(accumulator + at, owned.weight[k] * g);
       }
     }
-    acc_t* slot = quadrant_slot(partial, chunk, int64_t(gridDim.z), b, corner_quadrants(corners, cells).of(y0, x0), p,
-                                s.out_pixels);
+    acc_t* slot = quadrant_slot(partial, chunk, int64_t(gridDim.z), b, owned.quadrant, p, s.out_pixels);
     slot[0] = dx;
     slot[s.out_pixels] = dy;
   }
@@ -662,8 +698,11 @@ cudaError_t flow_warp_backward(const scalar_t* grad_output, const scalar_t* inpu
       const int64_t chunks = owner_chunks(shape, sizeof(scalar_t));
       launch(tile_boxes_kernel<acc_t>, dim3(static_cast<unsigned>(tiles), grid.z), kThreads, 0, stream, flow, sampler,
              shape.out_height, tiles_x, shape.in_width, boxes);
-      launch(backward_owner_kernel<scalar_t, acc_t>,
-             dim3(static_cast<unsigned>(input_tiles), static_cast<unsigned>(chunks), grid.z), kThreads, 0, stream,
+      const auto owner_kernel = backward_owner_kernel<scalar_t, acc_t>;
+      cudaError_t error = allow_shared(owner_kernel, owner_shared_bytes<scalar_t>());
+      if (error != cudaSuccess) return error;
+      launch(owner_kernel, dim3(static_cast<unsigned>(input_tiles), static_cast<unsigned>(chunks), grid.z), kThreads,
+             owner_shared_bytes<scalar_t>(), stream,
              grad_output, input, flow, sampler, shape.out_height, tiles_x, tiles, boxes, shape.channels,
              static_cast<int>(shape.in_height), static_cast<int>(shape.in_width), static_cast<int>(input_tiles_x),
              grad_input, partial);

@@ -25,8 +25,8 @@ CASES = {
     "one-pixel-input": (2, 3, 1, 1, 4, 5),
     "70-channels": (2, 70, 5, 6, 5, 6),  # three chunks of 32 channels
 }
-# Inputs of several input tiles, cut by the image border; 37 channels: owner chunks of 24 + 13 (fp32),
-# 32 + 5 (fp16/bf16), 3 x 12 + 1 (fp64), and deterministic chunks of 32 + 5.
+# Inputs of several input tiles, cut by the image border; 37 channels: owner chunks of 32 + 5 (16 + 16 + 5
+# fp64), and deterministic chunks of 32 + 5.
 TILE_CASES = {
     "same-size": (2, 37, 36, 40, 36, 40),  # 2 x 5 tiles, the last column 8 wide, the last row 4 high
     # 52->104-like: output 4 x 6 tiles, cut at 16 (15) columns and 4 (3) rows, input 2 x 3 tiles cut at
@@ -260,7 +260,8 @@ def test_grad_input_written_where_nothing_lands(emulated, dtype, padding):
     Under "zeros" a second flow sends every sample outside the image: every box is empty, grad_input and
     grad_flow are all zeros."""
     batch, channels, in_h, in_w, out_h, out_w = TILE_CASES["same-size"]
-    base = torch.stack(torch.broadcast_tensors(_base(out_w, in_w, True).view(1, -1), _base(out_h, in_h, True).view(-1, 1)))
+    columns, rows = _base(out_w, in_w, True).view(1, -1), _base(out_h, in_h, True).view(-1, 1)
+    base = torch.stack(torch.broadcast_tensors(columns, rows))
     target = base / 4 + 0.9 * torch.rand(batch, 2, out_h, out_w, dtype=torch.float64)
     flow = _near_lattice_free(target) - base
     boxes = [box for _, box in _tile_boxes(flow, (in_h, in_w), padding, True)]
@@ -272,7 +273,8 @@ def test_grad_input_written_where_nothing_lands(emulated, dtype, padding):
         outside = (-3.5 - base).expand(batch, 2, out_h, out_w).float()
         grad_input, grad_flow = emulated.flow_warp_backward(*on_device(emulated, grad_output, input, outside), "zeros",
                                                             True)
-        assert torch.equal(grad_input, torch.zeros_like(grad_input)) and torch.equal(grad_flow, torch.zeros_like(grad_flow))
+        assert torch.equal(grad_input, torch.zeros_like(grad_input))
+        assert torch.equal(grad_flow, torch.zeros_like(grad_flow))
 
 
 # Odd input widths and plane sizes; several output tiles' boxes overlap.
