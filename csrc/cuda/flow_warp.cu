@@ -139,6 +139,11 @@ __device__ __forceinline__ acc_t fixed_point_scale(acc_t norm) {
   return norm > acc_t(0) ? acc_t(2305843009213693952.0) / norm : acc_t(1);  // 2^61 / norm
 }
 
+// Input column and row of each corner of an output pixel (0 for a corner outside the image).
+struct CornerCells {
+  int column[4], row[4];
+};
+
 template <typename acc_t>
 struct Sampler {
   AxisMap<acc_t> x, y;
@@ -155,6 +160,21 @@ struct Sampler {
   // Corners of output pixel p of image b.
   __device__ __forceinline__ PixelCorners<acc_t> corners(const acc_t* flow, int64_t b, int64_t p) const {
     return corners_at(flow, b, p % out_width, p / out_width);
+  }
+
+  // Cells of the corners of output pixel (px, py) of image b, from the axis corners that corners_at
+  // combines (the same calls on the same loads, merged by the compiler) rather than dividing offsets.
+  __device__ __forceinline__ CornerCells cells_at(const acc_t* flow, int64_t b, int64_t px, int64_t py) const {
+    const acc_t* f = flow + b * 2 * out_pixels + py * out_width + px;
+    const flow_warp::AxisCorners<acc_t> cx = flow_warp::axis_corners(x, px, f[0], padding);
+    const flow_warp::AxisCorners<acc_t> cy = flow_warp::axis_corners(y, py, f[out_pixels], padding);
+    CornerCells cells;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {  // the order of pixel_corners
+      cells.column[k] = static_cast<int>(cx.index[k % 2]);
+      cells.row[k] = static_cast<int>(cy.index[k / 2]);
+    }
+    return cells;
   }
 };
 
@@ -232,23 +252,6 @@ __device__ __forceinline__ int warp_min(int value) {
   return value;
 }
 
-// Input column and row of each corner (the two divisions per corner, done once per thread);
-// meaningful for inside corners only.
-struct CornerCells {
-  int column[4], row[4];
-};
-
-template <typename acc_t>
-__device__ __forceinline__ CornerCells corner_cells(const PixelCorners<acc_t>& corners, int64_t in_width) {
-  CornerCells cells;
-#pragma unroll
-  for (int k = 0; k < 4; ++k) {
-    cells.column[k] = static_cast<int>(corners.offset[k] % in_width);
-    cells.row[k] = static_cast<int>(corners.offset[k] / in_width);
-  }
-  return cells;
-}
-
 // The block's box: min and max (as min of the negation) of the inside corners' columns and rows,
 // reduced in each warp, then across the warps through shared memory. Every thread gets the box.
 template <typename acc_t>
@@ -292,12 +295,16 @@ __device__ __forceinline__ TilePixel tile_pixel(int64_t tile, int64_t tiles_x, i
 template <typename acc_t>
 __global__ void __launch_bounds__(kThreads)
     tile_boxes_kernel(const acc_t* __restrict__ flow, Sampler<acc_t> s, int64_t out_height, int64_t tiles_x,
-                      int64_t in_width, Box* __restrict__ boxes) {
+                      Box* __restrict__ boxes) {
   const int64_t b = blockIdx.y;
   const TilePixel pixel = tile_pixel(blockIdx.x, tiles_x, threadIdx.x);
   PixelCorners<acc_t> corners = {};  // no corner inside for a thread beyond the border
-  if (pixel.px < s.out_width && pixel.py < out_height) corners = s.corners_at(flow, b, pixel.px, pixel.py);
-  const Box box = tile_box(corners, corner_cells(corners, in_width));
+  CornerCells cells = {};
+  if (pixel.px < s.out_width && pixel.py < out_height) {
+    corners = s.corners_at(flow, b, pixel.px, pixel.py);
+    cells = s.cells_at(flow, b, pixel.px, pixel.py);
+  }
+  const Box box = tile_box(corners, cells);
   if (threadIdx.x == 0) boxes[b * gridDim.x + blockIdx.x] = box;
 }
 
@@ -334,11 +341,12 @@ __device__ __forceinline__ acc_t* quadrant_slot(acc_t* partial, int64_t chunk, i
 }
 
 // Dynamic shared memory of backward_owner_kernel: the accumulator and the input tile, both
-// [channel][tile pixel], the compacted list of the walked tile's pixels and a count per warp.
+// [channel][tile pixel], the lists of met output tiles and of a walked tile's pixels, a count per warp.
 template <typename scalar_t>
 constexpr size_t owner_shared_bytes() {
   constexpr size_t channels = owner_channels(sizeof(scalar_t));
-  return channels * kThreads * (sizeof(acc_type<scalar_t>) + sizeof(scalar_t)) + (kThreads + kWarps) * sizeof(int);
+  constexpr size_t lists = (2 * kThreads + kWarps) * sizeof(int);
+  return channels * kThreads * (sizeof(acc_type<scalar_t>) + sizeof(scalar_t)) + lists;
 }
 
 // Which of output pixel (px, py)'s corners lie inside the image and in the input tile at (x0, y0):
@@ -355,11 +363,14 @@ struct OwnedCorners {
 
 template <typename acc_t>
 __device__ __forceinline__ OwnedCorners<acc_t> owned_corners(const Sampler<acc_t>& s, const acc_t* flow, int64_t b,
-                                                             int64_t out_height, const TilePixel& pixel, int in_width,
-                                                             int x0, int y0) {
+                                                             int64_t out_height, const TilePixel& pixel, int x0,
+                                                             int y0) {
   PixelCorners<acc_t> corners = {};  // no corner inside for a pixel beyond the border
-  if (pixel.px < s.out_width && pixel.py < out_height) corners = s.corners_at(flow, b, pixel.px, pixel.py);
-  const CornerCells cells = corner_cells(corners, in_width);
+  CornerCells cells = {};
+  if (pixel.px < s.out_width && pixel.py < out_height) {
+    corners = s.corners_at(flow, b, pixel.px, pixel.py);
+    cells = s.cells_at(flow, b, pixel.px, pixel.py);
+  }
   OwnedCorners<acc_t> owned;
   owned.any = false;
 #pragma unroll
@@ -377,6 +388,24 @@ __device__ __forceinline__ OwnedCorners<acc_t> owned_corners(const Sampler<acc_t
   return owned;
 }
 
+// Lists the threads whose `flag` is set, in thread order: list[i] = the index of the i-th; returns
+// their number. Every thread of the block calls it (two barriers: warp_counts, kWarps ints, and the
+// list may be rewritten at the next call).
+__device__ __forceinline__ int list_threads(bool flag, int* list, int* warp_counts) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const unsigned ballot = __ballot_sync(0xffffffffu, flag);
+  if (lane == 0) warp_counts[warp] = __popc(ballot);
+  __syncthreads();  // also: the previous list has been read
+  int count = 0, before = 0;
+  for (int w = 0; w < kWarps; ++w) {
+    before += w < warp ? warp_counts[w] : 0;
+    count += warp_counts[w];
+  }
+  if (flag) list[before + __popc(ballot & ((1u << lane) - 1u))] = threadIdx.x;
+  __syncthreads();  // the list is complete; warp_counts are read
+  return count;
+}
+
 // Phase 2 of the default backward: a block owns a kInputTileWidth x kInputTileHeight tile of input
 // pixels of image b and a chunk of owner_channels(sizeof(scalar_t)) channels; thread t holds tile
 // pixel t while it loads the tile's input values into shared memory and zeroes its accumulator, and
@@ -389,7 +418,7 @@ __device__ __forceinline__ OwnedCorners<acc_t> owned_corners(const Sampler<acc_t
 // (one owner block per (pixel, quadrant, chunk)). Every element of the tile's grad_input is stored
 // once, converted once to the input's dtype (zero where nothing lands).
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 3)
     backward_owner_kernel(const scalar_t* __restrict__ grad_output, const scalar_t* __restrict__ input,
                           const acc_t* __restrict__ flow, Sampler<acc_t> s, int64_t out_height, int64_t tiles_x,
                           int64_t tiles, const Box* __restrict__ boxes, int64_t channels, int in_height, int in_width,
@@ -398,8 +427,9 @@ __global__ void __launch_bounds__(kThreads)
   FASTSEG_DYNAMIC_SHARED(shared);
   acc_t* accumulator = reinterpret_cast<acc_t*>(shared);                // [channel][tile pixel]
   scalar_t* values = reinterpret_cast<scalar_t*>(accumulator + kChannels * kThreads);  // the input tile, same layout
-  int* listed = reinterpret_cast<int*>(values + kChannels * kThreads);  // [kThreads] output tile pixels
-  int* warp_counts = listed + kThreads;                                 // [kWarps]
+  int* met_tiles = reinterpret_cast<int*>(values + kChannels * kThreads);  // [kThreads] output tiles - first
+  int* listed = met_tiles + kThreads;                                      // [kThreads] output tile pixels
+  int* warp_counts = listed + kThreads;                                    // [kWarps]
   const int64_t b = blockIdx.z, chunk = blockIdx.y, c0 = chunk * kChannels;
   const int pass_channels = static_cast<int>(min(int64_t(kChannels), channels - c0));
   const int x0 = static_cast<int>(blockIdx.x % input_tiles_x) * kInputTileWidth;
@@ -412,45 +442,40 @@ __global__ void __launch_bounds__(kThreads)
     accumulator[j * kThreads + threadIdx.x] = acc_t(0);
     values[j * kThreads + threadIdx.x] = owns ? input[element + j * in_pixels] : convert<scalar_t>(acc_t(0));
   }
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  for (int64_t tile = 0; tile < tiles; ++tile) {
-    const Box box = boxes[b * tiles + tile];  // the same in every thread: uniform branch
-    if (box.width == 0 || box.x0 >= x0 + kInputTileWidth || box.x0 + box.width <= x0 ||
-        box.y0 >= y0 + kInputTileHeight || box.y0 + box.height <= y0) {
-      continue;
+  for (int64_t first = 0; first < tiles; first += kThreads) {  // kThreads output tiles' boxes at a time
+    bool meets = false;
+    if (first + threadIdx.x < tiles) {
+      const Box box = boxes[b * tiles + first + threadIdx.x];
+      meets = box.width > 0 && box.x0 < x0 + kInputTileWidth && box.x0 + box.width > x0 &&
+              box.y0 < y0 + kInputTileHeight && box.y0 + box.height > y0;
     }
-    const TilePixel own = tile_pixel(tile, tiles_x, threadIdx.x);
-    const bool any = owned_corners(s, flow, b, out_height, own, in_width, x0, y0).any;
-    const unsigned ballot = __ballot_sync(0xffffffffu, any);
-    if (lane == 0) warp_counts[warp] = __popc(ballot);
-    __syncthreads();  // also: the previous tile's list has been read; the first time, the tile is loaded
-    int count = 0, before = 0;
-    for (int w = 0; w < kWarps; ++w) {
-      before += w < warp ? warp_counts[w] : 0;
-      count += warp_counts[w];
-    }
-    if (any) listed[before + __popc(ballot & ((1u << lane) - 1u))] = threadIdx.x;
-    __syncthreads();  // the list is complete; warp_counts are read
-    if (static_cast<int>(threadIdx.x) >= count) continue;  // whole warps but the last
-    const TilePixel pixel = tile_pixel(tile, tiles_x, listed[threadIdx.x]);
-    const OwnedCorners<acc_t> owned = owned_corners(s, flow, b, out_height, pixel, in_width, x0, y0);
-    const int64_t p = pixel.py * s.out_width + pixel.px;
-    const scalar_t* grad = grad_output + (b * channels + c0) * s.out_pixels + p;  // channel c0, then + Po each
-    acc_t dx = acc_t(0), dy = acc_t(0);
-    for (int j = 0; j < pass_channels; ++j, grad += s.out_pixels) {
-      const acc_t g = convert<acc_t>(*grad);
+    // the first time, the barriers also order the tile's loads before the atomics
+    const int met = list_threads(meets, met_tiles, warp_counts);
+    for (int i = 0; i < met; ++i) {
+      const int64_t tile = first + met_tiles[i];
+      const TilePixel own = tile_pixel(tile, tiles_x, threadIdx.x);
+      const int count = list_threads(owned_corners(s, flow, b, out_height, own, x0, y0).any, listed, warp_counts);
+      if (static_cast<int>(threadIdx.x) >= count) continue;  // whole warps but the last
+      const TilePixel pixel = tile_pixel(tile, tiles_x, listed[threadIdx.x]);
+      const OwnedCorners<acc_t> owned = owned_corners(s, flow, b, out_height, pixel, x0, y0);
+      const int64_t p = pixel.py * s.out_width + pixel.px;
+      const scalar_t* grad = grad_output + (b * channels + c0) * s.out_pixels + p;  // channel c0, then + Po each
+      acc_t dx = acc_t(0), dy = acc_t(0);
+      for (int j = 0; j < pass_channels; ++j, grad += s.out_pixels) {
+        const acc_t g = convert<acc_t>(*grad);
 #pragma unroll
-      for (int k = 0; k < 4; ++k) {  // Eq. 1 differentiated
-        const int at = j * kThreads + owned.local[k];
-        const acc_t v = convert<acc_t>(values[at]);
-        dx += owned.grad_x[k] * v * g;
-        dy += owned.grad_y[k] * v * g;
-        atomicAdd(accumulator + at, owned.weight[k] * g);
+        for (int k = 0; k < 4; ++k) {  // Eq. 1 differentiated
+          const int at = j * kThreads + owned.local[k];
+          const acc_t v = convert<acc_t>(values[at]);
+          dx += owned.grad_x[k] * v * g;
+          dy += owned.grad_y[k] * v * g;
+          atomicAdd(accumulator + at, owned.weight[k] * g);
+        }
       }
+      acc_t* slot = quadrant_slot(partial, chunk, int64_t(gridDim.z), b, owned.quadrant, p, s.out_pixels);
+      slot[0] = dx;
+      slot[s.out_pixels] = dy;
     }
-    acc_t* slot = quadrant_slot(partial, chunk, int64_t(gridDim.z), b, owned.quadrant, p, s.out_pixels);
-    slot[0] = dx;
-    slot[s.out_pixels] = dy;
   }
   __syncthreads();
   for (int j = 0; owns && j < pass_channels; ++j) {
@@ -463,13 +488,13 @@ __global__ void __launch_bounds__(kThreads)
 // in the order chunk, quadrant.
 template <typename acc_t>
 __global__ void sum_quadrant_slots_kernel(const acc_t* __restrict__ partial, const acc_t* __restrict__ flow,
-                                          Sampler<acc_t> s, int64_t chunks, int64_t batch, int64_t in_width,
+                                          Sampler<acc_t> s, int64_t chunks, int64_t batch,
                                           acc_t* __restrict__ grad_flow) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < batch * s.out_pixels;
        i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t b = i / s.out_pixels, p = i - b * s.out_pixels;
-    const PixelCorners<acc_t> corners = s.corners(flow, b, p);
-    const CornerCells cells = corner_cells(corners, in_width);
+    const int64_t b = i / s.out_pixels, p = i - b * s.out_pixels, px = p % s.out_width, py = p / s.out_width;
+    const PixelCorners<acc_t> corners = s.corners_at(flow, b, px, py);
+    const CornerCells cells = s.cells_at(flow, b, px, py);
     const CornerQuadrants quadrants = corner_quadrants(corners, cells);
     unsigned written = 0;  // bit q: quadrant q holds an inside corner
 #pragma unroll
@@ -697,7 +722,7 @@ cudaError_t flow_warp_backward(const scalar_t* grad_output, const scalar_t* inpu
       const int64_t input_tiles = input_tiles_x * ceil_div(shape.in_height, kInputTileHeight);
       const int64_t chunks = owner_chunks(shape, sizeof(scalar_t));
       launch(tile_boxes_kernel<acc_t>, dim3(static_cast<unsigned>(tiles), grid.z), kThreads, 0, stream, flow, sampler,
-             shape.out_height, tiles_x, shape.in_width, boxes);
+             shape.out_height, tiles_x, boxes);
       const auto owner_kernel = backward_owner_kernel<scalar_t, acc_t>;
       cudaError_t error = allow_shared(owner_kernel, owner_shared_bytes<scalar_t>());
       if (error != cudaSuccess) return error;
@@ -707,7 +732,7 @@ cudaError_t flow_warp_backward(const scalar_t* grad_output, const scalar_t* inpu
              static_cast<int>(shape.in_height), static_cast<int>(shape.in_width), static_cast<int>(input_tiles_x),
              grad_input, partial);
       launch(sum_quadrant_slots_kernel<acc_t>, stride_blocks(shape.batch * out_pixels), kThreads, 0, stream, partial,
-             flow, sampler, chunks, shape.batch, shape.in_width, grad_flow);
+             flow, sampler, chunks, shape.batch, grad_flow);
     }
   }
   if (input_count > 0 && splat && deterministic) {

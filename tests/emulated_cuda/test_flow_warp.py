@@ -251,6 +251,16 @@ def test_owner_tiles_dtypes(emulated, dtype):
     _check(emulated, input, flow.to(coord), "zeros", True, deterministic=False)
 
 
+def test_owner_tiles_beyond_one_box_scan(emulated):
+    """An image of 9 x 33 = 297 output tiles: an owner block tests the boxes of 256 output tiles at a time,
+    so the tiles past the first 256 come from its second scan."""
+    batch, channels, in_h, in_w = 1, 3, 72, 1056
+    flow = _smooth_flow(batch, (in_h, in_w), (in_h, in_w), True, amplitude=1.0)
+    assert -(-in_h // TILE[0]) * -(-in_w // TILE[1]) > 256
+    input = torch.randn(batch, channels, in_h, in_w)
+    _check(emulated, input, flow, "border", True, deterministic=False)
+
+
 @pytest.mark.parametrize("padding", ["zeros", "border"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_grad_input_written_where_nothing_lands(emulated, dtype, padding):
