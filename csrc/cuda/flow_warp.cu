@@ -460,17 +460,29 @@ __global__ void __launch_bounds__(kThreads, 3)
       const OwnedCorners<acc_t> owned = owned_corners(s, flow, b, out_height, pixel, x0, y0);
       const int64_t p = pixel.py * s.out_width + pixel.px;
       const scalar_t* grad = grad_output + (b * channels + c0) * s.out_pixels + p;  // channel c0, then + Po each
-      acc_t dx = acc_t(0), dy = acc_t(0);
-      for (int j = 0; j < pass_channels; ++j, grad += s.out_pixels) {
-        const acc_t g = convert<acc_t>(*grad);
+      acc_t* sums[4];  // corner k's accumulator element of channel c0, then + kThreads each
+      const scalar_t* value_at[4];
+      acc_t products[4] = {};  // sum over the channels of grad * input value at corner k
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        sums[k] = accumulator + owned.local[k];
+        value_at[k] = values + owned.local[k];
+      }
+#pragma unroll  // constant shared-memory offsets
+      for (int j = 0; j < kChannels; ++j) {
+        if (j == pass_channels) break;
+        const acc_t g = convert<acc_t>(grad[j * s.out_pixels]);
 #pragma unroll
         for (int k = 0; k < 4; ++k) {  // Eq. 1 differentiated
-          const int at = j * kThreads + owned.local[k];
-          const acc_t v = convert<acc_t>(values[at]);
-          dx += owned.grad_x[k] * v * g;
-          dy += owned.grad_y[k] * v * g;
-          atomicAdd(accumulator + at, owned.weight[k] * g);
+          products[k] += convert<acc_t>(value_at[k][j * kThreads]) * g;
+          atomicAdd(sums[k] + j * kThreads, owned.weight[k] * g);
         }
+      }
+      acc_t dx = acc_t(0), dy = acc_t(0);
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        dx += owned.grad_x[k] * products[k];
+        dy += owned.grad_y[k] * products[k];
       }
       acc_t* slot = quadrant_slot(partial, chunk, int64_t(gridDim.z), b, owned.quadrant, p, s.out_pixels);
       slot[0] = dx;
