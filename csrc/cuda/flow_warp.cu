@@ -131,6 +131,8 @@ constexpr int kInputTileHeight = kThreads / kInputTileWidth;
 // Channels per owner block: 32 (16 fp64); its accumulator (acc_t) and input values (scalar_t) per
 // input tile pixel take 64 KB of dynamic shared memory for fp32/fp64, 48 KB for fp16/bf16.
 constexpr int owner_channels(size_t element_size) { return element_size == sizeof(double) ? 16 : 32; }
+// Channels whose global loads (input values, grad) a thread issues together before using them.
+constexpr int kBatch = 8;
 constexpr int kNoCorner = 0x7fffffff;  // min() identity of the box reduction
 
 // Fixed-point units per unit of gradient for a plane whose |grad_output| sums to `norm` (finite).
@@ -438,9 +440,20 @@ __global__ void __launch_bounds__(kThreads, 3)
   const bool owns = ix < in_width && iy < in_height;  // tiles cut by the image border
   const int64_t in_pixels = int64_t(in_height) * in_width;
   const int64_t element = (b * channels + c0) * in_pixels + int64_t(iy) * in_width + ix;  // channel c0
-  for (int j = 0; j < pass_channels; ++j) {
-    accumulator[j * kThreads + threadIdx.x] = acc_t(0);
-    values[j * kThreads + threadIdx.x] = owns ? input[element + j * in_pixels] : convert<scalar_t>(acc_t(0));
+  const scalar_t* in = input + element;  // channel c0, then + in_pixels each (read only where owns)
+#pragma unroll
+  for (int j0 = 0; j0 < kChannels; j0 += kBatch) {
+    if (j0 >= pass_channels) break;
+    scalar_t batch[kBatch];  // the batch's loads in flight together
+#pragma unroll
+    for (int i = 0; i < kBatch; ++i, in += in_pixels) {
+      batch[i] = owns && j0 + i < pass_channels ? *in : convert<scalar_t>(acc_t(0));
+    }
+#pragma unroll
+    for (int i = 0; i < kBatch; ++i) {
+      accumulator[(j0 + i) * kThreads + threadIdx.x] = acc_t(0);  // channels past pass_channels: unused
+      values[(j0 + i) * kThreads + threadIdx.x] = batch[i];
+    }
   }
   for (int64_t first = 0; first < tiles; first += kThreads) {  // kThreads output tiles' boxes at a time
     bool meets = false;
@@ -469,13 +482,22 @@ __global__ void __launch_bounds__(kThreads, 3)
         value_at[k] = values + owned.local[k];
       }
 #pragma unroll  // constant shared-memory offsets
-      for (int j = 0; j < kChannels; ++j) {
-        if (j == pass_channels) break;
-        const acc_t g = convert<acc_t>(grad[j * s.out_pixels]);
+      for (int j0 = 0; j0 < kChannels; j0 += kBatch) {
+        if (j0 >= pass_channels) break;
+        acc_t g[kBatch];  // the batch's grad loads in flight together
 #pragma unroll
-        for (int k = 0; k < 4; ++k) {  // Eq. 1 differentiated
-          products[k] += convert<acc_t>(value_at[k][j * kThreads]) * g;
-          atomicAdd(sums[k] + j * kThreads, owned.weight[k] * g);
+        for (int i = 0; i < kBatch; ++i, grad += s.out_pixels) {
+          g[i] = j0 + i < pass_channels ? convert<acc_t>(*grad) : acc_t(0);
+        }
+#pragma unroll
+        for (int i = 0; i < kBatch; ++i) {
+          const int j = j0 + i;
+          if (j == pass_channels) break;
+#pragma unroll
+          for (int k = 0; k < 4; ++k) {  // Eq. 1 differentiated
+            products[k] += convert<acc_t>(value_at[k][j * kThreads]) * g[i];
+            atomicAdd(sums[k] + j * kThreads, owned.weight[k] * g[i]);
+          }
         }
       }
       acc_t dx = acc_t(0), dy = acc_t(0);
@@ -490,8 +512,12 @@ __global__ void __launch_bounds__(kThreads, 3)
     }
   }
   __syncthreads();
-  for (int j = 0; owns && j < pass_channels; ++j) {
-    grad_input[element + j * in_pixels] = convert<scalar_t>(accumulator[j * kThreads + threadIdx.x]);
+  if (!owns) return;
+  scalar_t* out = grad_input + element;
+#pragma unroll
+  for (int j = 0; j < kChannels; ++j, out += in_pixels) {
+    if (j == pass_channels) break;
+    *out = convert<scalar_t>(accumulator[j * kThreads + threadIdx.x]);
   }
 }
 
