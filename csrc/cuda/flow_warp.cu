@@ -246,6 +246,12 @@ __device__ __forceinline__ void store_partial(acc_t* __restrict__ partial, int64
 // (width 0) when none is inside.
 struct Box {
   int x0, y0, width, height;
+
+  // Whether the box meets the input tile whose first column and row are x0, y0.
+  __device__ __forceinline__ bool meets_input_tile(int tile_x0, int tile_y0) const {
+    return width > 0 && x0 < tile_x0 + kInputTileWidth && x0 + width > tile_x0 && y0 < tile_y0 + kInputTileHeight &&
+           y0 + height > tile_y0;
+  }
 };
 
 __device__ __forceinline__ int warp_min(int value) {
@@ -254,10 +260,17 @@ __device__ __forceinline__ int warp_min(int value) {
   return value;
 }
 
+// Box of the bounds x0, y0, -x1, -y1 (kNoCorner when no corner).
+__device__ __forceinline__ Box bounded_box(const int bounds[4]) {
+  if (bounds[0] == kNoCorner) return {0, 0, 0, 0};
+  return {bounds[0], bounds[1], -bounds[2] - bounds[0] + 1, -bounds[3] - bounds[1] + 1};
+}
+
 // The block's box: min and max (as min of the negation) of the inside corners' columns and rows,
-// reduced in each warp, then across the warps through shared memory. Every thread gets the box.
+// reduced in each warp (its box, to warp_box), then across the warps through shared memory. Every
+// thread gets the box.
 template <typename acc_t>
-__device__ Box tile_box(const PixelCorners<acc_t>& corners, const CornerCells& cells) {
+__device__ Box tile_box(const PixelCorners<acc_t>& corners, const CornerCells& cells, Box& warp_box) {
   __shared__ int warp_bounds[kWarps][4];
   int bounds[4] = {kNoCorner, kNoCorner, kNoCorner, kNoCorner};  // x0, y0, -x1, -y1
 #pragma unroll
@@ -270,6 +283,7 @@ __device__ Box tile_box(const PixelCorners<acc_t>& corners, const CornerCells& c
   }
 #pragma unroll
   for (int i = 0; i < 4; ++i) bounds[i] = warp_min(bounds[i]);
+  warp_box = bounded_box(bounds);
   if (threadIdx.x % 32 == 0) {
 #pragma unroll
     for (int i = 0; i < 4; ++i) warp_bounds[threadIdx.x / 32][i] = bounds[i];
@@ -279,8 +293,7 @@ __device__ Box tile_box(const PixelCorners<acc_t>& corners, const CornerCells& c
 #pragma unroll
     for (int i = 0; i < 4; ++i) bounds[i] = min(bounds[i], warp_bounds[warp][i]);
   }
-  if (bounds[0] == kNoCorner) return {0, 0, 0, 0};
-  return {bounds[0], bounds[1], -bounds[2] - bounds[0] + 1, -bounds[3] - bounds[1] + 1};
+  return bounded_box(bounds);
 }
 
 // Output pixel (px, py) at index t (row-major) of output tile `tile` (row-major, tiles_x per row).
@@ -293,11 +306,12 @@ __device__ __forceinline__ TilePixel tile_pixel(int64_t tile, int64_t tiles_x, i
 }
 
 // Phase 1 of the default backward: boxes[b * tiles + tile] = the input box of the inside corners of
-// output tile `tile` of image b (empty when none), one block per (tile, image).
+// output tile `tile` of image b (empty when none), and row_boxes[(b * tiles + tile) * kWarps + r]
+// that of its row r (a warp's pixels); one block per (tile, image).
 template <typename acc_t>
 __global__ void __launch_bounds__(kThreads)
     tile_boxes_kernel(const acc_t* __restrict__ flow, Sampler<acc_t> s, int64_t out_height, int64_t tiles_x,
-                      Box* __restrict__ boxes) {
+                      Box* __restrict__ boxes, Box* __restrict__ row_boxes) {
   const int64_t b = blockIdx.y;
   const TilePixel pixel = tile_pixel(blockIdx.x, tiles_x, threadIdx.x);
   PixelCorners<acc_t> corners = {};  // no corner inside for a thread beyond the border
@@ -306,8 +320,11 @@ __global__ void __launch_bounds__(kThreads)
     corners = s.corners_at(flow, b, pixel.px, pixel.py);
     cells = s.cells_at(flow, b, pixel.px, pixel.py);
   }
-  const Box box = tile_box(corners, cells);
-  if (threadIdx.x == 0) boxes[b * gridDim.x + blockIdx.x] = box;
+  Box row_box;
+  const Box box = tile_box(corners, cells, row_box);
+  const int64_t tile = b * gridDim.x + blockIdx.x;
+  if (threadIdx.x == 0) boxes[tile] = box;
+  if (threadIdx.x % 32 == 0) row_boxes[tile * kWarps + threadIdx.x / 32] = row_box;
 }
 
 // The input tiles a pixel's inside corners lie in span at most 2 x 2; quadrant_of(k) numbers corner k's
@@ -423,7 +440,8 @@ template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads, 3)
     backward_owner_kernel(const scalar_t* __restrict__ grad_output, const scalar_t* __restrict__ input,
                           const acc_t* __restrict__ flow, Sampler<acc_t> s, int64_t out_height, int64_t tiles_x,
-                          int64_t tiles, const Box* __restrict__ boxes, int64_t channels, int in_height, int in_width,
+                          int64_t tiles, const Box* __restrict__ boxes, const Box* __restrict__ row_boxes,
+                          int64_t channels, int in_height, int in_width,
                           int input_tiles_x, scalar_t* __restrict__ grad_input, acc_t* __restrict__ partial) {
   constexpr int kChannels = owner_channels(sizeof(scalar_t));
   FASTSEG_DYNAMIC_SHARED(shared);
@@ -458,16 +476,17 @@ __global__ void __launch_bounds__(kThreads, 3)
   for (int64_t first = 0; first < tiles; first += kThreads) {  // kThreads output tiles' boxes at a time
     bool meets = false;
     if (first + threadIdx.x < tiles) {
-      const Box box = boxes[b * tiles + first + threadIdx.x];
-      meets = box.width > 0 && box.x0 < x0 + kInputTileWidth && box.x0 + box.width > x0 &&
-              box.y0 < y0 + kInputTileHeight && box.y0 + box.height > y0;
+      meets = boxes[b * tiles + first + threadIdx.x].meets_input_tile(x0, y0);
     }
     // the first time, the barriers also order the tile's loads before the atomics
     const int met = list_threads(meets, met_tiles, warp_counts);
     for (int i = 0; i < met; ++i) {
       const int64_t tile = first + met_tiles[i];
+      // a row (warp) whose box misses the input tile computes no corners
+      const bool row_meets = row_boxes[(b * tiles + tile) * kWarps + threadIdx.x / 32].meets_input_tile(x0, y0);
       const TilePixel own = tile_pixel(tile, tiles_x, threadIdx.x);
-      const int count = list_threads(owned_corners(s, flow, b, out_height, own, x0, y0).any, listed, warp_counts);
+      const bool any = row_meets && owned_corners(s, flow, b, out_height, own, x0, y0).any;
+      const int count = list_threads(any, listed, warp_counts);
       if (static_cast<int>(threadIdx.x) >= count) continue;  // whole warps but the last
       const TilePixel pixel = tile_pixel(tile, tiles_x, listed[threadIdx.x]);
       const OwnedCorners<acc_t> owned = owned_corners(s, flow, b, out_height, pixel, x0, y0);
@@ -680,7 +699,7 @@ cudaError_t flow_warp_forward(const scalar_t* input, const coord_t<scalar_t>* fl
 // so that they are 8-byte aligned) and its fp32 grad_input accumulator for the planes of non-finite
 // norm (fp16/bf16 only), the per-chunk flow gradients (the deterministic path: per pixel; the default
 // one: per pixel and quadrant, quadrant_slot), the deterministic path's plane norms, and the default
-// path's output tile boxes.
+// path's output tile boxes, then their rows' boxes (kWarps per tile).
 struct BackwardWorkspace {
   size_t fixed, accumulator, partial, norms, boxes;
 };
@@ -703,7 +722,8 @@ BackwardWorkspace backward_workspace(const FlowWarpShape& shape, size_t element_
     return {input_count, half ? input_count : 0, size_t(chunks) * 2 * per_pixel, size_t(shape.batch * shape.channels),
             0};
   }
-  return {0, 0, size_t(owner_chunks(shape, element_size)) * 8 * per_pixel, 0, size_t(shape.batch * tile_count(shape))};
+  return {0, 0, size_t(owner_chunks(shape, element_size)) * 8 * per_pixel, 0,
+          size_t(shape.batch * tile_count(shape)) * (1 + kWarps)};
 }
 
 size_t flow_warp_backward_workspace(const FlowWarpShape& shape, size_t element_size, bool deterministic) {
@@ -729,7 +749,7 @@ cudaError_t flow_warp_backward(const scalar_t* grad_output, const scalar_t* inpu
   acc_t* grad_acc = reinterpret_cast<acc_t*>(fixed + counts.fixed);
   acc_t* partial = grad_acc + counts.accumulator;
   acc_t* norms = partial + counts.partial;
-  Box* boxes = reinterpret_cast<Box*>(norms + counts.norms);
+  Box* boxes = reinterpret_cast<Box*>(norms + counts.norms);  // then the row boxes
   if constexpr (accumulates_in_place<scalar_t>()) grad_acc = reinterpret_cast<acc_t*>(grad_input);
   const bool splat = shape.channels > 0 && flow_count > 0;
   if (!splat) {
@@ -760,15 +780,14 @@ cudaError_t flow_warp_backward(const scalar_t* grad_output, const scalar_t* inpu
       const int64_t input_tiles = input_tiles_x * ceil_div(shape.in_height, kInputTileHeight);
       const int64_t chunks = owner_chunks(shape, sizeof(scalar_t));
       launch(tile_boxes_kernel<acc_t>, dim3(static_cast<unsigned>(tiles), grid.z), kThreads, 0, stream, flow, sampler,
-             shape.out_height, tiles_x, boxes);
+             shape.out_height, tiles_x, boxes, boxes + grid.z * tiles);
       const auto owner_kernel = backward_owner_kernel<scalar_t, acc_t>;
       cudaError_t error = allow_shared(owner_kernel, owner_shared_bytes<scalar_t>());
       if (error != cudaSuccess) return error;
       launch(owner_kernel, dim3(static_cast<unsigned>(input_tiles), static_cast<unsigned>(chunks), grid.z), kThreads,
-             owner_shared_bytes<scalar_t>(), stream,
-             grad_output, input, flow, sampler, shape.out_height, tiles_x, tiles, boxes, shape.channels,
-             static_cast<int>(shape.in_height), static_cast<int>(shape.in_width), static_cast<int>(input_tiles_x),
-             grad_input, partial);
+             owner_shared_bytes<scalar_t>(), stream, grad_output, input, flow, sampler, shape.out_height, tiles_x,
+             tiles, boxes, boxes + grid.z * tiles, shape.channels, static_cast<int>(shape.in_height),
+             static_cast<int>(shape.in_width), static_cast<int>(input_tiles_x), grad_input, partial);
       launch(sum_quadrant_slots_kernel<acc_t>, stride_blocks(shape.batch * out_pixels), kThreads, 0, stream, partial,
              flow, sampler, chunks, shape.batch, grad_flow);
     }
