@@ -3,95 +3,96 @@
 // Forward: one thread per (image, output pixel, chunk of channels) computes the pixel's corners
 // once (csrc/flow_warp_sampling.h) and gathers its channels; consecutive threads are consecutive
 // pixels, so grad/outputs are coalesced and the corner reads mostly so.
-// Backward: grad_flow is a sum over channels: each chunk of channels writes its partial sum to its
-// own slot and a second kernel adds the slots in order, so grad_flow is deterministic without
-// atomics. grad_input is a bilinear splat. By default (backward_tiles_kernel) a block owns a 32x8
-// tile of output pixels (a warp per row) and a chunk of 32 channels; it reduces the bounding box of
-// its pixels' inside corners (warp shuffles, then across the 8 warps) and, when the box has at most
-// 1024 pixels (4 per tile pixel: the flush then never issues more global atomics than the direct
-// splat), splats weight * grad into a shared fp32 (fp64) accumulator with shared-memory atomics,
-// as many channels' boxes per pass as fit in 4096 elements (16 KB fp32, 32 KB fp64; >= 4 channels),
-// then flushes the box straight into grad_input (zeroed, in the input's dtype): one global atomicAdd
-// per (box pixel, channel) for fp32/fp64; for fp16/bf16 one per aligned pair of adjacent pixels of a
-// box row (__half2 / __nv_bfloat162 atomics, native on sm_90; a row's odd first or last pixel takes
-// a scalar 16-bit atomic), consecutive threads on consecutive columns (pairs), skipping units that
-// are exactly +0 (nothing reached them; adding +0 changes nothing). A tile whose box is larger
-// (large or wild flow) or empty adds each corner to grad_input with its own global atomic, as
-// before, for fp32/fp64; for fp16/bf16 (where each such atomic would round) it leaves its splat to
-// backward_deferred_kernel: a block per window of 1024 consecutive input elements and chunk of
-// channels walks the image's deferred tiles, splats the corners that land in its window into shared
-// fp32 and flushes the window once, with the same 16-bit atomics. Only the order of the additions
-// (and for fp16/bf16 the roundings) differs between the paths. With deterministic=true one thread
-// per (output pixel, chunk) adds fixed-point int64 values instead: a first kernel sums
-// |grad_output| over each (image, channel) plane in a fixed order, and a contribution w * g is
-// added as llrint(w * g * 2^61 / that sum). A plane's total stays below 2^61 in magnitude (the
-// weights of an output pixel sum to at most 1) plus the roundings, and integer addition is
-// associative, so the sum has the same bits in any order; each contribution keeps acc_t's relative
-// precision (better than float atomics, which round every partial sum). A last kernel divides by
-// the scale (and rounds once to fp16/bf16). Planes whose sum is not finite (inf/NaN in grad_output)
-// are splatted instead by one thread per plane in pixel order, with IEEE semantics (into an fp32
-// workspace plane for fp16/bf16).
-// fp16/bf16 rounding (atomic path): the tile's sums stay fp32; each flush rounds the tile's sum once
-// to the 16-bit type and the atomic rounds the new total once (to nearest even; exact for the first
-// flush into +0), so an element flushed k times carries at most 2k - 1 roundings of 16-bit
-// half-ulps of partial sums; k is at most the number of tiles whose boxes hold it, plus one for all
-// deferred tiles together (bench's flow defers none: 1.6 on average and at most 5 at 104 and 208,
-// 2.5 and at most 8 at 52->104, whose input is 4x smaller). Before, one fp32 buffer took every
-// tile's sum and was rounded once. (Deferred tiles keep that bound; adding their corners with one
-// 16-bit atomic each, two roundings per corner, reached the fp16/bf16 test tolerances.)
+// Backward: grad_flow is a sum over channels: each chunk of channels writes partial sums to its own
+// slots and a last kernel adds the slots in a fixed order, so grad_flow is deterministic without
+// atomics. grad_input is a bilinear splat; by default the input pixels own it, in three kernels:
+//   1. tile_boxes_kernel, a block per (image, 32x8 output tile): the input box of the inside corners
+//      of its pixels (padding modes map the corners first) and of each of its 8 rows (warp
+//      shuffles, then across the warps), empty when none.
+//   2. backward_owner_kernel, a block per (image, 32x8 tile of input pixels, chunk of 32 channels, 16
+//      fp64): it loads the tile's input values into shared memory and zeroes a shared fp32 (fp64)
+//      accumulator (64 KB fp32/fp64, 48 KB fp16/bf16, + 2 KB of lists), tests 256 output tiles'
+//      boxes at a time against its tile (one per thread), lists those that meet it and walks them in
+//      order. In a walked tile thread t takes output pixel t: a row (warp) whose box misses the input
+//      tile stops there, the others compute their corners; the pixels with a corner in the tile are
+//      listed densely (ballots and a count per warp, two barriers), and the first threads take one
+//      each, recompute its corners and, for each channel, add weight * grad (Eq. 1) at its corners in
+//      the tile with shared-memory atomics (a corner elsewhere adds +0 at the thread's own tile pixel,
+//      so that every lane runs the same code) and accumulate sum_c grad * value per corner;
+//      d(weight)/d(flow) times those sums is the pixel's grad_flow term from this tile, written to the
+//      slot of the tile's quadrant among the (at most 2 x 2) input tiles its corners lie in. Last,
+//      the block stores its tile of grad_input: every element once, converted once to the input's
+//      dtype, zero where nothing landed. So no memset, no global atomics, no 16-bit atomics, no
+//      deferred kernel, in any flow; fp16/bf16 elements are rounded once (of their fp32 sum).
+//   3. sum_quadrant_slots_kernel: per output pixel, the slots of the quadrants that hold one of its
+//      inside corners (recomputed: a slot no block owns is neither written nor read), in the order
+//      chunk, quadrant.
+// Only the order of the shared-memory additions (grad_input) depends on the thread timing.
+// With deterministic=true one thread per (output pixel, chunk of 32 channels) adds fixed-point int64
+// values instead: a first kernel sums |grad_output| over each (image, channel) plane in a fixed
+// order, and a contribution w * g is added as llrint(w * g * 2^61 / that sum). A plane's total stays
+// below 2^61 in magnitude (the weights of an output pixel sum to at most 1) plus the roundings, and
+// integer addition is associative, so the sum has the same bits in any order; each contribution
+// keeps acc_t's relative precision (better than float atomics, which round every partial sum). A
+// last kernel divides by the scale (and rounds once to fp16/bf16). Planes whose sum is not finite
+// (inf/NaN in grad_output) are splatted instead by one thread per plane in pixel order, with IEEE
+// semantics (into an fp32 workspace plane for fp16/bf16).
 //
 // Cost model at the GPU shapes of bench/bench_flow_warp.py (forward+backward, B=8, C=256, its smooth
-// flow; H200: 4.8 TB/s HBM, taken at 80% = 3.84 TB/s, 50 MB L2, 132 SMs at 1.98 GHz, 67 TFLOP/s
-// fp32, 989 TFLOP/s dense bf16, ~3 us per dependent launch). The floor is max(bytes / bandwidth,
-// FLOPs / peak) of the benchmark's byte and FLOP counts (5 passes over the features); the
-// prediction is this design's, derived below. bench/report.py reads the `predicted H200` lines (the
-// one place these numbers live) into the "predicted" column of bench/RESULTS.md.
-// Global atomics per (output pixel, channel): 4 before (one per corner, scattered); now flush atomics
-// / tile pixels, measured on bench's flow (3 seeds, all tiles of 8 images). fp32, one per box pixel:
-// 1.63 at 104x104 (boxes ~27x12, the last tile column is 8 wide), 1.44 at 208x208 (~31x11), 0.61 at
-// 52->104 (~15x8). bf16, one per word of a box row ((parity of its first element + width + 1) / 2
-// per row, 0.51-0.53 of the pixels): 0.84, 0.74, 0.32. No tile's box exceeded 756 pixels, so no
-// tile falls back. Taken at ~400 G atomics/s whatever their width (the rate assumed before for
-// scattered ones; a bf16x2 atomic is one 32-bit L2 atomic operation like an fp32 one, and a scalar
-// bf16 head or tail one is counted the same; coalesced rows of 32 may go faster, not counted):
-// 91 / 319 / 34 us fp32 and 47 / 164 / 18 us bf16 at 104 / 208 / 52->104.
-// Shared-memory atomics: 4 per (output pixel, channel). PTX atom.shared.add.f32 (SASS may be a
-// load / add / compare-and-swap loop): with the grad and 4 input loads, ~13 load/store-unit warp
-// instructions per 32 (pixel, channel) at one per clock per SM: 22.2M pixel-channels at 104 -> 34
-// us, x1.2 for lanes of a warp that hit the same box pixel at equal sizes (40 us; 160 us at 208),
-// x1.5 at 52->104, where neighbouring lanes share their corners (50 us). The same for bf16 (the
-// accumulator stays fp32).
-// DRAM per phase (fp32, 104: 88.6 MB per feature tensor): forward reads input, writes output (177
-// MB, 46 us); memset of grad_input (23 us); tile kernel reads grad and input and, grad_input being
-// larger than L2, reads and writes back the accumulated grad_input (4 x 88.6 + 5.5 MB partials, 94
-// us); chunk sums (2 us). bf16 halves every feature tensor, grad_input included: the flush adds into
-// it, with no fp32 buffer (its memset, 4 B/element, and its 8 B/element read-modify-write) and no
-// convert pass (4 B read + 2 B write per element, and a launch). Its 44.3 MB grad_input at 104 would
-// fit the L2 alone, but grad and input stream through it: counted through DRAM (4 x 44.3 + 5.5 MB,
-// 48 us). The deferred kernel finds no deferred tile (704 / 2752 / 192 blocks, each thread reading
-// the image's 52 / 182 / 52 tile marks: ~1-2 us). 4 launches (5 for bf16: the deferred kernel, where
-// the convert pass was), 3 us each.
-// Per shape, tile kernel = max(DRAM, global atomics, shared/LSU), then the sum of the phases:
-//   decouple-104 fp32: 46 + 23 + max(94, 91, 40) + 2 + 12 = 177 us (1.9x the floor: the grad_input
-//     read-modify-write through DRAM and the flush atomics, ~92 us each)
-//   decouple-104 bf16: 23 + 12 + max(48, 47, 40) + 1 (deferred) + 2 + 15 = 101 us (2.1x; with the
-//     fp32 buffer it was 23 + 23 + max(71, 91, 40) + 35 (convert) + 2 + 15 = 189 us)
-//   decouple-208 fp32: 185 + 92 + max(375, 319, 160) + 6 + 12 = 670 us (1.8x)
-//   decouple-208 bf16: 92 + 46 + max(190, 164, 160) + 2 + 6 + 15 = 351 us (1.9x; was
-//     92 + 92 + max(283, 319, 160) + 138 + 6 + 15 = 662 us)
-//   sfnet-52to104 fp32: 29 + 6 + max(42, 34, 50) + 2 + 12 = 99 us (1.9x, shared atomics / LSU)
-//   sfnet-52to104 bf16: 14 + 3 + max(22, 18, 50) + 1 + 2 + 15 = 85 us (3.3x, shared atomics / LSU;
-//     was 14 + 6 + max(27, 34, 50) + 9 + 2 + 15 = 96 us)
-// The direct splat, counted the same way: 304 / 1181 / 344 us fp32 at 104 / 208 / 52->104 (the
-// earlier lines, 0.234 / 0.898 / 0.307 ms, counted only its atomics and launches). Still above 1.5x
-// of the floor: the floor has 5 feature passes, this design 8 with the memset and the grad_input
-// read-modify-write, and at 52->104 the shared-memory atomics, which do not shrink with the dtype,
-// bound the tile kernel.
-// A flow that defers every tile (not benchmarked): each window's block walks every output pixel for
-// every channel, windows x B x C x Ho x Wo corner tests and (L2) grad reads, quadratic in the image:
-// 104 bf16, 11 x 22.2M x ~15 instructions at 33 T lane-instructions/s ~ 110 us plus 11 x 44 MB of
-// L2 reads, about the direct splat's 4 x 22.2M atomics (221 us); at 208 (43 windows, 4x the pixels)
-// ~16x that, ~2x the direct splat's 886 us.
+// flow, border padding, align_corners; H200: 4.8 TB/s HBM, taken at 80% = 3.84 TB/s, 50 MB L2, 132
+// SMs at 1.98 GHz, 67 TFLOP/s fp32, 989 TFLOP/s dense bf16, ~3 us per dependent launch). The floor is
+// max(bytes / bandwidth, FLOPs / peak) of the benchmark's byte and FLOP counts (5 passes over the
+// features); the prediction is this design's, derived below. bench/report.py reads the `predicted
+// H200` lines (the one place these numbers live) into the "predicted" column of bench/RESULTS.md.
+// Rates: load/store-unit (LSU) warp instructions at one per clock per SM (shared loads, shared CAS,
+// global loads; as the earlier model), and, counted here for the first time, issue at 4 warp
+// instructions per clock per SM (1.05 T/s). Instruction counts are SASS (nvcc 12, sm_90) of the
+// fp32 / bf16 instantiations; statistics of bench's flow are counted in Python (3 seeds, 8 images):
+//   D, warps of the dense lists per output row of 32 (a pixel with corners in two tiles is listed by
+//     both; lists round up to warps): 1.24 / 1.38 / 1.06 at 104 / 208 / 52->104;
+//   P, input tiles an output tile's box meets (walked pairs): 4.87 / 4.71 / 2.55; R, walked rows whose
+//     row box meets the input tile, per output row: 2.63 / 2.60 / 1.92; slots written per pixel and
+//     chunk: 1.15 / 1.15 / 1.14.
+// Owner kernel per (image, chunk of 32 channels), in issued / LSU warp instructions:
+//   channel loop, per listed warp and channel: 48.3 / 53.8 issued (a grad load per channel, batches
+//     of 8 in flight; per corner a shared load of the value, FFMA, FMUL, the CAS loop's shared load,
+//     FADD, CAS, test, branch), 13 LSU; a CAS that loses to another lane of the warp retries (5
+//     issued, 2 LSU): taken as 20% of the corner updates at equal sizes (the earlier model's x1.2),
+//     all of them at 52->104, where two neighbouring pixels share each cell;
+//   walked pair: 122 issued per row (tile origin, row box, list) and 124 more per row whose box meets
+//     (its corners), ~9 LSU per row; listed warp: 330 issued (corners again, slot stores), 6 LSU;
+//   block: load and zero (10 issued, 3 LSU per warp and channel), store (6, 2), box scan (~60 per warp).
+// Per shape (fp32 | bf16), issue = loop + pass 1 + pass 2 + load/store:
+//   104: 53 | 58 + 23 + 10 + 15 = 101 | 107 us issue; LSU 81 us (loop 59); DRAM 71 | 36 us (input
+//     and grad read once, grad_input written once, slots 6.4 MB: 272 | 139 MB); 3328 blocks at 3 per
+//     SM (8.4 waves, x1.07) -> 109 | 114 us;
+//   208: 206 | 227 + 80 + 41 + 51 = 377 | 399 us; LSU 306; DRAM 284 | 145 (1089 | 557 MB) -> x1.02:
+//     384 | 407 us;
+//   52->104: 59 | 64 + 14 + 9 + 4 = 86 | 91 us; LSU 81 (loop 73, the CAS retries); DRAM 36 | 19 ->
+//     896 blocks, 2.26 waves (x1.33) -> 114 | 120 us.
+// The grad re-reads of overlapping walks (D x grad) come from L2 (110 MB at 104 fp32), and so do the
+// flow reads (each walked row twice). Tile boxes: a flow read (0.2-0.7 us); slot sums: read the
+// written slots and the flow, write grad_flow (2.2 / 8.8 / 2.2 us); forward: read input, write
+// output (46 | 23, 185 | 92, 29 | 14 us); 4 launches (forward, boxes, owner, sums), 12 us.
+//   decouple-104 fp32: 46 + 0.2 + 109 + 2.2 + 12 = 169 us (1.8x the floor: issue, then LSU)
+//   decouple-104 bf16: 23 + 0.2 + 114 + 2.2 + 12 = 152 us (3.2x: the same issue, half the bytes)
+//   decouple-208 fp32: 185 + 0.7 + 384 + 8.8 + 12 = 591 us (1.6x)
+//   decouple-208 bf16: 92 + 0.7 + 407 + 8.8 + 12 = 520 us (2.8x)
+//   sfnet-52to104 fp32: 29 + 0.2 + 114 + 2.2 + 12 = 157 us (3.1x: issue and LSU, and the last wave)
+//   sfnet-52to104 bf16: 14 + 0.2 + 120 + 2.2 + 12 = 149 us (5.7x)
+// DRAM now takes the floor's 5 feature passes (the output-tile design took 8: a memset and a
+// read-modify-write of grad_input); what bounds the owner kernel is issue and the shared-memory
+// atomics. The earlier predictions (0.177 / 0.101 / 0.670 / 0.351 / 0.099 / 0.085 ms) counted no
+// issue: its splat loop issued 129 / 130 instructions per warp and channel (SASS), 105 us at 104 and
+// 368 us at 208 by themselves, so counted this way it was ~0.19 / ~0.16 / ~0.67 / ~0.53 / ~0.15 /
+// ~0.14 ms: this design gains ~10% at 104 and 208 fp32, 2-4% at bf16, and may lose 2-6% at
+// 52->104. What would pay next: the walk's fixed cost per chunk (pass 1 and 2, a third of the issue
+// at 104), e.g. 64 channels per block, and the last wave at 52->104.
+// A wild flow (not benchmarked) makes every box the whole image: every owner block walks every
+// output row (pass 1: B x input tiles x output rows x chunks x ~246 issued, quadratic in the image:
+// ~0.33 ms at 104, ~4 ms at 208 fp32), while its channel loop stays about as above (a pixel's corners
+// are adjacent cells: listed by one or two blocks). The direct splat (a global atomic per corner)
+// counted the earlier way: 0.30 / 1.18 ms.
 // Deterministic backward (not benchmarked by bench/bench_flow_warp.py), decouple-104 fp32: the
 // direct splat's 234 us as counted before, less the fp32 grad_input memset (-23 us), plus the plane
 // norms (one more read of grad_output, +23 us), the int64 memset (2 x 88.6 MB, +46 us) and the
@@ -99,12 +100,12 @@
 // run at the 32-bit rate (2.4x if at half of it). The per-plane serial splat it replaces: B x C =
 // 2048 threads (64 warps for 132 SMs) walking 10816 pixels each at ~1000 cycles of dependent
 // read-modify-writes per pixel: ~5 ms, ~20x the atomic path.
-// predicted H200 | flow_warp decouple-104 fp32 B=8 fwd+bwd | 0.177 ms | DRAM (grad_input read-modify-write) and flush atomics (floor 0.093 ms)
-// predicted H200 | flow_warp decouple-104 bf16 B=8 fwd+bwd | 0.101 ms | DRAM (grad_input read-modify-write) and flush atomics (floor 0.047 ms)
-// predicted H200 | flow_warp decouple-208 fp32 B=8 fwd+bwd | 0.670 ms | DRAM (grad_input read-modify-write) (floor 0.371 ms)
-// predicted H200 | flow_warp decouple-208 bf16 B=8 fwd+bwd | 0.351 ms | DRAM (grad_input read-modify-write) (floor 0.187 ms)
-// predicted H200 | flow_warp sfnet-52to104 fp32 B=8 fwd+bwd | 0.099 ms | shared-memory atomics (load/store issue) (floor 0.051 ms)
-// predicted H200 | flow_warp sfnet-52to104 bf16 B=8 fwd+bwd | 0.085 ms | shared-memory atomics (load/store issue) (floor 0.026 ms)
+// predicted H200 | flow_warp decouple-104 fp32 B=8 fwd+bwd | 0.169 ms | issue and shared-memory atomics of the owner kernel (floor 0.093 ms)
+// predicted H200 | flow_warp decouple-104 bf16 B=8 fwd+bwd | 0.152 ms | issue and shared-memory atomics of the owner kernel (floor 0.047 ms)
+// predicted H200 | flow_warp decouple-208 fp32 B=8 fwd+bwd | 0.591 ms | issue of the owner kernel (floor 0.371 ms)
+// predicted H200 | flow_warp decouple-208 bf16 B=8 fwd+bwd | 0.520 ms | issue of the owner kernel (floor 0.187 ms)
+// predicted H200 | flow_warp sfnet-52to104 fp32 B=8 fwd+bwd | 0.157 ms | issue and shared-memory atomics (CAS retries), 2.26 waves (floor 0.051 ms)
+// predicted H200 | flow_warp sfnet-52to104 bf16 B=8 fwd+bwd | 0.149 ms | issue and shared-memory atomics (CAS retries), 2.26 waves (floor 0.026 ms)
 #include "cuda/common.cuh"
 #include "cuda/flow_warp.h"
 
