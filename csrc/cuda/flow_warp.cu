@@ -11,14 +11,17 @@
 //      shuffles, then across the warps), empty when none.
 //   2. backward_owner_kernel, a block per (image, 32x8 tile of input pixels, chunk of 32 channels, 16
 //      fp64): it loads the tile's input values into shared memory and zeroes a shared fp32 (fp64)
-//      accumulator (64 KB fp32/fp64, 48 KB fp16/bf16, + 2 KB of lists), tests 256 output tiles'
+//      accumulator (72 KB fp32/fp64, 54 KB fp16/bf16, with a padding element per lane and channel,
+//      + 2 KB of lists; three blocks per SM), tests 256 output tiles'
 //      boxes at a time against its tile (one per thread), lists those that meet it and walks them in
 //      order. In a walked tile thread t takes output pixel t: a row (warp) whose box misses the input
 //      tile stops there, the others compute their corners; the pixels with a corner in the tile are
 //      listed densely (ballots and a count per warp, two barriers), and the first threads take one
 //      each, recompute its corners and, for each channel, add weight * grad (Eq. 1) at its corners in
-//      the tile with shared-memory atomics (a corner elsewhere adds +0 at the thread's own tile pixel,
-//      so that every lane runs the same code) and accumulate sum_c grad * value per corner;
+//      the tile with shared-memory atomics (a corner elsewhere adds weight 0 to its lane's padding
+//      element, which nothing reads, and its product with the value there is dropped: every lane runs
+//      the same code, and an inf or NaN grad reaches only the corners it samples) and accumulate
+//      sum_c grad * value per corner;
 //      d(weight)/d(flow) times those sums is the pixel's grad_flow term from this tile, written to the
 //      slot of the tile's quadrant among the (at most 2 x 2) input tiles its corners lie in. Last,
 //      the block stores its tile of grad_input: every element once, converted once to the input's
@@ -54,7 +57,7 @@
 //     row box meets the input tile, per output row: 2.63 / 2.60 / 1.92; slots written per pixel and
 //     chunk: 1.15 / 1.15 / 1.14.
 // Owner kernel per (image, chunk of 32 channels), in issued / LSU warp instructions:
-//   channel loop, per listed warp and channel: 48.3 / 53.8 issued (a grad load per channel, batches
+//   channel loop, per listed warp and channel: 48.3 / 53.0 issued (a grad load per channel, batches
 //     of 8 in flight; per corner a shared load of the value, FFMA, FMUL, the CAS loop's shared load,
 //     FADD, CAS, test, branch), 13 LSU; a CAS that loses to another lane of the warp retries (5
 //     issued, 2 LSU): taken as 20% of the corner updates at equal sizes (the earlier model's x1.2),
@@ -63,23 +66,23 @@
 //     (its corners), ~9 LSU per row; listed warp: 330 issued (corners again, slot stores), 6 LSU;
 //   block: load and zero (10 issued, 3 LSU per warp and channel), store (6, 2), box scan (~60 per warp).
 // Per shape (fp32 | bf16), issue = loop + pass 1 + pass 2 + load/store:
-//   104: 53 | 58 + 23 + 10 + 15 = 101 | 107 us issue; LSU 81 us (loop 59); DRAM 71 | 36 us (input
+//   104: 53 | 58 + 23 + 10 + 15 = 101 | 106 us issue; LSU 81 us (loop 59); DRAM 71 | 36 us (input
 //     and grad read once, grad_input written once, slots 6.4 MB: 272 | 139 MB); 3328 blocks at 3 per
 //     SM (8.4 waves, x1.07) -> 109 | 114 us;
-//   208: 206 | 227 + 80 + 41 + 51 = 377 | 399 us; LSU 306; DRAM 284 | 145 (1089 | 557 MB) -> x1.02:
-//     384 | 407 us;
-//   52->104: 59 | 64 + 14 + 9 + 4 = 86 | 91 us; LSU 81 (loop 73, the CAS retries); DRAM 36 | 19 ->
+//   208: 206 | 224 + 80 + 41 + 51 = 377 | 395 us; LSU 306; DRAM 284 | 145 (1089 | 557 MB) -> x1.02:
+//     384 | 403 us;
+//   52->104: 59 | 63 + 14 + 9 + 4 = 86 | 90 us; LSU 81 (loop 73, the CAS retries); DRAM 36 | 19 ->
 //     896 blocks, 2.26 waves (x1.33) -> 114 | 120 us.
 // The grad re-reads of overlapping walks (D x grad) come from L2 (110 MB at 104 fp32), and so do the
 // flow reads (each walked row twice). Tile boxes: a flow read (0.2-0.7 us); slot sums: read the
 // written slots and the flow, write grad_flow (2.2 / 8.8 / 2.2 us); forward: read input, write
 // output (46 | 23, 185 | 92, 29 | 14 us); 4 launches (forward, boxes, owner, sums), 12 us.
 //   decouple-104 fp32: 46 + 0.2 + 109 + 2.2 + 12 = 169 us (1.8x the floor: issue, then LSU)
-//   decouple-104 bf16: 23 + 0.2 + 114 + 2.2 + 12 = 152 us (3.2x: the same issue, half the bytes)
+//   decouple-104 bf16: 23 + 0.2 + 114 + 2.2 + 12 = 151 us (3.2x: the same issue, half the bytes)
 //   decouple-208 fp32: 185 + 0.7 + 384 + 8.8 + 12 = 591 us (1.6x)
-//   decouple-208 bf16: 92 + 0.7 + 407 + 8.8 + 12 = 520 us (2.8x)
+//   decouple-208 bf16: 92 + 0.7 + 403 + 8.8 + 12 = 517 us (2.8x)
 //   sfnet-52to104 fp32: 29 + 0.2 + 114 + 2.2 + 12 = 157 us (3.1x: issue and LSU, and the last wave)
-//   sfnet-52to104 bf16: 14 + 0.2 + 120 + 2.2 + 12 = 149 us (5.7x)
+//   sfnet-52to104 bf16: 14 + 0.2 + 120 + 2.2 + 12 = 148 us (5.7x)
 // DRAM now takes the floor's 5 feature passes (the output-tile design took 8: a memset and a
 // read-modify-write of grad_input); what bounds the owner kernel is issue and the shared-memory
 // atomics. The earlier predictions (0.177 / 0.101 / 0.670 / 0.351 / 0.099 / 0.085 ms) counted no
@@ -101,11 +104,11 @@
 // 2048 threads (64 warps for 132 SMs) walking 10816 pixels each at ~1000 cycles of dependent
 // read-modify-writes per pixel: ~5 ms, ~20x the atomic path.
 // predicted H200 | flow_warp decouple-104 fp32 B=8 fwd+bwd | 0.169 ms | issue and shared-memory atomics of the owner kernel (floor 0.093 ms)
-// predicted H200 | flow_warp decouple-104 bf16 B=8 fwd+bwd | 0.152 ms | issue and shared-memory atomics of the owner kernel (floor 0.047 ms)
+// predicted H200 | flow_warp decouple-104 bf16 B=8 fwd+bwd | 0.151 ms | issue and shared-memory atomics of the owner kernel (floor 0.047 ms)
 // predicted H200 | flow_warp decouple-208 fp32 B=8 fwd+bwd | 0.591 ms | issue of the owner kernel (floor 0.371 ms)
-// predicted H200 | flow_warp decouple-208 bf16 B=8 fwd+bwd | 0.520 ms | issue of the owner kernel (floor 0.187 ms)
+// predicted H200 | flow_warp decouple-208 bf16 B=8 fwd+bwd | 0.517 ms | issue of the owner kernel (floor 0.187 ms)
 // predicted H200 | flow_warp sfnet-52to104 fp32 B=8 fwd+bwd | 0.157 ms | issue and shared-memory atomics (CAS retries), 2.26 waves (floor 0.051 ms)
-// predicted H200 | flow_warp sfnet-52to104 bf16 B=8 fwd+bwd | 0.149 ms | issue and shared-memory atomics (CAS retries), 2.26 waves (floor 0.026 ms)
+// predicted H200 | flow_warp sfnet-52to104 bf16 B=8 fwd+bwd | 0.148 ms | issue and shared-memory atomics (CAS retries), 2.26 waves (floor 0.026 ms)
 #include "cuda/common.cuh"
 #include "cuda/flow_warp.h"
 
@@ -134,6 +137,9 @@ constexpr int kInputTileHeight = kThreads / kInputTileWidth;
 constexpr int owner_channels(size_t element_size) { return element_size == sizeof(double) ? 16 : 32; }
 // Channels whose global loads (input values, grad) a thread issues together before using them.
 constexpr int kBatch = 8;
+// Elements per channel of the owner block's shared arrays: the input tile's pixels, then one
+// padding element per lane, where the corners outside the tile go (OwnedCorners).
+constexpr int kChannelStride = kThreads + 32;
 constexpr int kNoCorner = 0x7fffffff;  // min() identity of the box reduction
 
 // Fixed-point units per unit of gradient for a plane whose |grad_output| sums to `norm` (finite).
@@ -361,24 +367,27 @@ __device__ __forceinline__ acc_t* quadrant_slot(acc_t* partial, int64_t chunk, i
 }
 
 // Dynamic shared memory of backward_owner_kernel: the accumulator and the input tile, both
-// [channel][tile pixel], the lists of met output tiles and of a walked tile's pixels, a count per warp.
+// [channel][kChannelStride], the lists of met output tiles and of a walked tile's pixels, a count per
+// warp: 74 KB fp32/fp64, 56 KB fp16/bf16.
 template <typename scalar_t>
 constexpr size_t owner_shared_bytes() {
   constexpr size_t channels = owner_channels(sizeof(scalar_t));
   constexpr size_t lists = (2 * kThreads + kWarps) * sizeof(int);
-  return channels * kThreads * (sizeof(acc_type<scalar_t>) + sizeof(scalar_t)) + lists;
+  return channels * kChannelStride * (sizeof(acc_type<scalar_t>) + sizeof(scalar_t)) + lists;
 }
 
-// Which of output pixel (px, py)'s corners lie inside the image and in the input tile at (x0, y0):
-// corner k's pixel in the tile, weight and d(weight)/d(flow) for those; for the others this thread's
-// own tile pixel and zeros (adding +0 changes no sum: a sum that starts at +0 is never -0), so that
-// every lane of the channel loop runs the same instructions, without branches.
+// Which of output pixel (px, py)'s corners lie inside the image and in the input tile at (x0, y0)
+// (`mine`): corner k's pixel in the tile and weight for those; for the others the padding element of
+// this thread's lane and weight 0, so that every lane of the channel loop runs the same instructions,
+// without branches: what they add there (0 * grad: NaN for an infinite grad) is never read, and their
+// products with the values read there are dropped.
 template <typename acc_t>
 struct OwnedCorners {
   int local[4];
-  acc_t weight[4], grad_x[4], grad_y[4];
-  bool any;        // some corner is in the tile
-  int quadrant;    // the tile's quadrant among the pixel's (CornerQuadrants), when `any`
+  acc_t weight[4], grad_x[4], grad_y[4];  // d(weight)/d(flow)
+  bool mine[4];
+  bool any;      // some corner is in the tile
+  int quadrant;  // the tile's quadrant among the pixel's (CornerQuadrants), when `any`
 };
 
 template <typename acc_t>
@@ -398,10 +407,11 @@ __device__ __forceinline__ OwnedCorners<acc_t> owned_corners(const Sampler<acc_t
     const int column = cells.column[k] - x0, row = cells.row[k] - y0;
     const bool mine =
         corners.inside[k] && column >= 0 && column < kInputTileWidth && row >= 0 && row < kInputTileHeight;
-    owned.local[k] = mine ? row * kInputTileWidth + column : static_cast<int>(threadIdx.x);
+    owned.local[k] = mine ? row * kInputTileWidth + column : kThreads + static_cast<int>(threadIdx.x % 32);
     owned.weight[k] = mine ? corners.weight[k] : acc_t(0);
-    owned.grad_x[k] = mine ? corners.grad_x[k] : acc_t(0);
-    owned.grad_y[k] = mine ? corners.grad_y[k] : acc_t(0);
+    owned.grad_x[k] = corners.grad_x[k];
+    owned.grad_y[k] = corners.grad_y[k];
+    owned.mine[k] = mine;
     owned.any = owned.any || mine;
   }
   owned.quadrant = corner_quadrants(corners, cells).of(y0, x0);
@@ -446,9 +456,9 @@ __global__ void __launch_bounds__(kThreads, 3)
                           int input_tiles_x, scalar_t* __restrict__ grad_input, acc_t* __restrict__ partial) {
   constexpr int kChannels = owner_channels(sizeof(scalar_t));
   FASTSEG_DYNAMIC_SHARED(shared);
-  acc_t* accumulator = reinterpret_cast<acc_t*>(shared);                // [channel][tile pixel]
-  scalar_t* values = reinterpret_cast<scalar_t*>(accumulator + kChannels * kThreads);  // the input tile, same layout
-  int* met_tiles = reinterpret_cast<int*>(values + kChannels * kThreads);  // [kThreads] output tiles - first
+  acc_t* accumulator = reinterpret_cast<acc_t*>(shared);  // [channel][kChannelStride]
+  scalar_t* values = reinterpret_cast<scalar_t*>(accumulator + kChannels * kChannelStride);  // the input tile, alike
+  int* met_tiles = reinterpret_cast<int*>(values + kChannels * kChannelStride);  // [kThreads] output tiles - first
   int* listed = met_tiles + kThreads;                                      // [kThreads] output tile pixels
   int* warp_counts = listed + kThreads;                                    // [kWarps]
   const int64_t b = blockIdx.z, chunk = blockIdx.y, c0 = chunk * kChannels;
@@ -470,8 +480,8 @@ __global__ void __launch_bounds__(kThreads, 3)
     }
 #pragma unroll
     for (int i = 0; i < kBatch; ++i) {
-      accumulator[(j0 + i) * kThreads + threadIdx.x] = acc_t(0);  // channels past pass_channels: unused
-      values[(j0 + i) * kThreads + threadIdx.x] = batch[i];
+      accumulator[(j0 + i) * kChannelStride + threadIdx.x] = acc_t(0);  // channels past pass_channels: unused
+      values[(j0 + i) * kChannelStride + threadIdx.x] = batch[i];
     }
   }
   for (int64_t first = 0; first < tiles; first += kThreads) {  // kThreads output tiles' boxes at a time
@@ -493,7 +503,7 @@ __global__ void __launch_bounds__(kThreads, 3)
       const OwnedCorners<acc_t> owned = owned_corners(s, flow, b, out_height, pixel, x0, y0);
       const int64_t p = pixel.py * s.out_width + pixel.px;
       const scalar_t* grad = grad_output + (b * channels + c0) * s.out_pixels + p;  // channel c0, then + Po each
-      acc_t* sums[4];  // corner k's accumulator element of channel c0, then + kThreads each
+      acc_t* sums[4];  // corner k's accumulator element of channel c0, then + kChannelStride each
       const scalar_t* value_at[4];
       acc_t products[4] = {};  // sum over the channels of grad * input value at corner k
 #pragma unroll
@@ -515,14 +525,15 @@ __global__ void __launch_bounds__(kThreads, 3)
           if (j == pass_channels) break;
 #pragma unroll
           for (int k = 0; k < 4; ++k) {  // Eq. 1 differentiated
-            products[k] += convert<acc_t>(value_at[k][j * kThreads]) * g[i];
-            atomicAdd(sums[k] + j * kThreads, owned.weight[k] * g[i]);
+            products[k] += convert<acc_t>(value_at[k][j * kChannelStride]) * g[i];
+            atomicAdd(sums[k] + j * kChannelStride, owned.weight[k] * g[i]);
           }
         }
       }
       acc_t dx = acc_t(0), dy = acc_t(0);
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
+        if (!owned.mine[k]) continue;
         dx += owned.grad_x[k] * products[k];
         dy += owned.grad_y[k] * products[k];
       }
@@ -537,7 +548,7 @@ __global__ void __launch_bounds__(kThreads, 3)
 #pragma unroll
   for (int j = 0; j < kChannels; ++j, out += in_pixels) {
     if (j == pass_channels) break;
-    *out = convert<scalar_t>(accumulator[j * kThreads + threadIdx.x]);
+    *out = convert<scalar_t>(accumulator[j * kChannelStride + threadIdx.x]);
   }
 }
 

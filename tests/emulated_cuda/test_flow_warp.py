@@ -287,6 +287,31 @@ def test_grad_input_written_where_nothing_lands(emulated, dtype, padding):
         assert torch.equal(grad_flow, torch.zeros_like(grad_flow))
 
 
+@pytest.mark.parametrize("padding", ["zeros", "border"])
+def test_owner_tiles_non_finite(emulated, padding):
+    """An inf and a NaN in grad_output and an inf in the input reach exactly the elements they reach in the
+    reference (a corner of a pixel outside the owner block's tile adds 0 * grad where nothing reads it, and
+    its product with the value there is dropped); whether such an element is inf or NaN depends on the
+    order of the sum (grad_flow adds its corners' terms after summing the channels)."""
+    batch, channels, in_h, in_w, out_h, out_w = TILE_CASES["same-size"]
+    input = torch.randn(batch, channels, in_h, in_w)
+    input[0, 3, 5, 6] = float("inf")
+    flow = _smooth_flow(batch, (in_h, in_w), (out_h, out_w), True, amplitude=1.0)
+    grad_output = torch.randn(batch, channels, out_h, out_w)
+    grad_output[0, 1, 3, 4] = float("inf")
+    grad_output[1, 2, 10, 33] = float("nan")
+    reference_input = input.double().requires_grad_()
+    reference_flow = flow.double().requires_grad_()
+    output = flow_warp_reference(reference_input, reference_flow, padding, True)
+    expected = torch.autograd.grad(output, (reference_input, reference_flow), grad_output.double())
+    assert all(e.isnan().any() and e.isfinite().any() for e in expected)
+    got = emulated.flow_warp_backward(*on_device(emulated, grad_output, input, flow), padding, True)
+    for g, e in zip(got, expected):
+        assert torch.equal(g.isfinite(), e.isfinite())
+        finite = e.isfinite()
+        torch.testing.assert_close(g.double()[finite], e[finite], atol=1e-5, rtol=1e-5)
+
+
 # Odd input widths and plane sizes; several output tiles' boxes overlap.
 HALF_CASES = {
     "same-size": (2, 37, 27, 45, 27, 45),  # 4 x 2 tiles, the last column 13 wide, the last row 3 high
