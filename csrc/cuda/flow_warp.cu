@@ -334,9 +334,10 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x % 32 == 0) row_boxes[tile * kWarps + threadIdx.x / 32] = row_box;
 }
 
-// The input tiles a pixel's inside corners lie in span at most 2 x 2; quadrant_of(k) numbers corner k's
-// tile among them, 2 * (its tile row - the lowest) + (its tile column - the leftmost): the owner block
-// of that tile writes the pixel's grad_flow terms of all its corners in that tile to that quadrant's slot.
+// The input tiles a pixel's inside corners lie in span at most 2 x 2; of(row, column) numbers the tile
+// of the cell (row, column) among them, 2 * (its tile row - the lowest) + (its tile column - the
+// leftmost): the owner block of that tile writes the pixel's grad_flow terms of its corners there to
+// that quadrant's slot.
 struct CornerQuadrants {
   int tile_row, tile_column;  // the lowest tile row and leftmost tile column of the inside corners
 
@@ -440,27 +441,29 @@ __device__ __forceinline__ int list_threads(bool flag, int* list, int* warp_coun
 // pixels of image b and a chunk of owner_channels(sizeof(scalar_t)) channels; thread t holds tile
 // pixel t while it loads the tile's input values into shared memory and zeroes its accumulator, and
 // while it stores grad_input. In between it walks the image's output tiles in order; for each whose
-// box meets the input tile, each thread takes the tile's output pixel t and tests whether a corner
-// lies in the input tile; those pixels are listed densely (warp ballots, then counts per warp), and
+// box meets the input tile, each thread takes the tile's output pixel t and, unless its row's box
+// misses the input tile, tests whether a corner lies in it; those pixels are listed densely (warp
+// ballots, then counts per warp), and
 // the first `listed` threads each take one, recompute its corners and, for each channel, add Eq. 1's
 // weight * grad to the accumulator at its corners in the input tile (shared-memory atomics) and sum
 // their grad_flow terms, grad * d(weight_k) / d(flow) * input value, into the pixel's quadrant slot
 // (one owner block per (pixel, quadrant, chunk)). Every element of the tile's grad_input is stored
-// once, converted once to the input's dtype (zero where nothing lands).
+// once, converted once to the input's dtype (zero where nothing lands). Three blocks per SM (what the
+// fp32 shared memory allows; at the default register budget fp16/bf16 spilled a register).
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads, 3)
     backward_owner_kernel(const scalar_t* __restrict__ grad_output, const scalar_t* __restrict__ input,
                           const acc_t* __restrict__ flow, Sampler<acc_t> s, int64_t out_height, int64_t tiles_x,
                           int64_t tiles, const Box* __restrict__ boxes, const Box* __restrict__ row_boxes,
-                          int64_t channels, int in_height, int in_width,
-                          int input_tiles_x, scalar_t* __restrict__ grad_input, acc_t* __restrict__ partial) {
+                          int64_t channels, int in_height, int in_width, int input_tiles_x,
+                          scalar_t* __restrict__ grad_input, acc_t* __restrict__ partial) {
   constexpr int kChannels = owner_channels(sizeof(scalar_t));
   FASTSEG_DYNAMIC_SHARED(shared);
   acc_t* accumulator = reinterpret_cast<acc_t*>(shared);  // [channel][kChannelStride]
   scalar_t* values = reinterpret_cast<scalar_t*>(accumulator + kChannels * kChannelStride);  // the input tile, alike
   int* met_tiles = reinterpret_cast<int*>(values + kChannels * kChannelStride);  // [kThreads] output tiles - first
-  int* listed = met_tiles + kThreads;                                      // [kThreads] output tile pixels
-  int* warp_counts = listed + kThreads;                                    // [kWarps]
+  int* listed = met_tiles + kThreads;  // [kThreads] output tile pixels
+  int* warp_counts = listed + kThreads;  // [kWarps]
   const int64_t b = blockIdx.z, chunk = blockIdx.y, c0 = chunk * kChannels;
   const int pass_channels = static_cast<int>(min(int64_t(kChannels), channels - c0));
   const int x0 = static_cast<int>(blockIdx.x % input_tiles_x) * kInputTileWidth;
