@@ -1,6 +1,6 @@
 """flow_warp's CUDA kernels (forward; the default backward's three phases: output tile boxes, the blocks
-that own an input tile and a chunk of channels, store its grad_input once and write grad_flow's corner slots,
-and the sum of those slots; the deterministic fixed-point splat with its plane norms and the in-order splat
+that own an input tile and a chunk of channels, store its grad_input once and write grad_flow's slots (one
+per pixel and owner tile), and the sum of those slots; the deterministic fixed-point splat with its plane norms and the in-order splat
 of non-finite planes; chunk sums; the deterministic path's fp16/bf16 conversion) on the emulated-CUDA layer."""
 from __future__ import annotations
 
@@ -264,7 +264,7 @@ def test_owner_tiles_beyond_one_box_scan(emulated):
 @pytest.mark.parametrize("padding", ["zeros", "border"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_grad_input_written_where_nothing_lands(emulated, dtype, padding):
-    """Every sample lands in the input's top-left 11 x 10 pixels (the image shrunk 4x towards its corner):
+    """Every sample lands in the input's top-left 12 x 11 pixels (the image shrunk 4x towards its corner):
     the owner blocks of the other input tiles (all but the first column's first two) walk no output tile
     and still store their grad_input (zeros; at::empty on the emulated layer holds 0xFF bytes, NaN).
     Under "zeros" a second flow sends every sample outside the image: every box is empty, grad_input and
