@@ -1,7 +1,8 @@
 """flow_warp's CUDA kernels (forward; the default backward's three phases: output tile boxes, the blocks
-that own an input tile and a chunk of channels, store its grad_input once and write grad_flow's slots (one
-per pixel and owner tile), and the sum of those slots; the deterministic fixed-point splat with its plane norms and the in-order splat
-of non-finite planes; chunk sums; the deterministic path's fp16/bf16 conversion) on the emulated-CUDA layer."""
+that own an input tile and a chunk of channels, store its grad_input once and write grad_flow's slots
+(one per pixel and owner tile), and the sum of those slots; the deterministic fixed-point splat with its
+plane norms and the in-order splat of non-finite planes; chunk sums; the deterministic path's fp16/bf16
+conversion) on the emulated-CUDA layer."""
 from __future__ import annotations
 
 import pytest
