@@ -3,95 +3,99 @@
 // Forward: one thread per (image, output pixel, chunk of channels) computes the pixel's corners
 // once (csrc/flow_warp_sampling.h) and gathers its channels; consecutive threads are consecutive
 // pixels, so grad/outputs are coalesced and the corner reads mostly so.
-// Backward: grad_flow is a sum over channels: each chunk of channels writes its partial sum to its
-// own slot and a second kernel adds the slots in order, so grad_flow is deterministic without
-// atomics. grad_input is a bilinear splat. By default (backward_tiles_kernel) a block owns a 32x8
-// tile of output pixels (a warp per row) and a chunk of 32 channels; it reduces the bounding box of
-// its pixels' inside corners (warp shuffles, then across the 8 warps) and, when the box has at most
-// 1024 pixels (4 per tile pixel: the flush then never issues more global atomics than the direct
-// splat), splats weight * grad into a shared fp32 (fp64) accumulator with shared-memory atomics,
-// as many channels' boxes per pass as fit in 4096 elements (16 KB fp32, 32 KB fp64; >= 4 channels),
-// then flushes the box straight into grad_input (zeroed, in the input's dtype): one global atomicAdd
-// per (box pixel, channel) for fp32/fp64; for fp16/bf16 one per aligned pair of adjacent pixels of a
-// box row (__half2 / __nv_bfloat162 atomics, native on sm_90; a row's odd first or last pixel takes
-// a scalar 16-bit atomic), consecutive threads on consecutive columns (pairs), skipping units that
-// are exactly +0 (nothing reached them; adding +0 changes nothing). A tile whose box is larger
-// (large or wild flow) or empty adds each corner to grad_input with its own global atomic, as
-// before, for fp32/fp64; for fp16/bf16 (where each such atomic would round) it leaves its splat to
-// backward_deferred_kernel: a block per window of 1024 consecutive input elements and chunk of
-// channels walks the image's deferred tiles, splats the corners that land in its window into shared
-// fp32 and flushes the window once, with the same 16-bit atomics. Only the order of the additions
-// (and for fp16/bf16 the roundings) differs between the paths. With deterministic=true one thread
-// per (output pixel, chunk) adds fixed-point int64 values instead: a first kernel sums
-// |grad_output| over each (image, channel) plane in a fixed order, and a contribution w * g is
-// added as llrint(w * g * 2^61 / that sum). A plane's total stays below 2^61 in magnitude (the
-// weights of an output pixel sum to at most 1) plus the roundings, and integer addition is
-// associative, so the sum has the same bits in any order; each contribution keeps acc_t's relative
-// precision (better than float atomics, which round every partial sum). A last kernel divides by
-// the scale (and rounds once to fp16/bf16). Planes whose sum is not finite (inf/NaN in grad_output)
-// are splatted instead by one thread per plane in pixel order, with IEEE semantics (into an fp32
-// workspace plane for fp16/bf16).
-// fp16/bf16 rounding (atomic path): the tile's sums stay fp32; each flush rounds the tile's sum once
-// to the 16-bit type and the atomic rounds the new total once (to nearest even; exact for the first
-// flush into +0), so an element flushed k times carries at most 2k - 1 roundings of 16-bit
-// half-ulps of partial sums; k is at most the number of tiles whose boxes hold it, plus one for all
-// deferred tiles together (bench's flow defers none: 1.6 on average and at most 5 at 104 and 208,
-// 2.5 and at most 8 at 52->104, whose input is 4x smaller). Before, one fp32 buffer took every
-// tile's sum and was rounded once. (Deferred tiles keep that bound; adding their corners with one
-// 16-bit atomic each, two roundings per corner, reached the fp16/bf16 test tolerances.)
+// Backward: grad_flow is a sum over channels: each chunk of channels writes partial sums to its own
+// slots and a last kernel adds the slots in a fixed order, so grad_flow is deterministic without
+// atomics. grad_input is a bilinear splat; by default the input pixels own it, in three kernels:
+//   1. tile_boxes_kernel, a block per (image, 32x8 output tile): the input box of the inside corners
+//      of its pixels (padding modes map the corners first) and of each of its 8 rows (warp
+//      shuffles, then across the warps), empty when none.
+//   2. backward_owner_kernel, a block per (image, 32x8 tile of input pixels, chunk of 32 channels, 16
+//      fp64): it loads the tile's input values into shared memory and zeroes a shared fp32 (fp64)
+//      accumulator (72 KB fp32/fp64, 54 KB fp16/bf16, with a padding element per lane and channel,
+//      + 2 KB of lists; three blocks per SM), tests 256 output tiles'
+//      boxes at a time against its tile (one per thread), lists those that meet it and walks them in
+//      order. In a walked tile thread t takes output pixel t: a row (warp) whose box misses the input
+//      tile stops there, the others compute their corners; the pixels with a corner in the tile are
+//      listed densely (ballots and a count per warp, two barriers), and the first threads take one
+//      each, recompute its corners and, for each channel, add weight * grad (Eq. 1) at its corners in
+//      the tile with shared-memory atomics (a corner elsewhere adds weight 0 to its lane's padding
+//      element, which nothing reads, and its product with the value there is dropped: every lane runs
+//      the same code, and an inf or NaN grad reaches only the corners it samples) and accumulate
+//      sum_c grad * value per corner;
+//      d(weight)/d(flow) times those sums is the pixel's grad_flow term from this tile, written to the
+//      slot of the tile's quadrant among the (at most 2 x 2) input tiles its corners lie in. Last,
+//      the block stores its tile of grad_input: every element once, converted once to the input's
+//      dtype, zero where nothing landed. So no memset, no global atomics, no 16-bit atomics, no
+//      deferred kernel, in any flow; fp16/bf16 elements are rounded once (of their fp32 sum).
+//   3. sum_quadrant_slots_kernel: per output pixel, the slots of the quadrants that hold one of its
+//      inside corners (recomputed: a slot no block owns is neither written nor read), in the order
+//      chunk, quadrant.
+// Only the order of the shared-memory additions (grad_input) depends on the thread timing.
+// With deterministic=true one thread per (output pixel, chunk of 32 channels) adds fixed-point int64
+// values instead: a first kernel sums |grad_output| over each (image, channel) plane in a fixed
+// order, and a contribution w * g is added as llrint(w * g * 2^61 / that sum). A plane's total stays
+// below 2^61 in magnitude (the weights of an output pixel sum to at most 1) plus the roundings, and
+// integer addition is associative, so the sum has the same bits in any order; each contribution
+// keeps acc_t's relative precision (better than float atomics, which round every partial sum). A
+// last kernel divides by the scale (and rounds once to fp16/bf16). Planes whose sum is not finite
+// (inf/NaN in grad_output) are splatted instead by one thread per plane in pixel order, with IEEE
+// semantics (into an fp32 workspace plane for fp16/bf16).
 //
 // Cost model at the GPU shapes of bench/bench_flow_warp.py (forward+backward, B=8, C=256, its smooth
-// flow; H200: 4.8 TB/s HBM, taken at 80% = 3.84 TB/s, 50 MB L2, 132 SMs at 1.98 GHz, 67 TFLOP/s
-// fp32, 989 TFLOP/s dense bf16, ~3 us per dependent launch). The floor is max(bytes / bandwidth,
-// FLOPs / peak) of the benchmark's byte and FLOP counts (5 passes over the features); the
-// prediction is this design's, derived below. bench/report.py reads the `predicted H200` lines (the
-// one place these numbers live) into the "predicted" column of bench/RESULTS.md.
-// Global atomics per (output pixel, channel): 4 before (one per corner, scattered); now flush atomics
-// / tile pixels, measured on bench's flow (3 seeds, all tiles of 8 images). fp32, one per box pixel:
-// 1.63 at 104x104 (boxes ~27x12, the last tile column is 8 wide), 1.44 at 208x208 (~31x11), 0.61 at
-// 52->104 (~15x8). bf16, one per word of a box row ((parity of its first element + width + 1) / 2
-// per row, 0.51-0.53 of the pixels): 0.84, 0.74, 0.32. No tile's box exceeded 756 pixels, so no
-// tile falls back. Taken at ~400 G atomics/s whatever their width (the rate assumed before for
-// scattered ones; a bf16x2 atomic is one 32-bit L2 atomic operation like an fp32 one, and a scalar
-// bf16 head or tail one is counted the same; coalesced rows of 32 may go faster, not counted):
-// 91 / 319 / 34 us fp32 and 47 / 164 / 18 us bf16 at 104 / 208 / 52->104.
-// Shared-memory atomics: 4 per (output pixel, channel). PTX atom.shared.add.f32 (SASS may be a
-// load / add / compare-and-swap loop): with the grad and 4 input loads, ~13 load/store-unit warp
-// instructions per 32 (pixel, channel) at one per clock per SM: 22.2M pixel-channels at 104 -> 34
-// us, x1.2 for lanes of a warp that hit the same box pixel at equal sizes (40 us; 160 us at 208),
-// x1.5 at 52->104, where neighbouring lanes share their corners (50 us). The same for bf16 (the
-// accumulator stays fp32).
-// DRAM per phase (fp32, 104: 88.6 MB per feature tensor): forward reads input, writes output (177
-// MB, 46 us); memset of grad_input (23 us); tile kernel reads grad and input and, grad_input being
-// larger than L2, reads and writes back the accumulated grad_input (4 x 88.6 + 5.5 MB partials, 94
-// us); chunk sums (2 us). bf16 halves every feature tensor, grad_input included: the flush adds into
-// it, with no fp32 buffer (its memset, 4 B/element, and its 8 B/element read-modify-write) and no
-// convert pass (4 B read + 2 B write per element, and a launch). Its 44.3 MB grad_input at 104 would
-// fit the L2 alone, but grad and input stream through it: counted through DRAM (4 x 44.3 + 5.5 MB,
-// 48 us). The deferred kernel finds no deferred tile (704 / 2752 / 192 blocks, each thread reading
-// the image's 52 / 182 / 52 tile marks: ~1-2 us). 4 launches (5 for bf16: the deferred kernel, where
-// the convert pass was), 3 us each.
-// Per shape, tile kernel = max(DRAM, global atomics, shared/LSU), then the sum of the phases:
-//   decouple-104 fp32: 46 + 23 + max(94, 91, 40) + 2 + 12 = 177 us (1.9x the floor: the grad_input
-//     read-modify-write through DRAM and the flush atomics, ~92 us each)
-//   decouple-104 bf16: 23 + 12 + max(48, 47, 40) + 1 (deferred) + 2 + 15 = 101 us (2.1x; with the
-//     fp32 buffer it was 23 + 23 + max(71, 91, 40) + 35 (convert) + 2 + 15 = 189 us)
-//   decouple-208 fp32: 185 + 92 + max(375, 319, 160) + 6 + 12 = 670 us (1.8x)
-//   decouple-208 bf16: 92 + 46 + max(190, 164, 160) + 2 + 6 + 15 = 351 us (1.9x; was
-//     92 + 92 + max(283, 319, 160) + 138 + 6 + 15 = 662 us)
-//   sfnet-52to104 fp32: 29 + 6 + max(42, 34, 50) + 2 + 12 = 99 us (1.9x, shared atomics / LSU)
-//   sfnet-52to104 bf16: 14 + 3 + max(22, 18, 50) + 1 + 2 + 15 = 85 us (3.3x, shared atomics / LSU;
-//     was 14 + 6 + max(27, 34, 50) + 9 + 2 + 15 = 96 us)
-// The direct splat, counted the same way: 304 / 1181 / 344 us fp32 at 104 / 208 / 52->104 (the
-// earlier lines, 0.234 / 0.898 / 0.307 ms, counted only its atomics and launches). Still above 1.5x
-// of the floor: the floor has 5 feature passes, this design 8 with the memset and the grad_input
-// read-modify-write, and at 52->104 the shared-memory atomics, which do not shrink with the dtype,
-// bound the tile kernel.
-// A flow that defers every tile (not benchmarked): each window's block walks every output pixel for
-// every channel, windows x B x C x Ho x Wo corner tests and (L2) grad reads, quadratic in the image:
-// 104 bf16, 11 x 22.2M x ~15 instructions at 33 T lane-instructions/s ~ 110 us plus 11 x 44 MB of
-// L2 reads, about the direct splat's 4 x 22.2M atomics (221 us); at 208 (43 windows, 4x the pixels)
-// ~16x that, ~2x the direct splat's 886 us.
+// flow, border padding, align_corners; H200: 4.8 TB/s HBM, taken at 80% = 3.84 TB/s, 50 MB L2, 132
+// SMs at 1.98 GHz, 67 TFLOP/s fp32, 989 TFLOP/s dense bf16, ~3 us per dependent launch). The floor is
+// max(bytes / bandwidth, FLOPs / peak) of the benchmark's byte and FLOP counts (5 passes over the
+// features); the prediction is this design's, derived below. bench/report.py reads the `predicted
+// H200` lines (the one place these numbers live) into the "predicted" column of bench/RESULTS.md.
+// Rates: load/store-unit (LSU) warp instructions at one per clock per SM (shared loads, shared CAS,
+// global loads; as the earlier model), and, counted here for the first time, issue at 4 warp
+// instructions per clock per SM (1.05 T/s). Instruction counts are SASS (nvcc 12, sm_90) of the
+// fp32 / bf16 instantiations; statistics of bench's flow are counted in Python (3 seeds, 8 images):
+//   D, warps of the dense lists per output row of 32 (a pixel with corners in two tiles is listed by
+//     both; lists round up to warps): 1.24 / 1.38 / 1.06 at 104 / 208 / 52->104;
+//   P, input tiles an output tile's box meets (walked pairs): 4.87 / 4.71 / 2.55; R, walked rows whose
+//     row box meets the input tile, per output row: 2.63 / 2.60 / 1.92; slots written per pixel and
+//     chunk: 1.15 / 1.15 / 1.14.
+// Owner kernel per (image, chunk of 32 channels), in issued / LSU warp instructions:
+//   channel loop, per listed warp and channel: 48.3 / 53.0 issued (a grad load per channel, batches
+//     of 8 in flight; per corner a shared load of the value, FFMA, FMUL, the CAS loop's shared load,
+//     FADD, CAS, test, branch), 13 LSU; a CAS that loses to another lane of the warp retries (5
+//     issued, 2 LSU): taken as 20% of the corner updates at equal sizes (the earlier model's x1.2),
+//     all of them at 52->104, where two neighbouring pixels share each cell;
+//   walked pair: 122 issued per row (tile origin, row box, list) and 124 more per row whose box meets
+//     (its corners), ~9 LSU per row; listed warp: 330 issued (corners again, slot stores), 6 LSU;
+//   block: load and zero (10 issued, 3 LSU per warp and channel), store (6, 2), box scan (~60 per warp).
+// Per shape (fp32 | bf16), issue = loop + pass 1 + pass 2 + load/store:
+//   104: 53 | 58 + 23 + 10 + 15 = 101 | 106 us issue; LSU 81 us (loop 59); DRAM 71 | 36 us (input
+//     and grad read once, grad_input written once, slots 6.4 MB: 272 | 139 MB); 3328 blocks at 3 per
+//     SM (8.4 waves, x1.07) -> 109 | 114 us;
+//   208: 206 | 224 + 80 + 41 + 51 = 377 | 395 us; LSU 306; DRAM 284 | 145 (1089 | 557 MB) -> x1.02:
+//     384 | 403 us;
+//   52->104: 59 | 63 + 14 + 9 + 4 = 86 | 90 us; LSU 81 (loop 73, the CAS retries); DRAM 36 | 19 ->
+//     896 blocks, 2.26 waves (x1.33) -> 114 | 120 us.
+// The grad re-reads of overlapping walks (D x grad) come from L2 (110 MB at 104 fp32), and so do the
+// flow reads (each walked row twice). Tile boxes: a flow read (0.2-0.7 us); slot sums: read the
+// written slots and the flow, write grad_flow (2.2 / 8.8 / 2.2 us); forward: read input, write
+// output (46 | 23, 185 | 92, 29 | 14 us); 4 launches (forward, boxes, owner, sums), 12 us.
+//   decouple-104 fp32: 46 + 0.2 + 109 + 2.2 + 12 = 169 us (1.8x the floor: issue, then LSU)
+//   decouple-104 bf16: 23 + 0.2 + 114 + 2.2 + 12 = 151 us (3.2x: the same issue, half the bytes)
+//   decouple-208 fp32: 185 + 0.7 + 384 + 8.8 + 12 = 591 us (1.6x)
+//   decouple-208 bf16: 92 + 0.7 + 403 + 8.8 + 12 = 517 us (2.8x)
+//   sfnet-52to104 fp32: 29 + 0.2 + 114 + 2.2 + 12 = 157 us (3.1x: issue and LSU, and the last wave)
+//   sfnet-52to104 bf16: 14 + 0.2 + 120 + 2.2 + 12 = 148 us (5.7x)
+// DRAM now takes the floor's 5 feature passes (the output-tile design took 8: a memset and a
+// read-modify-write of grad_input); what bounds the owner kernel is issue and the shared-memory
+// atomics. The earlier predictions (0.177 / 0.101 / 0.670 / 0.351 / 0.099 / 0.085 ms) counted no
+// issue: its splat loop issued 129 / 130 instructions per warp and channel (SASS), 105 us at 104 and
+// 368 us at 208 by themselves, so counted this way it was ~0.19 / ~0.16 / ~0.67 / ~0.53 / ~0.15 /
+// ~0.14 ms: this design gains ~10% at 104 and 208 fp32, 2-4% at bf16, and may lose 2-6% at
+// 52->104. What would pay next: the walk's fixed cost per chunk (pass 1 and 2, a third of the issue
+// at 104), e.g. 64 channels per block, and the last wave at 52->104.
+// A wild flow (not benchmarked) makes every box the whole image: every owner block walks every
+// output row (pass 1: B x input tiles x output rows x chunks x ~246 issued, quadratic in the image:
+// ~0.33 ms at 104, ~4 ms at 208 fp32), while its channel loop stays about as above (a pixel's corners
+// are adjacent cells: listed by one or two blocks). The direct splat (a global atomic per corner)
+// counted the earlier way: 0.30 / 1.18 ms.
 // Deterministic backward (not benchmarked by bench/bench_flow_warp.py), decouple-104 fp32: the
 // direct splat's 234 us as counted before, less the fp32 grad_input memset (-23 us), plus the plane
 // norms (one more read of grad_output, +23 us), the int64 memset (2 x 88.6 MB, +46 us) and the
@@ -99,12 +103,12 @@
 // run at the 32-bit rate (2.4x if at half of it). The per-plane serial splat it replaces: B x C =
 // 2048 threads (64 warps for 132 SMs) walking 10816 pixels each at ~1000 cycles of dependent
 // read-modify-writes per pixel: ~5 ms, ~20x the atomic path.
-// predicted H200 | flow_warp decouple-104 fp32 B=8 fwd+bwd | 0.177 ms | DRAM (grad_input read-modify-write) and flush atomics (floor 0.093 ms)
-// predicted H200 | flow_warp decouple-104 bf16 B=8 fwd+bwd | 0.101 ms | DRAM (grad_input read-modify-write) and flush atomics (floor 0.047 ms)
-// predicted H200 | flow_warp decouple-208 fp32 B=8 fwd+bwd | 0.670 ms | DRAM (grad_input read-modify-write) (floor 0.371 ms)
-// predicted H200 | flow_warp decouple-208 bf16 B=8 fwd+bwd | 0.351 ms | DRAM (grad_input read-modify-write) (floor 0.187 ms)
-// predicted H200 | flow_warp sfnet-52to104 fp32 B=8 fwd+bwd | 0.099 ms | shared-memory atomics (load/store issue) (floor 0.051 ms)
-// predicted H200 | flow_warp sfnet-52to104 bf16 B=8 fwd+bwd | 0.085 ms | shared-memory atomics (load/store issue) (floor 0.026 ms)
+// predicted H200 | flow_warp decouple-104 fp32 B=8 fwd+bwd | 0.169 ms | issue and shared-memory atomics of the owner kernel (floor 0.093 ms)
+// predicted H200 | flow_warp decouple-104 bf16 B=8 fwd+bwd | 0.151 ms | issue and shared-memory atomics of the owner kernel (floor 0.047 ms)
+// predicted H200 | flow_warp decouple-208 fp32 B=8 fwd+bwd | 0.591 ms | issue of the owner kernel (floor 0.371 ms)
+// predicted H200 | flow_warp decouple-208 bf16 B=8 fwd+bwd | 0.517 ms | issue of the owner kernel (floor 0.187 ms)
+// predicted H200 | flow_warp sfnet-52to104 fp32 B=8 fwd+bwd | 0.157 ms | issue and shared-memory atomics (CAS retries), 2.26 waves (floor 0.051 ms)
+// predicted H200 | flow_warp sfnet-52to104 bf16 B=8 fwd+bwd | 0.148 ms | issue and shared-memory atomics (CAS retries), 2.26 waves (floor 0.026 ms)
 #include "cuda/common.cuh"
 #include "cuda/flow_warp.h"
 
@@ -121,16 +125,21 @@ using flow_warp::PixelCorners;
 
 constexpr int kThreads = 256;
 constexpr int64_t kChannelsPerThread = 32;
-// The default backward's tiles: kTileWidth x kTileHeight output pixels, one per thread, a warp per row.
+// The default backward's output tiles: kTileWidth x kTileHeight output pixels, one per thread, a warp per row.
 constexpr int kTileWidth = 32;
 constexpr int kTileHeight = kThreads / kTileWidth;
 constexpr int kWarps = kThreads / 32;
-// A tile splats through shared memory when its input box has at most kMaxBoxElements pixels (its
-// flush then issues at most the direct splat's 4 global atomics per pixel and channel, all
-// coalesced); the accumulator holds kAccumulatorElements (16 KB fp32, 32 KB fp64): at least 4
-// channels per pass.
-constexpr int kMaxBoxElements = 4 * kThreads;
-constexpr int kAccumulatorElements = 4096;
+// Its input tiles, owned by one block each: kInputTileWidth x kInputTileHeight input pixels, one per thread.
+constexpr int kInputTileWidth = 32;
+constexpr int kInputTileHeight = kThreads / kInputTileWidth;
+// Channels per owner block: 32 (16 fp64); its accumulator (acc_t) and input values (scalar_t) per
+// input tile pixel take 64 KB of dynamic shared memory for fp32/fp64, 48 KB for fp16/bf16.
+constexpr int owner_channels(size_t element_size) { return element_size == sizeof(double) ? 16 : 32; }
+// Channels whose global loads (input values, grad) a thread issues together before using them.
+constexpr int kBatch = 8;
+// Elements per channel of the owner block's shared arrays: the input tile's pixels, then one
+// padding element per lane, where the corners outside the tile go (OwnedCorners).
+constexpr int kChannelStride = kThreads + 32;
 constexpr int kNoCorner = 0x7fffffff;  // min() identity of the box reduction
 
 // Fixed-point units per unit of gradient for a plane whose |grad_output| sums to `norm` (finite).
@@ -138,6 +147,11 @@ template <typename acc_t>
 __device__ __forceinline__ acc_t fixed_point_scale(acc_t norm) {
   return norm > acc_t(0) ? acc_t(2305843009213693952.0) / norm : acc_t(1);  // 2^61 / norm
 }
+
+// Input column and row of each corner of an output pixel (0 for a corner outside the image).
+struct CornerCells {
+  int column[4], row[4];
+};
 
 template <typename acc_t>
 struct Sampler {
@@ -155,6 +169,21 @@ struct Sampler {
   // Corners of output pixel p of image b.
   __device__ __forceinline__ PixelCorners<acc_t> corners(const acc_t* flow, int64_t b, int64_t p) const {
     return corners_at(flow, b, p % out_width, p / out_width);
+  }
+
+  // Cells of the corners of output pixel (px, py) of image b, from the axis corners that corners_at
+  // combines (the same calls on the same loads, merged by the compiler) rather than dividing offsets.
+  __device__ __forceinline__ CornerCells cells_at(const acc_t* flow, int64_t b, int64_t px, int64_t py) const {
+    const acc_t* f = flow + b * 2 * out_pixels + py * out_width + px;
+    const flow_warp::AxisCorners<acc_t> cx = flow_warp::axis_corners(x, px, f[0], padding);
+    const flow_warp::AxisCorners<acc_t> cy = flow_warp::axis_corners(y, py, f[out_pixels], padding);
+    CornerCells cells;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {  // the order of pixel_corners
+      cells.column[k] = static_cast<int>(cx.index[k % 2]);
+      cells.row[k] = static_cast<int>(cy.index[k / 2]);
+    }
+    return cells;
   }
 };
 
@@ -224,6 +253,12 @@ __device__ __forceinline__ void store_partial(acc_t* __restrict__ partial, int64
 // (width 0) when none is inside.
 struct Box {
   int x0, y0, width, height;
+
+  // Whether the box meets the input tile whose first column and row are x0, y0.
+  __device__ __forceinline__ bool meets_input_tile(int tile_x0, int tile_y0) const {
+    return width > 0 && x0 < tile_x0 + kInputTileWidth && x0 + width > tile_x0 && y0 < tile_y0 + kInputTileHeight &&
+           y0 + height > tile_y0;
+  }
 };
 
 __device__ __forceinline__ int warp_min(int value) {
@@ -232,27 +267,17 @@ __device__ __forceinline__ int warp_min(int value) {
   return value;
 }
 
-// Input column and row of each corner (the two divisions per corner, done once per thread);
-// meaningful for inside corners only.
-struct CornerCells {
-  int column[4], row[4];
-};
-
-template <typename acc_t>
-__device__ __forceinline__ CornerCells corner_cells(const PixelCorners<acc_t>& corners, int64_t in_width) {
-  CornerCells cells;
-#pragma unroll
-  for (int k = 0; k < 4; ++k) {
-    cells.column[k] = static_cast<int>(corners.offset[k] % in_width);
-    cells.row[k] = static_cast<int>(corners.offset[k] / in_width);
-  }
-  return cells;
+// Box of the bounds x0, y0, -x1, -y1 (kNoCorner when no corner).
+__device__ __forceinline__ Box bounded_box(const int bounds[4]) {
+  if (bounds[0] == kNoCorner) return {0, 0, 0, 0};
+  return {bounds[0], bounds[1], -bounds[2] - bounds[0] + 1, -bounds[3] - bounds[1] + 1};
 }
 
 // The block's box: min and max (as min of the negation) of the inside corners' columns and rows,
-// reduced in each warp, then across the warps through shared memory. Every thread gets the box.
+// reduced in each warp (its box, to warp_box), then across the warps through shared memory. Every
+// thread gets the box.
 template <typename acc_t>
-__device__ Box tile_box(const PixelCorners<acc_t>& corners, const CornerCells& cells) {
+__device__ Box tile_box(const PixelCorners<acc_t>& corners, const CornerCells& cells, Box& warp_box) {
   __shared__ int warp_bounds[kWarps][4];
   int bounds[4] = {kNoCorner, kNoCorner, kNoCorner, kNoCorner};  // x0, y0, -x1, -y1
 #pragma unroll
@@ -265,6 +290,7 @@ __device__ Box tile_box(const PixelCorners<acc_t>& corners, const CornerCells& c
   }
 #pragma unroll
   for (int i = 0; i < 4; ++i) bounds[i] = warp_min(bounds[i]);
+  warp_box = bounded_box(bounds);
   if (threadIdx.x % 32 == 0) {
 #pragma unroll
     for (int i = 0; i < 4; ++i) warp_bounds[threadIdx.x / 32][i] = bounds[i];
@@ -274,196 +300,291 @@ __device__ Box tile_box(const PixelCorners<acc_t>& corners, const CornerCells& c
 #pragma unroll
     for (int i = 0; i < 4; ++i) bounds[i] = min(bounds[i], warp_bounds[warp][i]);
   }
-  if (bounds[0] == kNoCorner) return {0, 0, 0, 0};
-  return {bounds[0], bounds[1], -bounds[2] - bounds[0] + 1, -bounds[3] - bounds[1] + 1};
+  return bounded_box(bounds);
 }
 
-// What one flush atomic adds: a pair of adjacent 16-bit elements (one aligned 4-byte word, __half2 /
-// __nv_bfloat162: the low half is the lower address) for fp16/bf16, one element for fp32/fp64.
-template <typename scalar_t>
-struct FlushUnit {
-  static constexpr int elements = 1;
-};
-template <>
-struct FlushUnit<__half> {
-  using pair_t = __half2;
-  static constexpr int elements = 2;
-  static __device__ __forceinline__ pair_t pair(float low, float high) { return __floats2half2_rn(low, high); }
-};
-template <>
-struct FlushUnit<__nv_bfloat16> {
-  using pair_t = __nv_bfloat162;
-  static constexpr int elements = 2;
-  static __device__ __forceinline__ pair_t pair(float low, float high) { return __floats2bfloat162_rn(low, high); }
-};
-
-// Adds the accumulator row `sums` at columns [column, column + elements) to the grad_input row `row`
-// (both indexed by column) with one atomic; a column outside [0, width) is not part of the row (the
-// odd head or tail of a 16-bit row: the other half goes alone, with a scalar 16-bit atomic; the
-// spare last slot of a row that needs width / 2 words has neither half).
-// An element no corner reached holds +0 (sums starting at +0 are never -0), and adding +0 to
-// grad_input (never -0 either) changes nothing: a slot of +0 only is skipped.
-template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ void flush_slot(scalar_t* row, const acc_t* sums, int column, int width) {
-  if constexpr (FlushUnit<scalar_t>::elements == 1) {
-    if (sums[column] != acc_t(0)) atomicAdd(row + column, sums[column]);
-  } else {
-    const bool has_low = column >= 0 && column < width, has_high = column + 1 < width;
-    const acc_t low = has_low ? sums[column] : acc_t(0), high = has_high ? sums[column + 1] : acc_t(0);
-    if (low == acc_t(0) && high == acc_t(0)) return;
-    if (has_low && has_high) {
-      using Unit = FlushUnit<scalar_t>;
-      atomicAdd(reinterpret_cast<typename Unit::pair_t*>(row + column), Unit::pair(low, high));
-    } else {
-      atomicAdd(row + (has_low ? column : column + 1), convert<scalar_t>(has_low ? low : high));
-    }
-  }
-}
-
-// Adds the block's accumulator, `rows` rows of `width` (row r at accumulator + r * width), to the
-// grad_input rows row_at(r), consecutive threads on consecutive columns (16-bit pairs). A 16-bit
-// row's words start one column early when the row starts at an odd element, so width / 2 + 1 slots
-// per row cover either alignment.
-template <typename scalar_t, typename acc_t, typename RowAt>
-__device__ __forceinline__ void flush(const acc_t* accumulator, int rows, int width, const RowAt& row_at) {
-  constexpr int pack = FlushUnit<scalar_t>::elements;
-  const int row_slots = width / pack + pack - 1;
-  for (int i = threadIdx.x; i < rows * row_slots; i += kThreads) {
-    const int r = i / row_slots;
-    scalar_t* row = row_at(r);
-    const int lead = static_cast<int>(reinterpret_cast<uintptr_t>(row) / sizeof(scalar_t) % pack);
-    flush_slot(row, accumulator + r * width, (i - r * row_slots) * pack - lead, width);
-  }
-}
-
-// Output pixel (px, py) of this thread in tile `tile` (row-major, tiles_x per row).
+// Output pixel (px, py) at index t (row-major) of output tile `tile` (row-major, tiles_x per row).
 struct TilePixel {
   int64_t px, py;
 };
 
-__device__ __forceinline__ TilePixel tile_pixel(int64_t tile, int64_t tiles_x) {
-  return {(tile % tiles_x) * kTileWidth + threadIdx.x % kTileWidth,
-          (tile / tiles_x) * kTileHeight + threadIdx.x / kTileWidth};
+__device__ __forceinline__ TilePixel tile_pixel(int64_t tile, int64_t tiles_x, int t) {
+  return {(tile % tiles_x) * kTileWidth + t % kTileWidth, (tile / tiles_x) * kTileHeight + t / kTileWidth};
 }
 
-// Default backward: a block owns a kTileWidth x kTileHeight tile of output pixels of image b and a
-// chunk of channels. Its partial grad_flow as backward_fixed_point_kernel's. grad_input (zeroed, in
-// the input's dtype): when the tile's input box fits (at most kMaxBoxElements), the corners are
-// splatted into a shared fp32 (fp64) accumulator holding as many channels' boxes as fit, then each
-// (box pixel, channel) is added to grad_input by one global atomic, or each aligned pair of adjacent
-// box pixels for fp16/bf16 (flush); otherwise (large or wild flow, no corner inside) fp32/fp64 add
-// each corner to grad_input directly, and fp16/bf16 leave the tile's splat to
-// backward_deferred_kernel, marking it in deferred[b * tiles + tile] (written by chunk 0's block,
-// for every tile, so that the workspace needs no zeroing).
-template <typename scalar_t, typename acc_t>
+// Phase 1 of the default backward: boxes[b * tiles + tile] = the input box of the inside corners of
+// output tile `tile` of image b (empty when none), and row_boxes[(b * tiles + tile) * kWarps + r]
+// that of its row r (a warp's pixels); one block per (tile, image).
+template <typename acc_t>
 __global__ void __launch_bounds__(kThreads)
-    backward_tiles_kernel(const scalar_t* __restrict__ grad_output, const scalar_t* __restrict__ input,
-                          const acc_t* __restrict__ flow, Sampler<acc_t> s, int64_t out_height, int64_t tiles_x,
-                          int64_t channels, int64_t in_width, int64_t in_pixels, scalar_t* __restrict__ grad_input,
-                          acc_t* __restrict__ partial, unsigned char* __restrict__ deferred) {
-  __shared__ acc_t accumulator[kAccumulatorElements];
-  const int64_t b = blockIdx.z, chunk = blockIdx.y, c0 = chunk * kChannelsPerThread;
-  const int64_t c1 = min(c0 + kChannelsPerThread, channels);
-  const TilePixel pixel = tile_pixel(blockIdx.x, tiles_x);
-  const bool valid = pixel.px < s.out_width && pixel.py < out_height;  // tiles cut by the image border
-  const int64_t p = pixel.py * s.out_width + pixel.px;
+    tile_boxes_kernel(const acc_t* __restrict__ flow, Sampler<acc_t> s, int64_t out_height, int64_t tiles_x,
+                      Box* __restrict__ boxes, Box* __restrict__ row_boxes) {
+  const int64_t b = blockIdx.y;
+  const TilePixel pixel = tile_pixel(blockIdx.x, tiles_x, threadIdx.x);
   PixelCorners<acc_t> corners = {};  // no corner inside for a thread beyond the border
-  if (valid) corners = s.corners_at(flow, b, pixel.px, pixel.py);
-  const CornerCells cells = corner_cells(corners, in_width);
-  const Box box = tile_box(corners, cells);
-  const int64_t box_elements = int64_t(box.width) * box.height;
-  constexpr bool defers = FlushUnit<scalar_t>::elements == 2;
-  if (defers && chunk == 0 && threadIdx.x == 0) deferred[b * gridDim.x + blockIdx.x] = box_elements > kMaxBoxElements;
-  acc_t dx = acc_t(0), dy = acc_t(0);
-  if (box_elements == 0 || box_elements > kMaxBoxElements) {
-    for (int64_t c = c0; valid && c < c1; ++c) {
-      const int64_t plane = (b * channels + c) * in_pixels;
-      const acc_t g = convert<acc_t>(grad_output[(b * channels + c) * s.out_pixels + p]);
-      backward_channel(corners, input + plane, g, dx, dy, [&](int k, acc_t value) {
-        if constexpr (!defers) atomicAdd(grad_input + plane + corners.offset[k], value);
-      });
-    }
-  } else {
-    int local[4];  // corner offsets in the box
+  CornerCells cells = {};
+  if (pixel.px < s.out_width && pixel.py < out_height) {
+    corners = s.corners_at(flow, b, pixel.px, pixel.py);
+    cells = s.cells_at(flow, b, pixel.px, pixel.py);
+  }
+  Box row_box;
+  const Box box = tile_box(corners, cells, row_box);
+  const int64_t tile = b * gridDim.x + blockIdx.x;
+  if (threadIdx.x == 0) boxes[tile] = box;
+  if (threadIdx.x % 32 == 0) row_boxes[tile * kWarps + threadIdx.x / 32] = row_box;
+}
+
+// The input tiles a pixel's inside corners lie in span at most 2 x 2; of(row, column) numbers the tile
+// of the cell (row, column) among them, 2 * (its tile row - the lowest) + (its tile column - the
+// leftmost): the owner block of that tile writes the pixel's grad_flow terms of its corners there to
+// that quadrant's slot.
+struct CornerQuadrants {
+  int tile_row, tile_column;  // the lowest tile row and leftmost tile column of the inside corners
+
+  __device__ __forceinline__ int of(int row, int column) const {
+    return 2 * (row / kInputTileHeight - tile_row) + column / kInputTileWidth - tile_column;
+  }
+};
+
+template <typename acc_t>
+__device__ __forceinline__ CornerQuadrants corner_quadrants(const PixelCorners<acc_t>& corners,
+                                                            const CornerCells& cells) {
+  CornerQuadrants quadrants = {kNoCorner, kNoCorner};
 #pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      local[k] = (cells.row[k] - box.y0) * box.width + cells.column[k] - box.x0;  // used for inside corners only
+  for (int k = 0; k < 4; ++k) {
+    if (!corners.inside[k]) continue;
+    quadrants.tile_row = min(quadrants.tile_row, cells.row[k] / kInputTileHeight);
+    quadrants.tile_column = min(quadrants.tile_column, cells.column[k] / kInputTileWidth);
+  }
+  return quadrants;
+}
+
+// Slot of the chunk's grad_flow terms, in quadrant q, of output pixel p of image b (x; y is out_pixels
+// further): partial[((chunk * B + b) * 4 + q) * 2 * Po + p].
+template <typename acc_t>
+__device__ __forceinline__ acc_t* quadrant_slot(acc_t* partial, int64_t chunk, int64_t batch, int64_t b, int q,
+                                                int64_t p, int64_t out_pixels) {
+  return partial + ((chunk * batch + b) * 4 + q) * 2 * out_pixels + p;
+}
+
+// Dynamic shared memory of backward_owner_kernel: the accumulator and the input tile, both
+// [channel][kChannelStride], the lists of met output tiles and of a walked tile's pixels, a count per
+// warp: 74 KB fp32/fp64, 56 KB fp16/bf16.
+template <typename scalar_t>
+constexpr size_t owner_shared_bytes() {
+  constexpr size_t channels = owner_channels(sizeof(scalar_t));
+  constexpr size_t lists = (2 * kThreads + kWarps) * sizeof(int);
+  return channels * kChannelStride * (sizeof(acc_type<scalar_t>) + sizeof(scalar_t)) + lists;
+}
+
+// Which of output pixel (px, py)'s corners lie inside the image and in the input tile at (x0, y0)
+// (`mine`): corner k's pixel in the tile and weight for those; for the others the padding element of
+// this thread's lane and weight 0, so that every lane of the channel loop runs the same instructions,
+// without branches: what they add there (0 * grad: NaN for an infinite grad) is never read, and their
+// products with the values read there are dropped.
+template <typename acc_t>
+struct OwnedCorners {
+  int local[4];
+  acc_t weight[4], grad_x[4], grad_y[4];  // d(weight)/d(flow)
+  bool mine[4];
+  bool any;      // some corner is in the tile
+  int quadrant;  // the tile's quadrant among the pixel's (CornerQuadrants), when `any`
+};
+
+template <typename acc_t>
+__device__ __forceinline__ OwnedCorners<acc_t> owned_corners(const Sampler<acc_t>& s, const acc_t* flow, int64_t b,
+                                                             int64_t out_height, const TilePixel& pixel, int x0,
+                                                             int y0) {
+  PixelCorners<acc_t> corners = {};  // no corner inside for a pixel beyond the border
+  CornerCells cells = {};
+  if (pixel.px < s.out_width && pixel.py < out_height) {
+    corners = s.corners_at(flow, b, pixel.px, pixel.py);
+    cells = s.cells_at(flow, b, pixel.px, pixel.py);
+  }
+  OwnedCorners<acc_t> owned;
+  owned.any = false;
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    const int column = cells.column[k] - x0, row = cells.row[k] - y0;
+    const bool mine =
+        corners.inside[k] && column >= 0 && column < kInputTileWidth && row >= 0 && row < kInputTileHeight;
+    owned.local[k] = mine ? row * kInputTileWidth + column : kThreads + static_cast<int>(threadIdx.x % 32);
+    owned.weight[k] = mine ? corners.weight[k] : acc_t(0);
+    owned.grad_x[k] = corners.grad_x[k];
+    owned.grad_y[k] = corners.grad_y[k];
+    owned.mine[k] = mine;
+    owned.any = owned.any || mine;
+  }
+  owned.quadrant = corner_quadrants(corners, cells).of(y0, x0);
+  return owned;
+}
+
+// Lists the threads whose `flag` is set, in thread order: list[i] = the index of the i-th; returns
+// their number. Every thread of the block calls it (two barriers: warp_counts, kWarps ints, and the
+// list may be rewritten at the next call).
+__device__ __forceinline__ int list_threads(bool flag, int* list, int* warp_counts) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const unsigned ballot = __ballot_sync(0xffffffffu, flag);
+  if (lane == 0) warp_counts[warp] = __popc(ballot);
+  __syncthreads();  // also: the previous list has been read
+  int count = 0, before = 0;
+  for (int w = 0; w < kWarps; ++w) {
+    before += w < warp ? warp_counts[w] : 0;
+    count += warp_counts[w];
+  }
+  if (flag) list[before + __popc(ballot & ((1u << lane) - 1u))] = threadIdx.x;
+  __syncthreads();  // the list is complete; warp_counts are read
+  return count;
+}
+
+// Phase 2 of the default backward: a block owns a kInputTileWidth x kInputTileHeight tile of input
+// pixels of image b and a chunk of owner_channels(sizeof(scalar_t)) channels; thread t holds tile
+// pixel t while it loads the tile's input values into shared memory and zeroes its accumulator, and
+// while it stores grad_input. In between it walks the image's output tiles in order; for each whose
+// box meets the input tile, each thread takes the tile's output pixel t and, unless its row's box
+// misses the input tile, tests whether a corner lies in it; those pixels are listed densely (warp
+// ballots, then counts per warp), and
+// the first `listed` threads each take one, recompute its corners and, for each channel, add Eq. 1's
+// weight * grad to the accumulator at its corners in the input tile (shared-memory atomics) and sum
+// their grad_flow terms, grad * d(weight_k) / d(flow) * input value, into the pixel's quadrant slot
+// (one owner block per (pixel, quadrant, chunk)). Every element of the tile's grad_input is stored
+// once, converted once to the input's dtype (zero where nothing lands). Three blocks per SM (what the
+// fp32 shared memory allows; at the default register budget fp16/bf16 spilled a register).
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads, 3)
+    backward_owner_kernel(const scalar_t* __restrict__ grad_output, const scalar_t* __restrict__ input,
+                          const acc_t* __restrict__ flow, Sampler<acc_t> s, int64_t out_height, int64_t tiles_x,
+                          int64_t tiles, const Box* __restrict__ boxes, const Box* __restrict__ row_boxes,
+                          int64_t channels, int in_height, int in_width, int input_tiles_x,
+                          scalar_t* __restrict__ grad_input, acc_t* __restrict__ partial) {
+  constexpr int kChannels = owner_channels(sizeof(scalar_t));
+  FASTSEG_DYNAMIC_SHARED(shared);
+  acc_t* accumulator = reinterpret_cast<acc_t*>(shared);  // [channel][kChannelStride]
+  scalar_t* values = reinterpret_cast<scalar_t*>(accumulator + kChannels * kChannelStride);  // the input tile, alike
+  int* met_tiles = reinterpret_cast<int*>(values + kChannels * kChannelStride);  // [kThreads] output tiles - first
+  int* listed = met_tiles + kThreads;  // [kThreads] output tile pixels
+  int* warp_counts = listed + kThreads;  // [kWarps]
+  const int64_t b = blockIdx.z, chunk = blockIdx.y, c0 = chunk * kChannels;
+  const int pass_channels = static_cast<int>(min(int64_t(kChannels), channels - c0));
+  const int x0 = static_cast<int>(blockIdx.x % input_tiles_x) * kInputTileWidth;
+  const int y0 = static_cast<int>(blockIdx.x / input_tiles_x) * kInputTileHeight;
+  const int ix = x0 + threadIdx.x % kInputTileWidth, iy = y0 + threadIdx.x / kInputTileWidth;
+  const bool owns = ix < in_width && iy < in_height;  // tiles cut by the image border
+  const int64_t in_pixels = int64_t(in_height) * in_width;
+  const int64_t element = (b * channels + c0) * in_pixels + int64_t(iy) * in_width + ix;  // channel c0
+  const scalar_t* in = input + element;  // channel c0, then + in_pixels each (read only where owns)
+#pragma unroll
+  for (int j0 = 0; j0 < kChannels; j0 += kBatch) {
+    if (j0 >= pass_channels) break;
+    scalar_t batch[kBatch];  // the batch's loads in flight together
+#pragma unroll
+    for (int i = 0; i < kBatch; ++i, in += in_pixels) {
+      batch[i] = owns && j0 + i < pass_channels ? *in : convert<scalar_t>(acc_t(0));
     }
-    const int box_size = static_cast<int>(box_elements);
-    const int64_t per_pass = kAccumulatorElements / box_size;
-    for (int64_t pass = c0; pass < c1; pass += per_pass) {
-      const int pass_channels = static_cast<int>(min(per_pass, c1 - pass));
-      const int count = pass_channels * box_size;
-      for (int i = threadIdx.x; i < count; i += kThreads) accumulator[i] = acc_t(0);
-      __syncthreads();
-      for (int j = 0; valid && j < pass_channels; ++j) {
-        const int64_t c = pass + j;
-        const acc_t g = convert<acc_t>(grad_output[(b * channels + c) * s.out_pixels + p]);
-        acc_t* box_plane = accumulator + j * box_size;
-        backward_channel(corners, input + (b * channels + c) * in_pixels, g, dx, dy,
-                         [&](int k, acc_t value) { atomicAdd(box_plane + local[k], value); });
-      }
-      __syncthreads();
-      flush<scalar_t>(accumulator, pass_channels * box.height, box.width, [&](int r) {  // r = j * box.height + box row
-        const int j = r / box.height;
-        return grad_input + (b * channels + pass + j) * in_pixels + int64_t(box.y0 + r - j * box.height) * in_width +
-               box.x0;
-      });
-      __syncthreads();  // the flush has read the accumulator before the next pass zeroes it
+#pragma unroll
+    for (int i = 0; i < kBatch; ++i) {
+      accumulator[(j0 + i) * kChannelStride + threadIdx.x] = acc_t(0);  // channels past pass_channels: unused
+      values[(j0 + i) * kChannelStride + threadIdx.x] = batch[i];
     }
   }
-  if (valid) store_partial(partial, chunk, b, p, s.out_pixels, dx, dy);
-}
-
-// fp16/bf16: the splat of the tiles backward_tiles_kernel deferred (boxes over kMaxBoxElements).
-// A block owns a window of kMaxBoxElements consecutive elements of the input planes of image b and
-// a chunk of channels; per pass of kAccumulatorElements / kMaxBoxElements channels it walks every
-// deferred tile of the image (a thread per tile pixel, as there), splats the corners that fall in
-// its window into the shared fp32 accumulator and flushes the window once: an element takes one
-// flush from all deferred tiles together, whatever their number. Returns at once when the image
-// has no deferred tile (the benchmark's flow has none).
-template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads)
-    backward_deferred_kernel(const scalar_t* __restrict__ grad_output, const acc_t* __restrict__ flow,
-                             Sampler<acc_t> s, int64_t out_height, int64_t tiles_x, int64_t tiles, int64_t channels,
-                             int64_t in_pixels, const unsigned char* __restrict__ deferred,
-                             scalar_t* __restrict__ grad_input) {
-  __shared__ acc_t accumulator[kAccumulatorElements];
-  constexpr int kWindow = kMaxBoxElements, kPassChannels = kAccumulatorElements / kWindow;
-  const int64_t b = blockIdx.z, c0 = blockIdx.y * kChannelsPerThread;
-  const int64_t c1 = min(c0 + kChannelsPerThread, channels);
-  const unsigned char* marks = deferred + b * tiles;
-  bool any = false;
-  for (int64_t tile = 0; tile < tiles; ++tile) any = any | (marks[tile] != 0);  // independent loads
-  if (!any) return;  // the same answer in every thread of the block
-  const int64_t w0 = int64_t(blockIdx.x) * kWindow;
-  const int width = static_cast<int>(min(int64_t(kWindow), in_pixels - w0));
-  for (int64_t pass = c0; pass < c1; pass += kPassChannels) {
-    const int pass_channels = static_cast<int>(min(int64_t(kPassChannels), c1 - pass));
-    for (int i = threadIdx.x; i < pass_channels * width; i += kThreads) accumulator[i] = acc_t(0);
-    __syncthreads();
-    for (int64_t tile = 0; tile < tiles; ++tile) {
-      if (!marks[tile]) continue;
-      const TilePixel pixel = tile_pixel(tile, tiles_x);
-      if (pixel.px >= s.out_width || pixel.py >= out_height) continue;
-      const PixelCorners<acc_t> corners = s.corners_at(flow, b, pixel.px, pixel.py);
+  for (int64_t first = 0; first < tiles; first += kThreads) {  // kThreads output tiles' boxes at a time
+    bool meets = false;
+    if (first + threadIdx.x < tiles) {
+      meets = boxes[b * tiles + first + threadIdx.x].meets_input_tile(x0, y0);
+    }
+    // the first time, the barriers also order the tile's loads before the atomics
+    const int met = list_threads(meets, met_tiles, warp_counts);
+    for (int i = 0; i < met; ++i) {
+      const int64_t tile = first + met_tiles[i];
+      // a row (warp) whose box misses the input tile computes no corners
+      const bool row_meets = row_boxes[(b * tiles + tile) * kWarps + threadIdx.x / 32].meets_input_tile(x0, y0);
+      const TilePixel own = tile_pixel(tile, tiles_x, threadIdx.x);
+      const bool any = row_meets && owned_corners(s, flow, b, out_height, own, x0, y0).any;
+      const int count = list_threads(any, listed, warp_counts);
+      if (static_cast<int>(threadIdx.x) >= count) continue;  // whole warps but the last
+      const TilePixel pixel = tile_pixel(tile, tiles_x, listed[threadIdx.x]);
+      const OwnedCorners<acc_t> owned = owned_corners(s, flow, b, out_height, pixel, x0, y0);
       const int64_t p = pixel.py * s.out_width + pixel.px;
-      for (int j = 0; j < pass_channels; ++j) {
-        const acc_t g = convert<acc_t>(grad_output[(b * channels + pass + j) * s.out_pixels + p]);
+      const scalar_t* grad = grad_output + (b * channels + c0) * s.out_pixels + p;  // channel c0, then + Po each
+      acc_t* sums[4];  // corner k's accumulator element of channel c0, then + kChannelStride each
+      const scalar_t* value_at[4];
+      acc_t products[4] = {};  // sum over the channels of grad * input value at corner k
 #pragma unroll
-        for (int k = 0; k < 4; ++k) {  // Eq. 1's weights, as backward_channel splats them
-          const int64_t local = corners.offset[k] - w0;
-          if (corners.inside[k] && local >= 0 && local < width) {
-            atomicAdd(accumulator + j * width + local, corners.weight[k] * g);
+      for (int k = 0; k < 4; ++k) {
+        sums[k] = accumulator + owned.local[k];
+        value_at[k] = values + owned.local[k];
+      }
+#pragma unroll  // constant shared-memory offsets
+      for (int j0 = 0; j0 < kChannels; j0 += kBatch) {
+        if (j0 >= pass_channels) break;
+        acc_t g[kBatch];  // the batch's grad loads in flight together
+#pragma unroll
+        for (int i = 0; i < kBatch; ++i, grad += s.out_pixels) {
+          g[i] = j0 + i < pass_channels ? convert<acc_t>(*grad) : acc_t(0);
+        }
+#pragma unroll
+        for (int i = 0; i < kBatch; ++i) {
+          const int j = j0 + i;
+          if (j == pass_channels) break;
+#pragma unroll
+          for (int k = 0; k < 4; ++k) {  // Eq. 1 differentiated
+            products[k] += convert<acc_t>(value_at[k][j * kChannelStride]) * g[i];
+            atomicAdd(sums[k] + j * kChannelStride, owned.weight[k] * g[i]);
           }
         }
       }
+      acc_t dx = acc_t(0), dy = acc_t(0);
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        if (!owned.mine[k]) continue;
+        dx += owned.grad_x[k] * products[k];
+        dy += owned.grad_y[k] * products[k];
+      }
+      acc_t* slot = quadrant_slot(partial, chunk, int64_t(gridDim.z), b, owned.quadrant, p, s.out_pixels);
+      slot[0] = dx;
+      slot[s.out_pixels] = dy;
     }
-    __syncthreads();
-    flush<scalar_t>(accumulator, pass_channels, width, [&](int j) {
-      return grad_input + (b * channels + pass + j) * in_pixels + w0;
-    });
-    __syncthreads();  // the flush has read the accumulator before the next pass zeroes it
+  }
+  __syncthreads();
+  if (!owns) return;
+  scalar_t* out = grad_input + element;
+#pragma unroll
+  for (int j = 0; j < kChannels; ++j, out += in_pixels) {
+    if (j == pass_channels) break;
+    *out = convert<scalar_t>(accumulator[j * kChannelStride + threadIdx.x]);
+  }
+}
+
+// grad_flow of the default backward: per output pixel, the slots of the quadrants its inside corners
+// lie in (recomputed: a quadrant with no inside corner has no owner and its slot was never written),
+// in the order chunk, quadrant.
+template <typename acc_t>
+__global__ void sum_quadrant_slots_kernel(const acc_t* __restrict__ partial, const acc_t* __restrict__ flow,
+                                          Sampler<acc_t> s, int64_t chunks, int64_t batch,
+                                          acc_t* __restrict__ grad_flow) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < batch * s.out_pixels;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t b = i / s.out_pixels, p = i - b * s.out_pixels, px = p % s.out_width, py = p / s.out_width;
+    const PixelCorners<acc_t> corners = s.corners_at(flow, b, px, py);
+    const CornerCells cells = s.cells_at(flow, b, px, py);
+    const CornerQuadrants quadrants = corner_quadrants(corners, cells);
+    unsigned written = 0;  // bit q: quadrant q holds an inside corner
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      if (corners.inside[k]) written |= 1u << quadrants.of(cells.row[k], cells.column[k]);
+    }
+    acc_t dx = acc_t(0), dy = acc_t(0);
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        if (!(written >> q & 1u)) continue;
+        const acc_t* slot = quadrant_slot(partial, chunk, batch, b, q, p, s.out_pixels);
+        dx += slot[0];
+        dy += slot[s.out_pixels];
+      }
+    }
+    grad_flow[b * 2 * s.out_pixels + p] = dx;
+    grad_flow[b * 2 * s.out_pixels + s.out_pixels + p] = dy;
   }
 }
 
@@ -591,31 +712,40 @@ cudaError_t flow_warp_forward(const scalar_t* input, const coord_t<scalar_t>* fl
 
 // Workspace element counts, in their order: the deterministic path's int64 fixed-point sums (first,
 // so that they are 8-byte aligned) and its fp32 grad_input accumulator for the planes of non-finite
-// norm (fp16/bf16 only), the per-chunk flow gradients, the deterministic path's plane norms, and
-// the atomic path's deferred-tile marks (bytes; fp16/bf16 only).
+// norm (fp16/bf16 only), the per-chunk flow gradients (the deterministic path: per pixel; the default
+// one: per pixel and quadrant, quadrant_slot), the deterministic path's plane norms, and the default
+// path's output tile boxes, then their rows' boxes (kWarps per tile).
 struct BackwardWorkspace {
-  size_t fixed, accumulator, partial, norms, deferred;
+  size_t fixed, accumulator, partial, norms, boxes;
 };
 
 int64_t tile_count(const FlowWarpShape& shape) {
   return ceil_div(shape.out_width, kTileWidth) * ceil_div(shape.out_height, kTileHeight);
 }
 
+// Channel chunks of the default backward's owner blocks.
+int64_t owner_chunks(const FlowWarpShape& shape, size_t element_size) {
+  return ceil_div(shape.channels, owner_channels(element_size));
+}
+
 BackwardWorkspace backward_workspace(const FlowWarpShape& shape, size_t element_size, bool deterministic) {
-  const int64_t chunks = std::max<int64_t>(1, ceil_div(shape.channels, kChannelsPerThread));
   const size_t input_count = size_t(shape.batch * shape.channels * shape.in_height * shape.in_width);
+  const size_t per_pixel = size_t(shape.batch * shape.out_height * shape.out_width);
   const bool half = element_size < sizeof(float);
-  return {deterministic ? input_count : 0, deterministic && half ? input_count : 0,
-          size_t(chunks * shape.batch * 2 * shape.out_height * shape.out_width),
-          deterministic ? size_t(shape.batch * shape.channels) : 0,
-          !deterministic && half ? size_t(shape.batch * tile_count(shape)) : 0};
+  if (deterministic) {
+    const int64_t chunks = std::max<int64_t>(1, ceil_div(shape.channels, kChannelsPerThread));
+    return {input_count, half ? input_count : 0, size_t(chunks) * 2 * per_pixel, size_t(shape.batch * shape.channels),
+            0};
+  }
+  return {0, 0, size_t(owner_chunks(shape, element_size)) * 8 * per_pixel, 0,
+          size_t(shape.batch * tile_count(shape)) * (1 + kWarps)};
 }
 
 size_t flow_warp_backward_workspace(const FlowWarpShape& shape, size_t element_size, bool deterministic) {
   const size_t acc_size = element_size == sizeof(double) ? sizeof(double) : sizeof(float);
   const BackwardWorkspace counts = backward_workspace(shape, element_size, deterministic);
   return sizeof(unsigned long long) * counts.fixed + acc_size * (counts.accumulator + counts.partial + counts.norms) +
-         counts.deferred;
+         sizeof(Box) * counts.boxes;
 }
 
 template <typename scalar_t>
@@ -634,10 +764,10 @@ cudaError_t flow_warp_backward(const scalar_t* grad_output, const scalar_t* inpu
   acc_t* grad_acc = reinterpret_cast<acc_t*>(fixed + counts.fixed);
   acc_t* partial = grad_acc + counts.accumulator;
   acc_t* norms = partial + counts.partial;
-  unsigned char* deferred = reinterpret_cast<unsigned char*>(norms + counts.norms);
+  Box* boxes = reinterpret_cast<Box*>(norms + counts.norms);  // then the row boxes
   if constexpr (accumulates_in_place<scalar_t>()) grad_acc = reinterpret_cast<acc_t*>(grad_input);
   const bool splat = shape.channels > 0 && flow_count > 0;
-  if (!splat || !deterministic) {
+  if (!splat) {
     cudaError_t error = cudaMemsetAsync(grad_input, 0, size_t(input_count) * sizeof(scalar_t), stream);
     if (error != cudaSuccess) return error;
   }
@@ -657,19 +787,25 @@ cudaError_t flow_warp_backward(const scalar_t* grad_output, const scalar_t* inpu
       const dim3 plane_grid(static_cast<unsigned>(ceil_div(shape.channels, 64)), static_cast<unsigned>(shape.batch));
       launch(splat_planes_kernel<scalar_t, acc_t>, plane_grid, 64, 0, stream, grad_output, flow, sampler,
              shape.channels, in_pixels, norms, grad_acc);
+      launch(sum_chunks_kernel<acc_t>, stride_blocks(flow_count), kThreads, 0, stream, partial, grid.y, flow_count,
+             grad_flow);
     } else {
       const int64_t tiles_x = ceil_div(shape.out_width, kTileWidth), tiles = tile_count(shape);
-      launch(backward_tiles_kernel<scalar_t, acc_t>, dim3(static_cast<unsigned>(tiles), grid.y, grid.z), kThreads, 0,
-             stream, grad_output, input, flow, sampler, shape.out_height, tiles_x, shape.channels, shape.in_width,
-             in_pixels, grad_input, partial, deferred);
-      if (counts.deferred > 0 && in_pixels > 0) {
-        const dim3 windows(static_cast<unsigned>(ceil_div(in_pixels, kMaxBoxElements)), grid.y, grid.z);
-        launch(backward_deferred_kernel<scalar_t, acc_t>, windows, kThreads, 0, stream, grad_output, flow, sampler,
-               shape.out_height, tiles_x, tiles, shape.channels, in_pixels, deferred, grad_input);
-      }
+      const int64_t input_tiles_x = ceil_div(shape.in_width, kInputTileWidth);
+      const int64_t input_tiles = input_tiles_x * ceil_div(shape.in_height, kInputTileHeight);
+      const int64_t chunks = owner_chunks(shape, sizeof(scalar_t));
+      launch(tile_boxes_kernel<acc_t>, dim3(static_cast<unsigned>(tiles), grid.z), kThreads, 0, stream, flow, sampler,
+             shape.out_height, tiles_x, boxes, boxes + grid.z * tiles);
+      const auto owner_kernel = backward_owner_kernel<scalar_t, acc_t>;
+      cudaError_t error = allow_shared(owner_kernel, owner_shared_bytes<scalar_t>());
+      if (error != cudaSuccess) return error;
+      launch(owner_kernel, dim3(static_cast<unsigned>(input_tiles), static_cast<unsigned>(chunks), grid.z), kThreads,
+             owner_shared_bytes<scalar_t>(), stream, grad_output, input, flow, sampler, shape.out_height, tiles_x,
+             tiles, boxes, boxes + grid.z * tiles, shape.channels, static_cast<int>(shape.in_height),
+             static_cast<int>(shape.in_width), static_cast<int>(input_tiles_x), grad_input, partial);
+      launch(sum_quadrant_slots_kernel<acc_t>, stride_blocks(shape.batch * out_pixels), kThreads, 0, stream, partial,
+             flow, sampler, chunks, shape.batch, grad_flow);
     }
-    launch(sum_chunks_kernel<acc_t>, stride_blocks(flow_count), kThreads, 0, stream, partial, grid.y, flow_count,
-           grad_flow);
   }
   if (input_count > 0 && splat && deterministic) {
     launch(fixed_point_to_grad_kernel<scalar_t, acc_t>, stride_blocks(input_count), kThreads, 0, stream, fixed, norms,

@@ -28,8 +28,8 @@ cudaError_t flow_warp_forward(const scalar_t* input, const coord_t<scalar_t>* fl
 
 // Bytes of workspace the backward needs: per-channel-chunk partial flow gradients; with
 // `deterministic` the int64 fixed-point sums of grad_input, the per-plane norms of grad_output and,
-// for fp16/bf16, an fp32 grad_input accumulator; without it, for fp16/bf16, a byte per
-// (image, tile) marking the tiles whose splat is deferred.
+// for fp16/bf16, an fp32 grad_input accumulator; without it the input boxes of the output tiles and
+// of their rows.
 size_t flow_warp_backward_workspace(const FlowWarpShape& shape, size_t element_size, bool deterministic);
 
 // deterministic: splat grad_input with order-independent fixed-point int64 atomics instead of

@@ -1,8 +1,8 @@
-"""flow_warp's CUDA kernels (forward; the default backward's tiles, splatting through shared memory or,
-where a tile's input box is too large, directly into grad_input (fp32/fp64); the deterministic fixed-point splat
-with its plane norms and the in-order splat of non-finite planes; chunk sums; the fp16/bf16 flush with
-pair and scalar 16-bit atomics and the deferred splat of their large-box tiles; the deterministic path's
-fp16/bf16 conversion) on the emulated-CUDA layer."""
+"""flow_warp's CUDA kernels (forward; the default backward's three phases: output tile boxes, the blocks
+that own an input tile and a chunk of channels, store its grad_input once and write grad_flow's slots
+(one per pixel and owner tile), and the sum of those slots; the deterministic fixed-point splat with its
+plane norms and the in-order splat of non-finite planes; chunk sums; the deterministic path's fp16/bf16
+conversion) on the emulated-CUDA layer."""
 from __future__ import annotations
 
 import pytest
@@ -26,16 +26,17 @@ CASES = {
     "one-pixel-input": (2, 3, 1, 1, 4, 5),
     "70-channels": (2, 70, 5, 6, 5, 6),  # three chunks of 32 channels
 }
-# Inputs above kMaxBoxElements pixels, where a tile's box can be too large for shared memory; 37
-# channels: a chunk of 32 and one of 5, passes of several channels that do not divide them.
+# Inputs of several input tiles, cut by the image border; 37 channels: owner chunks of 32 + 5 (16 + 16 + 5
+# fp64), and deterministic chunks of 32 + 5.
 TILE_CASES = {
     "same-size": (2, 37, 36, 40, 36, 40),  # 2 x 5 tiles, the last column 8 wide, the last row 4 high
-    # 52->104-like: 4 x 6 tiles, cut at 16 (15) columns and 4 (3) rows; without align_corners the
-    # output is 2x the input, with it 2x - 1, so that the coordinate's scale is 1/2 (exact) in both
+    # 52->104-like: output 4 x 6 tiles, cut at 16 (15) columns and 4 (3) rows, input 2 x 3 tiles cut at
+    # 24 columns and 6 rows; without align_corners the output is 2x the input, with it 2x - 1, so that
+    # the coordinate's scale is 1/2 (exact) in both
     "upsample": (2, 37, 22, 56, 44, 112),
 }
-TILE = (8, 32)  # csrc/cuda/flow_warp.cu: kTileHeight, kTileWidth
-MAX_BOX = 1024  # kMaxBoxElements: larger boxes take the direct splat
+TILE = (8, 32)  # csrc/cuda/flow_warp.cu: kTileHeight, kTileWidth (output tiles)
+INPUT_TILE = (8, 32)  # kInputTileHeight, kInputTileWidth (the owner blocks' input tiles)
 
 
 def _base(out_size, in_size, align_corners):
@@ -130,11 +131,10 @@ def _tile_boxes(flow, in_hw, padding, align_corners):
     return boxes
 
 
-def _tile_paths(flow, in_hw, padding, align_corners):
-    """Per (image, tile) of the default backward, True where the kernel's rule sends it through shared
-    memory: its inside corners' box (columns x rows) has at most MAX_BOX pixels and is not empty."""
-    return [box is not None and (box[2] - box[0] + 1) * (box[3] - box[1] + 1) <= MAX_BOX
-            for _, box in _tile_boxes(flow, in_hw, padding, align_corners)]
+def _input_tiles_met(box):
+    """(columns, rows) of input tiles that an output tile's box (x0, y0, x1, y1, inclusive) meets."""
+    x0, y0, x1, y1 = box
+    return x1 // INPUT_TILE[1] - x0 // INPUT_TILE[1] + 1, y1 // INPUT_TILE[0] - y0 // INPUT_TILE[0] + 1
 
 
 def _check(emulated, input, flow, padding, align, deterministic):
@@ -219,11 +219,10 @@ def test_deterministic_planes_with_inf_and_nan(emulated, dtype):
 @pytest.mark.parametrize("padding", ["zeros", "border"])
 @pytest.mark.parametrize("flow_kind", ["smooth", "wild"])
 @pytest.mark.parametrize("case", TILE_CASES)
-def test_tile_and_direct_splat(emulated, case, flow_kind, padding, align):
-    """A smooth flow of about a pixel sends every tile through the shared accumulator, samples spread over
-    the whole input send every tile to the direct splat: both agree with the reference. Which path each
-    tile takes follows from the kernel's rule (_tile_paths mirrors it); breaking either path makes only
-    its own cases fail."""
+def test_owner_tiles(emulated, case, flow_kind, padding, align):
+    """A smooth flow of about a pixel gives output tiles whose boxes meet several input tiles across and
+    down (their pixels' corners split between owner blocks); samples spread over the whole input give
+    every tile a box of the whole image, walked by every owner block: both agree with the reference."""
     batch, channels, in_h, in_w, out_h, out_w = TILE_CASES[case]
     if case == "upsample" and align:
         out_h, out_w = out_h - 1, out_w - 1
@@ -231,29 +230,90 @@ def test_tile_and_direct_splat(emulated, case, flow_kind, padding, align):
         flow = _smooth_flow(batch, (in_h, in_w), (out_h, out_w), align, amplitude=1.0)
     else:
         flow = _wild_flow(batch, (in_h, in_w), (out_h, out_w), align)
-    paths = _tile_paths(flow, (in_h, in_w), padding, align)
-    assert all(paths) if flow_kind == "smooth" else not any(paths), paths
+    met = [_input_tiles_met(box) for _, box in _tile_boxes(flow, (in_h, in_w), padding, align) if box is not None]
+    whole = (-(-in_w // INPUT_TILE[1]), -(-in_h // INPUT_TILE[0]))
+    if flow_kind == "smooth":
+        assert any(columns > 1 for columns, _ in met) and any(rows > 1 for _, rows in met), met
+    else:
+        assert met and all(tiles == whole for tiles in met), met
     input = torch.randn(batch, channels, in_h, in_w)
     _check(emulated, input, flow, padding, align, deterministic=False)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_tile_and_direct_splat_dtypes(emulated, dtype):
-    """Both splats in every dtype, in one backward: the left half of the output samples smoothly (shared
-    accumulator), the right half all over the input (direct splat; for fp16/bf16 the deferred kernel)."""
+def test_owner_tiles_dtypes(emulated, dtype):
+    """Every dtype, in one backward: the left output tile column samples smoothly (boxes of a few input
+    tiles), the rest all over the input (boxes of the whole image)."""
     batch, channels, in_h, in_w, out_h, out_w = TILE_CASES["same-size"]
     coord = torch.float64 if dtype == torch.float64 else torch.float32
     flow = _smooth_flow(batch, (in_h, in_w), (out_h, out_w), True, amplitude=1.0)
     flow[..., TILE[1]:] = _wild_flow(batch, (in_h, in_w), (out_h, out_w), True)[..., TILE[1]:]
-    paths = _tile_paths(flow, (in_h, in_w), "zeros", True)
-    columns = -(-out_w // TILE[1])
-    assert all(path == (index % columns == 0) for index, path in enumerate(paths)), paths
     input = torch.randn(batch, channels, in_h, in_w).to(dtype)
     _check(emulated, input, flow.to(coord), "zeros", True, deterministic=False)
 
 
-# Odd input widths and plane sizes: the 16-bit flush's rows start at odd and even elements, so every box
-# has rows with a scalar head, pairs and a scalar tail; several tiles' boxes overlap.
+def test_owner_tiles_beyond_one_box_scan(emulated):
+    """An image of 9 x 33 = 297 output tiles: an owner block tests the boxes of 256 output tiles at a time,
+    so the tiles past the first 256 come from its second scan."""
+    batch, channels, in_h, in_w = 1, 3, 72, 1056
+    flow = _smooth_flow(batch, (in_h, in_w), (in_h, in_w), True, amplitude=1.0)
+    assert -(-in_h // TILE[0]) * -(-in_w // TILE[1]) > 256
+    input = torch.randn(batch, channels, in_h, in_w)
+    _check(emulated, input, flow, "border", True, deterministic=False)
+
+
+@pytest.mark.parametrize("padding", ["zeros", "border"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_grad_input_written_where_nothing_lands(emulated, dtype, padding):
+    """Every sample lands in the input's top-left 12 x 11 pixels (the image shrunk 4x towards its corner):
+    the owner blocks of the other input tiles (all but the first column's first two) walk no output tile
+    and still store their grad_input (zeros; at::empty on the emulated layer holds 0xFF bytes, NaN).
+    Under "zeros" a second flow sends every sample outside the image: every box is empty, grad_input and
+    grad_flow are all zeros."""
+    batch, channels, in_h, in_w, out_h, out_w = TILE_CASES["same-size"]
+    columns, rows = _base(out_w, in_w, True).view(1, -1), _base(out_h, in_h, True).view(-1, 1)
+    base = torch.stack(torch.broadcast_tensors(columns, rows))
+    target = base / 4 + 0.9 * torch.rand(batch, 2, out_h, out_w, dtype=torch.float64)
+    flow = _near_lattice_free(target) - base
+    boxes = [box for _, box in _tile_boxes(flow, (in_h, in_w), padding, True)]
+    assert all(box[2] < INPUT_TILE[1] and box[3] < 2 * INPUT_TILE[0] for box in boxes), boxes
+    input = torch.randn(batch, channels, in_h, in_w).to(dtype)
+    _check(emulated, input, flow.float(), padding, True, deterministic=False)
+    if padding == "zeros":
+        grad_output = torch.randn(batch, channels, out_h, out_w).to(dtype)
+        outside = (-3.5 - base).expand(batch, 2, out_h, out_w).float()
+        grad_input, grad_flow = emulated.flow_warp_backward(*on_device(emulated, grad_output, input, outside), "zeros",
+                                                            True)
+        assert torch.equal(grad_input, torch.zeros_like(grad_input))
+        assert torch.equal(grad_flow, torch.zeros_like(grad_flow))
+
+
+@pytest.mark.parametrize("padding", ["zeros", "border"])
+def test_owner_tiles_non_finite(emulated, padding):
+    """An inf and a NaN in grad_output and an inf in the input reach exactly the elements they reach in the
+    reference (a corner of a pixel outside the owner block's tile adds 0 * grad where nothing reads it, and
+    its product with the value there is dropped); whether such an element is inf or NaN depends on the
+    order of the sum (grad_flow adds its corners' terms after summing the channels)."""
+    batch, channels, in_h, in_w, out_h, out_w = TILE_CASES["same-size"]
+    input = torch.randn(batch, channels, in_h, in_w)
+    input[0, 3, 5, 6] = float("inf")
+    flow = _smooth_flow(batch, (in_h, in_w), (out_h, out_w), True, amplitude=1.0)
+    grad_output = torch.randn(batch, channels, out_h, out_w)
+    grad_output[0, 1, 3, 4] = float("inf")
+    grad_output[1, 2, 10, 33] = float("nan")
+    reference_input = input.double().requires_grad_()
+    reference_flow = flow.double().requires_grad_()
+    output = flow_warp_reference(reference_input, reference_flow, padding, True)
+    expected = torch.autograd.grad(output, (reference_input, reference_flow), grad_output.double())
+    assert all(e.isnan().any() and e.isfinite().any() for e in expected)
+    got = emulated.flow_warp_backward(*on_device(emulated, grad_output, input, flow), padding, True)
+    for g, e in zip(got, expected):
+        assert torch.equal(g.isfinite(), e.isfinite())
+        finite = e.isfinite()
+        torch.testing.assert_close(g.double()[finite], e[finite], atol=1e-5, rtol=1e-5)
+
+
+# Odd input widths and plane sizes; several output tiles' boxes overlap.
 HALF_CASES = {
     "same-size": (2, 37, 27, 45, 27, 45),  # 4 x 2 tiles, the last column 13 wide, the last row 3 high
     "upsample": (2, 7, 13, 23, 25, 45),  # 2x - 1 with align_corners (scale 1/2): 4 x 2 tiles, input 4x smaller
@@ -263,38 +323,16 @@ HALF_CASES = {
 @pytest.mark.parametrize("padding", ["zeros", "border"])
 @pytest.mark.parametrize("case", HALF_CASES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-def test_half_flush_overlapping_tiles(emulated, dtype, case, padding):
-    """fp16/bf16 atomic backward: every tile flushes its fp32 box into the 16-bit grad_input with pair
-    atomics (scalar ones at a row's odd head or tail), and elements in several tiles' boxes take several
-    flushes; within the dtype's tolerance of the reference in every thread order."""
+def test_half_overlapping_tiles(emulated, dtype, case, padding):
+    """fp16/bf16: elements in several output tiles' boxes sum every tile's corners in the owner block's
+    fp32 accumulator and are rounded once; within the dtype's tolerance of the reference in every thread
+    order."""
     batch, channels, in_h, in_w, out_h, out_w = HALF_CASES[case]
     flow = _smooth_flow(batch, (in_h, in_w), (out_h, out_w), True, amplitude=1.5)
-    # every tile with a corner inside (the last tile row may sample below the image) flushes a box
     boxes = [(b, box) for b, box in _tile_boxes(flow, (in_h, in_w), padding, True) if box is not None]
-    assert all((box[2] - box[0] + 1) * (box[3] - box[1] + 1) <= MAX_BOX for _, box in boxes)
     cover = torch.zeros(batch, in_h, in_w, dtype=torch.int64)
     for b, (x0, y0, x1, y1) in boxes:
         cover[b, y0:y1 + 1, x0:x1 + 1] += 1
-    # boxes of several rows, of both parities as in_w is odd; elements in several boxes
-    assert any(box[3] > box[1] for _, box in boxes) and in_w % 2 == 1 and (in_h * in_w) % 2 == 1
     assert (cover >= 2).any(), cover.max()
-    input = torch.randn(batch, channels, in_h, in_w).to(dtype)
-    _check(emulated, input, flow, padding, True, deterministic=False)
-
-
-@pytest.mark.parametrize("padding", ["zeros", "border"])
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-def test_half_deferred_tiles(emulated, dtype, padding):
-    """fp16/bf16 tiles whose box is too large are splatted by the deferred kernel, which owns windows of
-    1024 input elements (the 1215-element planes end in an odd window of 191, and start at odd elements
-    every other plane): the left tile column samples smoothly (shared accumulator), the right one all
-    over the input (deferred), flushing into the same grad_input elements."""
-    batch, channels, in_h, in_w, out_h, out_w = HALF_CASES["same-size"]
-    flow = _smooth_flow(batch, (in_h, in_w), (out_h, out_w), True, amplitude=1.0)
-    flow[..., TILE[1]:] = _wild_flow(batch, (in_h, in_w), (out_h, out_w), True)[..., TILE[1]:]
-    paths = _tile_paths(flow, (in_h, in_w), padding, True)
-    columns = -(-out_w // TILE[1])
-    assert all(path == (index % columns == 0) for index, path in enumerate(paths)), paths
-    assert in_h * in_w > MAX_BOX and (in_h * in_w) % 2 == 1
     input = torch.randn(batch, channels, in_h, in_w).to(dtype)
     _check(emulated, input, flow, padding, True, deterministic=False)
