@@ -91,7 +91,9 @@ def load():
         name="fastseg_emulated_cuda",
         sources=sources,
         extra_cflags=["-O2", "-std=c++17", "-DFASTSEG_EMULATED_CUDA", "-fdata-sections", *CUDA_FLAGS],
-        extra_ldflags=["-Wl,-T," + os.path.join(HERE, "shared_memory.ld")],
+        # -Bsymbolic: the layer's cudaGetDevice, cudaDeviceGetAttribute, ... bind to its own definitions, not to
+        # the CUDA runtime a CUDA build of PyTorch has loaded (torch 2.11+cu130: 351 of 352 tests failed without)
+        extra_ldflags=["-Wl,-T," + os.path.join(HERE, "shared_memory.ld"), "-Wl,-Bsymbolic"],
         extra_include_paths=[CSRC, os.path.join(HERE, "include"), _cuda_include()],
         build_directory=build_dir,
         with_cuda=False,
