@@ -444,8 +444,9 @@ def forward(input, offset, weight, mask, bias, stride, padding, dilation) -> tor
     block_n = _output_block(geo["group_out"], dtypes["DOT"])
     fma = _fma_dots(input.dtype, dtypes)
     block_k = _pow2_block(geo["segment"], FMA_K if fma else 32)
-    # tensor-core dots: at least 8 warps, for the gather of each 64-pixel chunk (corners, masks, weights) more than for
-    # the accumulator: sm_90, C32 bf16 at 4 warps spilled 372 B (Triton 3.6), at 8 none (218 registers; 106 in 3.9)
+    # other dots (tensor cores; fp64): at least 8 warps, for the gather of each 64-pixel chunk (corners, masks,
+    # weights) more than for the accumulator: sm_90, C32 bf16 at 4 warps spilled 372 B (Triton 3.6), at 8 none (218
+    # registers; 106 in 3.9); the fp64 test case's 8 B (3.6) went too
     blocks = _tiles(64, block_n, block_k, accumulator=block_n * 64)
     blocks = _fma_tiles(blocks) if fma else dict(blocks, num_warps=max(8, blocks["num_warps"]))
     grid = (triton.cdiv(geo["L"], blocks["BLOCK_M"]), groups * triton.cdiv(geo["group_out"], blocks["BLOCK_N"]), batch)
