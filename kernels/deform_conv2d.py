@@ -95,6 +95,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import triton_release
+
 
 @triton.jit
 def _sample_position(offset, mask, b, og, tap, offs_l, mask_l, L, W_out, kw, stride_h, stride_w, pad_h, pad_w,
@@ -393,8 +395,7 @@ def _pow2_block(count: int, most: int) -> int:
 def _fp32_min_dot_k() -> int:
     """Narrowest reduction axis Triton's NVIDIA backend accepts for an fp32 dot (its ``min_dot_size``): 16 before
     Triton 3.8 (3.6 is what PyTorch 2.11 ships), 8 since."""
-    major, minor = (int(part) for part in triton.__version__.split(".")[:2])
-    return 8 if (major, minor) >= (3, 8) else 16
+    return 8 if triton_release() >= (3, 8) else 16
 
 
 # Reduction width of a dot that runs as FMAs on the CUDA cores (fp32 "ieee"): Triton's FMA lowering keeps both

@@ -770,9 +770,7 @@ cudaError_t flow_warp_backward(const scalar_t* grad_output, const scalar_t* inpu
   if (!splat) {
     cudaError_t error = cudaMemsetAsync(grad_input, 0, size_t(input_count) * sizeof(scalar_t), stream);
     if (error != cudaSuccess) return error;
-  }
-  if (!splat) {
-    cudaError_t error = cudaMemsetAsync(grad_flow, 0, size_t(flow_count) * sizeof(acc_t), stream);
+    error = cudaMemsetAsync(grad_flow, 0, size_t(flow_count) * sizeof(acc_t), stream);
     if (error != cudaSuccess) return error;
   } else {
     const auto sampler = make_sampler<acc_t>(shape, padding, align_corners);

@@ -157,13 +157,6 @@ SPILL_ALLOWANCE = {
 }
 
 
-def _triton_release() -> tuple[int, int]:
-    import triton
-
-    major, minor = (int(part) for part in triton.__version__.split(".")[:2])
-    return major, minor
-
-
 COMPILED: dict[str, set[str]] = {}  # case -> the kernels it compiled, for test_every_kernel_is_compiled
 
 
@@ -178,10 +171,12 @@ def test_compiles_for_sm90(case, capsys):
         print(f"\nsm_90 {case}:")
         for kernel in compiled:
             print(f"  {kernel.describe()}{'  SPILLS' if kernel.spill_stores or kernel.spill_loads else ''}")
-    allowances = SPILL_ALLOWANCE.get(_triton_release())
+    from fastseg.kernels import triton_release
+
+    allowances = SPILL_ALLOWANCE.get(triton_release())
     if allowances is None:
         with capsys.disabled():
-            print(f"  (spills not checked: no SPILL_ALLOWANCE for Triton {'.'.join(map(str, _triton_release()))})")
+            print(f"  (spills not checked: no SPILL_ALLOWANCE for Triton {'.'.join(map(str, triton_release()))})")
     for kernel in compiled:
         assert kernel.shared <= SM90_SHARED_BYTES, f"{kernel.describe()}: over sm_90's {SM90_SHARED_BYTES} B"
         spilled = max(kernel.spill_stores, kernel.spill_loads)
